@@ -1,0 +1,11 @@
+//! libqwen: an embedded runtime for the Qwen family of language models.
+//!
+//! Data flows one way (see DESIGN.md): GGUF file → [`gguf`] (memory-mapped, validated) →
+//! [`model`] (weights borrowed from the map) → [`session`] (KV cache, prefill/decode) →
+//! [`sampler`] → [`tokenizer`] (streaming UTF-8 decode).
+
+pub mod error;
+pub mod gguf;
+pub mod quant;
+
+pub use error::{Error, Result};
