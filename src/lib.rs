@@ -2,10 +2,17 @@
 //!
 //! Data flows one way (see DESIGN.md): GGUF file → [`gguf`] (memory-mapped, validated) →
 //! [`model`] (weights borrowed from the map) → [`session`] (KV cache, prefill/decode) →
-//! [`sampler`] → [`tokenizer`] (streaming UTF-8 decode).
+//! [`sampler`] → [`tokenizer`] (streaming UTF-8 decode). [`chat`] builds ChatML contexts.
 
+pub mod backend;
+pub mod chat;
 pub mod error;
 pub mod gguf;
+pub mod kv_cache;
+pub mod model;
 pub mod quant;
+pub mod sampler;
+pub mod session;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

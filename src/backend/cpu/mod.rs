@@ -1,0 +1,7 @@
+//! The CPU backend: a worker pool, portable f32 ops and quantized matrix products.
+pub mod matmul;
+pub mod ops;
+pub mod pool;
+
+pub use matmul::{matmul, WeightMatrix};
+pub use pool::{default_threads, ThreadPool};

@@ -1,0 +1,2 @@
+//! Compute backends. The CPU backend is always present.
+pub mod cpu;

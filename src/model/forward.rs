@@ -1,0 +1,265 @@
+//! The forward pass of `qwen` (Qwen-1) and `qwen2` (Qwen-1.5/2/2.5), written once as straight
+//! math over a batch of consecutive tokens. Shapes in comments: T tokens in the batch, D model
+//! width, H query heads, Hkv key/value heads, hd head size, F MLP width, V vocabulary.
+
+use super::weights::{Attention, Tensor};
+use super::Model;
+use crate::backend::cpu::matmul::activation_row_bytes;
+use crate::backend::cpu::{matmul, ops, ThreadPool, WeightMatrix};
+use crate::kv_cache::KvCache;
+
+/// Buffers for one batch of up to `max_batch` tokens, allocated once per session.
+pub struct Scratch {
+    pub max_batch: usize,
+    x: Vec<f32>,      // [T, D] residual stream
+    xb: Vec<f32>,     // [T, D] normed input of a sub-layer
+    q: Vec<f32>,      // [T, H*hd]
+    k: Vec<f32>,      // [T, Hkv*hd]
+    v: Vec<f32>,      // [T, Hkv*hd]
+    qkv: Vec<f32>,    // [T, D + 2*Hkv*hd] (Qwen-1's fused projection)
+    attn: Vec<f32>,   // [T, H*hd]
+    proj: Vec<f32>,   // [T, D] output of a projection before the residual add
+    gate: Vec<f32>,   // [T, F]
+    up: Vec<f32>,     // [T, F]
+    xq: Vec<u8>,      // quantized activations for the widest matmul input
+    cos: Vec<f32>,    // [T, hd/2]
+    sin: Vec<f32>,    // [T, hd/2]
+    scores: Vec<f32>, // [threads, n_ctx] attention weights, one row per worker
+}
+
+impl Scratch {
+    pub fn new(model: &Model, max_batch: usize, n_ctx: usize, n_threads: usize) -> Scratch {
+        let c = &model.config;
+        let kv = c.n_head_kv * c.head_dim;
+        let widest = model
+            .weights
+            .matrices()
+            .map(|t| activation_row_bytes(t.ty, t.cols))
+            .max()
+            .unwrap_or(0);
+        let z = |n: usize| vec![0.0f32; n];
+        Scratch {
+            max_batch,
+            x: z(max_batch * c.n_embd),
+            xb: z(max_batch * c.n_embd),
+            q: z(max_batch * c.n_embd),
+            k: z(max_batch * kv),
+            v: z(max_batch * kv),
+            qkv: if matches!(model.weights.layers[0].attn, Attention::Fused { .. }) {
+                z(max_batch * (c.n_embd + 2 * kv))
+            } else {
+                Vec::new()
+            },
+            attn: z(max_batch * c.n_embd),
+            proj: z(max_batch * c.n_embd),
+            gate: z(max_batch * c.n_ff),
+            up: z(max_batch * c.n_ff),
+            xq: vec![0u8; max_batch * widest],
+            cos: z(max_batch * c.head_dim / 2),
+            sin: z(max_batch * c.head_dim / 2),
+            scores: z(n_threads.max(1) * n_ctx),
+        }
+    }
+}
+
+/// Shares one mutable buffer between workers that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: used only where each worker writes its own (t, head) rows and the pool joins them.
+unsafe impl Sync for SharedMut {}
+unsafe impl Send for SharedMut {}
+
+/// Runs `tokens` (at positions `pos0..pos0 + T`) through the model, appending their keys and
+/// values to `kv`. Writes logits of the last token to `logits[..V]`, or of every token to
+/// `logits[..T*V]` when `all_logits`. `inv_freq` holds the RoPE frequencies (NTK-adjusted).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    model: &Model,
+    pool: &ThreadPool,
+    kv: &mut KvCache,
+    s: &mut Scratch,
+    inv_freq: &[f32],
+    tokens: &[u32],
+    pos0: usize,
+    all_logits: bool,
+    logits: &mut [f32],
+) {
+    let c = &model.config;
+    let w = &model.weights;
+    let t_len = tokens.len();
+    let (d, hd, n_head, n_kv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
+    let kv_dim = n_kv * hd;
+    debug_assert!(t_len <= s.max_batch && pos0 + t_len <= kv.n_ctx());
+
+    // 1. Token embeddings: x[t] = token_embd[id].
+    for (t, &id) in tokens.iter().enumerate() {
+        let row = model.matrix(&w.token_embd).row(id as usize);
+        crate::quant::dequantize_row(w.token_embd.ty, row, &mut s.x[t * d..(t + 1) * d])
+            .expect("embedding row size is checked at load");
+    }
+
+    // RoPE angles for each position of the batch, shared by all layers.
+    let half = hd / 2;
+    for t in 0..t_len {
+        let p = (pos0 + t) as f32;
+        for i in 0..half {
+            let angle = p * inv_freq[i];
+            s.cos[t * half + i] = angle.cos();
+            s.sin[t * half + i] = angle.sin();
+        }
+    }
+
+    for (li, layer) in w.layers.iter().enumerate() {
+        // 2. Attention block: xb = RMSNorm(x); q, k, v = projections (+ bias).
+        norm_rows(&mut s.xb, &s.x, model.vector(&layer.attn_norm), c.rms_eps, t_len, d);
+        match &layer.attn {
+            Attention::Fused { qkv, qkv_bias } => {
+                // Qwen-1: [T, D] @ [D, D + 2*kv] -> split into q | k | v.
+                let width = d + 2 * kv_dim;
+                model.matmul(pool, qkv, &s.xb, t_len, &mut s.qkv, &mut s.xq);
+                let bias = model.vector(qkv_bias);
+                for t in 0..t_len {
+                    let row = &mut s.qkv[t * width..(t + 1) * width];
+                    ops::add_assign(row, bias);
+                    s.q[t * d..(t + 1) * d].copy_from_slice(&row[..d]);
+                    s.k[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&row[d..d + kv_dim]);
+                    s.v[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&row[d + kv_dim..]);
+                }
+            }
+            Attention::Split {
+                q,
+                q_bias,
+                k,
+                k_bias,
+                v,
+                v_bias,
+            } => {
+                model.matmul(pool, q, &s.xb, t_len, &mut s.q, &mut s.xq);
+                model.matmul(pool, k, &s.xb, t_len, &mut s.k, &mut s.xq);
+                model.matmul(pool, v, &s.xb, t_len, &mut s.v, &mut s.xq);
+                add_bias_rows(&mut s.q, model.vector(q_bias), t_len);
+                add_bias_rows(&mut s.k, model.vector(k_bias), t_len);
+                add_bias_rows(&mut s.v, model.vector(v_bias), t_len);
+            }
+        }
+
+        // 3. RoPE on q and k (rotate-half), then Qwen-1's logN scaling of each query row.
+        for t in 0..t_len {
+            let (cos, sin) = (&s.cos[t * half..(t + 1) * half], &s.sin[t * half..(t + 1) * half]);
+            for h in s.q[t * d..(t + 1) * d].chunks_exact_mut(hd) {
+                ops::rope_neox(h, cos, sin);
+            }
+            for h in s.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                ops::rope_neox(h, cos, sin);
+            }
+            let logn = c.logn_scale(pos0 + t);
+            if logn != 1.0 {
+                s.q[t * d..(t + 1) * d].iter_mut().for_each(|x| *x *= logn);
+            }
+        }
+
+        // 4. Append k, v to the cache; causal attention of each query over positions 0..=p.
+        kv.store(li, pos0, &s.k[..t_len * kv_dim], &s.v[..t_len * kv_dim]);
+        attention(pool, kv, li, s, t_len, pos0, n_head, n_kv, hd);
+
+        // 5. x += attn @ Wo
+        model.matmul(pool, &layer.attn_out, &s.attn, t_len, &mut s.proj, &mut s.xq);
+        ops::add_assign(&mut s.x[..t_len * d], &s.proj[..t_len * d]);
+
+        // 6. MLP: x += down(silu(gate(xb)) * up(xb)), xb = RMSNorm(x).
+        norm_rows(&mut s.xb, &s.x, model.vector(&layer.ffn_norm), c.rms_eps, t_len, d);
+        model.matmul(pool, &layer.ffn_gate, &s.xb, t_len, &mut s.gate, &mut s.xq);
+        model.matmul(pool, &layer.ffn_up, &s.xb, t_len, &mut s.up, &mut s.xq);
+        let f = c.n_ff;
+        ops::silu_mul(&mut s.gate[..t_len * f], &s.up[..t_len * f]);
+        model.matmul(pool, &layer.ffn_down, &s.gate, t_len, &mut s.proj, &mut s.xq);
+        ops::add_assign(&mut s.x[..t_len * d], &s.proj[..t_len * d]);
+    }
+
+    // 7. Final norm and LM head, for the last token or for all of them.
+    let first = if all_logits { 0 } else { t_len - 1 };
+    let n_out = t_len - first;
+    let norm = model.vector(&w.output_norm);
+    for t in 0..n_out {
+        let src = &s.x[(first + t) * d..(first + t + 1) * d];
+        ops::rms_norm(&mut s.xb[t * d..(t + 1) * d], src, norm, c.rms_eps);
+    }
+    model.matmul(pool, &w.output, &s.xb, n_out, logits, &mut s.xq);
+}
+
+fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32, t_len: usize, d: usize) {
+    for t in 0..t_len {
+        ops::rms_norm(&mut out[t * d..(t + 1) * d], &x[t * d..(t + 1) * d], w, eps);
+    }
+}
+
+fn add_bias_rows(x: &mut [f32], bias: &[f32], t_len: usize) {
+    for row in x.chunks_exact_mut(bias.len()).take(t_len) {
+        ops::add_assign(row, bias);
+    }
+}
+
+/// softmax(q·kᵀ/√hd) · v for every (token, head), with a causal mask over the cache.
+/// Query head h reads key/value head h / (H / Hkv) (grouped-query attention).
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    pool: &ThreadPool,
+    kv: &KvCache,
+    layer: usize,
+    s: &mut Scratch,
+    t_len: usize,
+    pos0: usize,
+    n_head: usize,
+    n_kv: usize,
+    hd: usize,
+) {
+    let kv_dim = n_kv * hd;
+    let d = n_head * hd;
+    let group = n_head / n_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (keys, values) = kv.layer(layer, pos0 + t_len);
+    let n_ctx = kv.n_ctx();
+    let q = &s.q;
+    let out = SharedMut(s.attn.as_mut_ptr());
+    let scores = SharedMut(s.scores.as_mut_ptr());
+    let n_tasks = t_len * n_head;
+    pool.run(&|tid, nth| {
+        let (out, scores) = (out, scores);
+        // SAFETY: each worker owns row `tid` of the scores scratch (sized threads * n_ctx).
+        let sc = unsafe { std::slice::from_raw_parts_mut(scores.0.add(tid * n_ctx), n_ctx) };
+        let mut task = tid;
+        while task < n_tasks {
+            let (t, h) = (task / n_head, task % n_head);
+            let n_keys = pos0 + t + 1;
+            let qh = &q[t * d + h * hd..t * d + (h + 1) * hd];
+            let kvh = h / group;
+            let sc = &mut sc[..n_keys];
+            for (j, s) in sc.iter_mut().enumerate() {
+                let kj = &keys[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
+                *s = ops::dot_f32(qh, kj) * scale;
+            }
+            ops::softmax(sc);
+            // SAFETY: (t, h) tasks are distinct, so their output rows are disjoint.
+            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * d + h * hd), hd) };
+            o.fill(0.0);
+            for (j, &p) in sc.iter().enumerate() {
+                ops::axpy(o, p, &values[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd]);
+            }
+            task += nth;
+        }
+    });
+}
+
+impl Model {
+    fn matmul(&self, pool: &ThreadPool, t: &Tensor, x: &[f32], n_tokens: usize, out: &mut [f32], xq: &mut [u8]) {
+        matmul(pool, self.matrix(t), x, n_tokens, out, xq);
+    }
+}
+
+impl<'a> WeightMatrix<'a> {
+    /// The bytes of row `i`.
+    pub fn row(&self, i: usize) -> &'a [u8] {
+        let rb = self.data.len() / self.rows.max(1);
+        &self.data[i * rb..(i + 1) * rb]
+    }
+}
