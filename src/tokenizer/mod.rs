@@ -161,19 +161,39 @@ impl Tokenizer {
 
     /// Splits with Qwen's pattern and encodes each piece; no special-token parsing.
     fn encode_ordinary(&self, text: &str, out: &mut Vec<u32>) {
-        let mut start = 0;
-        while start < text.len() {
-            // Like tiktoken's `find_iter`, text between matches is skipped (Qwen's pattern
-            // matches at every position, so there is none). If the backtrack limit is hit,
-            // the rest becomes one piece rather than being lost.
-            let (piece_start, end) = match self.split_re.find_from_pos(text, start) {
-                Ok(Some(m)) if m.end() > m.start() => (m.start(), m.end()),
-                Ok(_) => break,
-                Err(_) => (start, text.len()),
-            };
-            self.encode_piece(&text.as_bytes()[piece_start..end], out);
-            start = end;
+        let (mut start, mut in_huge_run) = (0, false);
+        // Like tiktoken's `find_iter`, text between matches is skipped (Qwen's pattern matches
+        // at every position, so there is none).
+        while let Some(piece) = self.next_piece(text, start, in_huge_run) {
+            self.encode_piece(&text.as_bytes()[piece.start..piece.end], out);
+            (start, in_huge_run) = (piece.end, piece.cut);
         }
+    }
+
+    /// The next pre-token at or after `start`. fancy-regex's backtracking stack overflows on a
+    /// single pre-token of about a million chars (the reference tokenizer fails there too);
+    /// such a run is cut into windows, so only its own tokens differ and no text is lost.
+    /// `in_huge_run` skips the full search that just failed, keeping the cost linear.
+    fn next_piece(&self, text: &str, start: usize, in_huge_run: bool) -> Option<Piece> {
+        if start >= text.len() {
+            return None;
+        }
+        if !in_huge_run {
+            if let Ok(m) = self.split_re.find_from_pos(text, start) {
+                let m = m.filter(|m| m.start() < m.end())?;
+                return Some(Piece::whole(m.start(), m.end()));
+            }
+        }
+        let end = floor_char_boundary(text, start + SPLIT_WINDOW);
+        let (piece_start, piece_end) = match self.split_re.find_from_pos(&text[..end], start) {
+            Ok(Some(m)) if m.start() < m.end() => (m.start(), m.end()),
+            _ => (start, end),
+        };
+        Some(Piece {
+            start: piece_start,
+            end: piece_end,
+            cut: piece_end == end && end < text.len(),
+        })
     }
 
     fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
@@ -241,6 +261,35 @@ impl Tokenizer {
     }
 }
 
+/// A pre-token's byte range; `cut` when it ends at a search window's end, not at a match's.
+struct Piece {
+    start: usize,
+    end: usize,
+    cut: bool,
+}
+
+impl Piece {
+    fn whole(start: usize, end: usize) -> Self {
+        Piece {
+            start,
+            end,
+            cut: false,
+        }
+    }
+}
+
+/// Bytes searched for one pre-token when the whole text is too much for fancy-regex.
+const SPLIT_WINDOW: usize = 1 << 16;
+
+/// The largest char boundary of `text` at or below `i` (`str::floor_char_boundary` is unstable).
+fn floor_char_boundary(text: &str, i: usize) -> usize {
+    let mut i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
 /// NFC form of `text`, borrowing when it already is (the common case, checked cheaply).
 fn nfc(text: &str) -> Cow<'_, str> {
     match is_nfc_quick(text.chars()) {
@@ -272,4 +321,74 @@ fn special_regex<'a>(texts: impl Iterator<Item = &'a String>) -> Result<Option<R
     Regex::new(&pattern.join("|"))
         .map(Some)
         .map_err(|e| Error::Tokenizer(format!("special tokens: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// All 256 bytes (ids 0..=255), a few merges, two specials and a padding row.
+    fn tiny() -> Tokenizer {
+        let mut tokens: Vec<String> = (0..=255u8).map(|b| bytes_to_unicode(&[b])).collect();
+        let mut types = vec![1; 256];
+        for (text, ty) in [
+            ("ĠĠ", 1),       // 256: two spaces
+            ("aa", 1),       // 257
+            ("Ã©", 1),       // 258: é
+            ("<|end|>", 3),  // 259
+            ("<|end|>x", 4), // 260: longer special sharing a prefix
+            ("[PAD261]", 5), // 261
+        ] {
+            tokens.push(text.into());
+            types.push(ty);
+        }
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        Tokenizer::from_gguf_vocab(&tokens, &types).unwrap()
+    }
+
+    #[test]
+    fn modes_and_specials() {
+        let tok = tiny();
+        assert_eq!(tok.n_vocab(), 261);
+        assert_eq!(tok.encode("a<|end|>", EncodeMode::Trusted), [97, 259]);
+        assert_eq!(tok.encode("<|end|>xa", EncodeMode::Trusted), [260, 97]);
+        assert_eq!(tok.encode("<|end|>", EncodeMode::Text).len(), 7);
+        assert_eq!(tok.special_id("<|end|>"), Some(259));
+        assert_eq!(tok.decode_skip_special(&[259, 97, 260, 261]), "a<|end|>x");
+        assert_eq!(tok.token_bytes(261), None);
+    }
+
+    #[test]
+    fn nfc_before_splitting() {
+        assert_eq!(tiny().encode("e\u{301}", EncodeMode::Text), [258]);
+    }
+
+    #[test]
+    fn vocab_must_cover_every_byte() {
+        let err = Tokenizer::from_gguf_vocab(&["a"], &[1]).err().unwrap();
+        assert!(err.to_string().contains("byte 0x00"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_run_does_not_disturb_what_follows() {
+        let tok = tiny();
+        let tail = " aa <|end|>\n";
+        let ids = tok.encode(&("a".repeat(3 << 20) + tail), EncodeMode::Text);
+        let tail_ids = tok.encode(tail, EncodeMode::Text);
+        assert!(ids.ends_with(&tail_ids));
+        assert_eq!(ids.len(), (3 << 19) + tail_ids.len());
+    }
+
+    #[test]
+    fn long_runs_lose_nothing() {
+        let tok = tiny();
+        for text in [
+            " ".repeat(1 << 20) + "x",
+            "a".repeat(1 << 18),
+            "\n ".repeat(1 << 17),
+        ] {
+            let ids = tok.encode(&text, EncodeMode::Text);
+            assert_eq!(tok.decode(&ids), text);
+        }
+    }
 }

@@ -89,7 +89,7 @@ mod tests {
         // A lone continuation byte, then a lead byte interrupted by ASCII.
         assert_eq!(
             drain(b"\x80a\xE4\xBDb"),
-            ("\u{FFFD}a\u{FFFD}b".to_string(), 6)
+            ("\u{FFFD}a\u{FFFD}b".to_string(), 5)
         );
     }
 }
