@@ -261,6 +261,17 @@ impl Tokenizer {
     }
 }
 
+/// A summary: the tables themselves are far too big to print.
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("n_vocab", &self.n_known)
+            .field("n_ids", &self.kinds.len())
+            .field("n_specials", &self.specials.len())
+            .finish()
+    }
+}
+
 /// A pre-token's byte range; `cut` when it ends at a search window's end, not at a match's.
 struct Piece {
     start: usize,
@@ -356,6 +367,13 @@ mod tests {
         assert_eq!(tok.special_id("<|end|>"), Some(259));
         assert_eq!(tok.decode_skip_special(&[259, 97, 260, 261]), "a<|end|>x");
         assert_eq!(tok.token_bytes(261), None);
+    }
+
+    #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<StreamDecoder>();
     }
 
     #[test]
