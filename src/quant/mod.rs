@@ -1,0 +1,227 @@
+//! ggml's block formats, bit for bit: the portable scalar reference for dequantizing, quantizing
+//! (ggml's `quantize_row_*_ref`, no importance matrix) and dot products against quantized
+//! activations (ggml's `ggml_vec_dot_*_generic`).
+//!
+//! Every SIMD or GPU kernel is tested against this module, so it favours plain loops over
+//! cleverness. Blocks are `#[repr(C)]` structs of byte arrays that mirror `ggml-common.h`; they are
+//! viewed in place over the tensor bytes (no copies, no per-block allocation). One file per family:
+//! [`float`] (F32/F16/BF16), [`q4`], [`q5`], [`q8`] (Q8_0/Q8_1/Q8_K), [`k_quants`] (Q2_K…Q6_K
+//! layouts, dequantization and dots) and [`k_quantize`] (their reference quantizers, which only run
+//! at conversion time). [`dispatch`] picks the build of the dot products for the running CPU.
+
+mod dispatch;
+mod float;
+mod k_quantize;
+mod k_quants;
+mod q4;
+mod q5;
+mod q8;
+#[cfg(test)]
+mod tests;
+
+use std::mem::{align_of, size_of};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+
+pub use dispatch::{vec_dot_path, vec_dot_scalar};
+
+/// Elements per block of the 32-element formats (ggml's QK4_0 = QK4_1 = QK5_0 = QK5_1 = QK8_0 = QK8_1).
+pub(crate) const QK: usize = 32;
+
+/// A ggml block struct that may be viewed in place over raw tensor bytes.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]` and contain only `u8`/`i8` arrays (possibly nested), so they
+/// have alignment 1, no padding, and every bit pattern is a valid value. `impl_block!` checks the
+/// alignment at compile time; a test checks every size against [`GgmlType::type_size`].
+pub(crate) unsafe trait Block: Sized {
+    const TYPE: GgmlType;
+}
+
+/// Implements [`Block`] for a struct and asserts it has alignment 1.
+macro_rules! impl_block {
+    ($block:ty, $ty:expr) => {
+        // SAFETY: the struct is #[repr(C)] over byte arrays only (see the definition above).
+        unsafe impl $crate::quant::Block for $block {
+            const TYPE: $crate::gguf::GgmlType = $ty;
+        }
+        const _: () = assert!(::std::mem::align_of::<$block>() == 1);
+    };
+}
+pub(crate) use impl_block;
+
+/// Views `bytes` as whole blocks; trailing bytes that do not fill a block are not included
+/// (callers check row sizes first).
+#[inline(always)]
+pub(crate) fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
+    debug_assert_eq!((align_of::<B>(), size_of::<B>()), (1, B::TYPE.type_size()));
+    let n = bytes.len() / size_of::<B>();
+    // SAFETY: `B: Block` has alignment 1, no padding and no invalid bit patterns, and the
+    // `n * size_of::<B>()` bytes viewed lie inside `bytes`, whose borrow the result keeps.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), n) }
+}
+
+/// Mutable form of [`as_blocks`].
+#[inline(always)]
+pub(crate) fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
+    debug_assert_eq!((align_of::<B>(), size_of::<B>()), (1, B::TYPE.type_size()));
+    let n = bytes.len() / size_of::<B>();
+    // SAFETY: as in `as_blocks`; the exclusive borrow of `bytes` moves into the result.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<B>(), n) }
+}
+
+/// A little-endian f16 block field (`d`, `m`, `dmin`...) as f32.
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: [u8; 2]) -> f32 {
+    half::f16::from_le_bytes(h).to_f32()
+}
+
+/// An f32 rounded to f16 (round to nearest even, like GGML_FP32_TO_FP16), as little-endian bytes.
+#[inline(always)]
+pub(crate) fn f32_to_f16(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_le_bytes()
+}
+
+/// Checks that `bytes` is exactly the size of a `ty` row of `n` elements.
+fn check_row(ty: GgmlType, bytes: usize, n: usize) -> Result<()> {
+    match ty.row_bytes(n) {
+        Some(want) if want == bytes => Ok(()),
+        Some(want) => Err(Error::InvalidArgument(format!(
+            "a {ty} row of {n} elements takes {want} bytes, got {bytes}"
+        ))),
+        None => Err(Error::InvalidArgument(format!(
+            "a {ty} row must hold a multiple of {} elements, got {n}",
+            ty.block_size()
+        ))),
+    }
+}
+
+/// Decodes `dst.len()` elements from `src`, which must be exactly `ty.row_bytes(dst.len())` bytes.
+///
+/// Returns `Error::InvalidArgument` on a size mismatch; never panics.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    use GgmlType::*;
+    check_row(ty, src.len(), dst.len())?;
+    match ty {
+        F32 => float::dequantize_f32(src, dst),
+        F16 => float::dequantize_f16(src, dst),
+        BF16 => float::dequantize_bf16(src, dst),
+        Q4_0 => q4::dequantize_q4_0(as_blocks(src), dst),
+        Q4_1 => q4::dequantize_q4_1(as_blocks(src), dst),
+        Q5_0 => q5::dequantize_q5_0(as_blocks(src), dst),
+        Q5_1 => q5::dequantize_q5_1(as_blocks(src), dst),
+        Q8_0 => q8::dequantize_q8_0(as_blocks(src), dst),
+        Q8_1 => q8::dequantize_q8_1(as_blocks(src), dst),
+        Q8_K => q8::dequantize_q8_k(as_blocks(src), dst),
+        Q2_K => k_quants::dequantize_q2_k(as_blocks(src), dst),
+        Q3_K => k_quants::dequantize_q3_k(as_blocks(src), dst),
+        Q4_K => k_quants::dequantize_q4_k(as_blocks(src), dst),
+        Q5_K => k_quants::dequantize_q5_k(as_blocks(src), dst),
+        Q6_K => k_quants::dequantize_q6_k(as_blocks(src), dst),
+    }
+    Ok(())
+}
+
+/// Encodes `src` into `dst` (exactly `ty.row_bytes(src.len())` bytes) with ggml's reference
+/// quantizer for `ty` (`quantize_row_*_ref`, no importance matrix), bit for bit. F16 and BF16 round
+/// to nearest even like ggml's GGML_FP32_TO_FP16 / GGML_FP32_TO_BF16. Every type is supported.
+///
+/// Returns `Error::InvalidArgument` on a size mismatch; never panics.
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
+    use GgmlType::*;
+    check_row(ty, dst.len(), src.len())?;
+    match ty {
+        F32 => float::quantize_f32(src, dst),
+        F16 => float::quantize_f16(src, dst),
+        BF16 => float::quantize_bf16(src, dst),
+        Q4_0 => q4::quantize_q4_0(src, as_blocks_mut(dst)),
+        Q4_1 => q4::quantize_q4_1(src, as_blocks_mut(dst)),
+        Q5_0 => q5::quantize_q5_0(src, as_blocks_mut(dst)),
+        Q5_1 => q5::quantize_q5_1(src, as_blocks_mut(dst)),
+        Q8_0 => q8::quantize_q8_0(src, as_blocks_mut(dst)),
+        Q8_1 => q8::quantize_q8_1(src, as_blocks_mut(dst)),
+        Q8_K => q8::quantize_q8_k(src, as_blocks_mut(dst)),
+        Q2_K => k_quantize::quantize_q2_k(src, as_blocks_mut(dst)),
+        Q3_K => k_quantize::quantize_q3_k(src, as_blocks_mut(dst)),
+        Q4_K => k_quantize::quantize_q4_k(src, as_blocks_mut(dst)),
+        Q5_K => k_quantize::quantize_q5_k(src, as_blocks_mut(dst)),
+        Q6_K => k_quantize::quantize_q6_k(src, as_blocks_mut(dst)),
+    }
+    Ok(())
+}
+
+/// The format activations are quantized to for a dot product with a weight row of type `ty`
+/// (ggml's `vec_dot_type`): Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1/Q8_1, Q8_K for the
+/// K-quants (Q8_K included). Float weights keep f32 activations (ggml would use F16/BF16 for those;
+/// we keep the extra precision).
+pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    match ty {
+        F32 | F16 | BF16 => F32,
+        Q4_0 | Q5_0 | Q8_0 => Q8_0,
+        Q4_1 | Q5_1 | Q8_1 => Q8_1,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => Q8_K,
+    }
+}
+
+/// Dot product of one weight row (`ty`, `n` elements) with activations already quantized to
+/// [`vec_dot_type`]`(ty)` (for float weights: `n` f32 in little-endian bytes), with the
+/// accumulation order of ggml's scalar `ggml_vec_dot_*_generic` (exact wherever the math is integer).
+///
+/// Runs the build of the kernels for the best instruction set this CPU has (see [`vec_dot_path`]);
+/// every build returns the same bits as [`vec_dot_scalar`].
+///
+/// The caller guarantees `w` holds at least `ty.row_bytes(n)` bytes and `act` the activation row;
+/// a mismatch is a bug caught by a debug assertion, and in release returns 0.0 (never reads out of
+/// bounds).
+pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
+    match row_slices(ty, n, w, act) {
+        Some((w, act)) => dispatch::vec_dot_rows(ty, w, act),
+        None => 0.0,
+    }
+}
+
+/// `w` and `act` cut to exactly one row of `n` elements each, or `None` (after a debug assertion)
+/// when they are too short or `n` is not a whole number of blocks.
+fn row_slices<'a>(
+    ty: GgmlType,
+    n: usize,
+    w: &'a [u8],
+    act: &'a [u8],
+) -> Option<(&'a [u8], &'a [u8])> {
+    let wb = ty.row_bytes(n);
+    let ab = vec_dot_type(ty).row_bytes(n);
+    match (wb, ab) {
+        (Some(wb), Some(ab)) if w.len() >= wb && act.len() >= ab => Some((&w[..wb], &act[..ab])),
+        _ => {
+            debug_assert!(
+                false,
+                "vec_dot({ty}, n={n}): weight row of {} bytes, activations of {} bytes",
+                w.len(),
+                act.len()
+            );
+            None
+        }
+    }
+}
+
+/// Quantizes an f32 activation row into [`vec_dot_type`]`(ty)`, reusing `buf` (resized to the row;
+/// no allocation when it already has the capacity). `x.len()` must be a whole number of blocks of
+/// that type; otherwise (a caller bug, debug-asserted) `buf` is left empty.
+pub fn quantize_activation(ty: GgmlType, x: &[f32], buf: &mut Vec<u8>) {
+    let at = vec_dot_type(ty);
+    buf.clear();
+    let Some(bytes) = at.row_bytes(x.len()) else {
+        debug_assert!(
+            false,
+            "{} activations is not a whole number of {at} blocks",
+            x.len()
+        );
+        return;
+    };
+    buf.resize(bytes, 0);
+    // Cannot fail: the size was just computed from the same type and length.
+    let done = quantize_row(at, x, buf);
+    debug_assert!(done.is_ok());
+}

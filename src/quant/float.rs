@@ -1,0 +1,262 @@
+//! F32, F16 and BF16 rows (little-endian, one element per "block"), and their dot products with
+//! f32 activations.
+//!
+//! The element conversions are branch-free bit manipulations (ggml's own, from the FP16 library)
+//! so that whole rows vectorize; `half` is the cross-check in the tests.
+
+/// f16 bits → f32, exact for every input (ggml's `ggml_compute_fp16_to_fp32`): normal numbers are
+/// rebased by an exponent shift and a multiply, subnormals through a magic-number subtraction.
+#[inline(always)]
+pub(crate) fn f16_bits_to_f32(h: u16) -> f32 {
+    let w = (h as u32) << 16;
+    let sign = w & 0x8000_0000;
+    let two_w = w.wrapping_add(w);
+    let exp_offset = 0xE0u32 << 23;
+    let normalized = f32::from_bits((two_w >> 4) + exp_offset) * f32::from_bits(0x0780_0000); // 2^-112
+    let magic_mask = 126u32 << 23;
+    let denormalized = f32::from_bits((two_w >> 17) | magic_mask) - 0.5;
+    let bits = if two_w < (1u32 << 27) {
+        denormalized.to_bits()
+    } else {
+        normalized.to_bits()
+    };
+    f32::from_bits(sign | bits)
+}
+
+/// f32 → f16 bits, rounding to nearest even (ggml's `ggml_compute_fp32_to_fp16`; NaN becomes the
+/// quiet NaN 0x7E00 with the sign kept). Scaling by 2^112 then 2^-110 lets the FPU do the rounding.
+#[inline(always)]
+pub(crate) fn f32_to_f16_bits(f: f32) -> u16 {
+    let scale_to_inf = f32::from_bits(0x7780_0000); // 2^112
+    let scale_to_zero = f32::from_bits(0x0880_0000); // 2^-110
+    let mut base = (f.abs() * scale_to_inf) * scale_to_zero;
+    let w = f.to_bits();
+    let shl1_w = w.wrapping_add(w);
+    let sign = w & 0x8000_0000;
+    let bias = (shl1_w & 0xFF00_0000).max(0x7100_0000);
+    base += f32::from_bits((bias >> 1) + 0x0780_0000);
+    let bits = base.to_bits();
+    let exp_bits = (bits >> 13) & 0x0000_7C00;
+    let mantissa_bits = bits & 0x0000_0FFF;
+    let nonsign = exp_bits + mantissa_bits;
+    ((sign >> 16) | if shl1_w > 0xFF00_0000 { 0x7E00 } else { nonsign }) as u16
+}
+
+/// bf16 bits → f32: bf16 is the top half of an f32.
+#[inline(always)]
+pub(crate) fn bf16_bits_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// f32 → bf16 bits, rounding to nearest even; NaN stays NaN with the quiet bit forced
+/// (ggml's GGML_FP32_TO_BF16).
+#[inline(always)]
+pub(crate) fn f32_to_bf16_bits(f: f32) -> u16 {
+    let u = f.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return ((u >> 16) | 64) as u16;
+    }
+    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+#[inline(always)]
+fn f32_at(b: &[u8]) -> f32 {
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+#[inline(always)]
+fn u16_at(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+pub(crate) fn dequantize_f32(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+        *y = f32_at(b);
+    }
+}
+
+pub(crate) fn dequantize_f16(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *y = f16_bits_to_f32(u16_at(b));
+    }
+}
+
+pub(crate) fn dequantize_bf16(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *y = bf16_bits_to_f32(u16_at(b));
+    }
+}
+
+pub(crate) fn quantize_f32(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src.iter().zip(dst.chunks_exact_mut(4)) {
+        b.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
+pub(crate) fn quantize_f16(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src.iter().zip(dst.chunks_exact_mut(2)) {
+        b.copy_from_slice(&f32_to_f16_bits(*x).to_le_bytes());
+    }
+}
+
+pub(crate) fn quantize_bf16(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src.iter().zip(dst.chunks_exact_mut(2)) {
+        b.copy_from_slice(&f32_to_bf16_bits(*x).to_le_bytes());
+    }
+}
+
+/// Lanes of the float dot products. ggml's scalar reference multiplies in f32 and sums in double;
+/// we do the same, in 8 independent f64 lanes (summed at the end) so the loop vectorizes without
+/// reassociating anything.
+const LANES: usize = 8;
+
+/// Σ w[i]·x[i] for a row of `act.len() / 4` elements, `ES` bytes per weight element decoded by
+/// `load`.
+#[inline(always)]
+fn dot_lanes<const ES: usize>(w: &[u8], act: &[u8], load: impl Fn(&[u8]) -> f32) -> f32 {
+    let mut acc = [0f64; LANES];
+    let wc = w.chunks_exact(ES * LANES);
+    let ac = act.chunks_exact(4 * LANES);
+    let (wt, at) = (wc.remainder(), ac.remainder());
+    for (wb, ab) in wc.zip(ac) {
+        for l in 0..LANES {
+            let p = load(&wb[ES * l..ES * l + ES]) * f32_at(&ab[4 * l..4 * l + 4]);
+            acc[l] += p as f64;
+        }
+    }
+    // The tail (n % 8 elements) continues the same lanes.
+    for (l, (wb, ab)) in wt.chunks_exact(ES).zip(at.chunks_exact(4)).enumerate() {
+        acc[l] += (load(wb) * f32_at(ab)) as f64;
+    }
+    let mut sum = 0f64;
+    for a in acc {
+        sum += a;
+    }
+    sum as f32
+}
+
+#[inline(always)]
+pub(crate) fn vec_dot_f32(w: &[u8], act: &[u8]) -> f32 {
+    dot_lanes::<4>(w, act, f32_at)
+}
+
+#[inline(always)]
+pub(crate) fn vec_dot_f16(w: &[u8], act: &[u8]) -> f32 {
+    dot_lanes::<2>(w, act, |b| f16_bits_to_f32(u16_at(b)))
+}
+
+#[inline(always)]
+pub(crate) fn vec_dot_bf16(w: &[u8], act: &[u8]) -> f32 {
+    dot_lanes::<2>(w, act, |b| bf16_bits_to_f32(u16_at(b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::tests::XorShift;
+    use half::{bf16, f16};
+
+    #[test]
+    fn f16_to_f32_matches_half_for_all_bit_patterns() {
+        for h in 0..=u16::MAX {
+            let ours = f16_bits_to_f32(h);
+            let theirs = f16::from_bits(h).to_f32();
+            if theirs.is_nan() {
+                assert!(ours.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(ours.to_bits(), theirs.to_bits(), "{h:#06x}");
+            }
+        }
+    }
+
+    /// f32 inputs that exercise every rounding path: random bit patterns, halfway cases, the
+    /// f16 overflow/underflow edges and the specials.
+    fn f32_probes() -> Vec<f32> {
+        let mut v = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            1e9,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            5.960_464_5e-8, // smallest f16 subnormal
+            2.980_232_2e-8, // half of it: ties to even → 0
+            2.980_233e-8,
+            6.097_555_e-5, // largest f16 subnormal
+            1.0 + 1.0 / 2048.0, // tie between 1.0 and the next f16 → even (1.0)
+            1.0 + 3.0 / 2048.0, // tie → even (upwards)
+            1.0 + 1.0 / 256.0,  // bf16 tie → 1.0
+            1.0 + 3.0 / 256.0,
+        ];
+        let mut rng = XorShift::new(7);
+        for _ in 0..200_000 {
+            v.push(f32::from_bits(rng.next_u32()));
+        }
+        v
+    }
+
+    #[test]
+    fn f32_to_f16_matches_half_round_to_nearest_even() {
+        for x in f32_probes() {
+            let ours = f32_to_f16_bits(x);
+            if x.is_nan() {
+                assert_eq!(ours & 0x7fff, 0x7E00, "{x}");
+            } else {
+                assert_eq!(ours, f16::from_f32(x).to_bits(), "{x:e} ({:#010x})", x.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn f32_to_bf16_matches_half_round_to_nearest_even() {
+        for x in f32_probes() {
+            let ours = f32_to_bf16_bits(x);
+            assert_eq!(ours, bf16::from_f32(x).to_bits(), "{x:e} ({:#010x})", x.to_bits());
+            let back = bf16_bits_to_f32(ours);
+            if !x.is_nan() {
+                assert_eq!(back.to_bits(), bf16::from_bits(ours).to_f32().to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn known_float_rows() {
+        // F16 0x3C00 = 1.0, 0xC000 = -2.0, 0x0001 = 2^-24, 0x7BFF = 65504; BF16 0x3F80 = 1.0,
+        // 0xC040 = -3.0.
+        let mut y = [0f32; 4];
+        dequantize_f16(&[0x00, 0x3C, 0x00, 0xC0, 0x01, 0x00, 0xFF, 0x7B], &mut y);
+        assert_eq!(y, [1.0, -2.0, 2f32.powi(-24), 65504.0]);
+        let mut y = [0f32; 2];
+        dequantize_bf16(&[0x80, 0x3F, 0x40, 0xC0], &mut y);
+        assert_eq!(y, [1.0, -3.0]);
+        let mut b = [0u8; 4];
+        quantize_bf16(&[1.0, -3.0], &mut b);
+        assert_eq!(b, [0x80, 0x3F, 0x40, 0xC0]);
+        quantize_f16(&[1.0, -2.0], &mut b);
+        assert_eq!(b, [0x00, 0x3C, 0x00, 0xC0]);
+    }
+
+    #[test]
+    fn float_dot_handles_tails() {
+        // 11 elements: one full group of 8 lanes and a tail of 3.
+        let w: Vec<f32> = (0..11).map(|i| i as f32 - 5.0).collect();
+        let x: Vec<f32> = (0..11).map(|i| 0.5 * i as f32).collect();
+        let want: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+        let mut wb = vec![0u8; 44];
+        let mut xb = vec![0u8; 44];
+        quantize_f32(&w, &mut wb);
+        quantize_f32(&x, &mut xb);
+        assert_eq!(vec_dot_f32(&wb, &xb), want);
+        let mut wh = vec![0u8; 22];
+        quantize_f16(&w, &mut wh);
+        assert_eq!(vec_dot_f16(&wh, &xb), want);
+        quantize_bf16(&w, &mut wh);
+        assert_eq!(vec_dot_bf16(&wh, &xb), want);
+    }
+}
