@@ -130,8 +130,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Layout> {
     let magic = c.u32("magic")?;
     if magic != GGUF_MAGIC {
         return Err(gguf_err(format!(
-            "bad magic {:02x?} (expected \"GGUF\"): not a GGUF file",
-            magic.to_le_bytes()
+            "bad magic \"{}\" (expected \"GGUF\"): not a GGUF file",
+            magic.to_le_bytes().escape_ascii()
         )));
     }
     let version = c.u32("version")?;
@@ -337,10 +337,10 @@ fn tensor_ranges(
             match start.and_then(|s| Some(s..s.checked_add(n_bytes)?)) {
                 Some(r) if r.end <= file_size => Ok(r),
                 _ => Err(err(format!(
-                    "truncated file: data (offset {} + {n_bytes} bytes after data section at {data_offset}) runs past end of file (size {file_size})",
-                    t.offset
-                ))),
-            }
+                    "truncated file: data (offset {}, {n_bytes} bytes) needs the file to reach byte {}, past end of file (size {file_size})",
+                    t.offset,
+                    data_offset as u128 + u128::from(t.offset) + n_bytes as u128
+                ))),            }
         })
         .collect()
 }
