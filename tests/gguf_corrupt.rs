@@ -328,7 +328,7 @@ fn invalid_utf8_string_value() {
 #[test]
 fn the_error_names_the_file() {
     let (_dir, path) = write_tmp(b"not a gguf file at all");
-    let msg = GgufFile::open(&path).err().unwrap().to_string();
+    let msg = GgufFile::open(&path).unwrap_err().to_string();
     assert!(msg.contains(&path.display().to_string()), "{msg}");
 }
 

@@ -89,33 +89,30 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, what: &str, min_size: usize) -> Result<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
-        let fits = usize::try_from(n)
+        let remaining = self.remaining();
+        usize::try_from(n)
             .ok()
-            .and_then(|n| n.checked_mul(min_size))
-            .is_some_and(|bytes| bytes <= self.remaining());
-        if !fits {
-            return Err(gguf_err(format!(
-                "truncated file or absurd {what} {n} at offset {at}: past end of file, only {} bytes remain",
-                self.remaining()
-            )));
-        }
-        Ok(n as usize)
+            .filter(|&n| n.checked_mul(min_size).is_some_and(|b| b <= remaining))
+            .ok_or_else(|| {
+                gguf_err(format!(
+                    "truncated file or absurd {what} {n} at offset {at}: past end of file, only {remaining} bytes remain"
+                ))
+            })
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
         let at = self.pos;
         let len = self.u64(what)?;
-        let bytes = usize::try_from(len)
+        let n = usize::try_from(len)
             .ok()
             .filter(|&n| n <= self.remaining())
-            .map(|n| self.take(n, what))
-            .transpose()?
             .ok_or_else(|| {
                 gguf_err(format!(
                     "truncated file: {what} length {len} at offset {at} runs past end of file (size {})",
                     self.buf.len()
                 ))
             })?;
+        let bytes = self.take(n, what)?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
             Err(e) => Err(gguf_err(format!(
@@ -336,11 +333,15 @@ fn tensor_ranges(
                 .and_then(|o| o.checked_add(data_offset));
             match start.and_then(|s| Some(s..s.checked_add(n_bytes)?)) {
                 Some(r) if r.end <= file_size => Ok(r),
-                _ => Err(err(format!(
-                    "truncated file: data (offset {}, {n_bytes} bytes) needs the file to reach byte {}, past end of file (size {file_size})",
-                    t.offset,
-                    data_offset as u128 + u128::from(t.offset) + n_bytes as u128
-                ))),            }
+                _ => {
+                    // Computed wide so that the message itself cannot overflow.
+                    let end = data_offset as u128 + u128::from(t.offset) + n_bytes as u128;
+                    Err(err(format!(
+                        "truncated file: data (offset {}, {n_bytes} bytes) needs the file to reach byte {end}, past end of file (size {file_size})",
+                        t.offset
+                    )))
+                }
+            }
         })
         .collect()
 }
@@ -363,12 +364,12 @@ fn check_overlaps(tensors: &[TensorInfo], ranges: &[Range<usize>]) -> Result<()>
     Ok(())
 }
 
-pub(crate) fn gguf_err(msg: impl Into<String>) -> Error {
+fn gguf_err(msg: impl Into<String>) -> Error {
     Error::Gguf(msg.into())
 }
 
 /// Prefixes a container error with where it happened (a key or a tensor).
-pub(crate) fn in_context(e: Error, ctx: impl FnOnce() -> String) -> Error {
+fn in_context(e: Error, ctx: impl FnOnce() -> String) -> Error {
     match e {
         Error::Gguf(msg) => Error::Gguf(format!("{}: {msg}", ctx())),
         other => other,
