@@ -38,6 +38,14 @@ pub(crate) const HEADER_SIZE: usize = 4 + 4 + 8 + 8;
 const MIN_KV_SIZE: usize = 8 + 4 + 1; // key length, value type, a one-byte value
 const MIN_TENSOR_INFO_SIZE: usize = 8 + 4 + 8 + 4 + 8; // name length, n_dims, one dim, type, offset
 
+/// Capacity to reserve for `n` parsed items. Counts are checked against the bytes left, but
+/// a parsed item can be many times larger than its encoding (a one-byte u8 becomes a 32-byte
+/// value), so a hostile count in a large file must not reserve memory up front: beyond this,
+/// vectors grow only as items are really read.
+fn prealloc(n: usize) -> usize {
+    n.min(1 << 16)
+}
+
 /// A bounds-checked little-endian reader over the file bytes.
 struct Cursor<'a> {
     buf: &'a [u8],
@@ -173,8 +181,8 @@ fn check_version(version: u32) -> Result<()> {
 type Metadata = (Vec<(String, MetadataValue)>, HashMap<String, usize>);
 
 fn parse_metadata(c: &mut Cursor<'_>, kv_count: usize) -> Result<Metadata> {
-    let mut metadata = Vec::with_capacity(kv_count);
-    let mut index = HashMap::with_capacity(kv_count);
+    let mut metadata = Vec::with_capacity(prealloc(kv_count));
+    let mut index = HashMap::with_capacity(prealloc(kv_count));
     for i in 0..kv_count {
         let key = c
             .string("metadata key")
@@ -244,7 +252,7 @@ fn read_array(c: &mut Cursor<'_>, depth: usize) -> Result<Vec<MetadataValue>> {
     let elem_ty = c.u32("array element type")?;
     let min = min_value_size(elem_ty)?;
     let n = c.count("array count", min)?;
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(prealloc(n));
     for _ in 0..n {
         out.push(read_value(c, elem_ty, depth)?);
     }
@@ -267,8 +275,8 @@ fn alignment_of(value: Option<&MetadataValue>) -> Result<usize> {
 type TensorTable = (Vec<TensorInfo>, HashMap<String, usize>);
 
 fn parse_tensor_infos(c: &mut Cursor<'_>, count: usize) -> Result<TensorTable> {
-    let mut infos = Vec::with_capacity(count);
-    let mut index = HashMap::with_capacity(count);
+    let mut infos = Vec::with_capacity(prealloc(count));
+    let mut index = HashMap::with_capacity(prealloc(count));
     for i in 0..count {
         let info = parse_tensor_info(c, i)?;
         if index.insert(info.name.clone(), infos.len()).is_some() {
