@@ -180,6 +180,7 @@ impl Session {
         let mut done = 0;
         for chunk in tokens.chunks(max_batch) {
             let pos0 = self.tokens.len();
+            let want_all = all.is_some();
             let logits: &mut [f32] = match all.as_deref_mut() {
                 Some(a) => &mut a[done * n_vocab..(done + chunk.len()) * n_vocab],
                 None => &mut self.logits[..n_vocab],
@@ -192,7 +193,7 @@ impl Session {
                 &self.inv_freq,
                 chunk,
                 pos0,
-                all.is_some(),
+                want_all,
                 logits,
             );
             self.tokens.extend_from_slice(chunk);

@@ -43,6 +43,12 @@ struct ModelArgs {
     /// Context length in tokens (default: the model's, at most 4096).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
     ctx: usize,
+    /// Qwen-1: turn dynamic NTK RoPE scaling off.
+    #[arg(long)]
+    no_dynamic_ntk: bool,
+    /// Qwen-1: turn logN attention scaling off.
+    #[arg(long)]
+    no_logn: bool,
 }
 
 #[derive(Args)]
@@ -175,7 +181,14 @@ fn main() {
 }
 
 fn load(args: &ModelArgs) -> Result<(Arc<Model>, Session), qwen::Error> {
-    let model = Arc::new(Model::load(&args.model)?);
+    let mut model = Model::load(&args.model)?;
+    if args.no_dynamic_ntk {
+        model.config.use_dynamic_ntk = false;
+    }
+    if args.no_logn {
+        model.config.use_logn_attn = false;
+    }
+    let model = Arc::new(model);
     let params = SessionParams {
         n_ctx: args.ctx,
         n_threads: args.threads,

@@ -38,6 +38,14 @@ pub(crate) const HEADER_SIZE: usize = 4 + 4 + 8 + 8;
 const MIN_KV_SIZE: usize = 8 + 4 + 1; // key length, value type, a one-byte value
 const MIN_TENSOR_INFO_SIZE: usize = 8 + 4 + 8 + 4 + 8; // name length, n_dims, one dim, type, offset
 
+/// Capacity to reserve for `n` parsed items. Counts are checked against the bytes left, but
+/// a parsed item can be many times larger than its encoding (a one-byte u8 becomes a 32-byte
+/// value), so a hostile count in a large file must not reserve memory up front: beyond this,
+/// vectors grow only as items are really read.
+fn prealloc(n: usize) -> usize {
+    n.min(1 << 16)
+}
+
 /// A bounds-checked little-endian reader over the file bytes.
 struct Cursor<'a> {
     buf: &'a [u8],
@@ -89,33 +97,30 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, what: &str, min_size: usize) -> Result<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
-        let fits = usize::try_from(n)
+        let remaining = self.remaining();
+        usize::try_from(n)
             .ok()
-            .and_then(|n| n.checked_mul(min_size))
-            .is_some_and(|bytes| bytes <= self.remaining());
-        if !fits {
-            return Err(gguf_err(format!(
-                "truncated file or absurd {what} {n} at offset {at}: past end of file, only {} bytes remain",
-                self.remaining()
-            )));
-        }
-        Ok(n as usize)
+            .filter(|&n| n.checked_mul(min_size).is_some_and(|b| b <= remaining))
+            .ok_or_else(|| {
+                gguf_err(format!(
+                    "truncated file or absurd {what} {n} at offset {at}: past end of file, only {remaining} bytes remain"
+                ))
+            })
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
         let at = self.pos;
         let len = self.u64(what)?;
-        let bytes = usize::try_from(len)
+        let n = usize::try_from(len)
             .ok()
             .filter(|&n| n <= self.remaining())
-            .map(|n| self.take(n, what))
-            .transpose()?
             .ok_or_else(|| {
                 gguf_err(format!(
                     "truncated file: {what} length {len} at offset {at} runs past end of file (size {})",
                     self.buf.len()
                 ))
             })?;
+        let bytes = self.take(n, what)?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
             Err(e) => Err(gguf_err(format!(
@@ -130,8 +135,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Layout> {
     let magic = c.u32("magic")?;
     if magic != GGUF_MAGIC {
         return Err(gguf_err(format!(
-            "bad magic {:02x?} (expected \"GGUF\"): not a GGUF file",
-            magic.to_le_bytes()
+            "bad magic \"{}\" (expected \"GGUF\"): not a GGUF file",
+            magic.to_le_bytes().escape_ascii()
         )));
     }
     let version = c.u32("version")?;
@@ -176,8 +181,8 @@ fn check_version(version: u32) -> Result<()> {
 type Metadata = (Vec<(String, MetadataValue)>, HashMap<String, usize>);
 
 fn parse_metadata(c: &mut Cursor<'_>, kv_count: usize) -> Result<Metadata> {
-    let mut metadata = Vec::with_capacity(kv_count);
-    let mut index = HashMap::with_capacity(kv_count);
+    let mut metadata = Vec::with_capacity(prealloc(kv_count));
+    let mut index = HashMap::with_capacity(prealloc(kv_count));
     for i in 0..kv_count {
         let key = c
             .string("metadata key")
@@ -247,7 +252,7 @@ fn read_array(c: &mut Cursor<'_>, depth: usize) -> Result<Vec<MetadataValue>> {
     let elem_ty = c.u32("array element type")?;
     let min = min_value_size(elem_ty)?;
     let n = c.count("array count", min)?;
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(prealloc(n));
     for _ in 0..n {
         out.push(read_value(c, elem_ty, depth)?);
     }
@@ -270,8 +275,8 @@ fn alignment_of(value: Option<&MetadataValue>) -> Result<usize> {
 type TensorTable = (Vec<TensorInfo>, HashMap<String, usize>);
 
 fn parse_tensor_infos(c: &mut Cursor<'_>, count: usize) -> Result<TensorTable> {
-    let mut infos = Vec::with_capacity(count);
-    let mut index = HashMap::with_capacity(count);
+    let mut infos = Vec::with_capacity(prealloc(count));
+    let mut index = HashMap::with_capacity(prealloc(count));
     for i in 0..count {
         let info = parse_tensor_info(c, i)?;
         if index.insert(info.name.clone(), infos.len()).is_some() {
@@ -336,10 +341,14 @@ fn tensor_ranges(
                 .and_then(|o| o.checked_add(data_offset));
             match start.and_then(|s| Some(s..s.checked_add(n_bytes)?)) {
                 Some(r) if r.end <= file_size => Ok(r),
-                _ => Err(err(format!(
-                    "truncated file: data (offset {} + {n_bytes} bytes after data section at {data_offset}) runs past end of file (size {file_size})",
-                    t.offset
-                ))),
+                _ => {
+                    // Computed wide so that the message itself cannot overflow.
+                    let end = data_offset as u128 + u128::from(t.offset) + n_bytes as u128;
+                    Err(err(format!(
+                        "truncated file: data (offset {}, {n_bytes} bytes) needs the file to reach byte {end}, past end of file (size {file_size})",
+                        t.offset
+                    )))
+                }
             }
         })
         .collect()
@@ -363,12 +372,12 @@ fn check_overlaps(tensors: &[TensorInfo], ranges: &[Range<usize>]) -> Result<()>
     Ok(())
 }
 
-pub(crate) fn gguf_err(msg: impl Into<String>) -> Error {
+fn gguf_err(msg: impl Into<String>) -> Error {
     Error::Gguf(msg.into())
 }
 
 /// Prefixes a container error with where it happened (a key or a tensor).
-pub(crate) fn in_context(e: Error, ctx: impl FnOnce() -> String) -> Error {
+fn in_context(e: Error, ctx: impl FnOnce() -> String) -> Error {
     match e {
         Error::Gguf(msg) => Error::Gguf(format!("{}: {msg}", ctx())),
         other => other,

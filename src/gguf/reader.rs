@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::fs::File;
+use std::io::Read;
 use std::ops::Deref;
 use std::path::Path;
 
@@ -139,6 +140,20 @@ pub struct GgufFile {
     layout: Layout,
 }
 
+// The metadata holds whole vocabularies: show the shape of the file, not its contents.
+impl fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("version", &self.version())
+            .field("file_size", &self.file_size())
+            .field("alignment", &self.alignment())
+            .field("data_offset", &self.data_offset())
+            .field("metadata_keys", &self.layout.metadata.len())
+            .field("tensors", &self.layout.tensors.len())
+            .finish()
+    }
+}
+
 impl GgufFile {
     /// Maps and validates a GGUF file. Fails (never panics) on any malformed content.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
@@ -148,7 +163,9 @@ impl GgufFile {
         // Mapping an empty file fails on some systems; a short file gets the parser's message.
         let bytes = if len < HEADER_SIZE as u64 {
             let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut &file, &mut v).map_err(|e| Error::io(path, e))?;
+            (&file)
+                .read_to_end(&mut v)
+                .map_err(|e| Error::io(path, e))?;
             Backing::Owned(v)
         } else {
             // SAFETY: the map is read-only. As with every mmap reader, another process truncating
@@ -212,29 +229,23 @@ impl GgufFile {
 
     /// The named tensor's data, borrowed from the map.
     pub fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
-        let i = *self.layout.tensor_index.get(name)?;
+        self.layout.tensor_index.get(name).map(|&i| self.view(i))
+    }
+
+    /// All tensors in file order.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> {
+        (0..self.layout.tensors.len()).map(|i| self.view(i))
+    }
+
+    fn view(&self, i: usize) -> TensorView<'_> {
         let info = &self.layout.tensors[i];
-        Some(TensorView {
+        TensorView {
             name: &info.name,
             ty: info.ty,
             dims: &info.dims,
             // In range: checked against the file length at open.
             data: &self.bytes[self.layout.ranges[i].clone()],
-        })
-    }
-
-    /// All tensors in file order.
-    pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> {
-        self.layout
-            .tensors
-            .iter()
-            .zip(&self.layout.ranges)
-            .map(|(info, r)| TensorView {
-                name: &info.name,
-                ty: info.ty,
-                dims: &info.dims,
-                data: &self.bytes[r.clone()],
-            })
+        }
     }
 
     // ---- typed metadata access: missing or mistyped keys name the key in the error ----

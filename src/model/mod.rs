@@ -32,7 +32,7 @@ impl Model {
         let config = ModelConfig::from_gguf(&file)?;
         let weights = Weights::load(&file, &config)?;
         for t in weights.vectors() {
-            if (file.bytes()[t.bytes.clone()].as_ptr() as usize) % std::mem::align_of::<f32>() != 0 {
+            if (file.as_bytes()[t.bytes.clone()].as_ptr() as usize) % std::mem::align_of::<f32>() != 0 {
                 return Err(Error::tensor(&t.name, "F32 data is not 4-byte aligned in the file"));
             }
         }
@@ -71,13 +71,13 @@ impl Model {
             ty: t.ty,
             rows: t.rows,
             cols: t.cols,
-            data: &self.file.bytes()[t.bytes.clone()],
+            data: &self.file.as_bytes()[t.bytes.clone()],
         }
     }
 
     /// An F32 vector tensor (norm weights, biases) viewed in place.
     pub fn vector(&self, t: &Tensor) -> &[f32] {
-        let bytes = &self.file.bytes()[t.bytes.clone()];
+        let bytes = &self.file.as_bytes()[t.bytes.clone()];
         // SAFETY: type F32 and 4-byte alignment are checked at load; the length is whole f32s.
         unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) }
     }

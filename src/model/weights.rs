@@ -81,7 +81,7 @@ impl Finder<'_> {
                 format!("shape {dims:?} does not match the architecture's {expected:?}"),
             ));
         }
-        let start = view.data.as_ptr() as usize - self.file.bytes().as_ptr() as usize;
+        let start = view.data.as_ptr() as usize - self.file.as_bytes().as_ptr() as usize;
         Ok(Some(Tensor {
             name: name.to_string(),
             ty: view.ty,
