@@ -55,6 +55,9 @@ fn produce(j: &Job, out: &mut Vec<u8>) -> Result<()> {
         .ok_or_else(|| Error::tensor(&j.name, format!("rows of {} do not fit {}", j.cols, j.ty)))?;
     out.clear();
     out.resize(j.rows * row_bytes, 0);
+    if out.is_empty() {
+        return Ok(());
+    }
     // Same type in and out: copy, bit for bit.
     if let Data::Gguf { ty, data } = &j.data {
         if *ty == j.ty && data.len() == out.len() {
@@ -62,16 +65,46 @@ fn produce(j: &Job, out: &mut Vec<u8>) -> Result<()> {
             return Ok(());
         }
     }
-    let chunk_rows = (CHUNK_ELEMS / j.cols.max(1)).clamp(1, j.rows.max(1));
+    // Quantizing is the slow part (K-quants especially): split the rows across cores. Each
+    // thread owns a disjoint slice of the output, so no synchronization is needed.
+    let threads = if j.rows * j.cols < CHUNK_ELEMS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    let rows_per_thread = j.rows.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = out
+            .chunks_mut(rows_per_thread * row_bytes)
+            .enumerate()
+            .map(|(t, slice)| {
+                s.spawn(move || convert_rows(j, t * rows_per_thread, slice, row_bytes))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::tensor(&j.name, "worker panicked")))
+        })
+    })
+}
+
+/// Converts the rows starting at `first` into `out` (whole rows of `row_bytes`).
+fn convert_rows(j: &Job, first: usize, out: &mut [u8], row_bytes: usize) -> Result<()> {
+    let rows = out.len() / row_bytes;
+    let chunk_rows = (CHUNK_ELEMS / j.cols.max(1)).clamp(1, rows.max(1));
     let mut scratch = vec![0f32; chunk_rows * j.cols];
-    let mut r0 = 0;
-    while r0 < j.rows {
-        let n = chunk_rows.min(j.rows - r0);
+    let mut done = 0;
+    while done < rows {
+        let n = chunk_rows.min(rows - done);
         let buf = &mut scratch[..n * j.cols];
-        read_rows(j, r0, buf)?;
-        quantize_row(j.ty, buf, &mut out[r0 * row_bytes..(r0 + n) * row_bytes])
-            .map_err(|e| Error::tensor(&j.name, e.to_string()))?;
-        r0 += n;
+        read_rows(j, first + done, buf)?;
+        quantize_row(
+            j.ty,
+            buf,
+            &mut out[done * row_bytes..(done + n) * row_bytes],
+        )
+        .map_err(|e| Error::tensor(&j.name, e.to_string()))?;
+        done += n;
     }
     Ok(())
 }

@@ -75,3 +75,136 @@ fn is_fresh(path: &Path) -> bool {
         _ => false,
     }
 }
+
+/// Deterministic pseudo-random values in [-scale, scale) (an LCG; tests need no rand crate).
+pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Shape of a synthetic Qwen-2 checkpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct Synthetic {
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ff: usize,
+    pub vocab: usize,
+    pub layers: usize,
+    pub tied: bool,
+}
+
+impl Default for Synthetic {
+    /// Rows of 256: every K-quant applies without fallbacks.
+    fn default() -> Self {
+        Synthetic {
+            hidden: 256,
+            heads: 4,
+            kv_heads: 2,
+            ff: 512,
+            vocab: 512,
+            layers: 2,
+            tied: false,
+        }
+    }
+}
+
+impl Synthetic {
+    /// HF tensor names and shapes, in a fixed order.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, kv) = (self.hidden, self.kv_heads * self.hidden / self.heads);
+        let mut t = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab, d])];
+        for i in 0..self.layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            t.extend([
+                (p("input_layernorm.weight"), vec![d]),
+                (p("self_attn.q_proj.weight"), vec![d, d]),
+                (p("self_attn.q_proj.bias"), vec![d]),
+                (p("self_attn.k_proj.weight"), vec![kv, d]),
+                (p("self_attn.k_proj.bias"), vec![kv]),
+                (p("self_attn.v_proj.weight"), vec![kv, d]),
+                (p("self_attn.v_proj.bias"), vec![kv]),
+                (p("self_attn.o_proj.weight"), vec![d, d]),
+                (p("post_attention_layernorm.weight"), vec![d]),
+                (p("mlp.gate_proj.weight"), vec![self.ff, d]),
+                (p("mlp.up_proj.weight"), vec![self.ff, d]),
+                (p("mlp.down_proj.weight"), vec![d, self.ff]),
+            ]);
+        }
+        t.push(("model.norm.weight".to_string(), vec![d]));
+        if !self.tied {
+            t.push(("lm_head.weight".to_string(), vec![self.vocab, d]));
+        }
+        t
+    }
+
+    pub fn config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+            "hidden_size": self.hidden, "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads, "intermediate_size": self.ff,
+            "vocab_size": self.vocab, "num_hidden_layers": self.layers,
+            "tie_word_embeddings": self.tied, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 4096, "some_future_key": {"nested": [1, "x"]}
+        })
+    }
+
+    /// Writes `config.json` and `model.safetensors` (F32) with `tensors` (name, shape, values)
+    /// instead of the defaults when given; returns the directory.
+    pub fn write_with(&self, dir: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.json"), self.config().to_string()).unwrap();
+        write_safetensors(&dir.join("model.safetensors"), &tensors);
+        dir.to_path_buf()
+    }
+
+    pub fn values(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.tensors()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, shape))| {
+                let n = shape.iter().product();
+                let v = if shape.len() == 1 {
+                    pseudo_random(n, i as u64, 0.2)
+                        .iter()
+                        .map(|x| x + 1.0)
+                        .collect()
+                } else {
+                    pseudo_random(n, i as u64, 1.0 / (shape[1] as f32).sqrt())
+                };
+                (name, shape, v)
+            })
+            .collect()
+    }
+
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        self.write_with(dir, self.values())
+    }
+}
+
+/// Writes F32 tensors into a safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, shape, _), b)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b);
+            (n.clone(), view.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, &None, path).unwrap();
+}
