@@ -507,7 +507,6 @@ pub fn floats_to_f32(t: &RawTensor, start: usize, out: &mut [f32]) -> Result<()>
     Ok(())
 }
 
-#[allow(dead_code)] // GPTQ and LoRA (next steps)
 /// Reads a whole (small) tensor as f32: LoRA factors, biases, GPTQ scales.
 pub fn read_f32(t: &RawTensor) -> Result<Vec<f32>> {
     let n = t.shape.iter().product();
@@ -516,7 +515,6 @@ pub fn read_f32(t: &RawTensor) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-#[allow(dead_code)] // GPTQ (next step)
 /// Reads a whole I32 tensor (GPTQ packed words, group indices).
 pub fn read_i32(t: &RawTensor) -> Result<Vec<i32>> {
     if t.dtype != Dtype::I32 {

@@ -58,12 +58,16 @@ fn produce(j: &Job, out: &mut Vec<u8>) -> Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    // Same type in and out: copy, bit for bit.
-    if let Data::Gguf { ty, data } = &j.data {
-        if *ty == j.ty && data.len() == out.len() {
+    // Same type in and out: copy, bit for bit. GPTQ codes that map exactly: rearrange them.
+    match &j.data {
+        Data::Gguf { ty, data } if *ty == j.ty && data.len() == out.len() && j.lora.is_none() => {
             out.copy_from_slice(data);
             return Ok(());
         }
+        Data::Gptq(layer) if layer.exact && j.lora.is_none() && j.ty.is_quantized() => {
+            return layer.write_exact(j.ty, out);
+        }
+        _ => {}
     }
     // Quantizing is the slow part (K-quants especially): split the rows across cores. Each
     // thread owns a disjoint slice of the output, so no synchronization is needed.
@@ -98,6 +102,9 @@ fn convert_rows(j: &Job, first: usize, out: &mut [u8], row_bytes: usize) -> Resu
         let n = chunk_rows.min(rows - done);
         let buf = &mut scratch[..n * j.cols];
         read_rows(j, first + done, buf)?;
+        if let Some(delta) = &j.lora {
+            delta.apply(first + done, buf);
+        }
         quantize_row(
             j.ty,
             buf,
@@ -113,6 +120,7 @@ fn convert_rows(j: &Job, first: usize, out: &mut [u8], row_bytes: usize) -> Resu
 fn read_rows(j: &Job, r0: usize, buf: &mut [f32]) -> Result<()> {
     match &j.data {
         Data::Hf { t, .. } => floats_to_f32(t, r0 * j.cols, buf),
+        Data::Gptq(layer) => layer.read_rows(r0, buf),
         Data::Gguf { ty, data } => {
             let rb = ty
                 .row_bytes(j.cols)
