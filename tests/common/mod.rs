@@ -32,7 +32,8 @@ pub fn model_dir(name: &str) -> Option<PathBuf> {
 
 /// A directory for test outputs that survives the test (inspectable after a failure).
 pub fn out_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-models");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.parent().unwrap_or(tmp).join("test-models");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
