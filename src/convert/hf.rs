@@ -313,37 +313,35 @@ impl Shard {
         Some((info.dtype, &info.shape, &self.map[start..end]))
     }
 
-    /// Tells the kernel we are done with a tensor's pages, so converting a checkpoint larger
-    /// than memory does not keep it all resident (the pages are file-backed and re-readable).
+    /// Tells the kernel we are done with a tensor's pages (see [`release_pages`]).
     pub fn release(&self, name: &str) {
-        if let Some(info) = self.meta.info(name) {
-            let start = 8 + self.header_len + info.data_offsets.0;
-            let len = info.data_offsets.1 - info.data_offsets.0;
-            #[cfg(unix)]
-            {
-                // Round inward to whole pages: neighbouring tensors may still be in use.
-                // SAFETY: sysconf has no preconditions.
-                let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-                    .unwrap_or(4096)
-                    .max(1);
-                let a = start.div_ceil(page) * page;
-                let b = (start + len) / page * page;
-                if b > a {
-                    // SAFETY: the mapping is private and read-only; dropping its pages only
-                    // means they are read again from the file if touched later.
-                    let _ = unsafe {
-                        self.map.unchecked_advise_range(
-                            memmap2::UncheckedAdvice::DontNeed,
-                            a,
-                            b - a,
-                        )
-                    };
-                }
-            }
-            #[cfg(not(unix))]
-            let _ = (start, len);
+        if let Some((_, _, data)) = self.raw(name) {
+            release_pages(data);
         }
     }
+}
+
+/// Drops the resident pages of a read-only file mapping that lie wholly inside `bytes`, so
+/// converting a checkpoint larger than memory does not keep it all resident. The pages are
+/// file-backed: touching them again just reads them from the file again.
+pub fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = page.max(1);
+        let start = bytes.as_ptr() as usize;
+        // Round inward: neighbouring tensors or rows may share the edge pages.
+        let a = start.div_ceil(page) * page;
+        let b = (start + bytes.len()) / page * page;
+        if b > a {
+            // SAFETY: [a, b) lies inside `bytes`, which callers only take from private
+            // read-only file mappings (checkpoint shards); MADV_DONTNEED there never loses data.
+            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
 }
 
 /// All tensors of a checkpoint, whichever shard holds them.

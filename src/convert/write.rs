@@ -1,6 +1,6 @@
 //! The second pass: stream every planned tensor into the output file, one at a time.
 
-use super::hf::floats_to_f32;
+use super::hf::{floats_to_f32, release_pages};
 use super::plan::{Data, Job, Plan};
 use super::ProgressEvent;
 use crate::error::{Error, Result};
@@ -95,7 +95,9 @@ fn produce(j: &Job, out: &mut Vec<u8>) -> Result<()> {
 /// Converts the rows starting at `first` into `out` (whole rows of `row_bytes`).
 fn convert_rows(j: &Job, first: usize, out: &mut [u8], row_bytes: usize) -> Result<()> {
     let rows = out.len() / row_bytes;
-    let chunk_rows = (CHUNK_ELEMS / j.cols.max(1)).clamp(1, rows.max(1));
+    // The threads share the scratch budget, so memory does not grow with the core count.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk_rows = (CHUNK_ELEMS / threads / j.cols.max(1)).clamp(1, rows.max(1));
     let mut scratch = vec![0f32; chunk_rows * j.cols];
     let mut done = 0;
     while done < rows {
@@ -104,6 +106,11 @@ fn convert_rows(j: &Job, first: usize, out: &mut [u8], row_bytes: usize) -> Resu
         read_rows(j, first + done, buf)?;
         if let Some(delta) = &j.lora {
             delta.apply(first + done, buf);
+        }
+        // Done with these input rows: let their pages go (a tensor may exceed memory).
+        if let Data::Hf { t, .. } = &j.data {
+            let size = t.dtype.size() * j.cols;
+            release_pages(&t.data[(first + done) * size..(first + done + n) * size]);
         }
         quantize_row(
             j.ty,
