@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod chat;
+pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
