@@ -388,7 +388,11 @@ fn quantize_scale_min_k(
         }
     }
 
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut packed = [0u8; K_SCALE_SIZE];
     for j in 0..QK_K / 32 {
@@ -438,7 +442,11 @@ pub(crate) fn quantize_q5_k(src: &[f32], dst: &mut [BlockQ5K]) {
         let (d, dmin, scales, l) = quantize_scale_min_k(x, 31, -0.5, 15);
         (y.d, y.dmin, y.scales) = (d, dmin, scales);
         y.qh = [0; QK_K / 8];
-        for (c, (q, l)) in y.qs.chunks_exact_mut(32).zip(l.chunks_exact(64)).enumerate() {
+        for (c, (q, l)) in
+            y.qs.chunks_exact_mut(32)
+                .zip(l.chunks_exact(64))
+                .enumerate()
+        {
             for i in 0..32 {
                 let (lo, hi) = (l[i], l[i + 32]);
                 y.qh[i] |= ((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1));
@@ -498,7 +506,8 @@ pub(crate) fn quantize_q6_k(src: &[f32], dst: &mut [BlockQ6K]) {
                 );
                 y.ql[64 * h + i] = (q1 & 0xF) | ((q3 & 0xF) << 4);
                 y.ql[64 * h + i + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
-                y.qh[32 * h + i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+                y.qh[32 * h + i] =
+                    (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
             }
         }
     }
