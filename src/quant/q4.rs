@@ -179,7 +179,7 @@ mod tests {
         quantize_q4_0(&x, as_blocks_mut(&mut raw));
         assert_eq!(&raw[..2], &[0x00, 0x3C]); // d = 1
         let b = &as_blocks::<BlockQ4_0>(&raw)[0];
-        assert_eq!(b.qs[0], 0 | (8 << 4));
+        assert_eq!(b.qs[0], 8 << 4); // low nibble 0
         assert_eq!(b.qs[1], 15 | (4 << 4));
         assert_eq!(b.qs[2], 15 | (8 << 4));
         assert_eq!(b.qs[3], 8 | (8 << 4)); // zeros sit at q = 8
