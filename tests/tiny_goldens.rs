@@ -108,3 +108,75 @@ fn qwen1_tiny_all_position_logits() {
         assert_eq!(argmax(row) as u64, p["argmax_per_position"][i].as_u64().unwrap(), "position {i}");
     }
 }
+
+/// The reference reloaded with `use_dynamic_ntk` / `use_logn_attn` switched off, reproduced with
+/// the CLI's `--no-dynamic-ntk` / `--no-logn` on `qwen logits` and `qwen run`.
+#[test]
+fn qwen1_tiny_ntk_logn_ablation_through_the_cli() {
+    let Some((model, goldens, public)) = load("qwen1-tiny") else { return };
+    let gguf = common::tiny_gguf("qwen1-tiny", "f32").unwrap();
+    let ab = &goldens["ntk_logn_ablation"];
+    let p = goldens["prompts"].as_array().unwrap().iter().find(|p| p["name"] == ab["prompt"]).unwrap();
+    let input = ids(&p["input_ids"]);
+    let id_list = input.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let (_, want_all) = read_npy(&public.join(ab["npy"].as_str().unwrap()));
+    let v = model.config.n_vocab;
+    for variant in ab["variants"].as_array().unwrap() {
+        let mut switches = Vec::new();
+        if variant["use_dynamic_ntk"] == false {
+            switches.push("--no-dynamic-ntk");
+        }
+        if variant["use_logn_attn"] == false {
+            switches.push("--no-logn");
+        }
+        let run = |args: &[&str]| -> Value {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen"))
+                .args(args)
+                .args(["-m", gguf.to_str().unwrap(), "-t", "2"])
+                .args(&switches)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        let got = run(&["logits", "--ids", &id_list]);
+        let got: Vec<f32> = got["logits"][0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let row = variant["row"].as_u64().unwrap() as usize;
+        let diff = max_abs_diff(&got, &want_all[row * v..(row + 1) * v]);
+        let name = variant["variant"].as_str().unwrap();
+        assert!(diff < TOL, "{name}: logits differ by {diff}");
+        let text = p["text"].as_str().unwrap();
+        let gen = run(&["run", "-p", text, "--temp", "0", "-n", "24", "--json"]);
+        assert_eq!(gen["prompt_ids"], p["input_ids"], "{name}: prompt ids");
+        assert_eq!(gen["generated_ids"], variant["greedy_new_token_ids"], "{name}: greedy");
+        eprintln!("{name}: max |Δlogit| {diff:.2e}, greedy equal");
+    }
+}
+
+/// `make_context` + greedy decoding on the tiny Qwen-1 (chat_greedy goldens).
+#[test]
+fn qwen1_tiny_chat_greedy() {
+    use qwen::chat::{make_context, ChatTokens, Turn};
+    let Some((model, goldens, _)) = load("qwen1-tiny") else { return };
+    let tok = model.tokenizer().unwrap();
+    let ct = ChatTokens::from_tokenizer(tok).unwrap();
+    for case in goldens["chat_greedy"]["cases"].as_array().unwrap() {
+        let history: Vec<Turn> = case["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| Turn { user: t[0].as_str().unwrap().into(), assistant: t[1].as_str().unwrap().into() })
+            .collect();
+        let ctx = make_context(
+            tok,
+            &ct,
+            case["system"].as_str().unwrap(),
+            &history,
+            case["query"].as_str().unwrap(),
+            case["max_window_size"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(ctx.ids, ids(&case["context_ids"]), "context ids");
+        let want = ids(&case["greedy_new_token_ids"]);
+        assert_eq!(greedy(&model, &ctx.ids, want.len()), want, "greedy");
+    }
+}

@@ -62,7 +62,7 @@ struct SamplingArgs {
     #[arg(long = "top-k", default_value_t = 20)]
     top_k: usize,
     /// 1.0 = off.
-    #[arg(long = "repeat-penalty", default_value_t = 1.05)]
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
     repeat_penalty: f32,
     /// Random seed (default: from the clock).
     #[arg(long = "seed")]

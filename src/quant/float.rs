@@ -39,7 +39,12 @@ pub(crate) fn f32_to_f16_bits(f: f32) -> u16 {
     let exp_bits = (bits >> 13) & 0x0000_7C00;
     let mantissa_bits = bits & 0x0000_0FFF;
     let nonsign = exp_bits + mantissa_bits;
-    ((sign >> 16) | if shl1_w > 0xFF00_0000 { 0x7E00 } else { nonsign }) as u16
+    ((sign >> 16)
+        | if shl1_w > 0xFF00_0000 {
+            0x7E00
+        } else {
+            nonsign
+        }) as u16
 }
 
 /// bf16 bits → f32: bf16 is the top half of an f32.
@@ -188,7 +193,7 @@ mod tests {
             5.960_464_5e-8, // smallest f16 subnormal
             2.980_232_2e-8, // half of it: ties to even → 0
             2.980_233e-8,
-            6.097_555_e-5, // largest f16 subnormal
+            6.097_555_e-5,      // largest f16 subnormal
             1.0 + 1.0 / 2048.0, // tie between 1.0 and the next f16 → even (1.0)
             1.0 + 3.0 / 2048.0, // tie → even (upwards)
             1.0 + 1.0 / 256.0,  // bf16 tie → 1.0
@@ -208,7 +213,12 @@ mod tests {
             if x.is_nan() {
                 assert_eq!(ours & 0x7fff, 0x7E00, "{x}");
             } else {
-                assert_eq!(ours, f16::from_f32(x).to_bits(), "{x:e} ({:#010x})", x.to_bits());
+                assert_eq!(
+                    ours,
+                    f16::from_f32(x).to_bits(),
+                    "{x:e} ({:#010x})",
+                    x.to_bits()
+                );
             }
         }
     }
@@ -217,7 +227,12 @@ mod tests {
     fn f32_to_bf16_matches_half_round_to_nearest_even() {
         for x in f32_probes() {
             let ours = f32_to_bf16_bits(x);
-            assert_eq!(ours, bf16::from_f32(x).to_bits(), "{x:e} ({:#010x})", x.to_bits());
+            assert_eq!(
+                ours,
+                bf16::from_f32(x).to_bits(),
+                "{x:e} ({:#010x})",
+                x.to_bits()
+            );
             let back = bf16_bits_to_f32(ours);
             if !x.is_nan() {
                 assert_eq!(back.to_bits(), bf16::from_bits(ours).to_f32().to_bits());
