@@ -257,3 +257,128 @@ fn lora_then_quantize() {
     assert!(diff < 0.3, "{diff}");
     std::fs::remove_file(out).unwrap();
 }
+
+/// Copies the int4-g32 checkpoint with some tensors' bytes replaced.
+fn patched_gptq(src: &Path, patch: impl Fn(&str, &[u8]) -> Option<Vec<u8>>) -> PathBuf {
+    let dir = common::unique_path("gptq-patched", "d");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "quantize_config.json", "qwen.tiktoken"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = st.tensors();
+    let data: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(n, v)| patch(n, v.data()).unwrap_or_else(|| v.data().to_vec()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&data)
+        .map(|((n, v), d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, &None, &dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Layouts that cannot map exactly (asymmetric zeros, act-order g_idx) are dequantized exactly
+/// and re-quantized, with a warning: never silently wrong.
+#[test]
+fn inexact_gptq_is_requantized_with_a_warning() {
+    let Some((dir, _)) = goldens() else { return };
+    let src = dir.join("../models/qwen1-tiny-gptq-int4-g32");
+    let reference_bytes =
+        std::fs::read(dir.join("qwen1-tiny-gptq-int4-g32/dequantized_reference.safetensors"))
+            .unwrap();
+    let reference = SafeTensors::deserialize(&reference_bytes).unwrap();
+    let ckpt_bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let ckpt = SafeTensors::deserialize(&ckpt_bytes).unwrap();
+    let scales = |layer: &str| -> Vec<f32> {
+        let t = ckpt.tensor(&format!("{layer}.scales")).unwrap();
+        t.data()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()
+    };
+    let asym = "transformer.h.0.mlp.w1";
+    let reordered = "transformer.h.1.attn.c_proj";
+    let patched = patched_gptq(&src, |name, data| {
+        if name == format!("{asym}.qzeros") {
+            // Stored zero 6 → zero point 7 instead of the symmetric 8.
+            return Some(data.iter().map(|_| 0x66).collect());
+        }
+        if name == format!("{reordered}.g_idx") {
+            // Act-order style: input k belongs to group k % 2.
+            return Some((0..64i32).flat_map(|k| (k % 2).to_le_bytes()).collect());
+        }
+        None
+    });
+
+    let mut opts = ConvertOptions::new(&patched, common::unique_path("unused", "gguf"));
+    opts.dry_run = true;
+    let report = convert(&opts, &mut |_| {}).unwrap();
+    let note = |n: &str| {
+        report
+            .tensors
+            .iter()
+            .find(|t| t.name == n)
+            .unwrap()
+            .note
+            .clone()
+            .unwrap()
+    };
+    assert!(
+        note("blk.0.ffn_up.weight").contains("re-quantized to Q4_0: zero points"),
+        "{}",
+        note("blk.0.ffn_up.weight")
+    );
+    assert!(note("blk.1.attn_output.weight").contains("act-order"));
+    assert!(note("blk.0.attn_qkv.weight").contains("exactly"));
+    assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+
+    // Exact dequantization shows the codes were read with the right zero and groups.
+    let out = convert_to(&patched, "f32", None);
+    let f = GgufFile::open(&out).unwrap();
+    let got = |n: &str| {
+        let t = f.tensor(n).unwrap();
+        f32s(t.data)
+    };
+    let want_plain =
+        |layer: &str| f32s(reference.tensor(&format!("{layer}.weight")).unwrap().data());
+    // Zero 7: w = s·(q − 7) = reference + s.
+    let (s, r, g) = (scales(asym), want_plain(asym), got("blk.0.ffn_up.weight"));
+    for o in 0..128 {
+        for k in 0..64 {
+            assert_eq!(
+                g[o * 64 + k],
+                r[o * 64 + k] + s[(k / 32) * 128 + o],
+                "asym [{o}, {k}]"
+            );
+        }
+    }
+    // Group k % 2: w = s[k % 2]·(q − 8) = reference / s[k / 32] · s[k % 2].
+    let (s, r, g) = (
+        scales(reordered),
+        want_plain(reordered),
+        got("blk.1.attn_output.weight"),
+    );
+    for o in 0..64 {
+        for k in 0..64 {
+            let q = r[o * 64 + k] / s[(k / 32) * 64 + o];
+            assert_eq!(g[o * 64 + k], q * s[(k % 2) * 64 + o], "g_idx [{o}, {k}]");
+        }
+    }
+    std::fs::remove_file(out).unwrap();
+    std::fs::remove_dir_all(patched).unwrap();
+}
