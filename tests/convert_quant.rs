@@ -280,3 +280,31 @@ fn requantize_f32_gguf_equals_direct_conversion() {
     std::fs::remove_file(&out).unwrap();
     std::fs::remove_file(&again).unwrap();
 }
+
+/// Qwen2.5's optional YaRN settings are recorded under llama.cpp's keys, with a warning.
+#[test]
+fn rope_scaling_is_recorded() {
+    let dir = common::unique_path("synthetic-yarn", "d");
+    let s = common::Synthetic::default();
+    s.write(&dir);
+    let mut cfg = s.config();
+    cfg["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768});
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let out = common::unique_path("synthetic-yarn", "gguf");
+    let report = convert(&ConvertOptions::new(&dir, &out), &mut |_| {}).unwrap();
+    assert!(
+        report.warnings.iter().any(|w| w.contains("yarn")),
+        "{:?}",
+        report.warnings
+    );
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.get_str("qwen2.rope.scaling.type").unwrap(), "yarn");
+    assert_eq!(f.get_f32("qwen2.rope.scaling.factor").unwrap(), 4.0);
+    assert_eq!(
+        f.get("qwen2.rope.scaling.original_context_length")
+            .and_then(MetadataValue::as_u64),
+        Some(32768)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_file(&out).unwrap();
+}

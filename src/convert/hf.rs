@@ -100,6 +100,36 @@ pub struct HfConfig {
     pub use_logn_attn: bool,
     /// The `quantization_config` object, if the checkpoint has one (GPTQ).
     pub quantization_config: Option<Value>,
+    /// Qwen-2's optional `rope_scaling` (e.g. YaRN for long contexts).
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// `rope_scaling` from config.json, recorded under llama.cpp's `{arch}.rope.scaling.*` keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeScaling {
+    pub kind: String,
+    pub factor: f64,
+    pub original_context_length: Option<usize>,
+}
+
+fn rope_scaling(c: &JsonObj) -> Result<Option<RopeScaling>> {
+    let Some(v) = c.opt("rope_scaling") else {
+        return Ok(None);
+    };
+    let file = format!("{}: rope_scaling", c.file);
+    let r = JsonObj {
+        file: &file,
+        value: v,
+    };
+    let kind = r.opt_str("type").or_else(|| r.opt_str("rope_type"));
+    match kind {
+        None | Some("default") => Ok(None),
+        Some(kind) => Ok(Some(RopeScaling {
+            kind: kind.to_string(),
+            factor: r.opt_f64("factor")?.unwrap_or(1.0),
+            original_context_length: r.opt_usize("original_max_position_embeddings")?,
+        })),
+    }
 }
 
 impl HfConfig {
@@ -166,6 +196,7 @@ impl HfConfig {
                     use_dynamic_ntk: c.flag("use_dynamic_ntk", false),
                     use_logn_attn: c.flag("use_logn_attn", false),
                     quantization_config,
+                    rope_scaling: None,
                 }
             }
             Arch::Qwen2 => {
@@ -196,6 +227,7 @@ impl HfConfig {
                     use_dynamic_ntk: false,
                     use_logn_attn: false,
                     quantization_config,
+                    rope_scaling: rope_scaling(&c)?,
                 }
             }
         };

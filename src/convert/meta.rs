@@ -43,6 +43,9 @@ pub fn model_metadata(c: &HfConfig, name: &str, file_type: u32, quantized: bool)
         (k("context_length"), u32v(c.max_position_embeddings)),
         (k("embedding_length"), u32v(c.hidden_size)),
         (k("block_count"), u32v(c.n_layer)),
+        // Rows of ffn_up/ffn_gate, what libqwen's loader reads. Caveat: llama.cpp's `qwen` arch
+        // stores Qwen-1's full intermediate_size here and halves it when loading, so a Qwen-1
+        // file needs this to be 2·n_ff to load there (and llama.cpp-made Qwen-1 files have it).
         (k("feed_forward_length"), u32v(c.n_ff)),
         (k("attention.head_count"), u32v(c.n_head)),
     ];
@@ -57,6 +60,13 @@ pub fn model_metadata(c: &HfConfig, name: &str, file_type: u32, quantized: bool)
             V::F32(c.rms_eps as f32),
         ),
     ]);
+    if let Some(r) = &c.rope_scaling {
+        kv.push((k("rope.scaling.type"), V::String(r.kind.clone())));
+        kv.push((k("rope.scaling.factor"), V::F32(r.factor as f32)));
+        if let Some(n) = r.original_context_length {
+            kv.push((k("rope.scaling.original_context_length"), u32v(n)));
+        }
+    }
     if c.arch == Arch::Qwen {
         kv.extend([
             (qwen1_keys::SEQ_LENGTH.into(), u32v(c.seq_length)),

@@ -317,6 +317,16 @@ impl HfInput {
                 cfg.n_layer
             )));
         }
+        if let Some(r) = &cfg.rope_scaling {
+            warnings.push(format!(
+                "rope_scaling `{}` (factor {}) is recorded in the file, but libqwen's runtime \
+                 does not apply it: contexts beyond {} tokens will degrade",
+                r.kind,
+                r.factor,
+                r.original_context_length
+                    .unwrap_or(cfg.max_position_embeddings)
+            ));
+        }
         warnings.extend(summarize_fallbacks(&jobs));
         summarize_gptq(&jobs, &mut info, &mut warnings);
         let merged = jobs.iter().filter(|j| j.lora.is_some()).count();
