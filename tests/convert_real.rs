@@ -116,3 +116,46 @@ fn requantized_0_5b_q8_0_still_answers() {
     }
     std::fs::remove_file(out).unwrap();
 }
+
+/// The merges we derive from `qwen.tiktoken` ranks are exactly the `merges.txt` that llama.cpp
+/// copied into the real Qwen2.5 GGUF, and the byte-level tokens match (same ranks).
+#[test]
+fn derived_merges_equal_llama_cpp_qwen2_5() {
+    let Some(data) = common::testdata() else {
+        return;
+    };
+    let goldens: Value =
+        serde_json::from_slice(&std::fs::read(data.join("llamacpp/goldens_0.5b.json")).unwrap())
+            .unwrap();
+    let model = models_dir().join(goldens["model_file"].as_str().unwrap());
+    if !model.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} missing (scripts/fetch-models.sh)",
+            model.display()
+        );
+        eprintln!(
+            "SKIP: {} missing (scripts/fetch-models.sh)",
+            model.display()
+        );
+        return;
+    }
+    let ours = GgufFile::open(common::tiny_gguf("qwen1-tiny", "f32").unwrap()).unwrap();
+    let theirs = GgufFile::open(&model).unwrap();
+    let merges = |f: &GgufFile| {
+        f.get_str_array("tokenizer.ggml.merges")
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        merges(&ours) == merges(&theirs),
+        "merges differ from llama.cpp's"
+    );
+    let (a, b) = (
+        ours.get_str_array("tokenizer.ggml.tokens").unwrap(),
+        theirs.get_str_array("tokenizer.ggml.tokens").unwrap(),
+    );
+    assert!(a[..151646] == b[..151646], "tokens differ");
+}
