@@ -12,7 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "qwen", version, about = "Run Qwen language models from GGUF files")]
+#[command(
+    name = "qwen",
+    version,
+    about = "Run Qwen language models from GGUF files"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -72,13 +76,19 @@ struct SamplingArgs {
 impl SamplingArgs {
     fn params(&self) -> Result<SamplingParams, String> {
         if !(self.temp >= 0.0 && self.temp.is_finite()) {
-            return Err(format!("--temp must be a finite number >= 0, got {}", self.temp));
+            return Err(format!(
+                "--temp must be a finite number >= 0, got {}",
+                self.temp
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("--top-p must be in (0, 1], got {}", self.top_p));
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return Err(format!("--repeat-penalty must be > 0, got {}", self.repeat_penalty));
+            return Err(format!(
+                "--repeat-penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
         }
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
@@ -134,7 +144,12 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    #[arg(short = 'm', long = "model", conflicts_with = "tiktoken", required_unless_present = "tiktoken")]
+    #[arg(
+        short = 'm',
+        long = "model",
+        conflicts_with = "tiktoken",
+        required_unless_present = "tiktoken"
+    )]
     model: Option<PathBuf>,
     /// A `qwen.tiktoken` file instead of a model.
     #[arg(long)]
@@ -217,14 +232,18 @@ fn run(a: RunArgs) -> CliResult {
     let mut stdout = std::io::stdout().lock();
     let stream = !a.json;
     let t1 = Instant::now();
-    let (generated, finish) = session.generate(&mut sampler, a.n_predict, &ct.stop_tokens(), |id| {
-        if stream {
-            let piece = decoder.push(tok, id);
-            // A closed stdout (e.g. `| head`) stops generation instead of failing it.
-            return stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()).is_ok();
-        }
-        true
-    })?;
+    let (generated, finish) =
+        session.generate(&mut sampler, a.n_predict, &ct.stop_tokens(), |id| {
+            if stream {
+                let piece = decoder.push(tok, id);
+                // A closed stdout (e.g. `| head`) stops generation instead of failing it.
+                return stdout
+                    .write_all(piece.as_bytes())
+                    .and_then(|_| stdout.flush())
+                    .is_ok();
+            }
+            true
+        })?;
     let gen_secs = t1.elapsed().as_secs_f64();
     let n_text = generated
         .iter()
@@ -255,7 +274,11 @@ fn chat(a: ChatArgs) -> CliResult {
     let mut history: Vec<Turn> = Vec::new();
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("Chatting with {} ({} layers). /clear starts over, /exit quits.", model.config.arch.name(), model.config.n_layer);
+        eprintln!(
+            "Chatting with {} ({} layers). /clear starts over, /exit quits.",
+            model.config.arch.name(),
+            model.config.n_layer
+        );
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -280,10 +303,15 @@ fn chat(a: ChatArgs) -> CliResult {
         }
         // The whole context is rebuilt each turn, but only tokens after the cached prefix are
         // evaluated, so a turn costs what it adds. The window drops old turns when needed.
-        let window = session.n_ctx().saturating_sub(a.n_predict.min(session.n_ctx() / 2));
+        let window = session
+            .n_ctx()
+            .saturating_sub(a.n_predict.min(session.n_ctx() / 2));
         let ctx = make_context(tok, &ct, &a.system, &history, query, window);
         if ctx.ids.len() >= session.n_ctx() {
-            eprintln!("error: this message is too long for the context ({} tokens)", session.n_ctx());
+            eprintln!(
+                "error: this message is too long for the context ({} tokens)",
+                session.n_ctx()
+            );
             continue;
         }
         session.eval_reusing_prefix(&ctx.ids)?;
@@ -294,7 +322,10 @@ fn chat(a: ChatArgs) -> CliResult {
         session.generate(&mut sampler, budget, &ct.stop_tokens(), |id| {
             let piece = decoder.push(tok, id);
             reply.push_str(&piece);
-            stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()).is_ok()
+            stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_ok()
         })?;
         let rest = decoder.finish();
         reply.push_str(&rest);
@@ -308,7 +339,11 @@ fn chat(a: ChatArgs) -> CliResult {
 }
 
 fn tokenize(a: TokenizeArgs) -> CliResult {
-    let mode = if a.special { EncodeMode::Trusted } else { EncodeMode::Text };
+    let mode = if a.special {
+        EncodeMode::Trusted
+    } else {
+        EncodeMode::Text
+    };
     let ids = match (&a.model, &a.tiktoken) {
         (_, Some(path)) => Tokenizer::from_tiktoken_file(path)?.encode(&a.text, mode),
         (Some(path), None) => {
