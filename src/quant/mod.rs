@@ -74,7 +74,7 @@ pub(crate) fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
 /// A little-endian f16 block field (`d`, `m`, `dmin`...) as f32.
 #[inline(always)]
 pub(crate) fn f16_to_f32(h: [u8; 2]) -> f32 {
-    half::f16::from_le_bytes(h).to_f32()
+    float::f16_bits_to_f32(u16::from_le_bytes(h))
 }
 
 /// An f32 rounded to f16 (round to nearest even, like GGML_FP32_TO_FP16), as little-endian bytes.
