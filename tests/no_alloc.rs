@@ -37,7 +37,15 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn count_decode_allocations(model: Arc<Model>, sampling: SamplingParams) -> usize {
-    let mut s = Session::new(model, &SessionParams { n_ctx: 128, n_threads: 2, max_batch: 32 }).unwrap();
+    let mut s = Session::new(
+        model,
+        &SessionParams {
+            n_ctx: 128,
+            n_threads: 2,
+            max_batch: 32,
+        },
+    )
+    .unwrap();
     let mut sampler = Sampler::new(sampling);
     s.eval(&[9707, 11, 1879, 0, 374, 264]).unwrap();
     let mut history = s.tokens().to_vec();
@@ -67,11 +75,19 @@ fn decoding_64_tokens_allocates_nothing() {
     COUNTING.store(false, Ordering::SeqCst);
     assert!(ALLOCATIONS.swap(0, Ordering::SeqCst) > 0);
 
-    let Some(path) = common::tiny_gguf("qwen2-tiny", "q8_0") else { return };
+    let Some(path) = common::tiny_gguf("qwen2-tiny", "q8_0") else {
+        return;
+    };
     let model = Arc::new(Model::load(path).unwrap());
     let greedy = count_decode_allocations(Arc::clone(&model), SamplingParams::default());
     assert_eq!(greedy, 0, "greedy decode allocated {greedy} times");
-    let sampled = SamplingParams { temperature: 0.8, top_p: 0.9, top_k: 40, repetition_penalty: 1.1, seed: 1 };
+    let sampled = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.9,
+        top_k: 40,
+        repetition_penalty: 1.1,
+        seed: 1,
+    };
     let n = count_decode_allocations(model, sampled);
     assert_eq!(n, 0, "sampled decode allocated {n} times");
 }
