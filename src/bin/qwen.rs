@@ -480,9 +480,15 @@ fn bench(a: BenchArgs) -> CliResult {
                 r.decode_tps, r.decode_tps_sd, r.n_gen
             );
             println!(
-                "bandwidth  {:.2} GB/s of weights ({:.1} MB per token)",
-                r.read_bandwidth_gbs,
-                r.weight_bytes_per_token as f64 / 1e6
+                "bandwidth  {:.2} GB/s of weights ({:.1} MB per token); memory reads at {:.2} GB/s",
+                r.achieved_bandwidth_gbs,
+                r.weight_bytes_per_token as f64 / 1e6,
+                r.read_bandwidth_gbs
+            );
+            println!(
+                "bound      {:.2} tok/s if decode only read weights: {:.0}% reached",
+                r.bandwidth_bound_tps,
+                100.0 * r.decode_tps / r.bandwidth_bound_tps.max(1e-9)
             );
         }
         println!("peak RSS   {:.0} MiB", r.peak_rss_mb);
