@@ -5,6 +5,7 @@
 //! [`sampler`] → [`tokenizer`] (streaming UTF-8 decode). [`chat`] builds ChatML contexts.
 
 pub mod backend;
+pub mod bench;
 pub mod chat;
 pub mod convert;
 pub mod error;

@@ -102,8 +102,11 @@ impl ModelConfig {
         };
         let (seq_length, use_dynamic_ntk, use_logn_attn) = match arch {
             Arch::Qwen => (
-                f.get_opt_u32(qwen1_keys::SEQ_LENGTH)?.map(|v| v as usize).unwrap_or(0),
-                f.get_opt_bool(qwen1_keys::USE_DYNAMIC_NTK)?.unwrap_or(false),
+                f.get_opt_u32(qwen1_keys::SEQ_LENGTH)?
+                    .map(|v| v as usize)
+                    .unwrap_or(0),
+                f.get_opt_bool(qwen1_keys::USE_DYNAMIC_NTK)?
+                    .unwrap_or(false),
                 f.get_opt_bool(qwen1_keys::USE_LOGN_ATTN)?.unwrap_or(false),
             ),
             Arch::Qwen2 => (0, false, false),

@@ -1,26 +1,29 @@
 //! F32, F16 and BF16 rows (little-endian, one element per "block"), and their dot products with
 //! f32 activations.
 //!
-//! The element conversions are branch-free bit manipulations (ggml's own, from the FP16 library)
-//! so that whole rows vectorize; `half` is the cross-check in the tests.
+//! The element conversions are branch-free bit manipulations so that whole rows vectorize; `half`
+//! is the cross-check in the tests.
 
-/// f16 bits → f32, exact for every input (ggml's `ggml_compute_fp16_to_fp32`): normal numbers are
-/// rebased by an exponent shift and a multiply, subnormals through a magic-number subtraction.
+/// f16 bits → f32, exact for every input. Normal numbers only need their exponent rebased (a
+/// shift and an add), subnormals are `mantissa · 2^-24` (an exact int → float conversion), and
+/// inf/NaN keep their payload under an all-ones exponent. Branch-free selects, so rows vectorize.
 #[inline(always)]
 pub(crate) fn f16_bits_to_f32(h: u16) -> f32 {
-    let w = (h as u32) << 16;
-    let sign = w & 0x8000_0000;
-    let two_w = w.wrapping_add(w);
-    let exp_offset = 0xE0u32 << 23;
-    let normalized = f32::from_bits((two_w >> 4) + exp_offset) * f32::from_bits(0x0780_0000); // 2^-112
-    let magic_mask = 126u32 << 23;
-    let denormalized = f32::from_bits((two_w >> 17) | magic_mask) - 0.5;
-    let bits = if two_w < (1u32 << 27) {
-        denormalized.to_bits()
+    // i32 throughout: SIMD has signed compares only, and every value here is below 2^16.
+    let h = h as i32;
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    let normal = (em << 13) + ((127 - 15) << 23);
+    let inf_nan = (em << 13) | 0x7f80_0000;
+    let subnormal = (em as f32 * f32::from_bits(0x3380_0000)).to_bits() as i32; // 2^-24
+    let bits = if em >= 0x7c00 {
+        inf_nan
+    } else if em >= 0x0400 {
+        normal
     } else {
-        normalized.to_bits()
+        subnormal
     };
-    f32::from_bits(sign | bits)
+    f32::from_bits((sign | bits) as u32)
 }
 
 /// f32 → f16 bits, rounding to nearest even (ggml's `ggml_compute_fp32_to_fp16`; NaN becomes the

@@ -411,3 +411,44 @@ fn dispatched_vec_dot_equals_the_portable_build() {
         }
     }
 }
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Bit-exactness with ggml, pinned: FNV-1a hashes of the bytes ggml's own `quantize_row_*_ref`
+/// produces for `test_row(2024, 4096)`, as printed by `tests/ggml_oracle` (which also compares our
+/// bytes with ggml's directly, on more data). Regenerate them with the oracle, never by hand.
+#[test]
+fn quantizer_goldens_match_ggml() {
+    use GgmlType::*;
+    let goldens = [
+        (F16, 0x61a4_f8bd_4bda_5a7f_u64),
+        (BF16, 0x1cf4_da01_4bf9_d9b6),
+        (Q4_0, 0xb6a7_736f_5565_dd60),
+        (Q4_1, 0xbbdb_c7ad_7b90_ec5e),
+        (Q5_0, 0xaae7_fb59_e1dc_70df),
+        (Q5_1, 0xd926_73fb_2a0a_cd3c),
+        (Q8_0, 0xd986_92cc_1843_003a),
+        (Q8_1, 0xb98b_5884_c3c8_e8cc),
+        (Q8_K, 0xd161_d143_5e06_e801),
+        (Q2_K, 0x6824_9e8b_c1de_670c),
+        (Q3_K, 0x2154_bf0f_2a66_5db2),
+        (Q4_K, 0xb7a8_58e6_d9ce_9811),
+        (Q5_K, 0x95e2_e5e9_00fa_79d2),
+        (Q6_K, 0xc700_64f7_fa7d_abee),
+    ];
+    let x = test_row(2024, 4096);
+    for (ty, want) in goldens {
+        assert_eq!(
+            fnv1a(&quantize(ty, &x)),
+            want,
+            "{ty}: bytes differ from ggml's"
+        );
+    }
+}
