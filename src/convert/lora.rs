@@ -55,7 +55,7 @@ impl Adapter {
                 &config_path,
                 std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    "no adapter_config.json: not a PEFT LoRA adapter directory",
+                    "not found: not a PEFT LoRA adapter directory",
                 ),
             ));
         }

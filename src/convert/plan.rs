@@ -118,7 +118,7 @@ impl Input {
         if !config_path.is_file() {
             return Err(not_found(
                 &config_path,
-                "no config.json: not a Hugging Face checkpoint directory",
+                "not found: not a Hugging Face checkpoint directory",
             ));
         }
         let cfg = HfConfig::from_file(&config_path)?;
