@@ -43,10 +43,16 @@ pub fn model_metadata(c: &HfConfig, name: &str, file_type: u32, quantized: bool)
         (k("context_length"), u32v(c.max_position_embeddings)),
         (k("embedding_length"), u32v(c.hidden_size)),
         (k("block_count"), u32v(c.n_layer)),
-        // Rows of ffn_up/ffn_gate, what libqwen's loader reads. Caveat: llama.cpp's `qwen` arch
-        // stores Qwen-1's full intermediate_size here and halves it when loading, so a Qwen-1
-        // file needs this to be 2·n_ff to load there (and llama.cpp-made Qwen-1 files have it).
-        (k("feed_forward_length"), u32v(c.n_ff)),
+        // llama.cpp's convention: Qwen-1 files store the HF `intermediate_size`, twice the rows
+        // of ffn_up/ffn_gate (the loader halves it), so our files and llama.cpp's are the same.
+        (
+            k("feed_forward_length"),
+            u32v(if c.arch == Arch::Qwen {
+                2 * c.n_ff
+            } else {
+                c.n_ff
+            }),
+        ),
         (k("attention.head_count"), u32v(c.n_head)),
     ];
     if c.arch == Arch::Qwen2 {
