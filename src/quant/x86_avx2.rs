@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use super::k_quants::{q3_k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
+use super::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::q4::{BlockQ4_0, BlockQ4_1};
 use super::q5::{BlockQ5_0, BlockQ5_1};
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
@@ -564,13 +564,31 @@ fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     }))
 }
 
+/// The 16 scales of a Q3_K block minus 32, as i8 (what `k_quants::q3_k_scales` computes), with
+/// word operations: low nibbles from bytes 0..8, high 2 bits from bytes 8..12.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q3_k_scales_i8(s: &[u8; 12]) -> __m128i {
+    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a0, a1, hi) = (u(0), u(1), u(2));
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    // Scale j < 8: low nibble of byte j; j >= 8: high nibble of byte j − 8. Its top 2 bits are
+    // bits 2·(j / 4).. of byte 8 + j % 4.
+    let w0 = (a0 & LOW4) | ((hi & LOW2) << 4);
+    let w1 = (a1 & LOW4) | (((hi >> 2) & LOW2) << 4);
+    let w2 = ((a0 >> 4) & LOW4) | (((hi >> 4) & LOW2) << 4);
+    let w3 = ((a1 >> 4) & LOW4) | (((hi >> 6) & LOW2) << 4);
+    let v = _mm_setr_epi32(w0 as i32, w1 as i32, w2 as i32, w3 as i32);
+    _mm_sub_epi8(v, _mm_set1_epi8(32))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q3_k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
     let m2 = _mm256_set1_epi8(0x03);
     let four = _mm256_set1_epi8(4);
     hsum_ps(two_acc(w, a, |x, y, acc| {
-        let sc = q3_k_scales(&x.scales);
-        let scales = load128(&sc);
+        let scales = q3_k_scales_i8(&x.scales);
         let hm = load256(&x.hmask);
         let mut sumi = _mm256_setzero_si256();
         for h in 0..2 {
@@ -685,7 +703,11 @@ fn quantize_block_32(x: &[f32]) -> (f32, __m256i, i32) {
     }
     let d = hmax_ps(m) / 127.0;
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-    let q = v.map(|v| round_away_sat_i8(_mm256_mul_ps(v, id)));
+    // (Plain loops rather than `array::map` closures, which LLVM does not inline here.)
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (q, v) in q.iter_mut().zip(v) {
+        *q = round_away_sat_i8(_mm256_mul_ps(v, id));
+    }
     let sum = hsum_epi32(_mm256_add_epi32(
         _mm256_add_epi32(q[0], q[1]),
         _mm256_add_epi32(q[2], q[3]),
@@ -748,13 +770,14 @@ pub(super) fn quantize_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
         let mut chunks = [_mm256_setzero_si256(); QK_K / 32];
         for (j, (xc, out)) in x.chunks_exact(32).zip(&mut chunks).enumerate() {
             // nearest_int(iscale·v): the product and the sum rounded separately (no FMA).
-            let q = [0, 8, 16, 24].map(|o| {
-                let val = _mm256_add_ps(_mm256_mul_ps(vscale, load_ps(&xc[o..])), magic);
+            let mut q = [_mm256_setzero_si256(); 4];
+            for (q, xv) in q.iter_mut().zip(xc.chunks_exact(8)) {
+                let val = _mm256_add_ps(_mm256_mul_ps(vscale, load_ps(xv)), magic);
                 let i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(val), mant), half);
                 // `.min(127) as i8`: clamp above, then keep the low byte (as 0..=255, which
                 // the unsigned packs below pass through unchanged).
-                _mm256_and_si256(_mm256_min_epi32(i, lim), low8)
-            });
+                *q = _mm256_and_si256(_mm256_min_epi32(i, lim), low8);
+            }
             let a = _mm256_packus_epi32(q[0], q[1]);
             let b2 = _mm256_packus_epi32(q[2], q[3]);
             let packed = _mm256_permutevar8x32_epi32(
@@ -766,12 +789,13 @@ pub(super) fn quantize_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
         }
         // bsums: sums of 16 quants. Per 32-chunk, 8 i32 sums of 4 (lanes 0..4: the chunk's first
         // 16, lanes 4..8: its second 16), then two rounds of hadd gather the sums of 16.
-        let s4 = chunks.map(|q| {
-            _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
+        let mut s4 = chunks;
+        for s in &mut s4 {
+            *s = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_set1_epi8(1), *s),
                 _mm256_set1_epi16(1),
-            )
-        });
+            );
+        }
         let h01 = _mm256_hadd_epi32(s4[0], s4[1]);
         let h23 = _mm256_hadd_epi32(s4[2], s4[3]);
         let h45 = _mm256_hadd_epi32(s4[4], s4[5]);
