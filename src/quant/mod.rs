@@ -20,6 +20,8 @@ mod k_quants;
 mod q4;
 mod q5;
 mod q8;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod simd_common;
 #[cfg(test)]
 mod simd_tests;
 #[cfg(test)]

@@ -31,6 +31,9 @@ fn simd_builds(test: &str) -> Vec<&'static Kernels> {
     let v: Vec<_> = dispatch::all().into_iter().skip(1).collect();
     if v.is_empty() {
         eprintln!("SKIP {test}: this CPU runs no SIMD build of the quant kernels");
+    } else {
+        let names: Vec<_> = v.iter().map(|k| k.name).collect();
+        eprintln!("{test}: testing {} against scalar", names.join(", "));
     }
     v
 }

@@ -22,6 +22,7 @@ use super::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::q4::{BlockQ4_0, BlockQ4_1};
 use super::q5::{BlockQ5_0, BlockQ5_1};
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::simd_common::{k4_scales_mins, q3_k_scale_words};
 use super::{as_blocks, QK};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -404,28 +405,6 @@ fn dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
     })
 }
 
-/// The 8 scales and 8 mins of Q4_K/Q5_K (ggml's `get_scale_min_k4` for all j at once) as two u64
-/// of 8 bytes each, element `j` in byte `j`.
-#[inline(always)]
-fn scales_mins_k4(s: &[u8; 12]) -> (u64, u64) {
-    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-    let (u0, u1, u2) = (u(0), u(1), u(2));
-    const LOW6: u32 = 0x3F3F_3F3F;
-    const LOW4: u32 = 0x0F0F_0F0F;
-    const LOW2: u32 = 0x0303_0303;
-    // Scales 0..4: low 6 bits of bytes 0..4; 4..8: low nibbles of bytes 8..12 plus the top 2 bits
-    // of bytes 0..4. Mins 0..4: low 6 bits of bytes 4..8; 4..8: high nibbles of bytes 8..12 plus
-    // the top 2 bits of bytes 4..8.
-    let sc_lo = u0 & LOW6;
-    let sc_hi = (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4);
-    let mn_lo = u1 & LOW6;
-    let mn_hi = ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4);
-    (
-        sc_lo as u64 | (sc_hi as u64) << 32,
-        mn_lo as u64 | (mn_hi as u64) << 32,
-    )
-}
-
 /// The 16 i16 `bsums` of a Q8_K block summed in adjacent pairs: the 8 sums of 32 elements.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -448,7 +427,7 @@ fn dot_q45_k<X>(
     let mut acc_m = _mm_setzero_ps();
     let acc = two_acc(w, a, |x, y, acc| {
         let (d, dmin, packed) = header(x);
-        let (sc, mn) = scales_mins_k4(packed);
+        let (sc, mn) = k4_scales_mins(packed);
         let d = y.d() * f16_to_f32(d);
         let dmin = y.d() * f16_to_f32(dmin);
         // Minimums: Σ_j mn_j · (sum of the 32 activations of sub-block j).
@@ -564,31 +543,16 @@ fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     }))
 }
 
-/// The 16 scales of a Q3_K block minus 32, as i8 (what `k_quants::q3_k_scales` computes), with
-/// word operations: low nibbles from bytes 0..8, high 2 bits from bytes 8..12.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn q3_k_scales_i8(s: &[u8; 12]) -> __m128i {
-    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-    let (a0, a1, hi) = (u(0), u(1), u(2));
-    const LOW4: u32 = 0x0F0F_0F0F;
-    const LOW2: u32 = 0x0303_0303;
-    // Scale j < 8: low nibble of byte j; j >= 8: high nibble of byte j − 8. Its top 2 bits are
-    // bits 2·(j / 4).. of byte 8 + j % 4.
-    let w0 = (a0 & LOW4) | ((hi & LOW2) << 4);
-    let w1 = (a1 & LOW4) | (((hi >> 2) & LOW2) << 4);
-    let w2 = ((a0 >> 4) & LOW4) | (((hi >> 4) & LOW2) << 4);
-    let w3 = ((a1 >> 4) & LOW4) | (((hi >> 6) & LOW2) << 4);
-    let v = _mm_setr_epi32(w0 as i32, w1 as i32, w2 as i32, w3 as i32);
-    _mm_sub_epi8(v, _mm_set1_epi8(32))
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q3_k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
     let m2 = _mm256_set1_epi8(0x03);
     let four = _mm256_set1_epi8(4);
     hsum_ps(two_acc(w, a, |x, y, acc| {
-        let scales = q3_k_scales_i8(&x.scales);
+        let [w0, w1, w2, w3] = q3_k_scale_words(&x.scales);
+        let scales = _mm_sub_epi8(
+            _mm_setr_epi32(w0 as i32, w1 as i32, w2 as i32, w3 as i32),
+            _mm_set1_epi8(32),
+        );
         let hm = load256(&x.hmask);
         let mut sumi = _mm256_setzero_si256();
         for h in 0..2 {
