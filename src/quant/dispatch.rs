@@ -98,9 +98,34 @@ mod x86 {
         q8_k: k::quantize_q8_k,
     };
 
+    /// Private to this module: reachable only through [`avx2_128`], which checks the CPU first.
+    static AVX2_128: Kernels = Kernels {
+        name: "avx2-128",
+        dot: k::vec_dot_128,
+        q8_0: k::quantize_q8_0,
+        q8_1: k::quantize_q8_1,
+        q8_k: k::quantize_q8_k,
+    };
+
     /// The AVX2+FMA+F16C build, if this CPU has all three.
     pub(super) fn avx2() -> Option<&'static Kernels> {
         k::detected().then_some(&AVX2)
+    }
+
+    /// The AVX2 build with 128-bit kernels for the 32-element nibble formats, if this CPU has
+    /// AVX2+FMA+F16C (it runs on any such CPU; `select` prefers it where 256-bit operations are
+    /// split in two).
+    pub(super) fn avx2_128() -> Option<&'static Kernels> {
+        k::detected().then_some(&AVX2_128)
+    }
+
+    /// The better of the two AVX2 builds for this CPU.
+    pub(super) fn best() -> Option<&'static Kernels> {
+        if k::splits_256() {
+            avx2_128()
+        } else {
+            avx2()
+        }
     }
 }
 
@@ -141,7 +166,10 @@ mod arm {
 pub(super) fn all() -> Vec<&'static Kernels> {
     let mut v = vec![&SCALAR];
     #[cfg(target_arch = "x86_64")]
-    v.extend(x86::avx2());
+    {
+        v.extend(x86::avx2());
+        v.extend(x86::avx2_128());
+    }
     #[cfg(target_arch = "aarch64")]
     {
         v.extend(arm::neon());
@@ -153,7 +181,7 @@ pub(super) fn all() -> Vec<&'static Kernels> {
 /// The fastest build this CPU runs.
 fn select() -> &'static Kernels {
     #[cfg(target_arch = "x86_64")]
-    if let Some(k) = x86::avx2() {
+    if let Some(k) = x86::best() {
         return k;
     }
     #[cfg(target_arch = "aarch64")]
@@ -171,8 +199,9 @@ pub(super) fn selected() -> &'static Kernels {
     SELECTED.get_or_init(select)
 }
 
-/// Which build of the kernels [`super::vec_dot`] runs on this machine: `"avx2"`, `"neon"`,
-/// `"neon+dotprod"` or `"scalar"`.
+/// Which build of the kernels [`super::vec_dot`] runs on this machine: `"avx2"`, `"avx2-128"`
+/// (AVX2 with 128-bit kernels for Q4_0/Q4_1/Q5_0/Q5_1, on cores that split 256-bit operations),
+/// `"neon"`, `"neon+dotprod"` or `"scalar"`.
 pub fn vec_dot_path() -> &'static str {
     selected().name
 }
