@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod chat;
 pub mod error;
+pub mod ffi;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;

@@ -1,0 +1,1 @@
+//! JNI glue for bindings/java and android/ (feature `jni`).
