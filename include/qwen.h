@@ -320,6 +320,15 @@ const char *qwen_version_string(void);
 const char *qwen_last_error(void);
 
 /**
+ * The status code of the last failed `qwen_*` call on this thread, or `QWEN_OK` when the last
+ * call succeeded: how to classify a failure of a function that returns NULL or `false`
+ * (`qwen_model_load`, `qwen_session_new`).
+ *
+ * Thread-safe: each thread has its own status.
+ */
+int32_t qwen_last_status(void);
+
+/**
  * A static, human-readable name for a status code ("QWEN_OK", "QWEN_ERR_BUSY", ...; "unknown
  * status" for others). Never NULL, never freed.
  *

@@ -75,9 +75,11 @@ impl From<crate::Error> for FfiError {
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_STATUS: std::cell::Cell<i32> = const { std::cell::Cell::new(QWEN_OK) };
 }
 
-fn set_last_error(msg: &str) {
+fn set_last_error(code: i32, msg: &str) {
+    let _ = LAST_STATUS.try_with(|s| s.set(code));
     // Interior NULs cannot be represented in a C string; they never occur in our messages
     // except through user text quoted back, where a visible substitute is better than a cut.
     let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
@@ -85,6 +87,7 @@ fn set_last_error(msg: &str) {
 }
 
 fn clear_last_error() {
+    let _ = LAST_STATUS.try_with(|s| s.set(QWEN_OK));
     LAST_ERROR.with(|e| {
         let mut e = e.borrow_mut();
         if !e.as_bytes().is_empty() {
@@ -102,6 +105,16 @@ pub extern "C" fn qwen_last_error() -> *const c_char {
     LAST_ERROR
         .try_with(|e| e.borrow().as_ptr())
         .unwrap_or(c"".as_ptr())
+}
+
+/// The status code of the last failed `qwen_*` call on this thread, or `QWEN_OK` when the last
+/// call succeeded: how to classify a failure of a function that returns NULL or `false`
+/// (`qwen_model_load`, `qwen_session_new`).
+///
+/// Thread-safe: each thread has its own status.
+#[no_mangle]
+pub extern "C" fn qwen_last_status() -> i32 {
+    LAST_STATUS.try_with(|s| s.get()).unwrap_or(QWEN_OK)
 }
 
 /// A static, human-readable name for a status code ("QWEN_OK", "QWEN_ERR_BUSY", ...; "unknown
@@ -150,7 +163,7 @@ pub(crate) fn guard<T>(on_error: impl FnOnce(i32) -> T, body: impl FnOnce() -> F
             msg: format!("internal error: {}", panic_message(&*payload)),
         },
     };
-    set_last_error(&err.msg);
+    set_last_error(err.code, &err.msg);
     on_error(err.code)
 }
 

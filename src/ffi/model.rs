@@ -164,10 +164,13 @@ pub extern "C" fn qwen_model_load(
 /// must not be used after this call.
 #[no_mangle]
 pub extern "C" fn qwen_model_free(model: *mut qwen_model) {
-    if model.is_null() {
-        return;
-    }
-    guard(|_| (), || handles::unregister_model(model));
+    guard(
+        |_| (),
+        || match model.is_null() {
+            true => Ok(()),
+            false => handles::unregister_model(model),
+        },
+    );
 }
 
 /// Fills `*out` with the model's hyperparameters. Returns `QWEN_OK` or a negative status.

@@ -184,12 +184,12 @@ pub extern "C" fn qwen_session_new(
 /// Thread-safe; the handle must not be used after this call.
 #[no_mangle]
 pub extern "C" fn qwen_session_free(session: *mut qwen_session) {
-    if session.is_null() {
-        return;
-    }
     guard(
         |_| (),
         || {
+            if session.is_null() {
+                return Ok(());
+            }
             let s = handles::unregister_session(session)?;
             s.abort.store(true, Ordering::Release);
             Ok(())
