@@ -1,0 +1,40 @@
+//! The Java API (bindings/java) and its JNI glue (feature `jni`): JUnit 4 tests on the host JVM
+//! against the host libqwen.so, streaming a chat reply from the tiny and the real 0.5B model.
+//! bindings/java/test.sh does the work (cargo build --features jni into target/jni, javac,
+//! JUnitCore with -Xcheck:jni).
+
+mod ffi_common;
+
+use ffi_common::*;
+use std::process::Command;
+
+#[test]
+fn java_junit_tests() {
+    if !require_tool("javac") || !require_tool("java") {
+        return;
+    }
+    let junit = std::env::var("JUNIT_JAR").unwrap_or_else(|_| "/usr/share/java/junit4.jar".into());
+    if !std::path::Path::new(&junit).exists() {
+        if std::env::var_os("CI").is_some() {
+            panic!("JUnit 4 missing at {junit} (bindings/java/install-deps.sh installs it)");
+        }
+        eprintln!("SKIP: JUnit 4 missing at {junit} (apt-get install junit4)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny_model(dir.path());
+    let mut cmd = Command::new(root().join("bindings/java/test.sh"));
+    cmd.env("QWEN_TINY_MODEL", &tiny);
+    if let Some(real) = real_model() {
+        cmd.env("QWEN_REAL_MODEL", real);
+    }
+    let out = run(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("OK ("),
+        "JUnit did not report success: {stdout}"
+    );
+    if real_model().is_some() {
+        assert!(stdout.contains("real model replied"), "{stdout}");
+    }
+}
