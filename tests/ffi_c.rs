@@ -3,8 +3,8 @@
 //! and run natively, and under valgrind (zero errors, zero definite or possible leaks) when
 //! valgrind is installed.
 //!
-//! Valgrind runs use the tiny synthetic model for the whole harness; with the real 0.5B model
-//! it runs the C example for a few tokens only (valgrind is ~50x slower).
+//! Valgrind runs use the tiny synthetic model for the whole harness and the examples; the real
+//! 0.5B model runs natively (under valgrind only on request: it takes over 5 minutes).
 
 mod ffi_common;
 
@@ -134,8 +134,17 @@ fn c_example_chats_with_real_model() {
     assert_eq!(stderr.matches("finish: stop").count(), 2, "{stderr}");
 }
 
+/// Opt-in (`QWEN_VALGRIND_REAL=1`): loading the real model's 151k-token vocabulary and a
+/// 2-token reply take over 5 minutes under valgrind on 2 cores, too long for every CI run.
+/// The full harness runs under valgrind on the tiny model instead.
 #[test]
 fn c_example_real_model_under_valgrind() {
+    if std::env::var_os("QWEN_VALGRIND_REAL").is_none() {
+        eprintln!(
+            "SKIP: the real model under valgrind takes > 5 minutes; set QWEN_VALGRIND_REAL=1"
+        );
+        return;
+    }
     if !have("valgrind") {
         eprintln!("SKIP: valgrind not installed");
         return;
