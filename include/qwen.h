@@ -174,7 +174,7 @@ typedef struct qwen_session qwen_session;
 /**
  * How to load a model. Get the defaults from `qwen_model_default_params()` and change fields.
  */
-typedef struct qwen_model_params {
+typedef struct {
     /**
      * Worker threads for sessions created with `n_threads == 0`; 0 = the number of physical
      * cores.
@@ -198,7 +198,7 @@ typedef struct qwen_model_params {
 /**
  * Hyperparameters of a loaded model, filled by `qwen_model_get_info`.
  */
-typedef struct qwen_model_info {
+typedef struct {
     /**
      * "qwen" (Qwen-1) or "qwen2" (Qwen-1.5/2/2.5); static storage.
      */
@@ -232,7 +232,7 @@ typedef struct qwen_model_info {
 /**
  * How to create a session. Get the defaults from `qwen_session_default_params()`.
  */
-typedef struct qwen_session_params {
+typedef struct {
     /**
      * Context length in tokens (prompt and generated); 0 = the model's `n_ctx` load parameter,
      * or the model's training context capped at 4096. The KV cache for all of it is allocated
@@ -254,7 +254,7 @@ typedef struct qwen_session_params {
  * Sampling parameters (Hugging Face `generate()` semantics). The defaults are greedy
  * decoding without penalties.
  */
-typedef struct qwen_sampling_params {
+typedef struct {
     /**
      * 0 = greedy (argmax).
      */
@@ -342,7 +342,7 @@ const char *qwen_status_name(int32_t status);
  *
  * Thread-safe; never fails.
  */
-struct qwen_model_params qwen_model_default_params(void);
+qwen_model_params qwen_model_default_params(void);
 
 /**
  * Loads a GGUF model from `path` (a NUL-terminated UTF-8 path). `params` may be NULL for the
@@ -351,7 +351,7 @@ struct qwen_model_params qwen_model_default_params(void);
  *
  * Thread-safe.
  */
-struct qwen_model *qwen_model_load(const char *path, const struct qwen_model_params *params);
+qwen_model *qwen_model_load(const char *path, const qwen_model_params *params);
 
 /**
  * Frees a model. NULL is a no-op. Sessions created from it stay usable (they keep the model
@@ -361,14 +361,14 @@ struct qwen_model *qwen_model_load(const char *path, const struct qwen_model_par
  * Thread-safe, also while other threads use the model (they finish their calls); the handle
  * must not be used after this call.
  */
-void qwen_model_free(struct qwen_model *model);
+void qwen_model_free(qwen_model *model);
 
 /**
  * Fills `*out` with the model's hyperparameters. Returns `QWEN_OK` or a negative status.
  *
  * Thread-safe.
  */
-int32_t qwen_model_get_info(const struct qwen_model *model, struct qwen_model_info *out);
+int32_t qwen_model_get_info(const qwen_model *model, qwen_model_info *out);
 
 /**
  * Rows of the model's embedding: the number of logits per position, and one past the largest
@@ -376,7 +376,7 @@ int32_t qwen_model_get_info(const struct qwen_model *model, struct qwen_model_in
  *
  * Thread-safe.
  */
-int32_t qwen_model_n_vocab(const struct qwen_model *model);
+int32_t qwen_model_n_vocab(const qwen_model *model);
 
 /**
  * Encodes `text_len` bytes of UTF-8 `text` (need not be NUL-terminated; NULL only with length
@@ -389,7 +389,7 @@ int32_t qwen_model_n_vocab(const struct qwen_model *model);
  *
  * Thread-safe.
  */
-int32_t qwen_tokenize(const struct qwen_model *model,
+int32_t qwen_tokenize(const qwen_model *model,
                       const char *text,
                       size_t text_len,
                       bool parse_special,
@@ -406,7 +406,7 @@ int32_t qwen_tokenize(const struct qwen_model *model,
  *
  * Thread-safe.
  */
-int32_t qwen_detokenize(const struct qwen_model *model,
+int32_t qwen_detokenize(const qwen_model *model,
                         const int32_t *ids,
                         size_t n_ids,
                         bool skip_special,
@@ -422,10 +422,7 @@ int32_t qwen_detokenize(const struct qwen_model *model,
  *
  * Thread-safe.
  */
-int32_t qwen_token_to_piece(const struct qwen_model *model,
-                            int32_t token,
-                            char *out,
-                            size_t capacity);
+int32_t qwen_token_to_piece(const qwen_model *model, int32_t token, char *out, size_t capacity);
 
 /**
  * The id of a control or user-defined token by its text (e.g. "<|im_end|>", `name_len` bytes),
@@ -433,28 +430,28 @@ int32_t qwen_token_to_piece(const struct qwen_model *model,
  *
  * Thread-safe.
  */
-int32_t qwen_token_special_id(const struct qwen_model *model, const char *name, size_t name_len);
+int32_t qwen_token_special_id(const qwen_model *model, const char *name, size_t name_len);
 
 /**
  * Whether `token` is a control or user-defined token. False for invalid handles or ids.
  *
  * Thread-safe.
  */
-bool qwen_token_is_special(const struct qwen_model *model, int32_t token);
+bool qwen_token_is_special(const qwen_model *model, int32_t token);
 
 /**
  * The default session parameters (all zero: the model's defaults).
  *
  * Thread-safe; never fails.
  */
-struct qwen_session_params qwen_session_default_params(void);
+qwen_session_params qwen_session_default_params(void);
 
 /**
  * The default sampling parameters: greedy, no penalty, seed 0.
  *
  * Thread-safe; never fails.
  */
-struct qwen_sampling_params qwen_sampling_default_params(void);
+qwen_sampling_params qwen_sampling_default_params(void);
 
 /**
  * Creates a session over `model` (`params` may be NULL for the defaults). Allocates the whole
@@ -463,8 +460,7 @@ struct qwen_sampling_params qwen_sampling_default_params(void);
  *
  * Thread-safe: any number of sessions may be created over one model, from any threads.
  */
-struct qwen_session *qwen_session_new(const struct qwen_model *model,
-                                      const struct qwen_session_params *params);
+qwen_session *qwen_session_new(const qwen_model *model, const qwen_session_params *params);
 
 /**
  * Frees a session. NULL is a no-op; a second free is detected and reported through
@@ -473,7 +469,7 @@ struct qwen_session *qwen_session_new(const struct qwen_model *model,
  *
  * Thread-safe; the handle must not be used after this call.
  */
-void qwen_session_free(struct qwen_session *session);
+void qwen_session_free(qwen_session *session);
 
 /**
  * Asks a running `qwen_session_generate`, `qwen_session_next_token`, prompt evaluation or
@@ -484,7 +480,7 @@ void qwen_session_free(struct qwen_session *session);
  *
  * Thread-safe: made to be called from another thread (or from a callback) while a call runs.
  */
-int32_t qwen_session_abort(const struct qwen_session *session);
+int32_t qwen_session_abort(const qwen_session *session);
 
 /**
  * Empties the cache and the chat history, and ends any generation. The system prompt,
@@ -492,7 +488,7 @@ int32_t qwen_session_abort(const struct qwen_session *session);
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_reset(struct qwen_session *session);
+int32_t qwen_session_reset(qwen_session *session);
 
 /**
  * Keeps the first `n_tokens` tokens of the cache and drops the rest (no-op if it holds fewer);
@@ -500,14 +496,14 @@ int32_t qwen_session_reset(struct qwen_session *session);
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_truncate(struct qwen_session *session, size_t n_tokens);
+int32_t qwen_session_truncate(qwen_session *session, size_t n_tokens);
 
 /**
  * The session's context length in tokens, or a negative status.
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_n_ctx(const struct qwen_session *session);
+int32_t qwen_session_n_ctx(const qwen_session *session);
 
 /**
  * Copies the tokens in the cache (in order) to `out`: returns how many there are and writes
@@ -516,7 +512,7 @@ int32_t qwen_session_n_ctx(const struct qwen_session *session);
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_tokens(const struct qwen_session *session, int32_t *out, size_t capacity);
+int32_t qwen_session_tokens(const qwen_session *session, int32_t *out, size_t capacity);
 
 /**
  * Evaluates `n_ids` tokens after what is in the cache (a batch: one forward pass per
@@ -526,7 +522,7 @@ int32_t qwen_session_tokens(const struct qwen_session *session, int32_t *out, si
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_eval(struct qwen_session *session, const int32_t *ids, size_t n_ids);
+int32_t qwen_session_eval(qwen_session *session, const int32_t *ids, size_t n_ids);
 
 /**
  * Raw completion: encodes `text` (`text_len` bytes of UTF-8; see `qwen_tokenize` for
@@ -535,7 +531,7 @@ int32_t qwen_session_eval(struct qwen_session *session, const int32_t *ids, size
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_prompt(struct qwen_session *session,
+int32_t qwen_session_prompt(qwen_session *session,
                             const char *text,
                             size_t text_len,
                             bool parse_special);
@@ -546,9 +542,7 @@ int32_t qwen_session_prompt(struct qwen_session *session,
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_set_system_prompt(struct qwen_session *session,
-                                       const char *text,
-                                       size_t text_len);
+int32_t qwen_session_set_system_prompt(qwen_session *session, const char *text, size_t text_len);
 
 /**
  * Adds a user turn to the chat and starts the assistant's reply: the ChatML context (system
@@ -559,22 +553,21 @@ int32_t qwen_session_set_system_prompt(struct qwen_session *session,
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_chat(struct qwen_session *session, const char *text, size_t text_len);
+int32_t qwen_session_chat(qwen_session *session, const char *text, size_t text_len);
 
 /**
  * Number of finished user/assistant exchanges in the chat history.
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_history_len(const struct qwen_session *session);
+int32_t qwen_session_history_len(const qwen_session *session);
 
 /**
  * Sets the sampling parameters (`params` NULL = the defaults) and reseeds the generator.
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_set_sampling(struct qwen_session *session,
-                                  const struct qwen_sampling_params *params);
+int32_t qwen_session_set_sampling(qwen_session *session, const qwen_sampling_params *params);
 
 /**
  * Adds a stop string (`text_len` bytes of UTF-8, not empty): generation ends before the first
@@ -583,16 +576,14 @@ int32_t qwen_session_set_sampling(struct qwen_session *session,
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_add_stop_string(struct qwen_session *session,
-                                     const char *text,
-                                     size_t text_len);
+int32_t qwen_session_add_stop_string(qwen_session *session, const char *text, size_t text_len);
 
 /**
  * Removes every stop string.
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_clear_stop_strings(struct qwen_session *session);
+int32_t qwen_session_clear_stop_strings(qwen_session *session);
 
 /**
  * Generates up to `max_tokens` tokens (0 = until a stop or a full context) of the generation
@@ -607,7 +598,7 @@ int32_t qwen_session_clear_stop_strings(struct qwen_session *session);
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`); the callback may call
  * `qwen_session_abort`.
  */
-int32_t qwen_session_generate(struct qwen_session *session,
+int32_t qwen_session_generate(qwen_session *session,
                               int32_t max_tokens,
                               qwen_token_callback callback,
                               void *user_data);
@@ -622,7 +613,7 @@ int32_t qwen_session_generate(struct qwen_session *session,
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_next_token(struct qwen_session *session, int32_t *out_token);
+int32_t qwen_session_next_token(qwen_session *session, int32_t *out_token);
 
 /**
  * The text handed out by the last `qwen_session_next_token` (or the last step of
@@ -632,7 +623,7 @@ int32_t qwen_session_next_token(struct qwen_session *session, int32_t *out_token
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_last_piece(const struct qwen_session *session, char *out, size_t capacity);
+int32_t qwen_session_last_piece(const qwen_session *session, char *out, size_t capacity);
 
 /**
  * Why the last generation ended: `QWEN_FINISH_NONE` (still running, or none yet),
@@ -640,7 +631,7 @@ int32_t qwen_session_last_piece(const struct qwen_session *session, char *out, s
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_finish_reason(const struct qwen_session *session);
+int32_t qwen_session_finish_reason(const qwen_session *session);
 
 /**
  * Copies the logits after the last evaluated token (`n_vocab` floats, before sampling) to
@@ -649,7 +640,7 @@ int32_t qwen_session_finish_reason(const struct qwen_session *session);
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_logits(const struct qwen_session *session, float *out, size_t capacity);
+int32_t qwen_session_logits(const qwen_session *session, float *out, size_t capacity);
 
 /**
  * Evaluates `n_ids` tokens after the cache and writes the logits after every one of them
@@ -659,7 +650,7 @@ int32_t qwen_session_logits(const struct qwen_session *session, float *out, size
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int64_t qwen_session_eval_all_logits(struct qwen_session *session,
+int64_t qwen_session_eval_all_logits(qwen_session *session,
                                      const int32_t *ids,
                                      size_t n_ids,
                                      float *out,
@@ -673,7 +664,7 @@ int64_t qwen_session_eval_all_logits(struct qwen_session *session,
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_perplexity(struct qwen_session *session,
+int32_t qwen_session_perplexity(qwen_session *session,
                                 const int32_t *ids,
                                 size_t n_ids,
                                 double *out_ppl);
@@ -686,7 +677,7 @@ int32_t qwen_session_perplexity(struct qwen_session *session,
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_save_state(const struct qwen_session *session, uint8_t *buf, size_t capacity);
+int32_t qwen_session_save_state(const qwen_session *session, uint8_t *buf, size_t capacity);
 
 /**
  * Restores a state saved by `qwen_session_save_state` (`len` bytes), from this or another
@@ -697,7 +688,7 @@ int32_t qwen_session_save_state(const struct qwen_session *session, uint8_t *buf
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
-int32_t qwen_session_load_state(struct qwen_session *session, const uint8_t *buf, size_t len);
+int32_t qwen_session_load_state(qwen_session *session, const uint8_t *buf, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"
