@@ -479,6 +479,8 @@ void qwen_session_free(qwen_session *session);
  * or eval (they clear the request).
  *
  * Thread-safe: made to be called from another thread (or from a callback) while a call runs.
+ * Not async-signal-safe (it looks the handle up under a lock): from a signal handler, set a
+ * flag and call it from a thread, or return nonzero from the generation callback.
  */
 int32_t qwen_session_abort(const qwen_session *session);
 

@@ -204,6 +204,8 @@ pub extern "C" fn qwen_session_free(session: *mut qwen_session) {
 /// or eval (they clear the request).
 ///
 /// Thread-safe: made to be called from another thread (or from a callback) while a call runs.
+/// Not async-signal-safe (it looks the handle up under a lock): from a signal handler, set a
+/// flag and call it from a thread, or return nonzero from the generation callback.
 #[no_mangle]
 pub extern "C" fn qwen_session_abort(session: *const qwen_session) -> i32 {
     status(|| {
