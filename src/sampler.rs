@@ -123,7 +123,8 @@ impl Sampler {
             return argmax(logits);
         }
         // Highest logit first; ties by lower id so the order (and the draw) is deterministic.
-        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let by_logit_desc =
+            |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         let k = self.params.top_k;
         if k > 0 && k < self.candidates.len() {
             self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
@@ -249,7 +250,9 @@ mod tests {
                 seed,
                 ..Default::default()
             });
-            (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
@@ -258,7 +261,7 @@ mod tests {
     #[test]
     fn temperature_flattens() {
         let logits = [2.0f32, 0.0];
-        let mut count_hot = |temp| {
+        let count_hot = |temp| {
             let mut s = Sampler::new(SamplingParams {
                 temperature: temp,
                 seed: 3,

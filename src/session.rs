@@ -69,7 +69,9 @@ impl Session {
             n => n,
         };
         if n_ctx > 1 << 20 {
-            return Err(Error::InvalidArgument(format!("context length {n_ctx} is too large")));
+            return Err(Error::InvalidArgument(format!(
+                "context length {n_ctx} is too large"
+            )));
         }
         let n_threads = match params.n_threads {
             0 => default_threads(),

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 fn qwen(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qwen")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -18,7 +21,11 @@ fn existing(path: PathBuf, what: &str) -> Option<String> {
     if path.exists() {
         return Some(path.to_string_lossy().into_owned());
     }
-    assert!(std::env::var_os("CI").is_none(), "{what} missing at {}", path.display());
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} missing at {}",
+        path.display()
+    );
     eprintln!("SKIP: {what} missing at {}", path.display());
     None
 }
@@ -26,8 +33,13 @@ fn existing(path: PathBuf, what: &str) -> Option<String> {
 fn real_model() -> Option<String> {
     let dir = std::env::var_os("QWEN_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models"));
-    existing(dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "Qwen2.5 0.5B GGUF")
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
+        });
+    existing(
+        dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+        "Qwen2.5 0.5B GGUF",
+    )
 }
 
 fn tiktoken() -> Option<String> {
@@ -45,12 +57,21 @@ fn tokenize_text_and_special_modes() {
     let ids: Vec<u32> = serde_json::from_str(&out).unwrap();
     // The control string is plain text without --special; digits are split one by one.
     assert_eq!(ids, [27, 91, 318, 4906, 91, 29, 16, 17, 18, 19]);
-    let (_, out, _) = qwen(&["tokenize", "--tiktoken", &tt, "--special", "<|im_start|>1234"]);
+    let (_, out, _) = qwen(&[
+        "tokenize",
+        "--tiktoken",
+        &tt,
+        "--special",
+        "<|im_start|>1234",
+    ]);
     let ids: Vec<u32> = serde_json::from_str(&out).unwrap();
     assert_eq!(ids, [151644, 16, 17, 18, 19]);
     let Some(m) = real_model() else { return };
     let (_, out, _) = qwen(&["tokenize", "-m", &m, "--special", "<|im_start|>1234"]);
-    assert_eq!(serde_json::from_str::<Vec<u32>>(&out).unwrap(), [151644, 16, 17, 18, 19]);
+    assert_eq!(
+        serde_json::from_str::<Vec<u32>>(&out).unwrap(),
+        [151644, 16, 17, 18, 19]
+    );
 }
 
 #[test]
@@ -69,17 +90,47 @@ fn info_logits_and_run_on_the_real_model() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["logits"].as_array().unwrap().len(), 1);
     assert_eq!(v["logits"][0].as_array().unwrap().len(), 151936);
-    let (_, out, _) = qwen(&["logits", "-m", &m, "--ids", "9707,11,1879", "--all", "-t", "2"]);
+    let (_, out, _) = qwen(&[
+        "logits",
+        "-m",
+        &m,
+        "--ids",
+        "9707,11,1879",
+        "--all",
+        "-t",
+        "2",
+    ]);
     let all: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(all["logits"].as_array().unwrap().len(), 3);
-    assert_eq!(all["logits"][2], v["logits"][0], "the last row equals the last-position logits");
+    assert_eq!(
+        all["logits"][2], v["logits"][0],
+        "the last row equals the last-position logits"
+    );
 
     // Raw completion with a seed is reproducible.
-    let args = ["run", "-m", &m, "-p", "def add(a, b):", "-n", "6", "--seed", "7", "--temp", "0.8", "--json", "-t", "2"];
+    let args = [
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "def add(a, b):",
+        "-n",
+        "6",
+        "--seed",
+        "7",
+        "--temp",
+        "0.8",
+        "--json",
+        "-t",
+        "2",
+    ];
     let (ok, a, err) = qwen(&args);
     assert!(ok, "{err}");
     let (_, b, _) = qwen(&args);
-    let (a, b): (Value, Value) = (serde_json::from_str(&a).unwrap(), serde_json::from_str(&b).unwrap());
+    let (a, b): (Value, Value) = (
+        serde_json::from_str(&a).unwrap(),
+        serde_json::from_str(&b).unwrap(),
+    );
     assert_eq!(a["generated_ids"], b["generated_ids"]);
     assert_eq!(a["generated_ids"].as_array().unwrap().len(), 6);
     assert_eq!(a["finish_reason"], "length");
@@ -95,12 +146,26 @@ fn piped_chat_answers_each_line() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all("What is the capital of France? Answer in one word.\nAnd of Italy?\n/exit\n".as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            "What is the capital of France? Answer in one word.\nAnd of Italy?\n/exit\n".as_bytes(),
+        )
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Paris"), "{text}");
-    assert!(text.contains("Rome"), "the second turn sees the first: {text}");
+    assert!(
+        text.contains("Rome"),
+        "the second turn sees the first: {text}"
+    );
 }
 
 #[test]
@@ -111,7 +176,18 @@ fn bad_files_give_clear_errors() {
     let junk = dir.join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
     let (ok, _, err) = qwen(&["run", "-m", junk.to_str().unwrap(), "-p", "hi"]);
-    assert!(!ok && err.starts_with("error:") && !err.contains("panicked"), "{err}");
-    let (ok, _, err) = qwen(&["run", "-m", junk.to_str().unwrap(), "-p", "hi", "--top-p", "0"]);
+    assert!(
+        !ok && err.starts_with("error:") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, _, err) = qwen(&[
+        "run",
+        "-m",
+        junk.to_str().unwrap(),
+        "-p",
+        "hi",
+        "--top-p",
+        "0",
+    ]);
     assert!(!ok && err.contains("top-p"), "{err}");
 }

@@ -47,18 +47,72 @@ fn tensors() -> Vec<T> {
     add("token_embd.weight".into(), vec![D, VOCAB], 1.0, 0.0, &mut r);
     for i in 0..LAYERS {
         let s = 1.0 / (D as f32).sqrt();
-        add(format!("blk.{i}.attn_norm.weight"), vec![D], 0.2, 1.0, &mut r);
-        add(format!("blk.{i}.attn_q.weight"), vec![D, D], 3.0 * s, 0.0, &mut r);
+        add(
+            format!("blk.{i}.attn_norm.weight"),
+            vec![D],
+            0.2,
+            1.0,
+            &mut r,
+        );
+        add(
+            format!("blk.{i}.attn_q.weight"),
+            vec![D, D],
+            3.0 * s,
+            0.0,
+            &mut r,
+        );
         add(format!("blk.{i}.attn_q.bias"), vec![D], 0.2, 0.0, &mut r);
-        add(format!("blk.{i}.attn_k.weight"), vec![D, kv], 3.0 * s, 0.0, &mut r);
+        add(
+            format!("blk.{i}.attn_k.weight"),
+            vec![D, kv],
+            3.0 * s,
+            0.0,
+            &mut r,
+        );
         add(format!("blk.{i}.attn_k.bias"), vec![kv], 0.2, 0.0, &mut r);
-        add(format!("blk.{i}.attn_v.weight"), vec![D, kv], s, 0.0, &mut r);
+        add(
+            format!("blk.{i}.attn_v.weight"),
+            vec![D, kv],
+            s,
+            0.0,
+            &mut r,
+        );
         add(format!("blk.{i}.attn_v.bias"), vec![kv], 0.2, 0.0, &mut r);
-        add(format!("blk.{i}.attn_output.weight"), vec![D, D], s, 0.0, &mut r);
-        add(format!("blk.{i}.ffn_norm.weight"), vec![D], 0.2, 1.0, &mut r);
-        add(format!("blk.{i}.ffn_gate.weight"), vec![D, FF], s, 0.0, &mut r);
-        add(format!("blk.{i}.ffn_up.weight"), vec![D, FF], s, 0.0, &mut r);
-        add(format!("blk.{i}.ffn_down.weight"), vec![FF, D], 1.0 / (FF as f32).sqrt(), 0.0, &mut r);
+        add(
+            format!("blk.{i}.attn_output.weight"),
+            vec![D, D],
+            s,
+            0.0,
+            &mut r,
+        );
+        add(
+            format!("blk.{i}.ffn_norm.weight"),
+            vec![D],
+            0.2,
+            1.0,
+            &mut r,
+        );
+        add(
+            format!("blk.{i}.ffn_gate.weight"),
+            vec![D, FF],
+            s,
+            0.0,
+            &mut r,
+        );
+        add(
+            format!("blk.{i}.ffn_up.weight"),
+            vec![D, FF],
+            s,
+            0.0,
+            &mut r,
+        );
+        add(
+            format!("blk.{i}.ffn_down.weight"),
+            vec![FF, D],
+            1.0 / (FF as f32).sqrt(),
+            0.0,
+            &mut r,
+        );
     }
     add("output_norm.weight".into(), vec![D], 0.2, 1.0, &mut r);
     out
@@ -80,14 +134,23 @@ fn metadata(arch: &str) -> Vec<(String, MetadataValue)> {
 }
 
 /// Writes the model; `matrix_type` applies to 2-D tensors (1-D stay F32).
-fn write(name: &str, meta: &[(String, MetadataValue)], tensors: &[T], matrix_type: GgmlType) -> PathBuf {
+fn write(
+    name: &str,
+    meta: &[(String, MetadataValue)],
+    tensors: &[T],
+    matrix_type: GgmlType,
+) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("model_load");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.gguf"));
     let encoded: Vec<(GgmlType, Vec<u8>)> = tensors
         .iter()
         .map(|t| {
-            let ty = if t.dims.len() == 2 { matrix_type } else { GgmlType::F32 };
+            let ty = if t.dims.len() == 2 {
+                matrix_type
+            } else {
+                GgmlType::F32
+            };
             let mut bytes = vec![0u8; ty.row_bytes(t.dims[0]).unwrap() * t.data.len() / t.dims[0]];
             let rb = bytes.len() / (t.data.len() / t.dims[0]);
             for (row, out) in t.data.chunks(t.dims[0]).zip(bytes.chunks_mut(rb)) {
@@ -106,18 +169,37 @@ fn write(name: &str, meta: &[(String, MetadataValue)], tensors: &[T], matrix_typ
 }
 
 fn session(model: &Arc<Model>, max_batch: usize) -> Session {
-    Session::new(Arc::clone(model), &SessionParams { n_ctx: 64, n_threads: 2, max_batch }).unwrap()
+    Session::new(
+        Arc::clone(model),
+        &SessionParams {
+            n_ctx: 64,
+            n_threads: 2,
+            max_batch,
+        },
+    )
+    .unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 const PROMPT: [u32; 11] = [5, 17, 300, 2, 2, 99, 150, 7, 8, 250, 1];
 
 #[test]
 fn chunked_prefill_and_cached_decode_agree_with_one_pass() {
-    let model = Arc::new(Model::load(write("ok_f32", &metadata("qwen2"), &tensors(), GgmlType::F32)).unwrap());
+    let model = Arc::new(
+        Model::load(write(
+            "ok_f32",
+            &metadata("qwen2"),
+            &tensors(),
+            GgmlType::F32,
+        ))
+        .unwrap(),
+    );
     assert!(model.tokenizer.is_none());
     let v = model.config.n_vocab;
     // Reference: every position's logits from one batch.
@@ -139,21 +221,39 @@ fn chunked_prefill_and_cached_decode_agree_with_one_pass() {
 #[test]
 fn quantized_weights_stay_close_to_f32() {
     let ts = tensors();
-    let f32_model = Arc::new(Model::load(write("ref_f32", &metadata("qwen2"), &ts, GgmlType::F32)).unwrap());
+    let f32_model =
+        Arc::new(Model::load(write("ref_f32", &metadata("qwen2"), &ts, GgmlType::F32)).unwrap());
     let want = session(&f32_model, 64).eval(&PROMPT).unwrap().to_vec();
     let std = (want.iter().map(|x| x * x).sum::<f32>() / want.len() as f32).sqrt();
     // This model's sharp attention amplifies weight error (Q5_0 ~ 8x Q8_0, as 2^(8-5)); the
     // bounds catch a wrong block layout, which gives errors of the logits' own size.
     let mut errors = Vec::new();
-    for (ty, bound) in [(GgmlType::F16, 0.01), (GgmlType::BF16, 0.05), (GgmlType::Q8_0, 0.06), (GgmlType::Q5_0, 0.4), (GgmlType::Q4_0, 0.8)] {
-        let m = Arc::new(Model::load(write(&format!("q_{}", ty.name()), &metadata("qwen2"), &ts, ty)).unwrap());
+    for (ty, bound) in [
+        (GgmlType::F16, 0.01),
+        (GgmlType::BF16, 0.05),
+        (GgmlType::Q8_0, 0.06),
+        (GgmlType::Q5_0, 0.4),
+        (GgmlType::Q4_0, 0.8),
+    ] {
+        let m = Arc::new(
+            Model::load(write(
+                &format!("q_{}", ty.name()),
+                &metadata("qwen2"),
+                &ts,
+                ty,
+            ))
+            .unwrap(),
+        );
         let got = session(&m, 64).eval(&PROMPT).unwrap().to_vec();
         let d = max_abs_diff(&got, &want);
         eprintln!("{ty}: max |Δlogit| {d:.4} (logit rms {std:.3})");
         assert!(d < bound * std, "{ty}: {d} vs rms {std}");
         errors.push(d);
     }
-    assert!(errors[2] < errors[3] && errors[3] < errors[4], "fewer bits, larger error: {errors:?}");
+    assert!(
+        errors[2] < errors[3] && errors[3] < errors[4],
+        "fewer bits, larger error: {errors:?}"
+    );
 }
 
 fn load_err(name: &str, meta: &[(String, MetadataValue)], ts: &[T]) -> String {
@@ -166,18 +266,30 @@ fn load_err(name: &str, meta: &[(String, MetadataValue)], ts: &[T]) -> String {
 #[test]
 fn wrong_tensor_shape_names_the_tensor() {
     let mut ts = tensors();
-    let q = ts.iter_mut().find(|t| t.name == "blk.1.attn_q.weight").unwrap();
+    let q = ts
+        .iter_mut()
+        .find(|t| t.name == "blk.1.attn_q.weight")
+        .unwrap();
     q.dims = vec![D, D / 2];
     q.data.truncate(D * D / 2);
     let e = load_err("bad_shape", &metadata("qwen2"), &ts);
-    assert!(e.contains("blk.1.attn_q.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("blk.1.attn_q.weight") && e.contains("shape"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_tensor_names_the_tensor() {
-    let ts: Vec<T> = tensors().into_iter().filter(|t| t.name != "blk.0.ffn_down.weight").collect();
+    let ts: Vec<T> = tensors()
+        .into_iter()
+        .filter(|t| t.name != "blk.0.ffn_down.weight")
+        .collect();
     let e = load_err("missing_tensor", &metadata("qwen2"), &ts);
-    assert!(e.contains("blk.0.ffn_down.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("blk.0.ffn_down.weight") && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -188,7 +300,10 @@ fn unknown_architecture_is_refused() {
 
 #[test]
 fn missing_hyperparameter_names_the_key() {
-    let meta: Vec<_> = metadata("qwen2").into_iter().filter(|(k, _)| k != "qwen2.block_count").collect();
+    let meta: Vec<_> = metadata("qwen2")
+        .into_iter()
+        .filter(|(k, _)| k != "qwen2.block_count")
+        .collect();
     let e = load_err("no_blocks", &meta, &tensors());
     assert!(e.contains("qwen2.block_count"), "{e}");
 }
@@ -204,11 +319,22 @@ fn heads_that_do_not_divide_are_refused() {
 
 #[test]
 fn bad_token_ids_and_oversized_prompts_are_errors() {
-    let model = Arc::new(Model::load(write("ok_f32_b", &metadata("qwen2"), &tensors(), GgmlType::F32)).unwrap());
+    let model = Arc::new(
+        Model::load(write(
+            "ok_f32_b",
+            &metadata("qwen2"),
+            &tensors(),
+            GgmlType::F32,
+        ))
+        .unwrap(),
+    );
     let mut s = session(&model, 8);
     let e = s.eval(&[1, VOCAB as u32]).unwrap_err().to_string();
     assert!(e.contains("outside the vocabulary"), "{e}");
-    assert!(s.tokens().is_empty(), "a rejected batch must not change the cache");
+    assert!(
+        s.tokens().is_empty(),
+        "a rejected batch must not change the cache"
+    );
     let long = vec![1u32; 65];
     let e = s.eval(&long).unwrap_err().to_string();
     assert!(e.contains("context"), "{e}");

@@ -18,7 +18,9 @@ fn testdata() -> PathBuf {
 fn models_dir() -> PathBuf {
     std::env::var_os("QWEN_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
+        })
 }
 
 /// Returns the path when present; panics in CI (missing data is a failure there), skips
@@ -35,12 +37,18 @@ fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
 }
 
 fn check_model(size: &str) {
-    let Some(goldens) = require(testdata().join(format!("llamacpp/goldens_{size}.json")), "llama.cpp goldens") else {
+    let Some(goldens) = require(
+        testdata().join(format!("llamacpp/goldens_{size}.json")),
+        "llama.cpp goldens",
+    ) else {
         return;
     };
     let goldens: Value = serde_json::from_slice(&std::fs::read(goldens).unwrap()).unwrap();
     let file = goldens["model_file"].as_str().unwrap();
-    let Some(model) = require(models_dir().join(file), "real model (scripts/fetch-models.sh all)") else {
+    let Some(model) = require(
+        models_dir().join(file),
+        "real model (scripts/fetch-models.sh all)",
+    ) else {
         return;
     };
     let system = goldens["system_prompt"].as_str().unwrap();
@@ -48,23 +56,53 @@ fn check_model(size: &str) {
     for p in goldens["prompts"].as_array().unwrap() {
         let id = p["id"].as_str().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_qwen"))
-            .args(["run", "--chat", "--temp", "0", "-n", "32", "--json", "-t", "2", "-m"])
+            .args([
+                "run", "--chat", "--temp", "0", "-n", "32", "--json", "-t", "2", "-m",
+            ])
             .arg(&model)
             .args(["--system", system, "-p", p["question"].as_str().unwrap()])
             .output()
             .expect("qwen runs");
-        assert!(out.status.success(), "{id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
         assert_eq!(got["prompt_ids"], p["prompt_ids"], "{id}: prompt ids");
 
-        let want: Vec<u64> = p["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-        let gaps: Vec<f64> = p["top1_top2_logit_gap"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let got_ids: Vec<u64> = got["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let want: Vec<u64> = p["generated_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let gaps: Vec<f64> = p["top1_top2_logit_gap"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let got_ids: Vec<u64> = got["generated_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
         // Compare through the first near-tie step inclusive of the steps before it.
-        let n = (0..want.len().min(16)).take_while(|&i| gaps[i] >= 0.1).count();
-        assert!(got_ids.len() >= n, "{id}: generated only {} ids", got_ids.len());
+        let n = (0..want.len().min(16))
+            .take_while(|&i| gaps[i] >= 0.1)
+            .count();
+        assert!(
+            got_ids.len() >= n,
+            "{id}: generated only {} ids",
+            got_ids.len()
+        );
         assert_eq!(got_ids[..n], want[..n], "{id}: greedy ids (first {n})");
-        eprintln!("{size} {id}: prompt ids equal, first {n} greedy ids equal; {}", got["text"]);
+        eprintln!(
+            "{size} {id}: prompt ids equal, first {n} greedy ids equal; {}",
+            got["text"]
+        );
         compared += n;
     }
     assert!(compared > 0);

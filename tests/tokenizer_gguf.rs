@@ -26,9 +26,19 @@ fn gguf_vocabulary_matches_the_reference_tokenizer() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
     let models = std::env::var_os("QWEN_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models"));
-    let Some(goldens) = find(data.join("public/tokenizer_goldens.json"), "tokenizer goldens") else { return };
-    let Some(model) = find(models.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "Qwen2.5 0.5B GGUF") else {
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
+        });
+    let Some(goldens) = find(
+        data.join("public/tokenizer_goldens.json"),
+        "tokenizer goldens",
+    ) else {
+        return;
+    };
+    let Some(model) = find(
+        models.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+        "Qwen2.5 0.5B GGUF",
+    ) else {
         return;
     };
     let file = GgufFile::open(model).unwrap();
@@ -45,7 +55,13 @@ fn gguf_vocabulary_matches_the_reference_tokenizer() {
         .collect();
 
     let goldens: Value = serde_json::from_slice(&std::fs::read(goldens).unwrap()).unwrap();
-    let ids = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
     let (mut checked, mut left_out) = (0, 0);
     for case in goldens["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
@@ -57,10 +73,26 @@ fn gguf_vocabulary_matches_the_reference_tokenizer() {
             continue;
         }
         let name = case["id"].as_str().unwrap();
-        assert_eq!(tok.encode(text, EncodeMode::Trusted), trusted, "{name}: trusted encode");
-        assert_eq!(tok.encode(text, EncodeMode::Text), plain, "{name}: text encode");
-        assert_eq!(tok.decode(&trusted), case["decode_ids_allowed_special_all"].as_str().unwrap(), "{name}: decode");
-        assert_eq!(tok.decode(&plain), case["decode_ids_no_special"].as_str().unwrap(), "{name}: decode plain");
+        assert_eq!(
+            tok.encode(text, EncodeMode::Trusted),
+            trusted,
+            "{name}: trusted encode"
+        );
+        assert_eq!(
+            tok.encode(text, EncodeMode::Text),
+            plain,
+            "{name}: text encode"
+        );
+        assert_eq!(
+            tok.decode(&trusted),
+            case["decode_ids_allowed_special_all"].as_str().unwrap(),
+            "{name}: decode"
+        );
+        assert_eq!(
+            tok.decode(&plain),
+            case["decode_ids_no_special"].as_str().unwrap(),
+            "{name}: decode plain"
+        );
         checked += 1;
     }
     eprintln!("GGUF vocabulary: {checked} cases equal, {left_out} left out (Qwen-1-only ids)");

@@ -12,7 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "qwen", version, about = "Run Qwen language models from GGUF files")]
+#[command(
+    name = "qwen",
+    version,
+    about = "Run Qwen language models from GGUF files"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -30,6 +34,27 @@ enum Command {
     Logits(LogitsArgs),
     /// Print the architecture, hyperparameters and tensors of a model file.
     Info(InfoArgs),
+    /// Measure prefill and decode speed (like llama-bench).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Prompt tokens per prefill run (0 = skip).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens per decode run (0 = skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    #[arg(short = 't', long = "threads", default_value_t = 0)]
+    threads: usize,
+    /// Repetitions.
+    #[arg(short = 'r', long = "reps", default_value_t = 5)]
+    reps: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -62,7 +87,7 @@ struct SamplingArgs {
     #[arg(long = "top-k", default_value_t = 20)]
     top_k: usize,
     /// 1.0 = off.
-    #[arg(long = "repeat-penalty", default_value_t = 1.05)]
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
     repeat_penalty: f32,
     /// Random seed (default: from the clock).
     #[arg(long = "seed")]
@@ -72,13 +97,19 @@ struct SamplingArgs {
 impl SamplingArgs {
     fn params(&self) -> Result<SamplingParams, String> {
         if !(self.temp >= 0.0 && self.temp.is_finite()) {
-            return Err(format!("--temp must be a finite number >= 0, got {}", self.temp));
+            return Err(format!(
+                "--temp must be a finite number >= 0, got {}",
+                self.temp
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("--top-p must be in (0, 1], got {}", self.top_p));
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return Err(format!("--repeat-penalty must be > 0, got {}", self.repeat_penalty));
+            return Err(format!(
+                "--repeat-penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
         }
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
@@ -134,7 +165,12 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    #[arg(short = 'm', long = "model", conflicts_with = "tiktoken", required_unless_present = "tiktoken")]
+    #[arg(
+        short = 'm',
+        long = "model",
+        conflicts_with = "tiktoken",
+        required_unless_present = "tiktoken"
+    )]
     model: Option<PathBuf>,
     /// A `qwen.tiktoken` file instead of a model.
     #[arg(long)]
@@ -173,6 +209,7 @@ fn main() {
         Command::Tokenize(a) => tokenize(a),
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
+        Command::Bench(a) => bench(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -217,14 +254,18 @@ fn run(a: RunArgs) -> CliResult {
     let mut stdout = std::io::stdout().lock();
     let stream = !a.json;
     let t1 = Instant::now();
-    let (generated, finish) = session.generate(&mut sampler, a.n_predict, &ct.stop_tokens(), |id| {
-        if stream {
-            let piece = decoder.push(tok, id);
-            // A closed stdout (e.g. `| head`) stops generation instead of failing it.
-            return stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()).is_ok();
-        }
-        true
-    })?;
+    let (generated, finish) =
+        session.generate(&mut sampler, a.n_predict, &ct.stop_tokens(), |id| {
+            if stream {
+                let piece = decoder.push(tok, id);
+                // A closed stdout (e.g. `| head`) stops generation instead of failing it.
+                return stdout
+                    .write_all(piece.as_bytes())
+                    .and_then(|_| stdout.flush())
+                    .is_ok();
+            }
+            true
+        })?;
     let gen_secs = t1.elapsed().as_secs_f64();
     let n_text = generated
         .iter()
@@ -255,7 +296,11 @@ fn chat(a: ChatArgs) -> CliResult {
     let mut history: Vec<Turn> = Vec::new();
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("Chatting with {} ({} layers). /clear starts over, /exit quits.", model.config.arch.name(), model.config.n_layer);
+        eprintln!(
+            "Chatting with {} ({} layers). /clear starts over, /exit quits.",
+            model.config.arch.name(),
+            model.config.n_layer
+        );
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -280,10 +325,15 @@ fn chat(a: ChatArgs) -> CliResult {
         }
         // The whole context is rebuilt each turn, but only tokens after the cached prefix are
         // evaluated, so a turn costs what it adds. The window drops old turns when needed.
-        let window = session.n_ctx().saturating_sub(a.n_predict.min(session.n_ctx() / 2));
+        let window = session
+            .n_ctx()
+            .saturating_sub(a.n_predict.min(session.n_ctx() / 2));
         let ctx = make_context(tok, &ct, &a.system, &history, query, window);
         if ctx.ids.len() >= session.n_ctx() {
-            eprintln!("error: this message is too long for the context ({} tokens)", session.n_ctx());
+            eprintln!(
+                "error: this message is too long for the context ({} tokens)",
+                session.n_ctx()
+            );
             continue;
         }
         session.eval_reusing_prefix(&ctx.ids)?;
@@ -294,7 +344,10 @@ fn chat(a: ChatArgs) -> CliResult {
         session.generate(&mut sampler, budget, &ct.stop_tokens(), |id| {
             let piece = decoder.push(tok, id);
             reply.push_str(&piece);
-            stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()).is_ok()
+            stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_ok()
         })?;
         let rest = decoder.finish();
         reply.push_str(&rest);
@@ -308,7 +361,11 @@ fn chat(a: ChatArgs) -> CliResult {
 }
 
 fn tokenize(a: TokenizeArgs) -> CliResult {
-    let mode = if a.special { EncodeMode::Trusted } else { EncodeMode::Text };
+    let mode = if a.special {
+        EncodeMode::Trusted
+    } else {
+        EncodeMode::Text
+    };
     let ids = match (&a.model, &a.tiktoken) {
         (_, Some(path)) => Tokenizer::from_tiktoken_file(path)?.encode(&a.text, mode),
         (Some(path), None) => {
@@ -394,5 +451,47 @@ fn info(a: InfoArgs) -> CliResult {
         "tensors": tensors,
     });
     println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> CliResult {
+    let params = qwen::bench::BenchParams {
+        n_prompt: a.n_prompt,
+        n_gen: a.n_gen,
+        reps: a.reps,
+        n_threads: a.threads,
+    };
+    let r = qwen::bench::run(&a.model, &params)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("model      {}", r.model);
+        println!("threads    {}", r.n_threads);
+        println!("load       {:.0} ms", r.load_ms);
+        if r.n_prompt > 0 {
+            println!(
+                "prefill    {:.2} ± {:.2} tok/s  (pp{})",
+                r.prefill_tps, r.prefill_tps_sd, r.n_prompt
+            );
+        }
+        if r.n_gen > 0 {
+            println!(
+                "decode     {:.2} ± {:.2} tok/s  (tg{})",
+                r.decode_tps, r.decode_tps_sd, r.n_gen
+            );
+            println!(
+                "bandwidth  {:.2} GB/s of weights ({:.1} MB per token); memory reads at {:.2} GB/s",
+                r.achieved_bandwidth_gbs,
+                r.weight_bytes_per_token as f64 / 1e6,
+                r.read_bandwidth_gbs
+            );
+            println!(
+                "bound      {:.2} tok/s if decode only read weights: {:.0}% reached",
+                r.bandwidth_bound_tps,
+                100.0 * r.decode_tps / r.bandwidth_bound_tps.max(1e-9)
+            );
+        }
+        println!("peak RSS   {:.0} MiB", r.peak_rss_mb);
+    }
     Ok(())
 }

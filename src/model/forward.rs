@@ -69,6 +69,13 @@ struct SharedMut(*mut f32);
 unsafe impl Sync for SharedMut {}
 unsafe impl Send for SharedMut {}
 
+impl SharedMut {
+    /// A method, so closures capture the Sync wrapper and not its raw pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Runs `tokens` (at positions `pos0..pos0 + T`) through the model, appending their keys and
 /// values to `kv`. Writes logits of the last token to `logits[..V]`, or of every token to
 /// `logits[..T*V]` when `all_logits`. `inv_freq` holds the RoPE frequencies (NTK-adjusted).
@@ -102,16 +109,25 @@ pub fn forward(
     let half = hd / 2;
     for t in 0..t_len {
         let p = (pos0 + t) as f32;
-        for i in 0..half {
-            let angle = p * inv_freq[i];
-            s.cos[t * half + i] = angle.cos();
-            s.sin[t * half + i] = angle.sin();
+        let cos = &mut s.cos[t * half..(t + 1) * half];
+        let sin = &mut s.sin[t * half..(t + 1) * half];
+        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
+            let angle = p * f;
+            *c = angle.cos();
+            *s = angle.sin();
         }
     }
 
     for (li, layer) in w.layers.iter().enumerate() {
         // 2. Attention block: xb = RMSNorm(x); q, k, v = projections (+ bias).
-        norm_rows(&mut s.xb, &s.x, model.vector(&layer.attn_norm), c.rms_eps, t_len, d);
+        norm_rows(
+            &mut s.xb,
+            &s.x,
+            model.vector(&layer.attn_norm),
+            c.rms_eps,
+            t_len,
+            d,
+        );
         match &layer.attn {
             Attention::Fused { qkv, qkv_bias } => {
                 // Qwen-1: [T, D] @ [D, D + 2*kv] -> split into q | k | v.
@@ -145,7 +161,10 @@ pub fn forward(
 
         // 3. RoPE on q and k (rotate-half), then Qwen-1's logN scaling of each query row.
         for t in 0..t_len {
-            let (cos, sin) = (&s.cos[t * half..(t + 1) * half], &s.sin[t * half..(t + 1) * half]);
+            let (cos, sin) = (
+                &s.cos[t * half..(t + 1) * half],
+                &s.sin[t * half..(t + 1) * half],
+            );
             for h in s.q[t * d..(t + 1) * d].chunks_exact_mut(hd) {
                 ops::rope_neox(h, cos, sin);
             }
@@ -163,16 +182,37 @@ pub fn forward(
         attention(pool, kv, li, s, t_len, pos0, n_head, n_kv, hd);
 
         // 5. x += attn @ Wo
-        model.matmul(pool, &layer.attn_out, &s.attn, t_len, &mut s.proj, &mut s.xq);
+        model.matmul(
+            pool,
+            &layer.attn_out,
+            &s.attn,
+            t_len,
+            &mut s.proj,
+            &mut s.xq,
+        );
         ops::add_assign(&mut s.x[..t_len * d], &s.proj[..t_len * d]);
 
         // 6. MLP: x += down(silu(gate(xb)) * up(xb)), xb = RMSNorm(x).
-        norm_rows(&mut s.xb, &s.x, model.vector(&layer.ffn_norm), c.rms_eps, t_len, d);
+        norm_rows(
+            &mut s.xb,
+            &s.x,
+            model.vector(&layer.ffn_norm),
+            c.rms_eps,
+            t_len,
+            d,
+        );
         model.matmul(pool, &layer.ffn_gate, &s.xb, t_len, &mut s.gate, &mut s.xq);
         model.matmul(pool, &layer.ffn_up, &s.xb, t_len, &mut s.up, &mut s.xq);
         let f = c.n_ff;
         ops::silu_mul(&mut s.gate[..t_len * f], &s.up[..t_len * f]);
-        model.matmul(pool, &layer.ffn_down, &s.gate, t_len, &mut s.proj, &mut s.xq);
+        model.matmul(
+            pool,
+            &layer.ffn_down,
+            &s.gate,
+            t_len,
+            &mut s.proj,
+            &mut s.xq,
+        );
         ops::add_assign(&mut s.x[..t_len * d], &s.proj[..t_len * d]);
     }
 
@@ -224,9 +264,8 @@ fn attention(
     let scores = SharedMut(s.scores.as_mut_ptr());
     let n_tasks = t_len * n_head;
     pool.run(&|tid, nth| {
-        let (out, scores) = (out, scores);
         // SAFETY: each worker owns row `tid` of the scores scratch (sized threads * n_ctx).
-        let sc = unsafe { std::slice::from_raw_parts_mut(scores.0.add(tid * n_ctx), n_ctx) };
+        let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(tid * n_ctx), n_ctx) };
         let mut task = tid;
         while task < n_tasks {
             let (t, h) = (task / n_head, task % n_head);
@@ -240,10 +279,14 @@ fn attention(
             }
             ops::softmax(sc);
             // SAFETY: (t, h) tasks are distinct, so their output rows are disjoint.
-            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * d + h * hd), hd) };
+            let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * d + h * hd), hd) };
             o.fill(0.0);
             for (j, &p) in sc.iter().enumerate() {
-                ops::axpy(o, p, &values[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd]);
+                ops::axpy(
+                    o,
+                    p,
+                    &values[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd],
+                );
             }
             task += nth;
         }
@@ -251,7 +294,15 @@ fn attention(
 }
 
 impl Model {
-    fn matmul(&self, pool: &ThreadPool, t: &Tensor, x: &[f32], n_tokens: usize, out: &mut [f32], xq: &mut [u8]) {
+    fn matmul(
+        &self,
+        pool: &ThreadPool,
+        t: &Tensor,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+        xq: &mut [u8],
+    ) {
         matmul(pool, self.matrix(t), x, n_tokens, out, xq);
     }
 }

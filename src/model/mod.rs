@@ -32,8 +32,13 @@ impl Model {
         let config = ModelConfig::from_gguf(&file)?;
         let weights = Weights::load(&file, &config)?;
         for t in weights.vectors() {
-            if (file.as_bytes()[t.bytes.clone()].as_ptr() as usize) % std::mem::align_of::<f32>() != 0 {
-                return Err(Error::tensor(&t.name, "F32 data is not 4-byte aligned in the file"));
+            if (file.as_bytes()[t.bytes.clone()].as_ptr() as usize) % std::mem::align_of::<f32>()
+                != 0
+            {
+                return Err(Error::tensor(
+                    &t.name,
+                    "F32 data is not 4-byte aligned in the file",
+                ));
             }
         }
         let tokenizer = match file.get("tokenizer.ggml.tokens") {

@@ -23,6 +23,8 @@ impl Tensor {
     }
 }
 
+// One per layer, built once at load: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Attention {
     /// Qwen-1: one fused matrix producing [q; k; v].
@@ -196,7 +198,9 @@ impl Weights {
             attn.into_iter()
                 .chain([&l.attn_out, &l.ffn_gate, &l.ffn_up, &l.ffn_down])
         });
-        [&self.token_embd, &self.output].into_iter().chain(per_layer)
+        [&self.token_embd, &self.output]
+            .into_iter()
+            .chain(per_layer)
     }
 
     /// Every F32 vector: norms and biases.

@@ -1,26 +1,29 @@
 //! F32, F16 and BF16 rows (little-endian, one element per "block"), and their dot products with
 //! f32 activations.
 //!
-//! The element conversions are branch-free bit manipulations (ggml's own, from the FP16 library)
-//! so that whole rows vectorize; `half` is the cross-check in the tests.
+//! The element conversions are branch-free bit manipulations so that whole rows vectorize; `half`
+//! is the cross-check in the tests.
 
-/// f16 bits → f32, exact for every input (ggml's `ggml_compute_fp16_to_fp32`): normal numbers are
-/// rebased by an exponent shift and a multiply, subnormals through a magic-number subtraction.
+/// f16 bits → f32, exact for every input. Normal numbers only need their exponent rebased (a
+/// shift and an add), subnormals are `mantissa · 2^-24` (an exact int → float conversion), and
+/// inf/NaN keep their payload under an all-ones exponent. Branch-free selects, so rows vectorize.
 #[inline(always)]
 pub(crate) fn f16_bits_to_f32(h: u16) -> f32 {
-    let w = (h as u32) << 16;
-    let sign = w & 0x8000_0000;
-    let two_w = w.wrapping_add(w);
-    let exp_offset = 0xE0u32 << 23;
-    let normalized = f32::from_bits((two_w >> 4) + exp_offset) * f32::from_bits(0x0780_0000); // 2^-112
-    let magic_mask = 126u32 << 23;
-    let denormalized = f32::from_bits((two_w >> 17) | magic_mask) - 0.5;
-    let bits = if two_w < (1u32 << 27) {
-        denormalized.to_bits()
+    // i32 throughout: SIMD has signed compares only, and every value here is below 2^16.
+    let h = h as i32;
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    let normal = (em << 13) + ((127 - 15) << 23);
+    let inf_nan = (em << 13) | 0x7f80_0000;
+    let subnormal = (em as f32 * f32::from_bits(0x3380_0000)).to_bits() as i32; // 2^-24
+    let bits = if em >= 0x7c00 {
+        inf_nan
+    } else if em >= 0x0400 {
+        normal
     } else {
-        normalized.to_bits()
+        subnormal
     };
-    f32::from_bits(sign | bits)
+    f32::from_bits((sign | bits) as u32)
 }
 
 /// f32 → f16 bits, rounding to nearest even (ggml's `ggml_compute_fp32_to_fp16`; NaN becomes the
@@ -39,7 +42,12 @@ pub(crate) fn f32_to_f16_bits(f: f32) -> u16 {
     let exp_bits = (bits >> 13) & 0x0000_7C00;
     let mantissa_bits = bits & 0x0000_0FFF;
     let nonsign = exp_bits + mantissa_bits;
-    ((sign >> 16) | if shl1_w > 0xFF00_0000 { 0x7E00 } else { nonsign }) as u16
+    ((sign >> 16)
+        | if shl1_w > 0xFF00_0000 {
+            0x7E00
+        } else {
+            nonsign
+        }) as u16
 }
 
 /// bf16 bits → f32: bf16 is the top half of an f32.
@@ -188,7 +196,7 @@ mod tests {
             5.960_464_5e-8, // smallest f16 subnormal
             2.980_232_2e-8, // half of it: ties to even → 0
             2.980_233e-8,
-            6.097_555_e-5, // largest f16 subnormal
+            6.097_555_e-5,      // largest f16 subnormal
             1.0 + 1.0 / 2048.0, // tie between 1.0 and the next f16 → even (1.0)
             1.0 + 3.0 / 2048.0, // tie → even (upwards)
             1.0 + 1.0 / 256.0,  // bf16 tie → 1.0
@@ -208,7 +216,12 @@ mod tests {
             if x.is_nan() {
                 assert_eq!(ours & 0x7fff, 0x7E00, "{x}");
             } else {
-                assert_eq!(ours, f16::from_f32(x).to_bits(), "{x:e} ({:#010x})", x.to_bits());
+                assert_eq!(
+                    ours,
+                    f16::from_f32(x).to_bits(),
+                    "{x:e} ({:#010x})",
+                    x.to_bits()
+                );
             }
         }
     }
@@ -217,7 +230,12 @@ mod tests {
     fn f32_to_bf16_matches_half_round_to_nearest_even() {
         for x in f32_probes() {
             let ours = f32_to_bf16_bits(x);
-            assert_eq!(ours, bf16::from_f32(x).to_bits(), "{x:e} ({:#010x})", x.to_bits());
+            assert_eq!(
+                ours,
+                bf16::from_f32(x).to_bits(),
+                "{x:e} ({:#010x})",
+                x.to_bits()
+            );
             let back = bf16_bits_to_f32(ours);
             if !x.is_nan() {
                 assert_eq!(back.to_bits(), bf16::from_bits(ours).to_f32().to_bits());

@@ -259,8 +259,8 @@ pub(crate) fn quantize_q2_k(src: &[f32], dst: &mut [BlockQ2K]) {
         // 4-bit scales and mins against their maxima.
         if max_scale > 0.0 {
             let iscale = Q4SCALE / max_scale;
-            for j in 0..QK_K / 16 {
-                y.scales[j] = nearest_int(iscale * scales[j]) as u8;
+            for (q, &s) in y.scales.iter_mut().zip(&scales) {
+                *q = nearest_int(iscale * s) as u8;
             }
             y.d = f32_to_f16(max_scale / Q4SCALE);
         } else {
@@ -269,8 +269,8 @@ pub(crate) fn quantize_q2_k(src: &[f32], dst: &mut [BlockQ2K]) {
         }
         if max_min > 0.0 {
             let iscale = Q4SCALE / max_min;
-            for j in 0..QK_K / 16 {
-                y.scales[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
+            for (q, &m) in y.scales.iter_mut().zip(&mins) {
+                *q |= (nearest_int(iscale * m) << 4) as u8;
             }
             y.dmin = f32_to_f16(max_min / Q4SCALE);
         } else {
@@ -310,8 +310,8 @@ pub(crate) fn quantize_q3_k(src: &[f32], dst: &mut [BlockQ3K]) {
         y.scales = [0; 12];
         if max_scale != 0.0 {
             let iscale = -32.0 / max_scale;
-            for j in 0..QK_K / 16 {
-                let q = nearest_int(iscale * scales[j]) as i8; // ggml stores it in an int8_t first
+            for (j, &s) in scales.iter().enumerate() {
+                let q = nearest_int(iscale * s) as i8; // ggml stores it in an int8_t first
                 let q = (q.clamp(-32, 31) + 32) as u8;
                 if j < 8 {
                     y.scales[j] = q & 0xF;
@@ -353,6 +353,24 @@ pub(crate) fn quantize_q3_k(src: &[f32], dst: &mut [BlockQ3K]) {
     }
 }
 
+/// Packs 8 6-bit scales and mins the way [`scale_min_k4`] reads them: sub-blocks 0..4 in the low 6
+/// bits of bytes 0..4 (scales) and 4..8 (mins); sub-blocks 4..8 as nibbles in bytes 8..12 with
+/// their top 2 bits in the spare top bits of bytes 0..8.
+pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
+    let mut packed = [0u8; K_SCALE_SIZE];
+    for j in 0..8 {
+        if j < 4 {
+            packed[j] = ls[j];
+            packed[j + 4] = lm[j];
+        } else {
+            packed[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+            packed[j - 4] |= (ls[j] >> 4) << 6;
+            packed[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+    packed
+}
+
 /// What Q4_K and Q5_K share: fit each 32-element sub-block as `scale·q − min`, quantize the 8
 /// scales and 8 mins to 6 bits against their maxima (packed as `scale_min_k4` reads them), then
 /// requantize every element with the decoded scales. Returns `(d, dmin, scales, levels)`.
@@ -388,21 +406,18 @@ fn quantize_scale_min_k(
         }
     }
 
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let mut packed = [0u8; K_SCALE_SIZE];
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     for j in 0..QK_K / 32 {
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-        if j < 4 {
-            packed[j] = ls;
-            packed[j + 4] = lm;
-        } else {
-            packed[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
-            packed[j - 4] |= (ls >> 4) << 6;
-            packed[j] |= (lm >> 4) << 6;
-        }
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
     }
+    let packed = pack_scale_min_k4(&ls, &lm);
     let d = f32_to_f16(max_scale / 63.0);
     let dmin = f32_to_f16(max_min / 63.0);
 
@@ -438,7 +453,11 @@ pub(crate) fn quantize_q5_k(src: &[f32], dst: &mut [BlockQ5K]) {
         let (d, dmin, scales, l) = quantize_scale_min_k(x, 31, -0.5, 15);
         (y.d, y.dmin, y.scales) = (d, dmin, scales);
         y.qh = [0; QK_K / 8];
-        for (c, (q, l)) in y.qs.chunks_exact_mut(32).zip(l.chunks_exact(64)).enumerate() {
+        for (c, (q, l)) in
+            y.qs.chunks_exact_mut(32)
+                .zip(l.chunks_exact(64))
+                .enumerate()
+        {
             for i in 0..32 {
                 let (lo, hi) = (l[i], l[i + 32]);
                 y.qh[i] |= ((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1));
@@ -472,8 +491,8 @@ pub(crate) fn quantize_q6_k(src: &[f32], dst: &mut [BlockQ6K]) {
         // 8-bit signed scales against the one of largest magnitude (which maps to −128).
         let iscale = -128.0 / max_scale;
         y.d = f32_to_f16(1.0 / iscale);
-        for ib in 0..QK_K / 16 {
-            y.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        for (q, &s) in y.scales.iter_mut().zip(&scales) {
+            *q = nearest_int(iscale * s).min(127) as i8;
         }
         let d_all = f16_to_f32(y.d);
         for j in 0..QK_K / 16 {
@@ -498,7 +517,8 @@ pub(crate) fn quantize_q6_k(src: &[f32], dst: &mut [BlockQ6K]) {
                 );
                 y.ql[64 * h + i] = (q1 & 0xF) | ((q3 & 0xF) << 4);
                 y.ql[64 * h + i + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
-                y.qh[32 * h + i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+                y.qh[32 * h + i] =
+                    (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
             }
         }
     }

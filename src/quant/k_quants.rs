@@ -406,3 +406,219 @@ pub(crate) fn vec_dot_q6_k(w: &[BlockQ6K], act: &[BlockQ8K]) -> f32 {
     }
     sumf
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::k_quantize::pack_scale_min_k4;
+    use crate::quant::{as_blocks, f32_to_f16};
+
+    fn deq<B: crate::quant::Block>(f: fn(&[B], &mut [f32]), raw: &[u8]) -> Vec<f32> {
+        let mut y = vec![0f32; QK_K];
+        f(as_blocks(raw), &mut y);
+        y
+    }
+
+    /// Worked by hand from the bit layout (see `scale_min_k4`'s doc).
+    #[test]
+    fn scale_min_k4_known_bytes() {
+        let q = [
+            0xC1, 0x42, 0x83, 0x04, 0x45, 0xC6, 0x07, 0x88, 0x9A, 0xBC, 0xDE, 0xF0,
+        ];
+        let want = [
+            (1, 5),
+            (2, 6),
+            (3, 7),
+            (4, 8),
+            // j = 4: low nibble of 0x9A = 0xA | top bits of 0xC1 (3) << 4 = 58;
+            //        high nibble 0x9 | top bits of 0x45 (1) << 4 = 25.
+            (58, 25),
+            (28, 59),
+            (46, 13),
+            (0, 47),
+        ];
+        for (j, w) in want.iter().enumerate() {
+            assert_eq!(scale_min_k4(j, &q), *w, "j = {j}");
+        }
+    }
+
+    #[test]
+    fn scale_min_k4_packing_round_trips() {
+        for seed in 0..16u8 {
+            let ls: [u8; 8] = std::array::from_fn(|j| (seed * 7 + 13 * j as u8) & 63);
+            let lm: [u8; 8] = std::array::from_fn(|j| (seed * 3 + 23 * j as u8) & 63);
+            let packed = pack_scale_min_k4(&ls, &lm);
+            for j in 0..8 {
+                assert_eq!(scale_min_k4(j, &packed), (ls[j], lm[j]));
+            }
+        }
+    }
+
+    /// Worked by hand: low nibbles from bytes 0..8, high 2 bits from bytes 8..12.
+    const Q3_SCALE_BYTES: [u8; 12] = [
+        0x21,
+        0x43,
+        0x65,
+        0x87,
+        0xA9,
+        0xCB,
+        0xED,
+        0x0F,
+        0b1110_0100,
+        0b0001_1011,
+        0xFF,
+        0x00,
+    ];
+    const Q3_SCALES: [i8; 16] = [
+        -31, 19, 21, -25, -7, 11, 29, -17, 2, -12, 22, -24, 26, -20, 30, -32,
+    ];
+
+    #[test]
+    fn q3_k_scales_known_bytes() {
+        assert_eq!(q3_k_scales(&Q3_SCALE_BYTES), Q3_SCALES);
+    }
+
+    #[test]
+    fn q3_k_known_block() {
+        // d = 1; every hmask bit set (no −4) except bit 0 of hmask[0] (element 0).
+        // qs[0] = 0b11_10_01_00 → low bits 0, 1, 2, 3 for elements 0, 32, 64, 96;
+        // qs[32] = 3 → element 128 has low bits 3.
+        let mut raw = vec![0xFFu8; 32];
+        raw[0] = 0xFE;
+        let mut qs = [0u8; 64];
+        qs[0] = 0b11_10_01_00;
+        qs[32] = 3;
+        raw.extend(qs);
+        raw.extend(Q3_SCALE_BYTES);
+        raw.extend(f32_to_f16(1.0));
+        let y = deq(dequantize_q3_k, &raw);
+        let mut want = [0f32; QK_K];
+        want[0] = -31.0 * -4.0; // q = 0 − 4, scale 0
+        want[32] = 21.0; // q = 1, scale 2
+        want[64] = -7.0 * 2.0; // scale 4
+        want[96] = 29.0 * 3.0; // scale 6
+        want[128] = 2.0 * 3.0; // scale 8
+        assert_eq!(y, want);
+    }
+
+    #[test]
+    fn q2_k_known_block() {
+        // d = 0.5, dmin = 1; scale byte j = j | (15 − j) << 4.
+        let mut raw: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
+        let mut qs = [0u8; 64];
+        qs[0] = 0b11_10_01_00; // elements 0, 32, 64, 96 → 0, 1, 2, 3
+        qs[33] = 0b01_00_00_11; // elements 129 → 3, 225 → 1
+        raw.extend(qs);
+        raw.extend(f32_to_f16(0.5));
+        raw.extend(f32_to_f16(1.0));
+        let y = deq(dequantize_q2_k, &raw);
+        // x = 0.5·(scale & 15)·q − (scale >> 4) with scale index = element / 16.
+        let mut want: Vec<f32> = (0..QK_K).map(|i| -(15.0 - (i / 16) as f32)).collect();
+        want[0] = -15.0;
+        want[32] = 0.5 * 2.0 * 1.0 - 13.0;
+        want[64] = 0.5 * 4.0 * 2.0 - 11.0;
+        want[96] = 0.5 * 6.0 * 3.0 - 9.0;
+        want[129] = 0.5 * 8.0 * 3.0 - 7.0;
+        want[225] = 0.5 * 14.0 * 1.0 - 1.0;
+        assert_eq!(y, want);
+    }
+
+    /// A Q4_K block with d = 1, dmin = 0.5, sub-block j having scale j + 1 and min j, and byte
+    /// 32c + l = (l % 16) | (15 − l % 16) << 4.
+    fn q4_k_block() -> Vec<u8> {
+        let ls: [u8; 8] = std::array::from_fn(|j| j as u8 + 1);
+        let lm: [u8; 8] = std::array::from_fn(|j| j as u8);
+        let mut raw = Vec::new();
+        raw.extend(f32_to_f16(1.0));
+        raw.extend(f32_to_f16(0.5));
+        raw.extend(pack_scale_min_k4(&ls, &lm));
+        for _ in 0..4 {
+            raw.extend((0..32u8).map(|l| (l % 16) | ((15 - l % 16) << 4)));
+        }
+        raw
+    }
+
+    #[test]
+    fn q4_k_known_block() {
+        let raw = q4_k_block();
+        // The scales by hand: sub-blocks 0..4 are plain bytes, 4..8 nibbles (all < 16 here).
+        assert_eq!(
+            &raw[4..16],
+            &[1, 2, 3, 4, 0, 1, 2, 3, 0x45, 0x56, 0x67, 0x78]
+        );
+        let y = deq(dequantize_q4_k, &raw);
+        for c in 0..4 {
+            for l in 0..32 {
+                let lo = (l % 16) as f32;
+                let (s0, s1) = ((2 * c + 1) as f32, (2 * c + 2) as f32);
+                assert_eq!(y[64 * c + l], s0 * lo - 0.5 * (2 * c) as f32);
+                assert_eq!(
+                    y[64 * c + 32 + l],
+                    s1 * (15.0 - lo) - 0.5 * (2 * c + 1) as f32
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q5_k_known_block() {
+        // The Q4_K block above plus high bits: qh[l] bit 0 for even l (elements 0..32 even),
+        // bit 7 for l < 4 (elements 224..228).
+        let q4 = q4_k_block();
+        let mut raw = q4[..16].to_vec();
+        let qh: Vec<u8> = (0..32)
+            .map(|l| u8::from(l % 2 == 0) | if l < 4 { 0x80 } else { 0 })
+            .collect();
+        raw.extend(&qh);
+        raw.extend(&q4[16..]);
+        let y5 = deq(dequantize_q5_k, &raw);
+        let y4 = deq(dequantize_q4_k, &q4);
+        for i in 0..QK_K {
+            let scale = (i / 32 + 1) as f32;
+            let high = (i < 32 && i % 2 == 0) || (224..228).contains(&i);
+            let want = if high { y4[i] + 16.0 * scale } else { y4[i] };
+            assert_eq!(y5[i], want, "element {i}");
+        }
+    }
+
+    #[test]
+    fn q6_k_known_block() {
+        // ql[i] = i, qh[i] = 37·i mod 256, scales[j] = j − 8, d = 0.25.
+        let mut raw: Vec<u8> = (0..128u8).collect();
+        raw.extend((0..64u32).map(|i| (37 * i % 256) as u8));
+        raw.extend((0..16i8).map(|j| (j - 8) as u8));
+        raw.extend(f32_to_f16(0.25));
+        let y = deq(dequantize_q6_k, &raw);
+        // Worked by hand:
+        // element 0: ql[0] & 15 = 0, qh[0] bits 0-1 = 0 → q = −32, scale −8 → 64.
+        assert_eq!(y[0], 64.0);
+        // element 65 (half 0, k = 2, l = 1): ql[1] >> 4 = 0, qh[1] = 37 bits 4-5 = 2 → q = 0.
+        assert_eq!(y[65], 0.0);
+        // element 37 (k = 1, l = 5): ql[37] & 15 = 5, qh[5] = 185 bits 2-3 = 2 → q = 37 − 32 = 5,
+        // scale index 2 → −6.
+        assert_eq!(y[37], 0.25 * -6.0 * 5.0);
+        // element 227 (half 1, k = 3, l = 3): ql[64 + 35] = 99 >> 4 = 6, qh[35] = 15 bits 6-7 = 0
+        // → q = −26, scale index 14 → 6.
+        assert_eq!(y[227], 0.25 * 6.0 * -26.0);
+
+        // Every element, decoded the way ggml's loop walks the block (per half, per l, four
+        // quarters at once).
+        for h in 0..2 {
+            for l in 0..32 {
+                let ql = |i: usize| raw[64 * h + i];
+                let qh = raw[128 + 32 * h + l];
+                let sc = |k: usize| (raw[192 + 8 * h + l / 16 + 2 * k] as i8) as f32;
+                let q = [
+                    (ql(l) & 0xF) | (qh & 3) << 4,
+                    (ql(l + 32) & 0xF) | ((qh >> 2) & 3) << 4,
+                    (ql(l) >> 4) | ((qh >> 4) & 3) << 4,
+                    (ql(l + 32) >> 4) | ((qh >> 6) & 3) << 4,
+                ];
+                for (k, q) in q.iter().enumerate() {
+                    let want = 0.25 * sc(k) * (*q as i32 - 32) as f32;
+                    assert_eq!(y[128 * h + 32 * k + l], want, "h {h} l {l} k {k}");
+                }
+            }
+        }
+    }
+}

@@ -5,9 +5,12 @@
 //! Every SIMD or GPU kernel is tested against this module, so it favours plain loops over
 //! cleverness. Blocks are `#[repr(C)]` structs of byte arrays that mirror `ggml-common.h`; they are
 //! viewed in place over the tensor bytes (no copies, no per-block allocation). One file per family:
-//! [`float`] (F32/F16/BF16), [`q4`], [`q5`], [`q8`] (Q8_0/Q8_1/Q8_K), [`k_quants`] (Q2_K…Q6_K
-//! layouts, dequantization and dots) and [`k_quantize`] (their reference quantizers, which only run
-//! at conversion time). [`dispatch`] picks the build of the dot products for the running CPU.
+//! `float` (F32/F16/BF16), `q4`, `q5`, `q8` (Q8_0/Q8_1/Q8_K), `k_quants` (Q2_K…Q6_K layouts,
+//! dequantization and dots) and `k_quantize` (their reference quantizers, which only run at
+//! conversion time). `dispatch` picks the build of the dot products for the running CPU.
+//!
+//! Bit-exactness with ggml is checked by `tests/ggml_oracle` (run by hand) and pinned for CI by the
+//! `quantizer_goldens_match_ggml` test.
 
 mod dispatch;
 mod float;
@@ -74,7 +77,7 @@ pub(crate) fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
 /// A little-endian f16 block field (`d`, `m`, `dmin`...) as f32.
 #[inline(always)]
 pub(crate) fn f16_to_f32(h: [u8; 2]) -> f32 {
-    half::f16::from_le_bytes(h).to_f32()
+    float::f16_bits_to_f32(u16::from_le_bytes(h))
 }
 
 /// An f32 rounded to f16 (round to nearest even, like GGML_FP32_TO_FP16), as little-endian bytes.

@@ -130,8 +130,8 @@ pub(crate) fn vec_dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
             sumi1 += v1 * y.qs[j + QK / 2] as i32;
         }
         let sumi = sumi0 + sumi1;
-        sumf += (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32
-            + f16_to_f32(x.m) * f16_to_f32(y.s);
+        sumf +=
+            (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32 + f16_to_f32(x.m) * f16_to_f32(y.s);
     }
     sumf
 }
@@ -179,11 +179,11 @@ mod tests {
         quantize_q4_0(&x, as_blocks_mut(&mut raw));
         assert_eq!(&raw[..2], &[0x00, 0x3C]); // d = 1
         let b = &as_blocks::<BlockQ4_0>(&raw)[0];
-        assert_eq!(b.qs[0], 0 | (8 << 4));
+        assert_eq!(b.qs[0], 8 << 4); // low nibble 0
         assert_eq!(b.qs[1], 15 | (4 << 4));
         assert_eq!(b.qs[2], 15 | (8 << 4));
         assert_eq!(b.qs[3], 8 | (8 << 4)); // zeros sit at q = 8
-        // The sign of d follows max: negate the block and d = -1, quants unchanged.
+                                           // The sign of d follows max: negate the block and d = -1, quants unchanged.
         let neg: Vec<f32> = x.iter().map(|v| -v).collect();
         let mut raw2 = [0u8; 18];
         quantize_q4_0(&neg, as_blocks_mut(&mut raw2));

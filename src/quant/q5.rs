@@ -144,8 +144,8 @@ pub(crate) fn vec_dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
             sumi1 += q1 * y.qs[j + QK / 2] as i32;
         }
         let sumi = sumi0 + sumi1;
-        sumf += (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32
-            + f16_to_f32(x.m) * f16_to_f32(y.s);
+        sumf +=
+            (f16_to_f32(x.d) * f16_to_f32(y.d)) * sumi as f32 + f16_to_f32(x.m) * f16_to_f32(y.s);
     }
     sumf
 }
