@@ -6,6 +6,7 @@
 //! Valgrind runs use the tiny synthetic model for the whole harness and the examples; the real
 //! 0.5B model runs natively (under valgrind only on request: it takes over 5 minutes).
 
+mod common;
 mod ffi_common;
 
 use ffi_common::*;
@@ -218,4 +219,39 @@ fn cpp_example_static_with_real_model() {
     ]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("int"), "{stdout}");
+}
+
+/// The examples on the tiny checkpoints of the test data, converted by qwen-convert (Qwen-1 and
+/// Qwen-2 architectures, the real 151k-token vocabulary, random weights): C dynamic with a
+/// callback, C++ static pulling tokens.
+#[test]
+fn examples_on_converted_tiny_models() {
+    if !require_tool("gcc") || !require_tool("g++") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = build_c_example(dir.path());
+    let cpp = build_cpp_example(dir.path());
+    for name in ["qwen1-tiny", "qwen2-tiny"] {
+        let Some(model) = common::tiny_gguf(name, "f32") else {
+            return;
+        };
+        for (bin, extra) in [(&c, None), (&cpp, Some("--pull"))] {
+            let mut cmd = Command::new(bin);
+            cmd.arg("-m").arg(&model).args([
+                "-n",
+                "8",
+                "-t",
+                "1",
+                "-c",
+                "256",
+                "-p",
+                "Hello, who are you?",
+            ]);
+            cmd.args(extra);
+            let out = run(&mut cmd);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(" tokens, finish: "), "{name}: {stderr}");
+        }
+    }
 }

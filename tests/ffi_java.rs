@@ -3,6 +3,7 @@
 //! bindings/java/test.sh does the work (cargo build --features jni into target/jni, javac,
 //! JUnitCore with -Xcheck:jni).
 
+mod common;
 mod ffi_common;
 
 use ffi_common::*;
@@ -32,6 +33,9 @@ fn java_junit_tests() {
     let tiny = tiny_model(dir.path());
     let mut cmd = Command::new(root().join("bindings/java/test.sh"));
     cmd.env("QWEN_TINY_MODEL", &tiny);
+    if let Some(converted) = common::tiny_gguf("qwen2-tiny", "f32") {
+        cmd.env("QWEN_CONVERTED_TINY_MODEL", converted);
+    }
     if let Some(real) = real_model() {
         cmd.env("QWEN_REAL_MODEL", real);
     }
@@ -41,6 +45,7 @@ fn java_junit_tests() {
         stdout.contains("OK ("),
         "JUnit did not report success: {stdout}"
     );
+    assert!(stdout.contains("converted tiny model replied"), "{stdout}");
     if real_model().is_some() {
         assert!(stdout.contains("real model replied"), "{stdout}");
     }

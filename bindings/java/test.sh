@@ -5,6 +5,7 @@
 #
 # Environment:
 #   QWEN_TINY_MODEL   a small GGUF for most tests (tests/ffi_java.rs writes one); unset: skipped
+#   QWEN_CONVERTED_TINY_MODEL   qwen2-tiny converted by qwen-convert; unset: skipped
 #   QWEN_REAL_MODEL   the real Qwen2.5-Coder 0.5B GGUF; unset: skipped
 #   JUNIT_JAR, HAMCREST_JAR   default: Debian's junit4 package (/usr/share/java)
 set -euo pipefail
@@ -29,6 +30,7 @@ log="$target/java-test.log"
 set +e
 java -Xcheck:jni -Dqwen.library="$lib" \
     -Dqwen.tiny.model="${QWEN_TINY_MODEL:-}" -Dqwen.real.model="${QWEN_REAL_MODEL:-}" \
+    -Dqwen.converted.model="${QWEN_CONVERTED_TINY_MODEL:-}" \
     -cp "$classes:$junit:$hamcrest" org.junit.runner.JUnitCore io.qwen.QwenTest 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e

@@ -43,7 +43,9 @@ void turn(qwen::Session &session, const std::string &text, int max_tokens, bool 
         });
     }
     std::cout << "\n";
-    std::cerr << "[" << n << " tokens, finish: " << finish_name(session.finish_reason()) << "]\n";
+    // A pull loop that stops at its own limit leaves the generation open (finish "none").
+    const char *why = pull && n == max_tokens ? "limit" : finish_name(session.finish_reason());
+    std::cerr << "[" << n << " tokens, finish: " << why << "]\n";
 }
 
 }  // namespace

@@ -210,6 +210,23 @@ public class QwenTest {
     }
 
     @Test
+    public void convertedTinyModelStreamsAChatReply() {
+        // qwen2-tiny from the test data, converted by qwen-convert: the real Qwen vocabulary and
+        // ChatML tokens over random weights.
+        String path = model("qwen.converted.model");
+        try (QwenModel m = QwenModel.load(path, 1, 256); QwenSession s = m.newSession()) {
+            int[] n = {0};
+            String reply = s.chat("Hello, who are you?", 8, (piece, token) -> {
+                if (token >= 0) n[0]++;
+                return true;
+            });
+            assertTrue(n[0] > 0 || s.finishReason() == FinishReason.STOP);
+            assertEquals(1, s.historyLength());
+            System.out.println("converted tiny model replied " + n[0] + " tokens: " + reply);
+        }
+    }
+
+    @Test
     public void realModelStreamsAChatReply() {
         String path = model("qwen.real.model");
         try (QwenModel m = QwenModel.load(path, 2, 512); QwenSession s = m.newSession()) {
