@@ -494,7 +494,8 @@ int32_t qwen_session_reset(qwen_session *session);
 
 /**
  * Keeps the first `n_tokens` tokens of the cache and drops the rest (no-op if it holds fewer);
- * ends any generation.
+ * ends any generation. `qwen_session_logits` keeps returning the last evaluation's logits
+ * until the next eval.
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */

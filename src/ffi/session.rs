@@ -228,7 +228,8 @@ pub extern "C" fn qwen_session_reset(session: *mut qwen_session) -> i32 {
 }
 
 /// Keeps the first `n_tokens` tokens of the cache and drops the rest (no-op if it holds fewer);
-/// ends any generation.
+/// ends any generation. `qwen_session_logits` keeps returning the last evaluation's logits
+/// until the next eval.
 ///
 /// Not for concurrent use on one session (`QWEN_ERR_BUSY`).
 #[no_mangle]

@@ -31,6 +31,15 @@ fn shape(c: &ModelConfig) -> [u32; 4] {
 }
 
 pub(crate) fn save(st: &State) -> Vec<u8> {
+    encode(
+        &st.session.model().config,
+        &st.all_tokens(),
+        &st.system,
+        &st.history,
+    )
+}
+
+fn encode(config: &ModelConfig, tokens: &[u32], system: &str, history: &[Turn]) -> Vec<u8> {
     let mut out = Vec::new();
     let u32_ = |out: &mut Vec<u8>, v: u32| out.extend_from_slice(&v.to_le_bytes());
     let str_ = |out: &mut Vec<u8>, s: &str| {
@@ -39,17 +48,16 @@ pub(crate) fn save(st: &State) -> Vec<u8> {
     };
     out.extend_from_slice(MAGIC);
     u32_(&mut out, VERSION);
-    for v in shape(&st.session.model().config) {
+    for v in shape(config) {
         u32_(&mut out, v);
     }
-    let tokens = st.all_tokens();
     u32_(&mut out, tokens.len() as u32);
-    for t in tokens {
+    for &t in tokens {
         u32_(&mut out, t);
     }
-    str_(&mut out, &st.system);
-    u32_(&mut out, st.history.len() as u32);
-    for t in &st.history {
+    str_(&mut out, system);
+    u32_(&mut out, history.len() as u32);
+    for t in history {
         str_(&mut out, &t.user);
         str_(&mut out, &t.assistant);
     }
@@ -141,4 +149,75 @@ pub(crate) fn parse(bytes: &[u8], config: &ModelConfig) -> FfiResult<Saved> {
         system,
         history,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::error::QWEN_ERR_FORMAT;
+    use crate::model::Arch;
+
+    fn config(n_vocab: usize) -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Qwen2,
+            n_vocab,
+            n_embd: 64,
+            n_layer: 2,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 16,
+            n_ff: 128,
+            rms_eps: 1e-6,
+            rope_base: 10000.0,
+            n_ctx_train: 4096,
+            seq_length: 0,
+            use_dynamic_ntk: false,
+            use_logn_attn: false,
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        let history = vec![Turn {
+            user: "héllo".into(),
+            assistant: "wörld 😀".into(),
+        }];
+        encode(&config(300), &[1, 2, 299], "Be brief.", &history)
+    }
+
+    #[test]
+    fn round_trip() {
+        let saved = parse(&sample(), &config(300)).unwrap_or_else(|e| panic!("{}", e.msg));
+        assert_eq!(saved.tokens, [1, 2, 299]);
+        assert_eq!(saved.system, "Be brief.");
+        assert_eq!(saved.history[0].assistant, "wörld 😀");
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_an_error_or_a_valid_state() {
+        let bytes = sample();
+        for n in 0..bytes.len() {
+            let e = parse(&bytes[..n], &config(300))
+                .err()
+                .expect("truncated state accepted");
+            assert_eq!(e.code, QWEN_ERR_FORMAT, "{n}: {}", e.msg);
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(parse(&extra, &config(300)).is_err());
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                if let Ok(s) = parse(&b, &config(300)) {
+                    assert!(s.tokens.iter().all(|&t| t < 300));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn another_model_shape_is_refused() {
+        let e = parse(&sample(), &config(301)).err().unwrap();
+        assert!(e.msg.contains("another model"), "{}", e.msg);
+    }
 }
