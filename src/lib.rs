@@ -9,6 +9,7 @@ pub mod bench;
 pub mod chat;
 pub mod convert;
 pub mod error;
+pub mod ffi;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;
