@@ -94,7 +94,7 @@ pub fn run(path: &Path, p: &BenchParams) -> Result<BenchResult> {
         .collect();
     // One untimed warm-up pass of each kind (page faults on the mapped weights, thread start).
     let warm = prompt.len().clamp(1, 8);
-    session.eval(&prompt.get(..warm).unwrap_or(&[1]))?;
+    session.eval(prompt.get(..warm).unwrap_or(&[1]))?;
     session.eval(&[1])?;
 
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());

@@ -146,7 +146,7 @@ impl<'a> GptqLayer<'a> {
                 ),
             )
         };
-        if in_features % per_word != 0 || out_features % per_word != 0 {
+        if !in_features.is_multiple_of(per_word) || !out_features.is_multiple_of(per_word) {
             return Err(Error::tensor(
                 module,
                 format!("[{out_features}, {in_features}] does not pack into {bits}-bit words"),
@@ -214,7 +214,7 @@ impl<'a> GptqLayer<'a> {
         let symmetric_zero = 1u8 << (bits - 1);
         let exact = cfg.native_type().is_some()
             && scales_are_f16
-            && in_features % 32 == 0
+            && in_features.is_multiple_of(32)
             && g_idx.chunks(32).all(|b| b.iter().all(|&g| g == b[0]))
             && zeros.iter().all(|&z| z == symmetric_zero);
         Ok(GptqLayer {
@@ -236,7 +236,7 @@ impl<'a> GptqLayer<'a> {
             "no ggml type holds these codes"
         } else if cfg.desc_act || self.g_idx.chunks(32).any(|b| b.iter().any(|&g| g != b[0])) {
             "act-order g_idx splits 32-wide blocks across groups"
-        } else if self.in_features % 32 != 0 {
+        } else if !self.in_features.is_multiple_of(32) {
             "in_features is not a multiple of 32"
         } else {
             "zero points are not symmetric (or scales are not fp16)"

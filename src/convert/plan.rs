@@ -406,7 +406,7 @@ fn gptq_type(
                 layer.inexact_reason(cfg)
             };
             let ty = native
-                .filter(|t| layer.in_features % t.block_size() == 0)
+                .filter(|t| layer.in_features.is_multiple_of(t.block_size()))
                 .unwrap_or(chosen);
             (
                 ty,

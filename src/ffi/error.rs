@@ -188,7 +188,7 @@ pub(crate) fn in_slice<'a, T>(ptr: *const T, len: usize, what: &str) -> FfiResul
     if len > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
         return invalid(format!("{what}: length {len} is too large"));
     }
-    if (ptr as usize) % std::mem::align_of::<T>() != 0 {
+    if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return invalid(format!("{what} is not aligned"));
     }
     // SAFETY: non-NULL, aligned, and the caller promises `len` readable elements (the
@@ -219,7 +219,7 @@ pub(crate) fn out_slice<'a, T>(ptr: *mut T, capacity: usize, what: &str) -> FfiR
     if capacity > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
         return invalid(format!("{what}: capacity {capacity} is too large"));
     }
-    if (ptr as usize) % std::mem::align_of::<T>() != 0 {
+    if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return invalid(format!("{what} is not aligned"));
     }
     // SAFETY: non-NULL, aligned, and the caller promises `capacity` writable elements.

@@ -40,7 +40,7 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     let n_normal = tokens.len();
     tokens.extend(SPECIALS.iter().map(|s| s.to_string()));
     let mut types = vec![1i32; n_normal];
-    types.extend(std::iter::repeat(3).take(SPECIALS.len()));
+    types.extend(std::iter::repeat_n(3, SPECIALS.len()));
     let vocab = tokens.len();
 
     let mut r = Rng(0x9E37_79B9_7F4A_7C15);
