@@ -5,4 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh all >/dev/null
+# `cargo test` builds the library only as an rlib; the C/C++/Java tests link libqwen.so and
+# libqwen.a, so build every crate type first.
+cargo build --release
 cargo test --release "$@"

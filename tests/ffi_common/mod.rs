@@ -152,9 +152,22 @@ pub fn lib_dir() -> PathBuf {
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     assert!(
         dir.join("libqwen.so").exists() && dir.join("libqwen.a").exists(),
-        "libqwen.so / libqwen.a missing in {}",
+        "libqwen.so / libqwen.a missing in {} (scripts/test.sh builds them before the tests)",
         dir.display()
     );
+    // `cargo test` rebuilds only the rlib; C programs must not link a stale shared library.
+    let modified = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    if let (Some(so), Some(rlib)) = (modified("libqwen.so"), modified("libqwen.rlib")) {
+        assert!(
+            so >= rlib,
+            "libqwen.so in {} is older than the library: run `cargo build --release` (scripts/test.sh does)",
+            dir.display()
+        );
+    }
     dir
 }
 
