@@ -216,7 +216,10 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
 /// back in `w` (each `ty.row_bytes(n)` bytes), with the same bits as [`vec_dot`] row by row, but
 /// faster where the SIMD build shares the work on the activations between rows (AVX2: Q8_0 and,
 /// in the `avx2-128` build, Q5_0, four rows at a time). Meant for a matmul's inner loop over the
-/// rows one thread owns.
+/// rows one thread owns. Measured on the Zen 1 test machine: a win while the rows are
+/// cache-resident (prefill looping over a chunk of rows for every token: ~+20% prompt tokens/s,
+/// 896-wide Q8_0 6.1 -> 7.6 GB/s in cache), on par or slightly behind from DRAM (decode), where
+/// one sequential row stream suits the hardware prefetcher best.
 ///
 /// The caller guarantees `w` holds at least `out.len()` rows and `act` one activation row; a
 /// mismatch is a bug caught by a debug assertion, and in release fills `out` with 0.0 (never
