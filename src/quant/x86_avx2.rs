@@ -4,12 +4,17 @@
 //! Every function here is a safe `#[target_feature]` function: it may only be *called* from code
 //! that knows the CPU has AVX2, FMA and F16C, which in this crate is `dispatch`, after
 //! `is_x86_feature_detected!`. The only `unsafe` blocks are the unaligned loads and stores, each
-//! through a helper that checks the slice is long enough first.
+//! through a helper that checks the slice is long enough first (and one CPUID read).
+//!
+//! Three groups of dot kernels: one weight row at a time (256-bit), four rows sharing the
+//! activation work (`vec_dot_rows`), and 128-bit versions of the 32-element nibble formats for
+//! cores that split 256-bit operations (Zen 1, the test machine; `dispatch` picks them there).
 //!
 //! Exactness, compared with the scalar reference in the sibling modules:
-//! - integer parts are exact for every input byte (no saturating shortcut: ggml's
-//!   `abs`/`sign` trick for i8·i8 is wrong when an operand is −128, so i8·i8 products go through
-//!   i16 `madd`, and unsigned·signed `maddubs` is only used where no pair sum can saturate);
+//! - integer parts are exact for every input byte. No saturating shortcut: ggml's i8·i8 trick
+//!   `maddubs(|x|, sign(y, x))` is wrong when y = −128, so full-range i8·i8 products (Q8_x)
+//!   go through i16 `madd`; small signed weights use `maddubs(|y|, sign(x, y))`, which never
+//!   negates the activation; unsigned·signed `maddubs` is used only where no pair can saturate;
 //! - the quantizers produce the same bytes as the scalar ones, NaN and ±inf inputs included;
 //! - F32/F16/BF16 dots return the same bits (same f32 products, same f64 lanes, same order);
 //! - the quantized dots sum their exact per-block integers in f32 in another order than the
