@@ -182,9 +182,14 @@ mod arm {
     }
 }
 
-/// Every build this CPU runs, the scalar reference first and the fastest last.
+/// Every build this CPU runs, the scalar reference first.
 #[cfg(test)]
 pub(super) fn all() -> Vec<&'static Kernels> {
+    builds()
+}
+
+/// Every build this CPU runs, the scalar reference first.
+fn builds() -> Vec<&'static Kernels> {
     let mut v = vec![&SCALAR];
     #[cfg(target_arch = "x86_64")]
     {
@@ -199,8 +204,22 @@ pub(super) fn all() -> Vec<&'static Kernels> {
     v
 }
 
-/// The fastest build this CPU runs.
+/// The build named by the environment variable `QWEN_KERNELS` (`scalar`, `avx2`, `avx2-128`,
+/// `neon`, `neon+dotprod`) if this CPU runs it, else the fastest one. The override is for
+/// comparing builds on a whole model (debugging, benchmarks); an unknown or unsupported name is
+/// reported on stderr and ignored.
 fn select() -> &'static Kernels {
+    if let Ok(name) = std::env::var("QWEN_KERNELS") {
+        match builds().into_iter().find(|k| k.name == name) {
+            Some(k) => return k,
+            None => eprintln!("QWEN_KERNELS={name}: not a build this CPU runs; using the default"),
+        }
+    }
+    fastest()
+}
+
+/// The fastest build this CPU runs.
+fn fastest() -> &'static Kernels {
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = x86::best() {
         return k;
