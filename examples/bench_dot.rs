@@ -8,14 +8,15 @@
 //! Each type is timed over a matrix of `rows` weight rows of `cols` elements (default 4096 × 64:
 //! at most ~1 MB, so it stays in L2/L3 and the numbers are kernel throughput, not DRAM
 //! bandwidth; pass `--rows 8192` for a matrix that streams from memory). Reported: nanoseconds
-//! per row and GB/s of weight bytes read, in this thread's CPU time (the machine is shared, so
+//! per row and GB/s of weight bytes read (`rows GB/s`: the same rows through `vec_dot_rows`), in this thread's CPU time (the machine is shared, so
 //! wall time would include other processes' slices), best of 7 runs of at least 20 ms, one thread.
 
 use std::hint::black_box;
 
 use qwen::gguf::GgmlType;
 use qwen::quant::{
-    quantize_row, quantize_row_scalar, vec_dot, vec_dot_path, vec_dot_scalar, vec_dot_type,
+    quantize_row, quantize_row_scalar, vec_dot, vec_dot_path, vec_dot_rows, vec_dot_scalar,
+    vec_dot_type,
 };
 
 /// xorshift32 values, roughly normal.
@@ -104,8 +105,15 @@ fn main() {
         vec_dot_path()
     );
     println!(
-        "{:<6} {:>9} {:>12} {:>12} {:>11} {:>11} {:>8}",
-        "type", "bytes/row", "scalar ns", "simd ns", "scalar GB/s", "simd GB/s", "speedup"
+        "{:<6} {:>9} {:>12} {:>12} {:>11} {:>11} {:>8} {:>11}",
+        "type",
+        "bytes/row",
+        "scalar ns",
+        "simd ns",
+        "scalar GB/s",
+        "simd GB/s",
+        "speedup",
+        "rows GB/s"
     );
     let mut rng = Rng(0x1234_5678);
     for ty in types {
@@ -137,15 +145,21 @@ fn main() {
         };
         let scalar = run(vec_dot_scalar);
         let simd = run(vec_dot);
+        let mut out = vec![0f32; rows];
+        let multi = time(|| {
+            vec_dot_rows(ty, cols, black_box(&w), black_box(&a), &mut out);
+            black_box(&out);
+        }) / rows as f64;
         println!(
-            "{:<6} {:>9} {:>12.1} {:>12.1} {:>11.2} {:>11.2} {:>7.1}x",
+            "{:<6} {:>9} {:>12.1} {:>12.1} {:>11.2} {:>11.2} {:>7.1}x {:>11.2}",
             ty.name(),
             rb,
             scalar * 1e9,
             simd * 1e9,
             rb as f64 / scalar / 1e9,
             rb as f64 / simd / 1e9,
-            scalar / simd
+            scalar / simd,
+            rb as f64 / multi / 1e9,
         );
     }
 

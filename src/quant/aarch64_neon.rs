@@ -206,6 +206,22 @@ pub(super) fn vec_dot_dotprod(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     vec_dot_impl::<true>(ty, w, act)
 }
 
+/// `out[r]` = [`vec_dot`] of row `r` of `w` (rows of `rb` bytes back to back) with `act`.
+#[target_feature(enable = "neon")]
+pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
+        *o = vec_dot_impl::<false>(ty, r, act);
+    }
+}
+
+/// `out[r]` = [`vec_dot_dotprod`] of row `r` of `w` with `act`.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) fn vec_dot_rows_dotprod(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
+        *o = vec_dot_impl::<true>(ty, r, act);
+    }
+}
+
 #[target_feature(enable = "neon")]
 #[inline]
 fn vec_dot_impl<const SDOT: bool>(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {

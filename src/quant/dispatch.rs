@@ -25,6 +25,7 @@ use crate::gguf::GgmlType;
 pub(super) struct Kernels {
     pub name: &'static str,
     dot: unsafe fn(GgmlType, &[u8], &[u8]) -> f32,
+    dot_rows: unsafe fn(GgmlType, usize, &[u8], &[u8], &mut [f32]),
     q8_0: unsafe fn(&[f32], &mut [BlockQ8_0]),
     q8_1: unsafe fn(&[f32], &mut [BlockQ8_1]),
     q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
@@ -37,6 +38,15 @@ impl Kernels {
     pub fn vec_dot(&self, ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
         // SAFETY: this table was handed out only for a CPU that runs it (see the type's docs).
         unsafe { (self.dot)(ty, w, act) }
+    }
+
+    /// `out[r]` = [`Self::vec_dot`] of row `r` of `w` (rows of `rb` bytes back to back; `w` holds
+    /// at least `out.len()` of them) with `act`, bit for bit, sharing the activation work between
+    /// rows where the build can.
+    #[inline]
+    pub fn vec_dot_rows(&self, ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+        // SAFETY: this table was handed out only for a CPU that runs it (see the type's docs).
+        unsafe { (self.dot_rows)(ty, rb, w, act, out) }
     }
 
     /// Quantizes `src` into `dst` (sizes already checked) when `ty` is one of the activation
@@ -58,10 +68,17 @@ impl Kernels {
 pub(super) static SCALAR: Kernels = Kernels {
     name: "scalar",
     dot: dot_scalar,
+    dot_rows: dot_rows_scalar,
     q8_0: q8::quantize_q8_0,
     q8_1: q8::quantize_q8_1,
     q8_k: q8::quantize_q8_k,
 };
+
+fn dot_rows_scalar(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
+        *o = dot_scalar(ty, r, act);
+    }
+}
 
 fn dot_scalar(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     use GgmlType::*;
@@ -93,6 +110,7 @@ mod x86 {
     static AVX2: Kernels = Kernels {
         name: "avx2",
         dot: k::vec_dot,
+        dot_rows: k::vec_dot_rows,
         q8_0: k::quantize_q8_0,
         q8_1: k::quantize_q8_1,
         q8_k: k::quantize_q8_k,
@@ -102,6 +120,7 @@ mod x86 {
     static AVX2_128: Kernels = Kernels {
         name: "avx2-128",
         dot: k::vec_dot_128,
+        dot_rows: k::vec_dot_rows_128,
         q8_0: k::quantize_q8_0,
         q8_1: k::quantize_q8_1,
         q8_k: k::quantize_q8_k,
@@ -138,6 +157,7 @@ mod arm {
     static NEON: Kernels = Kernels {
         name: "neon",
         dot: k::vec_dot,
+        dot_rows: k::vec_dot_rows,
         q8_0: k::quantize_q8_0,
         q8_1: k::quantize_q8_1,
         q8_k: k::quantize_q8_k,
@@ -147,6 +167,7 @@ mod arm {
     static NEON_DOTPROD: Kernels = Kernels {
         name: "neon+dotprod",
         dot: k::vec_dot_dotprod,
+        dot_rows: k::vec_dot_rows_dotprod,
         q8_0: k::quantize_q8_0,
         q8_1: k::quantize_q8_1,
         q8_k: k::quantize_q8_k,
@@ -161,9 +182,14 @@ mod arm {
     }
 }
 
-/// Every build this CPU runs, the scalar reference first and the fastest last.
+/// Every build this CPU runs, the scalar reference first.
 #[cfg(test)]
 pub(super) fn all() -> Vec<&'static Kernels> {
+    builds()
+}
+
+/// Every build this CPU runs, the scalar reference first.
+fn builds() -> Vec<&'static Kernels> {
     let mut v = vec![&SCALAR];
     #[cfg(target_arch = "x86_64")]
     {
@@ -178,8 +204,22 @@ pub(super) fn all() -> Vec<&'static Kernels> {
     v
 }
 
-/// The fastest build this CPU runs.
+/// The build named by the environment variable `QWEN_KERNELS` (`scalar`, `avx2`, `avx2-128`,
+/// `neon`, `neon+dotprod`) if this CPU runs it, else the fastest one. The override is for
+/// comparing builds on a whole model (debugging, benchmarks); an unknown or unsupported name is
+/// reported on stderr and ignored.
 fn select() -> &'static Kernels {
+    if let Ok(name) = std::env::var("QWEN_KERNELS") {
+        match builds().into_iter().find(|k| k.name == name) {
+            Some(k) => return k,
+            None => eprintln!("QWEN_KERNELS={name}: not a build this CPU runs; using the default"),
+        }
+    }
+    fastest()
+}
+
+/// The fastest build this CPU runs.
+fn fastest() -> &'static Kernels {
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = x86::best() {
         return k;

@@ -215,6 +215,39 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     }
 }
 
+/// `out[r] = vec_dot(ty, n, row r, act)` for `out.len()` consecutive weight rows stored back to
+/// back in `w` (each `ty.row_bytes(n)` bytes), with the same bits as [`vec_dot`] row by row, but
+/// faster where the SIMD build shares the work on the activations between rows (AVX2: Q8_0 and,
+/// in the `avx2-128` build, Q5_0, four rows at a time). Meant for a matmul's inner loop over the
+/// rows one thread owns. Measured on the Zen 1 test machine: a win while the rows are
+/// cache-resident (prefill looping over a chunk of rows for every token: ~+20% prompt tokens/s,
+/// 896-wide Q8_0 6.1 -> 7.6 GB/s in cache), on par or slightly behind from DRAM (decode), where
+/// one sequential row stream suits the hardware prefetcher best.
+///
+/// The caller guarantees `w` holds at least `out.len()` rows and `act` one activation row; a
+/// mismatch is a bug caught by a debug assertion, and in release fills `out` with 0.0 (never
+/// reads out of bounds).
+pub fn vec_dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    let rows = out.len();
+    if rows == 0 {
+        return;
+    }
+    let all = ty.row_bytes(n).and_then(|rb| rb.checked_mul(rows));
+    match (all, row_slices(ty, n, w, act)) {
+        (Some(all), Some((row, act))) if w.len() >= all => {
+            dispatch::selected().vec_dot_rows(ty, row.len(), &w[..all], act, out)
+        }
+        _ => {
+            debug_assert!(
+                false,
+                "vec_dot_rows({ty}, n={n}): {rows} rows do not fit {} bytes",
+                w.len()
+            );
+            out.fill(0.0);
+        }
+    }
+}
+
 /// [`vec_dot`] without runtime dispatch: the portable scalar reference every faster kernel is
 /// tested against.
 pub fn vec_dot_scalar(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {

@@ -297,6 +297,53 @@ fn simd_float_dots_are_bit_identical() {
     }
 }
 
+/// `vec_dot_rows` gives every row the same bits as `vec_dot` (the multi-row kernels keep each
+/// row's operation order), in every build, for row counts around the 4-row grouping.
+#[test]
+fn dot_rows_match_single_row_dots_bit_for_bit() {
+    let mut rng = Rng::new(0x5EED_0006);
+    for k in dispatch::all() {
+        for ty in WEIGHT_TYPES {
+            for n in [
+                ty.block_size() * 3,
+                if ty.block_size() == QK_K { 1536 } else { 896 },
+            ] {
+                let rb = ty.row_bytes(n).unwrap();
+                for rows in [1, 3, 4, 5, 8, 11] {
+                    let w: Vec<u8> = (0..rows)
+                        .flat_map(|_| real_weights(ty, n, &mut rng))
+                        .collect();
+                    let a = real_activations(ty, n, &mut rng);
+                    let mut out = vec![f32::NAN; rows];
+                    k.vec_dot_rows(ty, rb, &w, &a, &mut out);
+                    for (r, got) in out.iter().enumerate() {
+                        let want = k.vec_dot(ty, &w[r * rb..(r + 1) * rb], &a);
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{} {ty} n={n} row {r}/{rows}",
+                            k.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // The public entry point, on the selected build.
+    let (ty, n) = (Q8_0, 896);
+    let w: Vec<u8> = (0..6).flat_map(|_| real_weights(ty, n, &mut rng)).collect();
+    let a = real_activations(ty, n, &mut rng);
+    let mut out = [0f32; 6];
+    super::vec_dot_rows(ty, n, &w, &a, &mut out);
+    let rb = ty.row_bytes(n).unwrap();
+    for (r, got) in out.iter().enumerate() {
+        assert_eq!(
+            got.to_bits(),
+            super::vec_dot(ty, n, &w[r * rb..], &a).to_bits()
+        );
+    }
+}
+
 /// Rows that stress the activation quantizers: ordinary values, outliers, exact halfway cases
 /// (blocks whose scale comes out as exactly 1), all-zero blocks, ties between +max and −max,
 /// tiny and huge magnitudes, −0.0, ±inf and NaN.

@@ -4,12 +4,17 @@
 //! Every function here is a safe `#[target_feature]` function: it may only be *called* from code
 //! that knows the CPU has AVX2, FMA and F16C, which in this crate is `dispatch`, after
 //! `is_x86_feature_detected!`. The only `unsafe` blocks are the unaligned loads and stores, each
-//! through a helper that checks the slice is long enough first.
+//! through a helper that checks the slice is long enough first (and one CPUID read).
+//!
+//! Three groups of dot kernels: one weight row at a time (256-bit), four rows sharing the
+//! activation work (`vec_dot_rows`), and 128-bit versions of the 32-element nibble formats for
+//! cores that split 256-bit operations (Zen 1, the test machine; `dispatch` picks them there).
 //!
 //! Exactness, compared with the scalar reference in the sibling modules:
-//! - integer parts are exact for every input byte (no saturating shortcut: ggml's
-//!   `abs`/`sign` trick for i8·i8 is wrong when an operand is −128, so i8·i8 products go through
-//!   i16 `madd`, and unsigned·signed `maddubs` is only used where no pair sum can saturate);
+//! - integer parts are exact for every input byte. No saturating shortcut: ggml's i8·i8 trick
+//!   `maddubs(|x|, sign(y, x))` is wrong when y = −128, so full-range i8·i8 products (Q8_x)
+//!   go through i16 `madd`; small signed weights use `maddubs(|y|, sign(x, y))`, which never
+//!   negates the activation; unsigned·signed `maddubs` is used only where no pair can saturate;
 //! - the quantizers produce the same bytes as the scalar ones, NaN and ±inf inputs included;
 //! - F32/F16/BF16 dots return the same bits (same f32 products, same f64 lanes, same order);
 //! - the quantized dots sum their exact per-block integers in f32 in another order than the
@@ -630,6 +635,145 @@ fn dot_q2_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
         _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc)
     });
     hsum_ps(acc) - hsum_ps(acc_m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several weight rows against one activation row: the activation work of a block (loading,
+// sign-extending, converting its scale) is done once for 4 rows. Each row keeps the exact
+// operation order of its single-row kernel, so the results are the same bits.
+
+/// `out[r]` = the dot product of row `r` of `w` (rows of `rb` bytes back to back) with `act`.
+/// `w` holds at least `out.len()` rows and `act` is one activation row (checked by the caller).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    rows_impl::<false>(ty, rb, w, act, out)
+}
+
+/// [`vec_dot_rows`] for the build with 128-bit nibble kernels.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot_rows_128(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    rows_impl::<true>(ty, rb, w, act, out)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn rows_impl<const NARROW: bool>(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    let done = match ty {
+        GgmlType::Q8_0 => quads(w, rb, out, |r| {
+            dot_q8_0_x4(r.map(as_blocks), as_blocks(act))
+        }),
+        GgmlType::Q5_0 if NARROW => quads(w, rb, out, |r| {
+            dot_q5_0_128_x4(r.map(as_blocks), as_blocks(act))
+        }),
+        GgmlType::Q5_0 => quads(w, rb, out, |r| {
+            dot_q5_0_x4(r.map(as_blocks), as_blocks(act))
+        }),
+        _ => 0,
+    };
+    let rows = w
+        .get(done * rb..)
+        .unwrap_or_default()
+        .chunks_exact(rb.max(1));
+    for (o, r) in out[done..].iter_mut().zip(rows) {
+        *o = if NARROW {
+            vec_dot_128(ty, r, act)
+        } else {
+            vec_dot(ty, r, act)
+        };
+    }
+}
+
+/// Runs `f` on each group of 4 whole rows (of `rb` bytes) of `w`, filling `out` 4 at a time;
+/// returns how many rows it did.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn quads(w: &[u8], rb: usize, out: &mut [f32], mut f: impl FnMut([&[u8]; 4]) -> [f32; 4]) -> usize {
+    let mut done = 0;
+    for (o, r) in out.chunks_exact_mut(4).zip(w.chunks_exact(4 * rb.max(1))) {
+        // Four interleaved row streams defeat the hardware prefetcher: fetch the next group
+        // (the bytes right after these rows) while this one computes.
+        if let Some(next) = w.get(done * rb + 4 * rb..) {
+            for line in next.iter().take(4 * rb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
+            }
+        }
+        let (r01, r23) = r.split_at(2 * rb);
+        let (r0, r1) = r01.split_at(rb);
+        let (r2, r3) = r23.split_at(rb);
+        o.copy_from_slice(&f([r0, r1, r2, r3]));
+        done += 4;
+    }
+    done
+}
+
+/// Four Q8_0 rows, each exactly as [`dot_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0_x4(w: [&[BlockQ8_0]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
+    let nb = a.len().min(w.iter().map(|r| r.len()).min().unwrap_or(0));
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    for i in 0..nb {
+        let y = &a[i];
+        let y0 = _mm256_cvtepi8_epi16(load128(&y.qs));
+        let y1 = _mm256_cvtepi8_epi16(load128(&y.qs[16..]));
+        let dy = f16_to_f32(y.d);
+        for (row, acc) in w.iter().zip(&mut acc) {
+            let x = &row[i];
+            let x0 = _mm256_cvtepi8_epi16(load128(&x.qs));
+            let x1 = _mm256_cvtepi8_epi16(load128(&x.qs[16..]));
+            let s = _mm256_add_epi32(_mm256_madd_epi16(x0, y0), _mm256_madd_epi16(x1, y1));
+            let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
+            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[i & 1]);
+        }
+    }
+    acc.map(|[a0, a1]| hsum_ps(_mm256_add_ps(a0, a1)))
+}
+
+/// Four Q5_0 rows, each exactly as [`dot_q5_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_0_x4(w: [&[BlockQ5_0]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
+    let nb = a.len().min(w.iter().map(|r| r.len()).min().unwrap_or(0));
+    let f0 = _mm256_set1_epi8(0xF0u8 as i8);
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    for i in 0..nb {
+        let y = &a[i];
+        let yv = load256(&y.qs);
+        let ya = _mm256_abs_epi8(yv);
+        let dy = f16_to_f32(y.d);
+        for (row, acc) in w.iter().zip(&mut acc) {
+            let x = &row[i];
+            let clear = _mm256_andnot_si256(bits_set_32(x.qh), f0);
+            let q = _mm256_or_si256(nibbles_32(&x.qs), clear);
+            let p = _mm256_maddubs_epi16(ya, _mm256_sign_epi8(q, yv));
+            let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
+            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum_i16_pairs(p)), acc[i & 1]);
+        }
+    }
+    acc.map(|[a0, a1]| hsum_ps(_mm256_add_ps(a0, a1)))
+}
+
+/// Four Q5_0 rows, each exactly as [`dot_q5_0_128`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_0_128_x4(w: [&[BlockQ5_0]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
+    let nb = a.len().min(w.iter().map(|r| r.len()).min().unwrap_or(0));
+    let f0 = _mm_set1_epi8(0xF0u8 as i8);
+    let mut acc = [[_mm_setzero_ps(); 2]; 4];
+    for i in 0..nb {
+        let y = &a[i];
+        let (y0, y1) = (load128(&y.qs), load128(&y.qs[16..]));
+        let (a0, a1) = (_mm_abs_epi8(y0), _mm_abs_epi8(y1));
+        let dy = f16_to_f32(y.d);
+        for (row, acc) in w.iter().zip(&mut acc) {
+            let x = &row[i];
+            let (lo, hi) = nibbles_128(&x.qs);
+            let (s0, s1) = bits_set_128(x.qh);
+            let q0 = _mm_or_si128(lo, _mm_andnot_si128(s0, f0));
+            let q1 = _mm_or_si128(hi, _mm_andnot_si128(s1, f0));
+            let p0 = _mm_maddubs_epi16(a0, _mm_sign_epi8(q0, y0));
+            let p1 = _mm_maddubs_epi16(a1, _mm_sign_epi8(q1, y1));
+            acc[i & 1] = fma_pairs_128(p0, p1, f16_to_f32(x.d) * dy, acc[i & 1]);
+        }
+    }
+    acc.map(|[a0, a1]| hsum_ps128(_mm_add_ps(a0, a1)))
 }
 
 // ---------------------------------------------------------------------------------------------
