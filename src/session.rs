@@ -37,6 +37,9 @@ pub enum FinishReason {
     Stop,
     /// The token limit or the context length was reached.
     Length,
+    /// The caller's callback asked to stop (higher-level APIs such as
+    /// [`generate_text`](crate::chat::generate_text); [`Session::generate`] reports `Stop`).
+    Cancelled,
 }
 
 impl FinishReason {
@@ -44,6 +47,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct Session {
     /// The tokens whose keys and values are in the cache, in order.
     tokens: Vec<u32>,
     logits: Vec<f32>,
+    /// Tokens run through the model since creation (prefill and decode).
+    n_evaluated: u64,
 }
 
 impl Session {
@@ -87,6 +93,7 @@ impl Session {
             ntk_alpha: 0.0,
             tokens: Vec::with_capacity(n_ctx),
             logits: vec![0.0; c.n_vocab * max_batch],
+            n_evaluated: 0,
             model,
         };
         s.set_ntk_alpha(1.0);
@@ -108,6 +115,13 @@ impl Session {
     /// Tokens currently in the cache.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
+    }
+
+    /// How many tokens this session has run through the model since it was created (prefill
+    /// and decode). The difference around a call is what that call cost, e.g. how much of a
+    /// chat turn's context [`eval_reusing_prefix`](Self::eval_reusing_prefix) really evaluated.
+    pub fn n_evaluated(&self) -> u64 {
+        self.n_evaluated
     }
 
     /// The NTK alpha in use (1 unless a Qwen-1 prefill went past `seq_length`).
@@ -199,6 +213,7 @@ impl Session {
                 logits,
             );
             self.tokens.extend_from_slice(chunk);
+            self.n_evaluated += chunk.len() as u64;
             done += chunk.len();
         }
         if let Some(a) = all {
@@ -210,14 +225,19 @@ impl Session {
 
     /// Makes the cache hold exactly `tokens`, reusing the longest cached prefix, and returns the
     /// logits after the last token. At least one token is always evaluated so the logits exist.
+    /// Qwen-1 with dynamic NTK: when the NTK alpha for `tokens.len()` differs from the one the
+    /// cache was built with, everything is recomputed, as the reference's fresh prefill would.
     pub fn eval_reusing_prefix(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        let common = self
+        let mut common = self
             .tokens
             .iter()
             .zip(tokens)
             .take_while(|(a, b)| a == b)
             .count()
             .min(tokens.len().saturating_sub(1));
+        if common > 0 && self.model.config.ntk_alpha(tokens.len()) != self.ntk_alpha {
+            common = 0;
+        }
         self.tokens.truncate(common);
         self.eval(&tokens[common..])
     }

@@ -1,11 +1,14 @@
 //! `qwen`: the command line over the libqwen API (run, chat, tokenize, logits, info).
 
 use clap::{Args, Parser, Subcommand};
-use qwen::chat::{make_context, ChatTokens, Turn, DEFAULT_SYSTEM_PROMPT};
+use qwen::chat::{
+    generate_text, ChatSession, ChatTokens, Conversation, GenerateOptions, DEFAULT_MAX_WINDOW_SIZE,
+    DEFAULT_SYSTEM_PROMPT,
+};
 use qwen::model::Model;
 use qwen::sampler::{Sampler, SamplingParams};
 use qwen::session::{Session, SessionParams};
-use qwen::tokenizer::{EncodeMode, StreamDecoder, Tokenizer};
+use qwen::tokenizer::{EncodeMode, Tokenizer};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -124,7 +127,17 @@ struct RunArgs {
     /// System prompt for --chat.
     #[arg(long, default_value = DEFAULT_SYSTEM_PROMPT)]
     system: String,
-    /// Print one JSON object at the end instead of streaming text.
+    /// Earlier turns for --chat: a JSON file `[["user", "assistant"], ...]`.
+    #[arg(long, requires = "chat")]
+    history: Option<PathBuf>,
+    /// --chat: keep history turns (newest first) while the context stays below N tokens.
+    #[arg(long, default_value_t = DEFAULT_MAX_WINDOW_SIZE, requires = "chat")]
+    max_window_size: usize,
+    /// Stop before this string (may be given several times); it never appears in the output.
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Print one JSON object at the end instead of streaming text. With -n 0 nothing is
+    /// evaluated: it shows the prompt ids that would be prefilled.
     #[arg(long)]
     json: bool,
 }
@@ -138,6 +151,15 @@ struct ChatArgs {
     /// Most tokens generated per reply.
     #[arg(short = 'n', long = "n-predict", default_value_t = 1024)]
     n_predict: usize,
+    /// Keep history turns (newest first) while the context stays below N tokens.
+    #[arg(long, default_value_t = DEFAULT_MAX_WINDOW_SIZE)]
+    max_window_size: usize,
+    /// Stop before this string (may be given several times).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Print no per-turn statistics on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -213,49 +235,110 @@ fn load(args: &ModelArgs) -> Result<(Arc<Model>, Session), qwen::Error> {
     Ok((model, session))
 }
 
+/// Writes streamed text to stdout; a closed stdout (e.g. `| head`) cancels generation instead
+/// of failing it.
+fn write_piece(out: &mut impl Write, piece: &str) -> bool {
+    out.write_all(piece.as_bytes())
+        .and_then(|_| out.flush())
+        .is_ok()
+}
+
 fn run(a: RunArgs) -> CliResult {
     let sampling = a.sampling.params()?;
-    let (model, mut session) = load(&a.model)?;
+    let (model, session) = load(&a.model)?;
     let tok = model.tokenizer()?;
     let ct = ChatTokens::from_tokenizer(tok)?;
-    let prompt_ids = if a.chat {
-        make_context(tok, &ct, &a.system, &[], &a.prompt, usize::MAX).ids
-    } else {
-        tok.encode(&a.prompt, EncodeMode::Trusted)
-    };
-    let t0 = Instant::now();
-    session.eval(&prompt_ids)?;
-    let prompt_secs = t0.elapsed().as_secs_f64();
-
     let mut sampler = Sampler::new(sampling);
-    let mut decoder = StreamDecoder::new();
     let mut stdout = std::io::stdout().lock();
     let stream = !a.json;
-    let t1 = Instant::now();
-    let (generated, finish) =
-        session.generate(&mut sampler, a.n_predict, &ct.stop_tokens(), |id| {
-            if stream {
-                let piece = decoder.push(tok, id);
-                // A closed stdout (e.g. `| head`) stops generation instead of failing it.
-                return stdout
-                    .write_all(piece.as_bytes())
-                    .and_then(|_| stdout.flush())
-                    .is_ok();
-            }
-            true
-        })?;
-    let gen_secs = t1.elapsed().as_secs_f64();
-    let n_text = generated
-        .iter()
-        .take_while(|t| !ct.stop_tokens().contains(t))
-        .count();
+
+    // The prompt: one chat turn after the history, or raw text.
+    let mut chat = None;
+    let mut raw_session = None;
+    let (prompt_ids, turns_kept) = if a.chat {
+        let mut conv = Conversation::new(a.system.clone());
+        conv.max_window_size = a.max_window_size;
+        if let Some(path) = &a.history {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            conv.history = Conversation::history_from_json(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let mut c = ChatSession::new(session, conv)?;
+        c.stop_strings = a.stop.clone();
+        let ctx = c.context(&a.prompt, a.n_predict)?;
+        chat = Some(c);
+        (ctx.ids, Some(ctx.turns_kept))
+    } else {
+        let ids = tok.encode(&a.prompt, EncodeMode::Trusted);
+        if ids.len() > session.n_ctx() {
+            return Err(format!(
+                "the prompt has {} tokens, more than the context of {} (-c)",
+                ids.len(),
+                session.n_ctx()
+            )
+            .into());
+        }
+        raw_session = Some(session);
+        (ids, None)
+    };
+    if a.n_predict == 0 {
+        if a.json {
+            let json = serde_json::json!({
+                "prompt_ids": prompt_ids,
+                "turns_kept": turns_kept,
+                "generated_ids": [],
+                "text": "",
+                "finish_reason": "length",
+            });
+            writeln!(stdout, "{json}")?;
+        }
+        return Ok(());
+    }
+
+    let t0 = Instant::now();
+    let mut on_text = |piece: &str| !stream || write_piece(&mut stdout, piece);
+    let (generated, text, finish, prompt_secs, gen_secs) = if let Some(chat) = chat.as_mut() {
+        let turn = chat.prefill(&a.prompt, a.n_predict)?;
+        let prompt_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let reply = chat.generate(turn, &mut sampler, &mut on_text)?;
+        let gen_secs = t1.elapsed().as_secs_f64();
+        (
+            reply.generated_ids,
+            reply.text,
+            reply.finish_reason,
+            prompt_secs,
+            gen_secs,
+        )
+    } else {
+        let session = raw_session.as_mut().expect("set above");
+        session.eval(&prompt_ids)?;
+        let prompt_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let opts = GenerateOptions {
+            max_tokens: a.n_predict,
+            stop_tokens: ct.stop_tokens().to_vec(),
+            stop_strings: a.stop.clone(),
+        };
+        let gen = generate_text(session, &mut sampler, &opts, &mut on_text)?;
+        let gen_secs = t1.elapsed().as_secs_f64();
+        (
+            gen.token_ids,
+            gen.text,
+            gen.finish_reason,
+            prompt_secs,
+            gen_secs,
+        )
+    };
     if stream {
-        let _ = writeln!(stdout, "{}", decoder.finish());
+        let _ = writeln!(stdout);
     } else {
         let json = serde_json::json!({
             "prompt_ids": prompt_ids,
+            "turns_kept": turns_kept,
             "generated_ids": generated,
-            "text": tok.decode(&generated[..n_text]),
+            "text": text,
             "finish_reason": finish.as_str(),
             "prompt_tps": prompt_ids.len() as f64 / prompt_secs.max(1e-9),
             "gen_tps": generated.len().saturating_sub(1) as f64 / gen_secs.max(1e-9),
@@ -267,11 +350,12 @@ fn run(a: RunArgs) -> CliResult {
 
 fn chat(a: ChatArgs) -> CliResult {
     let sampling = a.sampling.params()?;
-    let (model, mut session) = load(&a.model)?;
-    let tok = model.tokenizer()?;
-    let ct = ChatTokens::from_tokenizer(tok)?;
+    let (model, session) = load(&a.model)?;
     let mut sampler = Sampler::new(sampling);
-    let mut history: Vec<Turn> = Vec::new();
+    let mut conv = Conversation::new(a.system.clone());
+    conv.max_window_size = a.max_window_size;
+    let mut chat = ChatSession::new(session, conv)?;
+    chat.stop_strings = a.stop.clone();
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
@@ -282,6 +366,7 @@ fn chat(a: ChatArgs) -> CliResult {
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    let mut turn_no = 0;
     loop {
         if interactive {
             eprint!("> ");
@@ -294,46 +379,37 @@ fn chat(a: ChatArgs) -> CliResult {
             "" => continue,
             "/exit" | "/quit" => break,
             "/clear" => {
-                history.clear();
-                session.reset();
+                chat.clear();
                 eprintln!("(conversation cleared)");
                 continue;
             }
             _ => {}
         }
-        // The whole context is rebuilt each turn, but only tokens after the cached prefix are
-        // evaluated, so a turn costs what it adds. The window drops old turns when needed.
-        let window = session
-            .n_ctx()
-            .saturating_sub(a.n_predict.min(session.n_ctx() / 2));
-        let ctx = make_context(tok, &ct, &a.system, &history, query, window);
-        if ctx.ids.len() >= session.n_ctx() {
-            eprintln!(
-                "error: this message is too long for the context ({} tokens)",
-                session.n_ctx()
-            );
-            continue;
-        }
-        session.eval_reusing_prefix(&ctx.ids)?;
-        let mut decoder = StreamDecoder::new();
+        // Only the tokens after the cached prefix are evaluated, so a turn costs what it adds;
+        // the window drops the oldest turns when the context fills up.
+        let turn = match chat.prefill(query, a.n_predict) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
         let mut stdout = std::io::stdout().lock();
-        let mut reply = String::new();
-        let budget = a.n_predict.min(session.n_ctx() - ctx.ids.len());
-        session.generate(&mut sampler, budget, &ct.stop_tokens(), |id| {
-            let piece = decoder.push(tok, id);
-            reply.push_str(&piece);
-            stdout
-                .write_all(piece.as_bytes())
-                .and_then(|_| stdout.flush())
-                .is_ok()
-        })?;
-        let rest = decoder.finish();
-        reply.push_str(&rest);
-        writeln!(stdout, "{rest}")?;
-        history.push(Turn {
-            user: query.to_string(),
-            assistant: reply.trim().to_string(),
-        });
+        let reply = chat.generate(turn, &mut sampler, |piece| write_piece(&mut stdout, piece))?;
+        writeln!(stdout)?;
+        turn_no += 1;
+        if !a.quiet {
+            eprintln!(
+                "[turn {turn_no}: prompt {} tokens, {} evaluated, {} reused; {} history turns kept; \
+                 {} generated, {}]",
+                reply.prompt_tokens,
+                reply.prompt_tokens_evaluated,
+                reply.prompt_tokens - reply.prompt_tokens_evaluated,
+                reply.turns_kept,
+                reply.generated_ids.len(),
+                reply.finish_reason.as_str()
+            );
+        }
     }
     Ok(())
 }
