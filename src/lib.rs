@@ -11,6 +11,7 @@ pub mod error;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;
+pub mod perplexity;
 pub mod quant;
 pub mod sampler;
 pub mod session;

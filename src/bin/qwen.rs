@@ -2,13 +2,14 @@
 
 use clap::{Args, Parser, Subcommand};
 use qwen::chat::{
-    generate_text, ChatSession, ChatTokens, Conversation, GenerateOptions, DEFAULT_MAX_WINDOW_SIZE,
-    DEFAULT_SYSTEM_PROMPT,
+    generate_text, ChatSession, ChatTokens, Conversation, GenerateOptions, StopMatcher,
+    DEFAULT_MAX_WINDOW_SIZE, DEFAULT_SYSTEM_PROMPT,
 };
+use qwen::kv_cache::KvCacheType;
 use qwen::model::Model;
 use qwen::sampler::{Sampler, SamplingParams};
-use qwen::session::{Session, SessionParams};
-use qwen::tokenizer::{EncodeMode, Tokenizer};
+use qwen::session::{Session, SessionOptions, SessionParams};
+use qwen::tokenizer::{EncodeMode, StreamDecoder, Tokenizer};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +38,21 @@ enum Command {
     Logits(LogitsArgs),
     /// Print the architecture, hyperparameters and tensors of a model file.
     Info(InfoArgs),
+    /// Perplexity of a text file, computed like llama.cpp's llama-perplexity.
+    Perplexity(PerplexityArgs),
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    /// The window length is -c (default 512 here, as llama-perplexity).
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text file.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Print `{"ppl": .., "chunks": ..}` instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -56,6 +72,10 @@ struct ModelArgs {
     /// Qwen-1: turn logN attention scaling off.
     #[arg(long)]
     no_logn: bool,
+    /// KV cache storage: f32, f16 or q8 (int8 rows with a scale). Default: f32 for an all-F32
+    /// model file (exact), f16 otherwise.
+    #[arg(long = "kv-cache")]
+    kv_cache: Option<String>,
 }
 
 #[derive(Args)]
@@ -114,8 +134,21 @@ struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The prompt.
-    #[arg(short = 'p', long = "prompt")]
+    #[arg(
+        short = 'p',
+        long = "prompt",
+        required_unless_present = "batch_file",
+        conflicts_with = "batch_file",
+        default_value = ""
+    )]
     prompt: String,
+    /// Run every line of this file as its own prompt, all sequences decoded together (one
+    /// forward pass per step); prints one result per prompt (JSON lines with --json).
+    #[arg(long = "batch-file", conflicts_with = "history")]
+    batch_file: Option<PathBuf>,
+    /// With --batch-file: most sequences decoded together (the rest wait for a free slot).
+    #[arg(long = "parallel", default_value_t = 16)]
+    parallel: usize,
     /// Tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     n_predict: usize,
@@ -210,6 +243,7 @@ fn main() {
         Command::Tokenize(a) => tokenize(a),
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
+        Command::Perplexity(a) => perplexity(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -218,6 +252,11 @@ fn main() {
 }
 
 fn load(args: &ModelArgs) -> Result<(Arc<Model>, Session), qwen::Error> {
+    load_seqs(args, 1)
+}
+
+/// Loads the model and a session holding `n_seq` sequences.
+fn load_seqs(args: &ModelArgs, n_seq: usize) -> Result<(Arc<Model>, Session), qwen::Error> {
     let mut model = Model::load(&args.model)?;
     if args.no_dynamic_ntk {
         model.config.use_dynamic_ntk = false;
@@ -231,7 +270,14 @@ fn load(args: &ModelArgs) -> Result<(Arc<Model>, Session), qwen::Error> {
         n_threads: args.threads,
         ..Default::default()
     };
-    let session = Session::new(Arc::clone(&model), &params)?;
+    let opts = SessionOptions {
+        kv_cache: match &args.kv_cache {
+            Some(s) => KvCacheType::parse(s)?,
+            None => SessionOptions::auto_kv_cache(&model),
+        },
+        n_seq,
+    };
+    let session = Session::with_options(Arc::clone(&model), &params, &opts)?;
     Ok((model, session))
 }
 
@@ -244,6 +290,9 @@ fn write_piece(out: &mut impl Write, piece: &str) -> bool {
 }
 
 fn run(a: RunArgs) -> CliResult {
+    if a.batch_file.is_some() {
+        return run_batch(a);
+    }
     let sampling = a.sampling.params()?;
     let (model, session) = load(&a.model)?;
     let tok = model.tokenizer()?;
@@ -345,6 +394,111 @@ fn run(a: RunArgs) -> CliResult {
         });
         writeln!(stdout, "{json}")?;
     }
+    Ok(())
+}
+
+/// `qwen run --batch-file`: groups of up to `--parallel` prompts share one session, prefilled
+/// one by one and then decoded together. Sequence `i` samples with seed `seed + i`.
+fn run_batch(mut a: RunArgs) -> CliResult {
+    let path = a.batch_file.clone().expect("checked by the caller");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if lines.is_empty() {
+        return Err(format!("{}: no prompts", path.display()).into());
+    }
+    let sampling = a.sampling.params()?;
+    let model = Model::load(&a.model.model)?;
+    let tok = model.tokenizer()?;
+    let ct = ChatTokens::from_tokenizer(tok)?;
+    let prompts: Vec<Vec<u32>> = lines
+        .iter()
+        .map(|l| {
+            if a.chat {
+                let conv = Conversation::new(a.system.clone());
+                conv.context(tok, &ct, l, usize::MAX).ids
+            } else {
+                tok.encode(l, EncodeMode::Trusted)
+            }
+        })
+        .collect();
+    if a.model.ctx == 0 {
+        // Just what the longest prompt and its answer need: each sequence has its own cache.
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        a.model.ctx = (longest + a.n_predict).max(16);
+    }
+    let n_seq = a.parallel.clamp(1, prompts.len());
+    let (model, mut session) = load_seqs(&a.model, n_seq)?;
+    let tok = model.tokenizer()?;
+    if let Some((i, p)) = prompts
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.len() > session.n_ctx())
+    {
+        return Err(format!(
+            "prompt {} has {} tokens, more than the context of {} (-c)",
+            i + 1,
+            p.len(),
+            session.n_ctx()
+        )
+        .into());
+    }
+    let mut stdout = std::io::stdout().lock();
+    let t0 = Instant::now();
+    let mut n_generated = 0;
+    for (group_no, group) in prompts.chunks(n_seq).enumerate() {
+        let first = group_no * n_seq;
+        let mut samplers: Vec<Sampler> = (0..group.len())
+            .map(|i| {
+                let mut p = sampling.clone();
+                p.seed = p.seed.wrapping_add((first + i) as u64);
+                Sampler::new(p)
+            })
+            .collect();
+        let mut decoders = vec![StreamDecoder::new(); group.len()];
+        let mut matchers = vec![StopMatcher::new(&a.stop); group.len()];
+        let mut texts = vec![String::new(); group.len()];
+        let mut stopped = vec![false; group.len()];
+        let stop_tokens = ct.stop_tokens();
+        let results =
+            session.generate_batch(group, &mut samplers, a.n_predict, &stop_tokens, |i, id| {
+                let piece = decoders[i].push(tok, id);
+                stopped[i] = matchers[i].push(&piece, &mut texts[i]);
+                !stopped[i]
+            })?;
+        for (i, (ids, finish)) in results.into_iter().enumerate() {
+            if !stopped[i] {
+                let rest = decoders[i].finish();
+                matchers[i].push(&rest, &mut texts[i]);
+                matchers[i].finish(&mut texts[i]);
+            }
+            n_generated += ids.len();
+            let index = first + i;
+            if a.json {
+                let json = serde_json::json!({
+                    "index": index,
+                    "prompt": lines[index],
+                    "prompt_ids": group[i],
+                    "generated_ids": ids,
+                    "text": texts[i],
+                    "finish_reason": finish.as_str(),
+                });
+                writeln!(stdout, "{json}")?;
+            } else {
+                writeln!(stdout, "[{}] {}", index + 1, texts[i])?;
+            }
+        }
+    }
+    eprintln!(
+        "{} prompts, {} tokens generated in {:.1} s ({} sequences per step)",
+        prompts.len(),
+        n_generated,
+        t0.elapsed().as_secs_f64(),
+        n_seq
+    );
     Ok(())
 }
 
@@ -464,6 +618,50 @@ fn logits(a: LogitsArgs) -> CliResult {
     Ok(())
 }
 
+fn perplexity(mut a: PerplexityArgs) -> CliResult {
+    if a.model.ctx == 0 {
+        a.model.ctx = 512;
+    }
+    let text =
+        std::fs::read_to_string(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let (model, mut session) = load(&a.model)?;
+    let tokens = model.tokenizer()?.encode(&text, EncodeMode::Text);
+    let bos = qwen::perplexity::bos_for_perplexity(&model)?;
+    eprintln!(
+        "perplexity: {} tokens, {} windows of {} (second half scored){}",
+        tokens.len(),
+        tokens.len() / session.n_ctx(),
+        session.n_ctx(),
+        if bos.is_some() { ", BOS added" } else { "" }
+    );
+    let t0 = Instant::now();
+    let r = qwen::perplexity::perplexity(&mut session, &tokens, bos, |i, n, ppl| {
+        eprint!("[{}]{ppl:.4},", i + 1);
+        if i + 1 == n {
+            eprintln!();
+        }
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        let json = serde_json::json!({
+            "ppl": r.ppl,
+            "ppl_stderr": r.ppl_stderr,
+            "chunks": r.chunks,
+            "n_ctx": r.n_ctx,
+            "n_tokens": tokens.len(),
+            "n_scored": r.n_scored,
+            "seconds": secs,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "Final estimate: PPL = {:.4} +/- {:.5} ({} windows of {}, {:.1} s)",
+            r.ppl, r.ppl_stderr, r.chunks, r.n_ctx, secs
+        );
+    }
+    Ok(())
+}
+
 fn info(a: InfoArgs) -> CliResult {
     let model = Model::load(&a.model)?;
     let c = &model.config;
@@ -479,6 +677,14 @@ fn info(a: InfoArgs) -> CliResult {
             serde_json::json!({"name": t.name, "type": t.ty.to_string(), "dims": t.dims, "bytes": t.n_bytes()})
         })
         .collect();
+    let kv_by_type: serde_json::Map<String, serde_json::Value> =
+        [KvCacheType::F32, KvCacheType::F16, KvCacheType::Q8]
+            .iter()
+            .map(|t| {
+                let n = t.bytes_per_token(c.n_layer, c.n_head_kv, c.head_dim);
+                (t.as_str().to_string(), serde_json::json!(n))
+            })
+            .collect();
     let json = serde_json::json!({
         "file": a.model,
         "gguf_version": f.version(),
@@ -500,7 +706,9 @@ fn info(a: InfoArgs) -> CliResult {
         "tokenizer_tokens": model.tokenizer.as_ref().map(|t| t.n_vocab()),
         "n_params": f.tensor_infos().iter().map(|t| t.n_elements()).sum::<usize>(),
         "weight_bytes": f.tensor_infos().iter().map(|t| t.n_bytes()).sum::<usize>(),
-        "kv_cache_bytes_per_token": 2 * c.n_layer * c.n_head_kv * c.head_dim * 4,
+        "kv_cache_type_default": SessionOptions::auto_kv_cache(&model).as_str(),
+        "kv_cache_bytes_per_token": SessionOptions::auto_kv_cache(&model).bytes_per_token(c.n_layer, c.n_head_kv, c.head_dim),
+        "kv_cache_bytes_per_token_by_type": kv_by_type,
         "tensor_types": types.iter().map(|(k, (n, b))| (k.clone(), serde_json::json!({"count": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
         "tensors": tensors,
     });
