@@ -493,13 +493,28 @@ fn run_batch(mut a: RunArgs) -> CliResult {
         }
     }
     eprintln!(
-        "{} prompts, {} tokens generated in {:.1} s ({} sequences per step)",
+        "{} prompts, {} tokens generated in {:.1} s ({} sequences per step, context {}, \
+         {} KV cache {:.1} MiB, peak memory {})",
         prompts.len(),
         n_generated,
         t0.elapsed().as_secs_f64(),
-        n_seq
+        n_seq,
+        session.n_ctx(),
+        session.kv_cache_type().as_str(),
+        session.kv_bytes() as f64 / (1 << 20) as f64,
+        peak_rss_mib()
+            .map(|m| format!("{m:.1} MiB"))
+            .unwrap_or_else(|| "unknown".into())
     );
     Ok(())
+}
+
+/// Peak resident memory of this process (`VmHWM`), where the OS reports it.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn chat(a: ChatArgs) -> CliResult {
