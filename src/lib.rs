@@ -5,9 +5,11 @@
 //! [`sampler`] → [`tokenizer`] (streaming UTF-8 decode). [`chat`] builds ChatML contexts.
 
 pub mod backend;
+pub mod bench;
 pub mod chat;
 pub mod convert;
 pub mod error;
+pub mod ffi;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;

@@ -224,7 +224,11 @@ fn qwen1_tiny_f32() {
     assert_eq!(meta_u64(&f, "qwen.context_length"), 32768);
     assert_eq!(meta_u64(&f, "qwen.embedding_length"), 64);
     assert_eq!(meta_u64(&f, "qwen.block_count"), 2);
-    assert_eq!(meta_u64(&f, "qwen.feed_forward_length"), 128);
+    assert_eq!(
+        meta_u64(&f, "qwen.feed_forward_length"),
+        256,
+        "llama.cpp convention: HF intermediate_size"
+    );
     assert_eq!(meta_u64(&f, "qwen.attention.head_count"), 4);
     assert_eq!(meta_u64(&f, "qwen.rope.dimension_count"), 16);
     assert_eq!(meta_f32(&f, "qwen.rope.freq_base"), 10000.0);

@@ -280,3 +280,72 @@ fn requantize_f32_gguf_equals_direct_conversion() {
     std::fs::remove_file(&out).unwrap();
     std::fs::remove_file(&again).unwrap();
 }
+
+/// Qwen2.5's optional YaRN settings are recorded under llama.cpp's keys, with a warning.
+#[test]
+fn rope_scaling_is_recorded() {
+    let dir = common::unique_path("synthetic-yarn", "d");
+    let s = common::Synthetic::default();
+    s.write(&dir);
+    let mut cfg = s.config();
+    cfg["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768});
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let out = common::unique_path("synthetic-yarn", "gguf");
+    let report = convert(&ConvertOptions::new(&dir, &out), &mut |_| {}).unwrap();
+    assert!(
+        report.warnings.iter().any(|w| w.contains("yarn")),
+        "{:?}",
+        report.warnings
+    );
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.get_str("qwen2.rope.scaling.type").unwrap(), "yarn");
+    assert_eq!(f.get_f32("qwen2.rope.scaling.factor").unwrap(), 4.0);
+    assert_eq!(
+        f.get("qwen2.rope.scaling.original_context_length")
+            .and_then(MetadataValue::as_u64),
+        Some(32768)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_file(&out).unwrap();
+}
+
+/// GGUF input options: widening F16 to F32 is exact, `--name` replaces general.name and
+/// `--tokenizer` replaces the embedded vocabulary.
+#[test]
+fn requantize_with_name_and_tokenizer() {
+    let Some(f16_path) = common::tiny_gguf("qwen1-tiny", "f16") else {
+        return;
+    };
+    let src = common::model_dir("qwen1-tiny").unwrap();
+    let out = common::unique_path("requant-f32", "gguf");
+    let mut opts = ConvertOptions::new(&f16_path, &out);
+    opts.out_type = OutType::parse("f32").unwrap();
+    opts.name = Some("renamed".into());
+    opts.tokenizer = Some(src.join("qwen.tiktoken"));
+    let report = convert(&opts, &mut |_| {}).unwrap();
+    assert_eq!(report.n_tokens, 151936);
+    let a = GgufFile::open(&f16_path).unwrap();
+    let b = GgufFile::open(&out).unwrap();
+    assert_eq!(b.get_str("general.name").unwrap(), "renamed");
+    assert_eq!(
+        b.get("general.file_type").and_then(MetadataValue::as_u64),
+        Some(0)
+    );
+    assert!(b.get("general.quantization_version").is_none());
+    assert_eq!(
+        a.get("tokenizer.ggml.tokens"),
+        b.get("tokenizer.ggml.tokens")
+    );
+    let (ta, tb) = (
+        a.tensor("output.weight").unwrap(),
+        b.tensor("output.weight").unwrap(),
+    );
+    assert_eq!((ta.ty, tb.ty), (GgmlType::F16, GgmlType::F32));
+    let mut wide = vec![0f32; tb.data.len() / 4];
+    dequantize_row(GgmlType::F16, ta.data, &mut wide).unwrap();
+    assert!(wide
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .eq(tb.data.iter().copied()));
+    std::fs::remove_file(&out).unwrap();
+}

@@ -26,6 +26,12 @@ struct Args {
     /// Tokenizer for checkpoints that ship none: a qwen.tiktoken, tokenizer.json or vocab.json.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory to merge into the weights before quantizing.
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// Multiplies the adapter's lora_alpha / r scaling.
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    lora_scale: f64,
     /// general.name to record (default: the input's name).
     #[arg(long)]
     name: Option<String>,
@@ -52,6 +58,8 @@ fn run(args: &Args) -> qwen::Result<()> {
     let mut opts = ConvertOptions::new(&args.input, args.output.clone().unwrap_or_default());
     opts.out_type = OutType::parse(&args.ty)?;
     opts.tokenizer = args.tokenizer.clone();
+    opts.lora = args.lora.clone();
+    opts.lora_scale = args.lora_scale;
     opts.name = args.name.clone();
     opts.dry_run = args.dry_run;
 
@@ -75,6 +83,9 @@ fn run(args: &Args) -> qwen::Result<()> {
         ProgressEvent::Warning(w) => bar.suspend(|| eprintln!("qwen-convert: warning: {w}")),
     })?;
     bar.finish_and_clear();
+    for line in &report.info {
+        eprintln!("qwen-convert: {line}");
+    }
     print_report(&report, args.verbose || args.dry_run);
     Ok(())
 }

@@ -40,6 +40,8 @@ enum Command {
     Info(InfoArgs),
     /// Perplexity of a text file, computed like llama.cpp's llama-perplexity.
     Perplexity(PerplexityArgs),
+    /// Measure prefill and decode speed (like llama-bench).
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -51,6 +53,25 @@ struct PerplexityArgs {
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
     /// Print `{"ppl": .., "chunks": ..}` instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Prompt tokens per prefill run (0 = skip).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens per decode run (0 = skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    #[arg(short = 't', long = "threads", default_value_t = 0)]
+    threads: usize,
+    /// Repetitions.
+    #[arg(short = 'r', long = "reps", default_value_t = 5)]
+    reps: usize,
     #[arg(long)]
     json: bool,
 }
@@ -244,6 +265,7 @@ fn main() {
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
         Command::Perplexity(a) => perplexity(a),
+        Command::Bench(a) => bench(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -728,5 +750,47 @@ fn info(a: InfoArgs) -> CliResult {
         "tensors": tensors,
     });
     println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> CliResult {
+    let params = qwen::bench::BenchParams {
+        n_prompt: a.n_prompt,
+        n_gen: a.n_gen,
+        reps: a.reps,
+        n_threads: a.threads,
+    };
+    let r = qwen::bench::run(&a.model, &params)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("model      {}", r.model);
+        println!("threads    {}", r.n_threads);
+        println!("load       {:.0} ms", r.load_ms);
+        if r.n_prompt > 0 {
+            println!(
+                "prefill    {:.2} ± {:.2} tok/s  (pp{})",
+                r.prefill_tps, r.prefill_tps_sd, r.n_prompt
+            );
+        }
+        if r.n_gen > 0 {
+            println!(
+                "decode     {:.2} ± {:.2} tok/s  (tg{})",
+                r.decode_tps, r.decode_tps_sd, r.n_gen
+            );
+            println!(
+                "bandwidth  {:.2} GB/s of weights ({:.1} MB per token); memory reads at {:.2} GB/s",
+                r.achieved_bandwidth_gbs,
+                r.weight_bytes_per_token as f64 / 1e6,
+                r.read_bandwidth_gbs
+            );
+            println!(
+                "bound      {:.2} tok/s if decode only read weights: {:.0}% reached",
+                r.bandwidth_bound_tps,
+                100.0 * r.decode_tps / r.bandwidth_bound_tps.max(1e-9)
+            );
+        }
+        println!("peak RSS   {:.0} MiB", r.peak_rss_mb);
+    }
     Ok(())
 }

@@ -100,6 +100,36 @@ pub struct HfConfig {
     pub use_logn_attn: bool,
     /// The `quantization_config` object, if the checkpoint has one (GPTQ).
     pub quantization_config: Option<Value>,
+    /// Qwen-2's optional `rope_scaling` (e.g. YaRN for long contexts).
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// `rope_scaling` from config.json, recorded under llama.cpp's `{arch}.rope.scaling.*` keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeScaling {
+    pub kind: String,
+    pub factor: f64,
+    pub original_context_length: Option<usize>,
+}
+
+fn rope_scaling(c: &JsonObj) -> Result<Option<RopeScaling>> {
+    let Some(v) = c.opt("rope_scaling") else {
+        return Ok(None);
+    };
+    let file = format!("{}: rope_scaling", c.file);
+    let r = JsonObj {
+        file: &file,
+        value: v,
+    };
+    let kind = r.opt_str("type").or_else(|| r.opt_str("rope_type"));
+    match kind {
+        None | Some("default") => Ok(None),
+        Some(kind) => Ok(Some(RopeScaling {
+            kind: kind.to_string(),
+            factor: r.opt_f64("factor")?.unwrap_or(1.0),
+            original_context_length: r.opt_usize("original_max_position_embeddings")?,
+        })),
+    }
 }
 
 impl HfConfig {
@@ -166,6 +196,7 @@ impl HfConfig {
                     use_dynamic_ntk: c.flag("use_dynamic_ntk", false),
                     use_logn_attn: c.flag("use_logn_attn", false),
                     quantization_config,
+                    rope_scaling: None,
                 }
             }
             Arch::Qwen2 => {
@@ -196,6 +227,7 @@ impl HfConfig {
                     use_dynamic_ntk: false,
                     use_logn_attn: false,
                     quantization_config,
+                    rope_scaling: rope_scaling(&c)?,
                 }
             }
         };
@@ -313,37 +345,35 @@ impl Shard {
         Some((info.dtype, &info.shape, &self.map[start..end]))
     }
 
-    /// Tells the kernel we are done with a tensor's pages, so converting a checkpoint larger
-    /// than memory does not keep it all resident (the pages are file-backed and re-readable).
+    /// Tells the kernel we are done with a tensor's pages (see [`release_pages`]).
     pub fn release(&self, name: &str) {
-        if let Some(info) = self.meta.info(name) {
-            let start = 8 + self.header_len + info.data_offsets.0;
-            let len = info.data_offsets.1 - info.data_offsets.0;
-            #[cfg(unix)]
-            {
-                // Round inward to whole pages: neighbouring tensors may still be in use.
-                // SAFETY: sysconf has no preconditions.
-                let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-                    .unwrap_or(4096)
-                    .max(1);
-                let a = start.div_ceil(page) * page;
-                let b = (start + len) / page * page;
-                if b > a {
-                    // SAFETY: the mapping is private and read-only; dropping its pages only
-                    // means they are read again from the file if touched later.
-                    let _ = unsafe {
-                        self.map.unchecked_advise_range(
-                            memmap2::UncheckedAdvice::DontNeed,
-                            a,
-                            b - a,
-                        )
-                    };
-                }
-            }
-            #[cfg(not(unix))]
-            let _ = (start, len);
+        if let Some((_, _, data)) = self.raw(name) {
+            release_pages(data);
         }
     }
+}
+
+/// Drops the resident pages of a read-only file mapping that lie wholly inside `bytes`, so
+/// converting a checkpoint larger than memory does not keep it all resident. The pages are
+/// file-backed: touching them again just reads them from the file again.
+pub fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = page.max(1);
+        let start = bytes.as_ptr() as usize;
+        // Round inward: neighbouring tensors or rows may share the edge pages.
+        let a = start.div_ceil(page) * page;
+        let b = (start + bytes.len()) / page * page;
+        if b > a {
+            // SAFETY: [a, b) lies inside `bytes`, which callers only take from private
+            // read-only file mappings (checkpoint shards); MADV_DONTNEED there never loses data.
+            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
 }
 
 /// All tensors of a checkpoint, whichever shard holds them.
@@ -507,7 +537,6 @@ pub fn floats_to_f32(t: &RawTensor, start: usize, out: &mut [f32]) -> Result<()>
     Ok(())
 }
 
-#[allow(dead_code)] // GPTQ and LoRA (next steps)
 /// Reads a whole (small) tensor as f32: LoRA factors, biases, GPTQ scales.
 pub fn read_f32(t: &RawTensor) -> Result<Vec<f32>> {
     let n = t.shape.iter().product();
@@ -516,7 +545,6 @@ pub fn read_f32(t: &RawTensor) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-#[allow(dead_code)] // GPTQ (next step)
 /// Reads a whole I32 tensor (GPTQ packed words, group indices).
 pub fn read_i32(t: &RawTensor) -> Result<Vec<i32>> {
     if t.dtype != Dtype::I32 {

@@ -43,7 +43,16 @@ pub fn model_metadata(c: &HfConfig, name: &str, file_type: u32, quantized: bool)
         (k("context_length"), u32v(c.max_position_embeddings)),
         (k("embedding_length"), u32v(c.hidden_size)),
         (k("block_count"), u32v(c.n_layer)),
-        (k("feed_forward_length"), u32v(c.n_ff)),
+        // llama.cpp's convention: Qwen-1 files store the HF `intermediate_size`, twice the rows
+        // of ffn_up/ffn_gate (the loader halves it), so our files and llama.cpp's are the same.
+        (
+            k("feed_forward_length"),
+            u32v(if c.arch == Arch::Qwen {
+                2 * c.n_ff
+            } else {
+                c.n_ff
+            }),
+        ),
         (k("attention.head_count"), u32v(c.n_head)),
     ];
     if c.arch == Arch::Qwen2 {
@@ -57,6 +66,13 @@ pub fn model_metadata(c: &HfConfig, name: &str, file_type: u32, quantized: bool)
             V::F32(c.rms_eps as f32),
         ),
     ]);
+    if let Some(r) = &c.rope_scaling {
+        kv.push((k("rope.scaling.type"), V::String(r.kind.clone())));
+        kv.push((k("rope.scaling.factor"), V::F32(r.factor as f32)));
+        if let Some(n) = r.original_context_length {
+            kv.push((k("rope.scaling.original_context_length"), u32v(n)));
+        }
+    }
     if c.arch == Arch::Qwen {
         kv.extend([
             (qwen1_keys::SEQ_LENGTH.into(), u32v(c.seq_length)),

@@ -11,7 +11,9 @@
 //! load there; Qwen-1's dynamic NTK / logN / `seq_length` go into the `qwen.*` extras that
 //! `model/config.rs` reads, and `generation_config.json` into [`meta::generation_keys`].
 
+mod gptq;
 mod hf;
+mod lora;
 mod meta;
 mod names;
 mod plan;
@@ -37,6 +39,10 @@ pub struct ConvertOptions {
     pub out_type: OutType,
     /// A tokenizer for checkpoints that ship none (`qwen.tiktoken`, `tokenizer.json`, ...).
     pub tokenizer: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory to merge into the weights before quantizing.
+    pub lora: Option<PathBuf>,
+    /// Multiplies the adapter's own `lora_alpha / r` scaling.
+    pub lora_scale: f64,
     /// `general.name`; defaults to the input's file name.
     pub name: Option<String>,
     /// Check everything and report the plan, but write nothing.
@@ -50,6 +56,8 @@ impl ConvertOptions {
             output: output.into(),
             out_type: OutType::Uniform(GgmlType::F16),
             tokenizer: None,
+            lora: None,
+            lora_scale: 1.0,
             name: None,
             dry_run: false,
         }
@@ -94,6 +102,8 @@ pub struct ConvertReport {
     pub arch: String,
     pub tensors: Vec<TensorReport>,
     pub warnings: Vec<String>,
+    /// Facts worth a line of output (e.g. GPTQ layers mapped bit for bit).
+    pub info: Vec<String>,
     /// Total bytes of tensor data.
     pub data_bytes: u64,
     /// Number of tokens written into the file (0 if it has no tokenizer).

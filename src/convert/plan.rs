@@ -1,6 +1,8 @@
 //! The first pass: open the input, check it, decide every output tensor and the metadata.
 
+use super::gptq::{self, GptqConfig, GptqLayer};
 use super::hf::{self, Checkpoint, GenerationConfig, HfConfig, RawTensor};
+use super::lora::{Adapter, Delta};
 use super::meta::{self, Kv};
 use super::names::{self, Role, TensorSpec};
 use super::quantize::{fit_type, preferred_type, OutType};
@@ -33,6 +35,8 @@ pub(crate) enum Data<'a> {
     },
     /// A tensor of an input GGUF file.
     Gguf { ty: GgmlType, data: &'a [u8] },
+    /// A GPTQ-packed Linear.
+    Gptq(Box<GptqLayer<'a>>),
 }
 
 /// One output tensor.
@@ -44,6 +48,8 @@ pub(crate) struct Job<'a> {
     pub cols: usize,
     pub ty: GgmlType,
     pub data: Data<'a>,
+    /// A LoRA update added to the rows before quantizing.
+    pub lora: Option<Delta>,
     pub note: Option<String>,
 }
 
@@ -59,6 +65,7 @@ pub(crate) struct Plan<'a> {
     pub metadata: Kv,
     pub jobs: Vec<Job<'a>>,
     pub warnings: Vec<String>,
+    pub info: Vec<String>,
     pub n_tokens: usize,
 }
 
@@ -79,6 +86,7 @@ impl Plan<'_> {
                 })
                 .collect(),
             warnings: self.warnings.clone(),
+            info: self.info.clone(),
             data_bytes: self.jobs.iter().map(Job::bytes).sum(),
             n_tokens: self.n_tokens,
             output: None,
@@ -110,7 +118,7 @@ impl Input {
         if !config_path.is_file() {
             return Err(not_found(
                 &config_path,
-                "no config.json: not a Hugging Face checkpoint directory",
+                "not found: not a Hugging Face checkpoint directory",
             ));
         }
         let cfg = HfConfig::from_file(&config_path)?;
@@ -187,20 +195,21 @@ impl HfInput {
     fn plan(&self, opts: &ConvertOptions) -> Result<Plan<'_>> {
         let cfg = &self.cfg;
         let specs = names::tensor_specs(cfg);
+        let gptq_cfg = GptqConfig::find(&self.dir, cfg.quantization_config.as_ref())?;
+        let mut adapter = match &opts.lora {
+            Some(dir) => Some(Adapter::open(dir, opts.lora_scale)?),
+            None => None,
+        };
         let mut warnings = Vec::new();
+        let mut info = Vec::new();
         let mut consumed: BTreeSet<&str> = BTreeSet::new();
+        let mut gptq_modules: Vec<&str> = Vec::new();
         let mut jobs = Vec::with_capacity(specs.len());
         let mut missing = Vec::new();
         for spec in &specs {
-            let Some(t) = self.ckpt.get(&spec.hf) else {
-                missing.push(spec.hf.clone());
-                continue;
-            };
-            consumed.insert(t.name);
-            check_float_tensor(&t, spec)?;
             let lm_head = spec.role == Role::Output
                 || (spec.role == Role::TokenEmbd && cfg.tie_word_embeddings);
-            let (ty, note) = choose_type(
+            let (mut ty, mut note) = choose_type(
                 opts.out_type,
                 spec.role,
                 &spec.gguf,
@@ -208,6 +217,35 @@ impl HfInput {
                 lm_head,
                 spec.cols(),
             );
+            let lora = match (&mut adapter, spec.shape.len()) {
+                (Some(a), 2) => a.take(&spec.hf_module, spec.rows(), spec.cols())?,
+                _ => None,
+            };
+            let data = if let Some(t) = self.ckpt.get(&spec.hf) {
+                consumed.insert(t.name);
+                check_float_tensor(&t, spec)?;
+                Data::Hf {
+                    t,
+                    ckpt: &self.ckpt,
+                }
+            } else if let (Some(gc), true) = (
+                &gptq_cfg,
+                spec.shape.len() == 2 && self.ckpt.contains(&format!("{}.qweight", spec.hf_module)),
+            ) {
+                let layer =
+                    GptqLayer::open(&self.ckpt, &spec.hf_module, gc, spec.rows(), spec.cols())?;
+                for n in gptq::tensor_names(&spec.hf_module) {
+                    if let Some((k, _)) = self.ckpt.index.get_key_value(&n) {
+                        consumed.insert(k);
+                    }
+                }
+                gptq_modules.push(&spec.hf_module);
+                (ty, note) = gptq_type(&layer, gc, opts, lora.is_some(), ty);
+                Data::Gptq(Box::new(layer))
+            } else {
+                missing.push(spec.hf.clone());
+                continue;
+            };
             jobs.push(Job {
                 name: spec.gguf.clone(),
                 source: spec.hf.clone(),
@@ -215,10 +253,8 @@ impl HfInput {
                 rows: spec.rows(),
                 cols: spec.cols(),
                 ty,
-                data: Data::Hf {
-                    t,
-                    ckpt: &self.ckpt,
-                },
+                data,
+                lora,
                 note,
             });
         }
@@ -233,6 +269,28 @@ impl HfInput {
                 cfg.arch.name(),
                 cfg.n_layer
             )));
+        }
+        if let Some(a) = adapter {
+            a.finish()?;
+        }
+        // AutoGPTQ gives every quantized Linear a bias; those the model has no slot for must be
+        // zero (they are, in every AutoGPTQ export) and are dropped.
+        for module in gptq_modules {
+            let bias = format!("{module}.bias");
+            if let Some(t) = self.ckpt.get(&bias) {
+                if !consumed.contains(t.name) {
+                    if hf::read_f32(&t)?.iter().any(|&x| x != 0.0) {
+                        return Err(Error::tensor(
+                            t.name,
+                            format!(
+                                "{}: a non-zero bias on a layer the architecture has no bias for",
+                                t.file.display()
+                            ),
+                        ));
+                    }
+                    consumed.insert(t.name);
+                }
+            }
         }
         if cfg.tie_word_embeddings && self.ckpt.contains("lm_head.weight") {
             // Some exports store the tied head anyway; it is the embedding, so skip it.
@@ -259,7 +317,25 @@ impl HfInput {
                 cfg.n_layer
             )));
         }
+        if let Some(r) = &cfg.rope_scaling {
+            warnings.push(format!(
+                "rope_scaling `{}` (factor {}) is recorded in the file, but libqwen's runtime \
+                 does not apply it: contexts beyond {} tokens will degrade",
+                r.kind,
+                r.factor,
+                r.original_context_length
+                    .unwrap_or(cfg.max_position_embeddings)
+            ));
+        }
         warnings.extend(summarize_fallbacks(&jobs));
+        summarize_gptq(&jobs, &mut info, &mut warnings);
+        let merged = jobs.iter().filter(|j| j.lora.is_some()).count();
+        if merged > 0 {
+            info.push(format!(
+                "LoRA merged into {merged} matrices (scale {})",
+                opts.lora_scale
+            ));
+        }
 
         let vocab = self.vocab(opts)?;
         if vocab.is_none() {
@@ -282,6 +358,7 @@ impl HfInput {
             metadata,
             jobs,
             warnings,
+            info,
             n_tokens,
         })
     }
@@ -297,6 +374,71 @@ impl HfInput {
             return vocab::from_tiktoken(&tiktoken, n_vocab).map(Some);
         }
         vocab::from_hf(&self.dir, n_vocab)
+    }
+}
+
+/// The type of a GPTQ layer. `--type f32` dequantizes it (exactly); otherwise a layer that maps
+/// exactly keeps its codes as Q4_0 / Q8_0, and one that does not (or gets a LoRA update) is
+/// dequantized and quantized again, to its native type where there is one.
+fn gptq_type(
+    layer: &GptqLayer,
+    cfg: &GptqConfig,
+    opts: &ConvertOptions,
+    has_lora: bool,
+    chosen: GgmlType,
+) -> (GgmlType, Option<String>) {
+    let bits = layer.bits;
+    if opts.out_type == OutType::Uniform(GgmlType::F32) {
+        return (
+            GgmlType::F32,
+            Some(format!("GPTQ int{bits} dequantized exactly")),
+        );
+    }
+    match cfg.native_type() {
+        Some(native) if layer.exact && !has_lora => (
+            native,
+            Some(format!("GPTQ int{bits} mapped exactly onto {native}")),
+        ),
+        native => {
+            let why = if has_lora {
+                "a LoRA update is merged into it"
+            } else {
+                layer.inexact_reason(cfg)
+            };
+            let ty = native
+                .filter(|t| layer.in_features.is_multiple_of(t.block_size()))
+                .unwrap_or(chosen);
+            (
+                ty,
+                Some(format!(
+                    "GPTQ int{bits} dequantized and re-quantized to {ty}: {why}"
+                )),
+            )
+        }
+    }
+}
+
+/// One line for the exactly mapped GPTQ layers, one warning per reason for the others.
+fn summarize_gptq(jobs: &[Job], info: &mut Vec<String>, warnings: &mut Vec<String>) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for j in jobs {
+        if let (Data::Gptq(_), Some(n)) = (&j.data, &j.note) {
+            *counts.entry(n.as_str()).or_default() += 1;
+        }
+    }
+    for (note, n) in counts {
+        let line = format!("{n} layer(s): {note}");
+        if note.contains("exactly") {
+            info.push(
+                line + if note.contains("mapped") {
+                    " (bit for bit)"
+                } else {
+                    ""
+                },
+            );
+        } else {
+            warnings.push(line);
+        }
     }
 }
 

@@ -116,7 +116,7 @@ pub fn preferred_type(
 /// fits (llama.cpp's choices: Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0; F16 when nothing else fits).
 pub fn fit_type(ty: GgmlType, cols: usize) -> GgmlType {
     use GgmlType::*;
-    if cols % ty.block_size() == 0 {
+    if cols.is_multiple_of(ty.block_size()) {
         return ty;
     }
     let next = match ty {

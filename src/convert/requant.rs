@@ -18,6 +18,11 @@ fn is_replaced_key(key: &str, new_tokenizer: bool) -> bool {
 }
 
 pub(crate) fn plan<'a>(path: &Path, file: &'a GgufFile, opts: &ConvertOptions) -> Result<Plan<'a>> {
+    if opts.lora.is_some() {
+        return Err(Error::Unsupported(
+            "merging a LoRA adapter needs the Hugging Face checkpoint, not a GGUF file".into(),
+        ));
+    }
     let arch = file
         .get("general.architecture")
         .and_then(|v| v.as_str())
@@ -59,6 +64,7 @@ pub(crate) fn plan<'a>(path: &Path, file: &'a GgufFile, opts: &ConvertOptions) -
                 ty: view.ty,
                 data: view.data,
             },
+            lora: None,
             note,
         });
     }
@@ -109,6 +115,7 @@ pub(crate) fn plan<'a>(path: &Path, file: &'a GgufFile, opts: &ConvertOptions) -
         metadata,
         jobs,
         warnings,
+        info: Vec::new(),
         n_tokens,
     })
 }

@@ -149,7 +149,7 @@ pub fn merges_from_ranks(ranks: &[Vec<u8>], table: &[char; 256]) -> Result<Vec<S
             for i in 0..parts.len() - 1 {
                 let piece = &token[parts[i].0..parts[i + 1].1];
                 if let Some(&r) = lookup.get(piece) {
-                    if r < rank && best.map_or(true, |(br, _)| r < br) {
+                    if r < rank && best.is_none_or(|(br, _)| r < br) {
                         best = Some((r, i));
                     }
                 }

@@ -1,6 +1,6 @@
 //! The second pass: stream every planned tensor into the output file, one at a time.
 
-use super::hf::floats_to_f32;
+use super::hf::{floats_to_f32, release_pages};
 use super::plan::{Data, Job, Plan};
 use super::ProgressEvent;
 use crate::error::{Error, Result};
@@ -58,12 +58,16 @@ fn produce(j: &Job, out: &mut Vec<u8>) -> Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    // Same type in and out: copy, bit for bit.
-    if let Data::Gguf { ty, data } = &j.data {
-        if *ty == j.ty && data.len() == out.len() {
+    // Same type in and out: copy, bit for bit. GPTQ codes that map exactly: rearrange them.
+    match &j.data {
+        Data::Gguf { ty, data } if *ty == j.ty && data.len() == out.len() && j.lora.is_none() => {
             out.copy_from_slice(data);
             return Ok(());
         }
+        Data::Gptq(layer) if layer.exact && j.lora.is_none() && j.ty.is_quantized() => {
+            return layer.write_exact(j.ty, out);
+        }
+        _ => {}
     }
     // Quantizing is the slow part (K-quants especially): split the rows across cores. Each
     // thread owns a disjoint slice of the output, so no synchronization is needed.
@@ -91,13 +95,23 @@ fn produce(j: &Job, out: &mut Vec<u8>) -> Result<()> {
 /// Converts the rows starting at `first` into `out` (whole rows of `row_bytes`).
 fn convert_rows(j: &Job, first: usize, out: &mut [u8], row_bytes: usize) -> Result<()> {
     let rows = out.len() / row_bytes;
-    let chunk_rows = (CHUNK_ELEMS / j.cols.max(1)).clamp(1, rows.max(1));
+    // The threads share the scratch budget, so memory does not grow with the core count.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk_rows = (CHUNK_ELEMS / threads / j.cols.max(1)).clamp(1, rows.max(1));
     let mut scratch = vec![0f32; chunk_rows * j.cols];
     let mut done = 0;
     while done < rows {
         let n = chunk_rows.min(rows - done);
         let buf = &mut scratch[..n * j.cols];
         read_rows(j, first + done, buf)?;
+        if let Some(delta) = &j.lora {
+            delta.apply(first + done, buf);
+        }
+        // Done with these input rows: let their pages go (a tensor may exceed memory).
+        if let Data::Hf { t, .. } = &j.data {
+            let size = t.dtype.size() * j.cols;
+            release_pages(&t.data[(first + done) * size..(first + done + n) * size]);
+        }
         quantize_row(
             j.ty,
             buf,
@@ -113,6 +127,7 @@ fn convert_rows(j: &Job, first: usize, out: &mut [u8], row_bytes: usize) -> Resu
 fn read_rows(j: &Job, r0: usize, buf: &mut [f32]) -> Result<()> {
     match &j.data {
         Data::Hf { t, .. } => floats_to_f32(t, r0 * j.cols, buf),
+        Data::Gptq(layer) => layer.read_rows(r0, buf),
         Data::Gguf { ty, data } => {
             let rb = ty
                 .row_bytes(j.cols)

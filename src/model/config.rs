@@ -73,7 +73,12 @@ impl ModelConfig {
             None => n_head,
         };
         let n_layer = usize_of("block_count")?;
-        let n_ff = usize_of("feed_forward_length")?;
+        // Qwen-1 files (ours and llama.cpp's) store the HF intermediate_size, which counts both
+        // MLP branches: each of ffn_up / ffn_gate has half of it as rows.
+        let n_ff = match arch {
+            Arch::Qwen => usize_of("feed_forward_length")? / 2,
+            Arch::Qwen2 => usize_of("feed_forward_length")?,
+        };
         let n_ctx_train = usize_of("context_length")?;
         let rms_eps = f.get_f32(&key("attention.layer_norm_rms_epsilon"))?;
         let rope_base = f.get_opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);

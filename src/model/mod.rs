@@ -32,8 +32,8 @@ impl Model {
         let config = ModelConfig::from_gguf(&file)?;
         let weights = Weights::load(&file, &config)?;
         for t in weights.vectors() {
-            if (file.as_bytes()[t.bytes.clone()].as_ptr() as usize) % std::mem::align_of::<f32>()
-                != 0
+            if !(file.as_bytes()[t.bytes.clone()].as_ptr() as usize)
+                .is_multiple_of(std::mem::align_of::<f32>())
             {
                 return Err(Error::tensor(
                     &t.name,

@@ -1,23 +1,69 @@
-//! Picks the build of the dot-product kernels for the running CPU, once.
+//! Picks the kernels for the running CPU, once.
 //!
-//! The kernels are written once, as plain scalar loops marked `#[inline(always)]`, and compiled
-//! twice: as-is (the portable reference), and on x86_64 a second time inside a
-//! `#[target_feature(enable = "avx2,fma,f16c")]` function, where LLVM auto-vectorizes the integer
-//! loops with 256-bit registers. Rust never reassociates float operations or contracts them into
-//! FMAs on its own, so both builds return the same bits; the tests check that. Hand-written
-//! intrinsics can replace entries here later without changing the callers.
+//! A [`Kernels`] table holds one build of the hot paths: the dot products of every weight type
+//! with its activation format, and the quantizers of those activations (Q8_0, Q8_1, Q8_K). The
+//! portable scalar build is the reference; `x86_avx2` and `aarch64_neon` hold hand-vectorized
+//! builds. [`select`] takes the best table this CPU runs, detected at run time, the first time
+//! any of them is needed.
+//!
+//! Results: integer parts are exact in every build and the quantizers produce identical bytes;
+//! the float dot products (F32/F16/BF16) return identical bits; the quantized dot products may
+//! sum their per-block terms in another order (see the SIMD modules and `simd_tests`).
 
 use std::sync::OnceLock;
 
-use super::{as_blocks, float, k_quants, q4, q5, q8, row_slices};
+use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::{as_blocks, as_blocks_mut, float, k_quants, q4, q5, q8};
 use crate::gguf::GgmlType;
 
-type DotFn = fn(GgmlType, &[u8], &[u8]) -> f32;
+/// One build of the kernels.
+///
+/// The function pointers are `unsafe` because a SIMD build may only run on a CPU with its
+/// instruction set. The invariant that makes calling them sound: a `Kernels` value other than
+/// [`SCALAR`] is only ever handed out (by [`select`] and [`all`]) after the CPU was checked for
+/// everything its functions need.
+pub(super) struct Kernels {
+    pub name: &'static str,
+    dot: unsafe fn(GgmlType, &[u8], &[u8]) -> f32,
+    q8_0: unsafe fn(&[f32], &mut [BlockQ8_0]),
+    q8_1: unsafe fn(&[f32], &mut [BlockQ8_1]),
+    q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
+}
 
-/// One weight row against its activations, both already cut to exactly one row (so the number of
-/// elements follows from the lengths). Inlined into each build below.
-#[inline(always)]
-fn dot_rows(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
+impl Kernels {
+    /// One weight row against its activations, both already cut to exactly one row (so the
+    /// number of elements follows from the lengths).
+    #[inline]
+    pub fn vec_dot(&self, ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
+        // SAFETY: this table was handed out only for a CPU that runs it (see the type's docs).
+        unsafe { (self.dot)(ty, w, act) }
+    }
+
+    /// Quantizes `src` into `dst` (sizes already checked) when `ty` is one of the activation
+    /// formats this table accelerates; returns false (and does nothing) for any other type.
+    #[inline]
+    pub fn quantize_activation(&self, ty: GgmlType, src: &[f32], dst: &mut [u8]) -> bool {
+        // SAFETY (all three calls): this table was handed out only for a CPU that runs it.
+        match ty {
+            GgmlType::Q8_0 => unsafe { (self.q8_0)(src, as_blocks_mut(dst)) },
+            GgmlType::Q8_1 => unsafe { (self.q8_1)(src, as_blocks_mut(dst)) },
+            GgmlType::Q8_K => unsafe { (self.q8_k)(src, as_blocks_mut(dst)) },
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The portable reference: the plain loops of the sibling modules.
+pub(super) static SCALAR: Kernels = Kernels {
+    name: "scalar",
+    dot: dot_scalar,
+    q8_0: q8::quantize_q8_0,
+    q8_1: q8::quantize_q8_1,
+    q8_k: q8::quantize_q8_k,
+};
+
+fn dot_scalar(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     use GgmlType::*;
     match ty {
         F32 => float::vec_dot_f32(w, act),
@@ -38,72 +84,124 @@ fn dot_rows(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     }
 }
 
-/// The portable build: whatever the crate's target features allow (SSE2 on plain x86_64).
-fn dot_portable(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
-    dot_rows(ty, w, act)
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::*;
+    use super::super::x86_avx2 as k;
+    use super::Kernels;
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_avx2_unchecked(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
-        dot_rows(ty, w, act)
+    /// Private to this module: reachable only through [`avx2`], which checks the CPU first.
+    static AVX2: Kernels = Kernels {
+        name: "avx2",
+        dot: k::vec_dot,
+        q8_0: k::quantize_q8_0,
+        q8_1: k::quantize_q8_1,
+        q8_k: k::quantize_q8_k,
+    };
+
+    /// Private to this module: reachable only through [`avx2_128`], which checks the CPU first.
+    static AVX2_128: Kernels = Kernels {
+        name: "avx2-128",
+        dot: k::vec_dot_128,
+        q8_0: k::quantize_q8_0,
+        q8_1: k::quantize_q8_1,
+        q8_k: k::quantize_q8_k,
+    };
+
+    /// The AVX2+FMA+F16C build, if this CPU has all three.
+    pub(super) fn avx2() -> Option<&'static Kernels> {
+        k::detected().then_some(&AVX2)
     }
 
-    pub(super) fn has_avx2() -> bool {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
+    /// The AVX2 build with 128-bit kernels for the 32-element nibble formats, if this CPU has
+    /// AVX2+FMA+F16C (it runs on any such CPU; `select` prefers it where 256-bit operations are
+    /// split in two).
+    pub(super) fn avx2_128() -> Option<&'static Kernels> {
+        k::detected().then_some(&AVX2_128)
     }
 
-    /// Only ever handed out by `select` (and the tests) after `has_avx2()` returned true.
-    pub(super) fn dot_avx2(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
-        debug_assert!(has_avx2());
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked before this function is chosen).
-        unsafe { dot_avx2_unchecked(ty, w, act) }
-    }
-}
-
-/// The best build for this CPU and its name.
-fn select() -> (DotFn, &'static str) {
-    #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2() {
-        return (x86::dot_avx2, "avx2");
-    }
-    (dot_portable, "portable")
-}
-
-static SELECTED: OnceLock<(DotFn, &'static str)> = OnceLock::new();
-
-#[inline]
-pub(super) fn vec_dot_rows(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
-    (SELECTED.get_or_init(select).0)(ty, w, act)
-}
-
-/// Which build [`super::vec_dot`] runs on this machine: `"avx2"` or `"portable"`.
-pub fn vec_dot_path() -> &'static str {
-    SELECTED.get_or_init(select).1
-}
-
-/// [`super::vec_dot`] without runtime dispatch: the portable build, the reference every faster
-/// kernel is tested against.
-pub fn vec_dot_scalar(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
-    match row_slices(ty, n, w, act) {
-        Some((w, act)) => dot_portable(ty, w, act),
-        None => 0.0,
+    /// The better of the two AVX2 builds for this CPU.
+    pub(super) fn best() -> Option<&'static Kernels> {
+        if k::splits_256() {
+            avx2_128()
+        } else {
+            avx2()
+        }
     }
 }
 
-/// The AVX2 build of [`super::vec_dot`], when this CPU has it (for the tests that compare builds).
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::super::aarch64_neon as k;
+    use super::Kernels;
+
+    /// Private to this module: reachable only through [`neon`], which checks the CPU first.
+    static NEON: Kernels = Kernels {
+        name: "neon",
+        dot: k::vec_dot,
+        q8_0: k::quantize_q8_0,
+        q8_1: k::quantize_q8_1,
+        q8_k: k::quantize_q8_k,
+    };
+
+    /// Private to this module: reachable only through [`neon_dotprod`], which checks the CPU.
+    static NEON_DOTPROD: Kernels = Kernels {
+        name: "neon+dotprod",
+        dot: k::vec_dot_dotprod,
+        q8_0: k::quantize_q8_0,
+        q8_1: k::quantize_q8_1,
+        q8_k: k::quantize_q8_k,
+    };
+
+    pub(super) fn neon() -> Option<&'static Kernels> {
+        k::detected().then_some(&NEON)
+    }
+
+    pub(super) fn neon_dotprod() -> Option<&'static Kernels> {
+        k::detected_dotprod().then_some(&NEON_DOTPROD)
+    }
+}
+
+/// Every build this CPU runs, the scalar reference first and the fastest last.
 #[cfg(test)]
-pub(super) fn vec_dot_avx2(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
+pub(super) fn all() -> Vec<&'static Kernels> {
+    let mut v = vec![&SCALAR];
     #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2() {
-        let (w, act) = row_slices(ty, n, w, act)?;
-        return Some(x86::dot_avx2(ty, w, act));
+    {
+        v.extend(x86::avx2());
+        v.extend(x86::avx2_128());
     }
-    let _ = (ty, n, w, act);
-    None
+    #[cfg(target_arch = "aarch64")]
+    {
+        v.extend(arm::neon());
+        v.extend(arm::neon_dotprod());
+    }
+    v
+}
+
+/// The fastest build this CPU runs.
+fn select() -> &'static Kernels {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = x86::best() {
+        return k;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(k) = arm::neon_dotprod().or_else(arm::neon) {
+        return k;
+    }
+    &SCALAR
+}
+
+static SELECTED: OnceLock<&'static Kernels> = OnceLock::new();
+
+/// The kernels [`super::vec_dot`] and [`super::quantize_row`] run on this machine.
+#[inline]
+pub(super) fn selected() -> &'static Kernels {
+    SELECTED.get_or_init(select)
+}
+
+/// Which build of the kernels [`super::vec_dot`] runs on this machine: `"avx2"`, `"avx2-128"`
+/// (AVX2 with 128-bit kernels for Q4_0/Q4_1/Q5_0/Q5_1, on cores that split 256-bit operations),
+/// `"neon"`, `"neon+dotprod"` or `"scalar"`.
+pub fn vec_dot_path() -> &'static str {
+    selected().name
 }

@@ -5,13 +5,17 @@
 //! Every SIMD or GPU kernel is tested against this module, so it favours plain loops over
 //! cleverness. Blocks are `#[repr(C)]` structs of byte arrays that mirror `ggml-common.h`; they are
 //! viewed in place over the tensor bytes (no copies, no per-block allocation). One file per family:
-//! `float` (F32/F16/BF16), `q4`, `q5`, `q8` (Q8_0/Q8_1/Q8_K), `k_quants` (Q2_K…Q6_K layouts,
-//! dequantization and dots) and `k_quantize` (their reference quantizers, which only run at
-//! conversion time). `dispatch` picks the build of the dot products for the running CPU.
+//! [`float`] (F32/F16/BF16), [`q4`], [`q5`], [`q8`] (Q8_0/Q8_1/Q8_K), [`k_quants`] (Q2_K…Q6_K
+//! layouts, dequantization and dots) and [`k_quantize`] (their reference quantizers, which only run
+//! at conversion time). [`dispatch`] picks the build of the hot kernels (dot products, activation
+//! quantizers) for the running CPU: the scalar reference here, or the hand-vectorized
+//! `x86_avx2` (AVX2+FMA+F16C) or `aarch64_neon` (NEON, +dotprod) builds.
 //!
 //! Bit-exactness with ggml is checked by `tests/ggml_oracle` (run by hand) and pinned for CI by the
 //! `quantizer_goldens_match_ggml` test.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64_neon;
 mod dispatch;
 mod float;
 mod k_quantize;
@@ -19,15 +23,21 @@ mod k_quants;
 mod q4;
 mod q5;
 mod q8;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod simd_common;
+#[cfg(test)]
+mod simd_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
 
 use std::mem::{align_of, size_of};
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 
-pub use dispatch::{vec_dot_path, vec_dot_scalar};
+pub use dispatch::vec_dot_path;
 
 /// Elements per block of the 32-element formats (ggml's QK4_0 = QK4_1 = QK5_0 = QK5_1 = QK8_0 = QK8_1).
 pub(crate) const QK: usize = 32;
@@ -131,9 +141,28 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 /// to nearest even like ggml's GGML_FP32_TO_FP16 / GGML_FP32_TO_BF16. Every type is supported.
 ///
 /// Returns `Error::InvalidArgument` on a size mismatch; never panics.
+///
+/// The activation formats (Q8_0, Q8_1, Q8_K) run the SIMD build for this CPU, which writes the
+/// same bytes as the scalar one.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
-    use GgmlType::*;
     check_row(ty, dst.len(), src.len())?;
+    if !dispatch::selected().quantize_activation(ty, src, dst) {
+        quantize_row_ref(ty, src, dst);
+    }
+    Ok(())
+}
+
+/// [`quantize_row`] without runtime dispatch: the scalar reference for every type (what the
+/// SIMD quantizers are tested and benchmarked against).
+pub fn quantize_row_scalar(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
+    check_row(ty, dst.len(), src.len())?;
+    quantize_row_ref(ty, src, dst);
+    Ok(())
+}
+
+/// The scalar quantizers; sizes already checked.
+fn quantize_row_ref(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    use GgmlType::*;
     match ty {
         F32 => float::quantize_f32(src, dst),
         F16 => float::quantize_f16(src, dst),
@@ -151,7 +180,6 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         Q5_K => k_quantize::quantize_q5_k(src, as_blocks_mut(dst)),
         Q6_K => k_quantize::quantize_q6_k(src, as_blocks_mut(dst)),
     }
-    Ok(())
 }
 
 /// The format activations are quantized to for a dot product with a weight row of type `ty`
@@ -172,15 +200,26 @@ pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
 /// [`vec_dot_type`]`(ty)` (for float weights: `n` f32 in little-endian bytes), with the
 /// accumulation order of ggml's scalar `ggml_vec_dot_*_generic` (exact wherever the math is integer).
 ///
-/// Runs the build of the kernels for the best instruction set this CPU has (see [`vec_dot_path`]);
-/// every build returns the same bits as [`vec_dot_scalar`].
+/// Runs the build of the kernels for the best instruction set this CPU has (see [`vec_dot_path`]).
+/// Integer parts are exact in every build; the SIMD builds may add the per-block float terms of
+/// the quantized formats in another order than [`vec_dot_scalar`] (a relative difference of a
+/// few f32 ulps of the sum of the terms' magnitudes); F32/F16/BF16 weights give the same bits.
 ///
 /// The caller guarantees `w` holds at least `ty.row_bytes(n)` bytes and `act` the activation row;
 /// a mismatch is a bug caught by a debug assertion, and in release returns 0.0 (never reads out of
 /// bounds).
 pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     match row_slices(ty, n, w, act) {
-        Some((w, act)) => dispatch::vec_dot_rows(ty, w, act),
+        Some((w, act)) => dispatch::selected().vec_dot(ty, w, act),
+        None => 0.0,
+    }
+}
+
+/// [`vec_dot`] without runtime dispatch: the portable scalar reference every faster kernel is
+/// tested against.
+pub fn vec_dot_scalar(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
+    match row_slices(ty, n, w, act) {
+        Some((w, act)) => dispatch::SCALAR.vec_dot(ty, w, act),
         None => 0.0,
     }
 }

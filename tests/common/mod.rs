@@ -32,7 +32,8 @@ pub fn model_dir(name: &str) -> Option<PathBuf> {
 
 /// A directory for test outputs that survives the test (inspectable after a failure).
 pub fn out_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-models");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.parent().unwrap_or(tmp).join("test-models");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -207,4 +208,46 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
         })
         .collect();
     safetensors::serialize_to_file(views, &None, path).unwrap();
+}
+
+/// Writes an F32 safetensors file without holding its data in memory: `fill(i, offset, out)`
+/// produces elements `offset..offset + out.len()` of tensor `i`. For checkpoints larger than the
+/// memory a test may use.
+pub fn write_safetensors_streaming(
+    path: &Path,
+    tensors: &[(String, Vec<usize>)],
+    fill: impl Fn(usize, usize, &mut [f32]),
+) {
+    use std::io::Write;
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<usize>() * 4;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut h = serde_json::Value::Object(header).to_string().into_bytes();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(&h).unwrap();
+    let mut buf = vec![0f32; 1 << 16];
+    for (i, (_, shape)) in tensors.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let mut done = 0;
+        while done < n {
+            let k = buf.len().min(n - done);
+            fill(i, done, &mut buf[..k]);
+            for x in &buf[..k] {
+                f.write_all(&x.to_le_bytes()).unwrap();
+            }
+            done += k;
+        }
+    }
+    f.flush().unwrap();
 }

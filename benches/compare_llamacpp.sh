@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Side-by-side speed of libqwen and llama.cpp on the same GGUF file, same threads, same lengths,
+# on this machine. Not part of CI (building llama.cpp takes minutes).
+#
+#   benches/compare_llamacpp.sh [MODEL.gguf]
+#   env: THREADS (default: nproc), P (prompt tokens, 512), N (generated tokens, 128),
+#        R (repetitions per run, 3), ROUNDS (alternating rounds, 3), LLAMA_DIR (build dir)
+#
+# llama.cpp is the pinned ggml-org/llama.cpp@0c1e57098 that the PyPI sdist
+# llama-cpp-python==0.3.36 vendors; llama-bench is built with clang (gcc 12 miscompiles the
+# AMX path). The two runtimes alternate so that drift in machine load hits both alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+model="${1:-$(scripts/fetch-models.sh 0.5b)}"
+threads="${THREADS:-$(nproc)}"
+p="${P:-512}"
+n="${N:-128}"
+r="${R:-3}"
+rounds="${ROUNDS:-3}"
+llama_dir="${LLAMA_DIR:-$PWD/target/llamacpp}"
+llama_bench="$llama_dir/build/bin/llama-bench"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+install_tools() {
+  local missing=()
+  need clang || missing+=(clang)
+  need cmake || missing+=(cmake)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}..." >&2
+    apt-get install -y "${missing[@]}" >&2 || { apt-get update >&2 && apt-get install -y "${missing[@]}" >&2; }
+  fi
+}
+
+if [ ! -x "$llama_bench" ]; then
+  install_tools
+  mkdir -p "$llama_dir"
+  python3 -m pip download --quiet --no-deps --no-binary :all: --disable-pip-version-check \
+    -d "$llama_dir/sdist" llama-cpp-python==0.3.36 >&2
+  tar -xzf "$llama_dir"/sdist/llama_cpp_python-0.3.36.tar.gz -C "$llama_dir"
+  src="$llama_dir/llama_cpp_python-0.3.36/vendor/llama.cpp"
+  cmake -S "$src" -B "$llama_dir/build" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF >&2
+  cmake --build "$llama_dir/build" --target llama-bench -j "$(nproc)" >&2
+fi
+
+cargo build --release --bin qwen >&2
+out=$(mktemp -d)
+for i in $(seq 1 "$rounds"); do
+  echo "round $i/$rounds: llama.cpp" >&2
+  "$llama_bench" -m "$model" -t "$threads" -p "$p" -n "$n" -r "$r" -o json >"$out/llama.$i.json"
+  echo "round $i/$rounds: libqwen" >&2
+  target/release/qwen bench -m "$model" -t "$threads" -p "$p" -n "$n" -r "$r" --json >"$out/qwen.$i.json"
+done
+
+python3 - "$out" "$rounds" "$model" "$threads" "$p" "$n" <<'PY'
+import json, statistics, sys, platform
+out, rounds, model, threads, p, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+ll_pp, ll_tg, q_pp, q_tg = [], [], [], []
+for i in range(1, rounds + 1):
+    for row in json.load(open(f"{out}/llama.{i}.json")):
+        (ll_pp if row["n_gen"] == 0 else ll_tg).append(row["avg_ts"])
+    q = json.load(open(f"{out}/qwen.{i}.json"))
+    q_pp.append(q["prefill_tps"]); q_tg.append(q["decode_tps"])
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+m = statistics.mean
+print(f"model {model}\ncpu {cpu}, threads {threads}, rounds {rounds}")
+print(f"{'':10} {'libqwen tok/s':>14} {'llama.cpp tok/s':>16} {'ratio':>7}")
+print(f"{'pp'+p:10} {m(q_pp):14.2f} {m(ll_pp):16.2f} {m(q_pp)/m(ll_pp):7.2f}")
+print(f"{'tg'+n:10} {m(q_tg):14.2f} {m(ll_tg):16.2f} {m(q_tg)/m(ll_tg):7.2f}")
+PY
+rm -rf "$out"

@@ -1,0 +1,174 @@
+//! `qwen bench`: prefill and decode throughput with their spread over repetitions, plus load
+//! time, peak memory and the weight-read bandwidth decode achieves — the quantities llama-bench
+//! reports, measured the same way (prefill: a batch of `n_prompt` tokens on an empty cache;
+//! decode: `n_gen` single-token steps).
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::sampler::Rng;
+use crate::session::{Session, SessionParams};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BenchParams {
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub reps: usize,
+    /// 0 = physical cores.
+    pub n_threads: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub n_threads: usize,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub reps: usize,
+    pub load_ms: f64,
+    pub prefill_tps: f64,
+    pub prefill_tps_sd: f64,
+    pub decode_tps: f64,
+    pub decode_tps_sd: f64,
+    pub peak_rss_mb: f64,
+    /// Weight bytes read per decoded token (every matrix once, one embedding row).
+    pub weight_bytes_per_token: usize,
+    /// Memory read bandwidth measured by streaming through the mapped weights with the same
+    /// threads, in GB/s (best of 3).
+    pub read_bandwidth_gbs: f64,
+    /// `weight_bytes_per_token * decode_tps`, in GB/s.
+    pub achieved_bandwidth_gbs: f64,
+    /// Decode speed if every token cost exactly one read of its weights at the measured
+    /// bandwidth; `decode_tps / bandwidth_bound_tps` is how close decode gets to the bound.
+    pub bandwidth_bound_tps: f64,
+    pub kv_bytes_per_token: usize,
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 where unavailable).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+pub fn run(path: &Path, p: &BenchParams) -> Result<BenchResult> {
+    if p.reps == 0 || (p.n_prompt == 0 && p.n_gen == 0) {
+        return Err(Error::InvalidArgument(
+            "bench needs -r >= 1 and -p or -n > 0".into(),
+        ));
+    }
+    let t0 = Instant::now();
+    let model = Arc::new(Model::load(path)?);
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let params = SessionParams {
+        n_ctx: (p.n_prompt.max(1) + p.n_gen + 1).max(16),
+        n_threads: p.n_threads,
+        max_batch: p.n_prompt.clamp(1, 512),
+    };
+    let mut session = Session::new(Arc::clone(&model), &params)?;
+    let mut rng = Rng::new(1234);
+    let n_vocab = model.config.n_vocab as u64;
+    // Random ordinary tokens: what is computed does not depend on which ids they are.
+    let prompt: Vec<u32> = (0..p.n_prompt)
+        .map(|_| (rng.next_u64() % n_vocab.min(150_000)) as u32)
+        .collect();
+    // One untimed warm-up pass of each kind (page faults on the mapped weights, thread start).
+    let warm = prompt.len().clamp(1, 8);
+    session.eval(prompt.get(..warm).unwrap_or(&[1]))?;
+    session.eval(&[1])?;
+
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for _ in 0..p.reps {
+        if p.n_prompt > 0 {
+            session.reset();
+            let t = Instant::now();
+            session.eval(&prompt)?;
+            prefill.push(p.n_prompt as f64 / t.elapsed().as_secs_f64());
+        }
+        if p.n_gen > 0 {
+            session.reset();
+            session.eval(&[1])?;
+            let t = Instant::now();
+            for i in 0..p.n_gen {
+                session.eval(&[(i % 1000) as u32 + 100])?;
+            }
+            decode.push(p.n_gen as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    let (prefill_tps, prefill_tps_sd) = if prefill.is_empty() {
+        (0.0, 0.0)
+    } else {
+        mean_sd(&prefill)
+    };
+    let (decode_tps, decode_tps_sd) = if decode.is_empty() {
+        (0.0, 0.0)
+    } else {
+        mean_sd(&decode)
+    };
+    let wbpt = model.weight_bytes_per_token();
+    let read_bw = measure_read_bandwidth(model.file().as_bytes(), session.n_threads());
+    Ok(BenchResult {
+        model: path.display().to_string(),
+        n_threads: session.n_threads(),
+        n_prompt: p.n_prompt,
+        n_gen: p.n_gen,
+        reps: p.reps,
+        load_ms,
+        prefill_tps,
+        prefill_tps_sd,
+        decode_tps,
+        decode_tps_sd,
+        peak_rss_mb: peak_rss_mb(),
+        weight_bytes_per_token: wbpt,
+        read_bandwidth_gbs: read_bw / 1e9,
+        achieved_bandwidth_gbs: wbpt as f64 * decode_tps / 1e9,
+        bandwidth_bound_tps: read_bw / wbpt.max(1) as f64,
+        kv_bytes_per_token: session.kv_bytes_per_token(),
+    })
+}
+
+/// Bytes per second at which `n_threads` threads can read `bytes` (each sums its own contiguous
+/// part as u64 words); best of three passes, so the first pass's page faults don't count.
+pub fn measure_read_bandwidth(bytes: &[u8], n_threads: usize) -> f64 {
+    let pool = crate::backend::cpu::ThreadPool::new(n_threads);
+    let words = bytes.len() / 8;
+    let sink = std::sync::atomic::AtomicU64::new(0);
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        pool.for_ranges(words, &|range| {
+            let mut acc = [0u64; 4];
+            let part = &bytes[range.start * 8..range.end * 8];
+            for chunk in part.chunks_exact(32) {
+                for (a, w) in acc.iter_mut().zip(chunk.chunks_exact(8)) {
+                    *a = a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+                }
+            }
+            let sum = acc.iter().fold(0u64, |x, y| x.wrapping_add(*y));
+            sink.fetch_add(sum, std::sync::atomic::Ordering::Relaxed);
+        });
+        best = best.max((words * 8) as f64 / t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sink.into_inner());
+    best
+}
