@@ -1,50 +1,510 @@
-//! The key/value cache, preallocated for the whole context at session creation.
+//! The key/value cache, preallocated for every sequence's whole context at session creation.
+//!
+//! Layout: `[layer][sequence][position][kv_head][head_dim]`, so one layer of one sequence is
+//! contiguous. Three storage types:
+//! - `F32`: exact (what the fp32 goldens are checked with);
+//! - `F16`: half the memory, what llama.cpp uses by default;
+//! - `Q8`: int8 per element with one f32 scale per block of [`Q8_BLOCK`] values of a (position,
+//!   kv head) row (`scale = max|x| / 127`, round to nearest); a head row of 64 takes 72 bytes,
+//!   28% of F32. One scale per whole head row was tried first: Qwen2's keys carry a few large
+//!   channels (the k bias) that crush the rest of the row, and greedy output on the real 0.5B
+//!   model then left F16's path at near-ties; blocks of 32 keep it on.
+//!
+//! Attention reads the cache through [`KvRows`], implemented once per storage type, so the
+//! attention loop is written once and compiled for each.
 
-/// Keys and values per layer, laid out `[layer][position][kv_head * head_dim]` in f32.
-pub struct KvCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
-    n_ctx: usize,
-    kv_dim: usize,
+use crate::error::{Error, Result};
+use crate::quant::{f16_to_f32, f32_to_f16};
+
+/// Values per Q8 scale (the whole head row when `head_dim` is not a multiple of it).
+pub const Q8_BLOCK: usize = 32;
+
+fn q8_block(head_dim: usize) -> usize {
+    if head_dim % Q8_BLOCK == 0 {
+        Q8_BLOCK
+    } else {
+        head_dim
+    }
 }
 
-impl KvCache {
-    pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> Self {
-        let n = n_layer * n_ctx * kv_dim;
-        KvCache {
-            k: vec![0.0; n],
-            v: vec![0.0; n],
-            n_ctx,
-            kv_dim,
+/// How keys and values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvCacheType {
+    F32,
+    F16,
+    Q8,
+}
+
+impl KvCacheType {
+    pub fn parse(s: &str) -> Result<KvCacheType> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvCacheType::F32),
+            "f16" => Ok(KvCacheType::F16),
+            "q8" | "q8_0" | "int8" => Ok(KvCacheType::Q8),
+            other => Err(Error::InvalidArgument(format!(
+                "KV cache type `{other}` (expected f32, f16 or q8)"
+            ))),
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvCacheType::F32 => "f32",
+            KvCacheType::F16 => "f16",
+            KvCacheType::Q8 => "q8",
+        }
+    }
+
+    /// Bytes one row of `head_dim` values takes (a Q8 row carries its f32 scales).
+    pub fn row_bytes(self, head_dim: usize) -> usize {
+        match self {
+            KvCacheType::F32 => 4 * head_dim,
+            KvCacheType::F16 => 2 * head_dim,
+            KvCacheType::Q8 => head_dim + 4 * (head_dim / q8_block(head_dim)),
+        }
+    }
+
+    /// Cache bytes per token of one sequence: keys and values of every layer and kv head.
+    pub fn bytes_per_token(self, n_layer: usize, n_head_kv: usize, head_dim: usize) -> usize {
+        2 * n_layer * n_head_kv * self.row_bytes(head_dim)
+    }
+}
+
+enum Store {
+    F32(Vec<f32>),
+    F16(Vec<[u8; 2]>),
+    Q8 { q: Vec<i8>, scale: Vec<f32> },
+}
+
+impl Store {
+    fn new(ty: KvCacheType, n_rows: usize, head_dim: usize) -> Store {
+        let n = n_rows * head_dim;
+        match ty {
+            KvCacheType::F32 => Store::F32(vec![0.0; n]),
+            KvCacheType::F16 => Store::F16(vec![[0; 2]; n]),
+            KvCacheType::Q8 => Store::Q8 {
+                q: vec![0; n],
+                scale: vec![0.0; n / q8_block(head_dim)],
+            },
+        }
+    }
+
+    /// Writes rows `row0..row0 + x.len() / hd` from `x`.
+    fn write(&mut self, row0: usize, hd: usize, x: &[f32]) {
+        let at = row0 * hd;
+        match self {
+            Store::F32(d) => d[at..at + x.len()].copy_from_slice(x),
+            Store::F16(d) => {
+                for (o, &v) in d[at..at + x.len()].iter_mut().zip(x) {
+                    *o = f32_to_f16(v);
+                }
+            }
+            Store::Q8 { q, scale } => {
+                let qb = q8_block(hd);
+                for (b, block) in x.chunks_exact(qb).enumerate() {
+                    let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    scale[at / qb + b] = d;
+                    let out = &mut q[at + b * qb..at + (b + 1) * qb];
+                    for (o, &v) in out.iter_mut().zip(block) {
+                        *o = (v * id).round().clamp(-127.0, 127.0) as i8;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes every page, so the cache's memory is committed now (a failure to get it shows at
+    /// session creation, decode steps take no page faults, and RSS shows the real footprint).
+    fn commit(&mut self) {
+        fn touch<T: Copy>(v: &mut [T]) {
+            let step = (4096 / std::mem::size_of::<T>().max(1)).max(1);
+            for i in (0..v.len()).step_by(step) {
+                // SAFETY: i < v.len(); a volatile write of the value already there.
+                unsafe { std::ptr::write_volatile(&mut v[i], v[i]) };
+            }
+        }
+        match self {
+            Store::F32(d) => touch(d),
+            Store::F16(d) => touch(d),
+            Store::Q8 { q, scale } => {
+                touch(q);
+                touch(scale);
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(d) => d.len() * 4,
+            Store::F16(d) => d.len() * 2,
+            Store::Q8 { q, scale } => q.len() + scale.len() * 4,
+        }
+    }
+}
+
+/// Keys and values of every layer for `n_seq` sequences of up to `n_ctx` positions.
+pub struct KvCache {
+    ty: KvCacheType,
+    n_layer: usize,
+    n_seq: usize,
+    n_ctx: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    k: Store,
+    v: Store,
+}
+
+impl KvCache {
+    pub fn with_type(
+        ty: KvCacheType,
+        n_layer: usize,
+        n_seq: usize,
+        n_ctx: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+    ) -> Self {
+        let rows = n_layer * n_seq * n_ctx * n_head_kv;
+        let mut k = Store::new(ty, rows, head_dim);
+        let mut v = Store::new(ty, rows, head_dim);
+        k.commit();
+        v.commit();
+        KvCache {
+            ty,
+            n_layer,
+            n_seq,
+            n_ctx,
+            n_head_kv,
+            head_dim,
+            k,
+            v,
+        }
+    }
+
+    pub fn ty(&self) -> KvCacheType {
+        self.ty
+    }
+
+    /// Positions per sequence.
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
 
-    /// Bytes of cache per token (all layers, keys and values).
+    pub fn n_seq(&self) -> usize {
+        self.n_seq
+    }
+
+    pub fn n_head_kv(&self) -> usize {
+        self.n_head_kv
+    }
+
+    /// Bytes of cache per token of one sequence (all layers, keys and values).
     pub fn bytes_per_token(&self) -> usize {
-        let n_layer = self.k.len() / (self.n_ctx * self.kv_dim).max(1);
-        2 * n_layer * self.kv_dim * std::mem::size_of::<f32>()
+        self.ty
+            .bytes_per_token(self.n_layer, self.n_head_kv, self.head_dim)
     }
 
-    fn range(&self, layer: usize, pos: usize, len: usize) -> std::ops::Range<usize> {
-        let start = (layer * self.n_ctx + pos) * self.kv_dim;
-        start..start + len * self.kv_dim
+    /// Bytes the whole cache holds.
+    pub fn bytes(&self) -> usize {
+        self.k.bytes() + self.v.bytes()
     }
 
-    /// Stores `len` positions of keys and values starting at `pos`.
+    fn row(&self, layer: usize, seq: usize, pos: usize) -> usize {
+        ((layer * self.n_seq + seq) * self.n_ctx + pos) * self.n_head_kv
+    }
+
+    /// Stores keys and values (`[len, n_head_kv * head_dim]`) of sequence 0 from `pos` on.
     pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let len = k.len() / self.kv_dim;
-        let r = self.range(layer, pos, len);
-        self.k[r.clone()].copy_from_slice(k);
-        self.v[r].copy_from_slice(v);
+        self.store_seq(layer, 0, pos, k, v);
     }
 
-    /// Keys and values of positions `0..len` of a layer.
-    pub fn layer(&self, layer: usize, len: usize) -> (&[f32], &[f32]) {
-        let r = self.range(layer, 0, len);
-        (&self.k[r.clone()], &self.v[r])
+    /// Stores keys and values (`[len, n_head_kv * head_dim]`) of sequence `seq` from `pos` on.
+    pub fn store_seq(&mut self, layer: usize, seq: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let r = self.row(layer, seq, pos);
+        debug_assert!(pos * self.n_head_kv * self.head_dim + k.len() <= self.layer_len());
+        self.k.write(r, self.head_dim, k);
+        self.v.write(r, self.head_dim, v);
+    }
+
+    fn layer_len(&self) -> usize {
+        self.n_ctx * self.n_head_kv * self.head_dim
+    }
+
+    /// One layer of every sequence, for attention.
+    pub fn layer_view(&self, layer: usize) -> LayerView<'_> {
+        let (hd, nkv) = (self.head_dim, self.n_head_kv);
+        let rows = self.n_seq * self.n_ctx * nkv;
+        let r0 = layer * rows;
+        let geo = Geometry {
+            n_ctx: self.n_ctx,
+            n_head_kv: nkv,
+            head_dim: hd,
+        };
+        let span = r0 * hd..(r0 + rows) * hd;
+        match (&self.k, &self.v) {
+            (Store::F32(k), Store::F32(v)) => LayerView::F32(RowsF32 {
+                geo,
+                k: &k[span.clone()],
+                v: &v[span],
+            }),
+            (Store::F16(k), Store::F16(v)) => LayerView::F16(RowsF16 {
+                geo,
+                k: &k[span.clone()],
+                v: &v[span],
+            }),
+            (Store::Q8 { q: kq, scale: ks }, Store::Q8 { q: vq, scale: vs }) => {
+                let qb = q8_block(hd);
+                let scales = span.start / qb..span.end / qb;
+                LayerView::Q8(RowsQ8 {
+                    geo,
+                    qb,
+                    k: &kq[span.clone()],
+                    v: &vq[span],
+                    ks: &ks[scales.clone()],
+                    vs: &vs[scales],
+                })
+            }
+            _ => unreachable!("keys and values share one type"),
+        }
+    }
+
+    /// Keys and values of positions `0..len` of sequence 0 of a layer as f32 (`[len, kv_dim]`),
+    /// decoded from whatever the storage is. For tests and inspection; allocates.
+    pub fn read_f32(&self, layer: usize, seq: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+        let view = self.layer_view(layer);
+        let n = self.n_head_kv * self.head_dim;
+        let mut k = vec![0.0f32; len * n];
+        let mut v = vec![0.0f32; len * n];
+        for j in 0..len {
+            for h in 0..self.n_head_kv {
+                let at = j * n + h * self.head_dim;
+                let (ko, vo) = (
+                    &mut k[at..at + self.head_dim],
+                    &mut v[at..at + self.head_dim],
+                );
+                match &view {
+                    LayerView::F32(r) => r.decode(seq, j, h, ko, vo),
+                    LayerView::F16(r) => r.decode(seq, j, h, ko, vo),
+                    LayerView::Q8(r) => r.decode(seq, j, h, ko, vo),
+                }
+            }
+        }
+        (k, v)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Geometry {
+    n_ctx: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+}
+
+impl Geometry {
+    #[inline(always)]
+    fn row(&self, seq: usize, pos: usize, head: usize) -> usize {
+        (seq * self.n_ctx + pos) * self.n_head_kv + head
+    }
+}
+
+/// One layer of the cache in its storage type.
+pub enum LayerView<'a> {
+    F32(RowsF32<'a>),
+    F16(RowsF16<'a>),
+    Q8(RowsQ8<'a>),
+}
+
+/// What attention needs from cached rows: `q · k[seq, pos, head]` and
+/// `out += p * v[seq, pos, head]`.
+pub trait KvRows: Sync {
+    fn dot_k(&self, seq: usize, pos: usize, head: usize, q: &[f32]) -> f32;
+    fn axpy_v(&self, seq: usize, pos: usize, head: usize, p: f32, out: &mut [f32]);
+    /// The key and value rows as f32.
+    fn decode(&self, seq: usize, pos: usize, head: usize, k: &mut [f32], v: &mut [f32]);
+}
+
+pub struct RowsF32<'a> {
+    geo: Geometry,
+    k: &'a [f32],
+    v: &'a [f32],
+}
+
+pub struct RowsF16<'a> {
+    geo: Geometry,
+    k: &'a [[u8; 2]],
+    v: &'a [[u8; 2]],
+}
+
+pub struct RowsQ8<'a> {
+    geo: Geometry,
+    /// Values per scale.
+    qb: usize,
+    k: &'a [i8],
+    v: &'a [i8],
+    ks: &'a [f32],
+    vs: &'a [f32],
+}
+
+/// Eight accumulators so the reduction vectorizes.
+#[inline(always)]
+fn dot_with(q: &[f32], n: usize, x: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a += q[c * 8 + j] * x(c * 8 + j);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (i, &qi) in q.iter().enumerate().take(n).skip(chunks * 8) {
+        s += qi * x(i);
+    }
+    s
+}
+
+impl KvRows for RowsF32<'_> {
+    #[inline]
+    fn dot_k(&self, seq: usize, pos: usize, head: usize, q: &[f32]) -> f32 {
+        let hd = self.geo.head_dim;
+        let at = self.geo.row(seq, pos, head) * hd;
+        crate::backend::cpu::ops::dot_f32(q, &self.k[at..at + hd])
+    }
+    #[inline]
+    fn axpy_v(&self, seq: usize, pos: usize, head: usize, p: f32, out: &mut [f32]) {
+        let hd = self.geo.head_dim;
+        let at = self.geo.row(seq, pos, head) * hd;
+        crate::backend::cpu::ops::axpy(out, p, &self.v[at..at + hd]);
+    }
+    fn decode(&self, seq: usize, pos: usize, head: usize, k: &mut [f32], v: &mut [f32]) {
+        let hd = self.geo.head_dim;
+        let at = self.geo.row(seq, pos, head) * hd;
+        k.copy_from_slice(&self.k[at..at + hd]);
+        v.copy_from_slice(&self.v[at..at + hd]);
+    }
+}
+
+impl KvRows for RowsF16<'_> {
+    #[inline]
+    fn dot_k(&self, seq: usize, pos: usize, head: usize, q: &[f32]) -> f32 {
+        let hd = self.geo.head_dim;
+        let at = self.geo.row(seq, pos, head) * hd;
+        let k = &self.k[at..at + hd];
+        dot_with(q, hd, |i| f16_to_f32(k[i]))
+    }
+    #[inline]
+    fn axpy_v(&self, seq: usize, pos: usize, head: usize, p: f32, out: &mut [f32]) {
+        let hd = self.geo.head_dim;
+        let at = self.geo.row(seq, pos, head) * hd;
+        for (o, &h) in out.iter_mut().zip(&self.v[at..at + hd]) {
+            *o += p * f16_to_f32(h);
+        }
+    }
+    fn decode(&self, seq: usize, pos: usize, head: usize, k: &mut [f32], v: &mut [f32]) {
+        let hd = self.geo.head_dim;
+        let at = self.geo.row(seq, pos, head) * hd;
+        for i in 0..hd {
+            k[i] = f16_to_f32(self.k[at + i]);
+            v[i] = f16_to_f32(self.v[at + i]);
+        }
+    }
+}
+
+impl KvRows for RowsQ8<'_> {
+    #[inline]
+    fn dot_k(&self, seq: usize, pos: usize, head: usize, q: &[f32]) -> f32 {
+        let (hd, qb) = (self.geo.head_dim, self.qb);
+        let at = self.geo.row(seq, pos, head) * hd;
+        let mut sum = 0.0;
+        for b in 0..hd / qb {
+            let k = &self.k[at + b * qb..at + (b + 1) * qb];
+            let qs = &q[b * qb..(b + 1) * qb];
+            sum += self.ks[at / qb + b] * dot_with(qs, qb, |i| k[i] as f32);
+        }
+        sum
+    }
+    #[inline]
+    fn axpy_v(&self, seq: usize, pos: usize, head: usize, p: f32, out: &mut [f32]) {
+        let (hd, qb) = (self.geo.head_dim, self.qb);
+        let at = self.geo.row(seq, pos, head) * hd;
+        for b in 0..hd / qb {
+            let a = p * self.vs[at / qb + b];
+            let v = &self.v[at + b * qb..at + (b + 1) * qb];
+            for (o, &x) in out[b * qb..(b + 1) * qb].iter_mut().zip(v) {
+                *o += a * x as f32;
+            }
+        }
+    }
+    fn decode(&self, seq: usize, pos: usize, head: usize, k: &mut [f32], v: &mut [f32]) {
+        let (hd, qb) = (self.geo.head_dim, self.qb);
+        let at = self.geo.row(seq, pos, head) * hd;
+        for i in 0..hd {
+            k[i] = self.ks[(at + i) / qb] * self.k[at + i] as f32;
+            v[i] = self.vs[(at + i) / qb] * self.v[at + i] as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_round_trips_within_its_precision() {
+        let (n_layer, n_seq, n_ctx, nkv, hd) = (2, 2, 5, 2, 16);
+        let x: Vec<f32> = (0..3 * nkv * hd)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37)
+            .collect();
+        let y: Vec<f32> = x.iter().map(|v| -v * 0.5 + 0.1).collect();
+        for (ty, tol) in [
+            (KvCacheType::F32, 0.0),
+            (KvCacheType::F16, 2e-3),
+            (KvCacheType::Q8, 0.02),
+        ] {
+            let mut c = KvCache::with_type(ty, n_layer, n_seq, n_ctx, nkv, hd);
+            c.store_seq(1, 1, 2, &x, &y);
+            let (k, v) = c.read_f32(1, 1, 5);
+            let n = nkv * hd;
+            assert!(
+                k[..2 * n].iter().all(|&a| a == 0.0),
+                "{ty:?}: other positions untouched"
+            );
+            for (a, b) in k[2 * n..].iter().zip(&x).chain(v[2 * n..].iter().zip(&y)) {
+                assert!(
+                    (a - b).abs() <= tol * b.abs().max(1.0),
+                    "{ty:?}: {a} vs {b}"
+                );
+            }
+            // Sequence 0 and layer 0 are untouched.
+            assert!(c.read_f32(1, 0, 5).0.iter().all(|&a| a == 0.0));
+            assert!(c.read_f32(0, 1, 5).0.iter().all(|&a| a == 0.0));
+            // dot_k and axpy_v agree with the decoded rows.
+            let q: Vec<f32> = (0..hd).map(|i| i as f32 * 0.1 - 0.7).collect();
+            let view = c.layer_view(1);
+            let (dot, mut out) = match &view {
+                LayerView::F32(r) => (r.dot_k(1, 3, 1, &q), {
+                    let mut o = vec![0.0; hd];
+                    r.axpy_v(1, 3, 1, 2.0, &mut o);
+                    o
+                }),
+                LayerView::F16(r) => (r.dot_k(1, 3, 1, &q), {
+                    let mut o = vec![0.0; hd];
+                    r.axpy_v(1, 3, 1, 2.0, &mut o);
+                    o
+                }),
+                LayerView::Q8(r) => (r.dot_k(1, 3, 1, &q), {
+                    let mut o = vec![0.0; hd];
+                    r.axpy_v(1, 3, 1, 2.0, &mut o);
+                    o
+                }),
+            };
+            let krow = &k[3 * n + hd..3 * n + 2 * hd];
+            let want: f32 = q.iter().zip(krow).map(|(a, b)| a * b).sum();
+            assert!((dot - want).abs() < 1e-3, "{ty:?}");
+            let vrow = &v[3 * n + hd..3 * n + 2 * hd];
+            out.iter_mut().zip(vrow).for_each(|(o, v)| *o -= 2.0 * v);
+            assert!(out.iter().all(|o| o.abs() < 1e-4), "{ty:?}");
+        }
+        assert_eq!(KvCacheType::Q8.bytes_per_token(24, 2, 64), 2 * 24 * 2 * 72);
     }
 }

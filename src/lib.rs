@@ -13,6 +13,7 @@ pub mod ffi;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;
+pub mod perplexity;
 pub mod quant;
 pub mod sampler;
 pub mod session;

@@ -1,10 +1,17 @@
-//! A session: one sequence's KV cache and scratch over a shared model, with prefill, decode and
-//! generation. Everything is allocated in `Session::new`; evaluating tokens allocates nothing.
+//! A session: the KV cache and scratch of one or more sequences over a shared model, with
+//! prefill, decode and generation. Everything is allocated in `Session::new`; evaluating tokens
+//! allocates nothing.
+//!
+//! The single-sequence API (`eval`, `generate`, ...) works on sequence 0. A session made with
+//! [`SessionOptions::n_seq`] > 1 also runs several sequences together: each is prefilled on its
+//! own, then every decode step sends one token of each live sequence through one forward pass
+//! ([`decode_batch`](Session::decode_batch), [`generate_batch`](Session::generate_batch)), so
+//! the weights are read once per step for all of them (matrix-matrix products).
 
 use crate::backend::cpu::{default_threads, ThreadPool};
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
-use crate::model::forward::{forward, Scratch};
+use crate::kv_cache::{KvCache, KvCacheType};
+use crate::model::forward::{forward, Batch, Scratch};
 use crate::model::Model;
 use crate::sampler::Sampler;
 use std::sync::Arc;
@@ -30,6 +37,43 @@ impl Default for SessionParams {
     }
 }
 
+/// Session settings beyond [`SessionParams`] (kept apart so existing struct literals of
+/// `SessionParams` stay valid).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// KV cache storage. `F32` (the default here) is exact; `F16` halves the memory (llama.cpp's
+    /// default, and the CLI's); `Q8` stores int8 rows with a scale, about a quarter of F32.
+    pub kv_cache: KvCacheType,
+    /// Sequences the session can hold at once (each gets a full context of KV cache).
+    pub n_seq: usize,
+}
+
+impl SessionOptions {
+    /// The KV cache type a front end should use when the user names none: F32 for a model whose
+    /// matrices are all F32 (a reference-precision file: results stay exact), F16 otherwise
+    /// (half the memory, as llama.cpp).
+    pub fn auto_kv_cache(model: &Model) -> KvCacheType {
+        let all_f32 = model
+            .weights
+            .matrices()
+            .all(|t| t.ty == crate::gguf::GgmlType::F32);
+        if all_f32 {
+            KvCacheType::F32
+        } else {
+            KvCacheType::F16
+        }
+    }
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            kv_cache: KvCacheType::F32,
+            n_seq: 1,
+        }
+    }
+}
+
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
@@ -37,6 +81,9 @@ pub enum FinishReason {
     Stop,
     /// The token limit or the context length was reached.
     Length,
+    /// The caller's callback asked to stop (higher-level APIs such as
+    /// [`generate_text`](crate::chat::generate_text); [`Session::generate`] reports `Stop`).
+    Cancelled,
 }
 
 impl FinishReason {
@@ -44,6 +91,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
         }
     }
 }
@@ -53,16 +101,32 @@ pub struct Session {
     pool: ThreadPool,
     kv: KvCache,
     scratch: Scratch,
-    /// RoPE frequencies; for Qwen-1 they carry the NTK alpha fixed at the first prefill.
+    /// RoPE frequencies per sequence (`[n_seq, hd/2]`); for Qwen-1 they carry the NTK alpha
+    /// fixed at that sequence's first prefill.
     inv_freq: Vec<f32>,
-    ntk_alpha: f64,
-    /// The tokens whose keys and values are in the cache, in order.
-    tokens: Vec<u32>,
+    ntk_alpha: Vec<f64>,
+    /// Per sequence, the tokens whose keys and values are in the cache, in order.
+    seqs: Vec<Vec<u32>>,
+    /// Logits of up to `max_batch` tokens (`[max_batch, V]`); row 0 holds the last token's
+    /// after a single-sequence eval.
     logits: Vec<f32>,
+    /// Sequence and position of each token of the batch being run.
+    batch_seq: Vec<usize>,
+    batch_pos: Vec<usize>,
+    /// Tokens run through the model since creation (prefill and decode).
+    n_evaluated: u64,
 }
 
 impl Session {
     pub fn new(model: Arc<Model>, params: &SessionParams) -> Result<Session> {
+        Self::with_options(model, params, &SessionOptions::default())
+    }
+
+    pub fn with_options(
+        model: Arc<Model>,
+        params: &SessionParams,
+        opts: &SessionOptions,
+    ) -> Result<Session> {
         let c = &model.config;
         let n_ctx = match params.n_ctx {
             0 => c.n_ctx_train.clamp(1, 4096),
@@ -73,23 +137,42 @@ impl Session {
                 "context length {n_ctx} is too large"
             )));
         }
+        if opts.n_seq == 0 || opts.n_seq > 4096 {
+            return Err(Error::InvalidArgument(format!(
+                "a session holds 1 to 4096 sequences, not {}",
+                opts.n_seq
+            )));
+        }
         let n_threads = match params.n_threads {
             0 => default_threads(),
             n => n.min(256),
         };
-        let max_batch = params.max_batch.clamp(1, n_ctx);
+        let max_batch = params.max_batch.clamp(1, n_ctx.max(opts.n_seq));
         let scratch = Scratch::new(&model, max_batch, n_ctx, n_threads);
+        let half = c.head_dim / 2;
         let mut s = Session {
-            kv: KvCache::new(c.n_layer, n_ctx, c.n_head_kv * c.head_dim),
+            kv: KvCache::with_type(
+                opts.kv_cache,
+                c.n_layer,
+                opts.n_seq,
+                n_ctx,
+                c.n_head_kv,
+                c.head_dim,
+            ),
             pool: ThreadPool::new(n_threads),
             scratch,
-            inv_freq: vec![0.0; c.head_dim / 2],
-            ntk_alpha: 0.0,
-            tokens: Vec::with_capacity(n_ctx),
+            inv_freq: vec![0.0; opts.n_seq * half],
+            ntk_alpha: vec![0.0; opts.n_seq],
+            seqs: (0..opts.n_seq).map(|_| Vec::with_capacity(n_ctx)).collect(),
             logits: vec![0.0; c.n_vocab * max_batch],
+            batch_seq: vec![0; max_batch],
+            batch_pos: vec![0; max_batch],
+            n_evaluated: 0,
             model,
         };
-        s.set_ntk_alpha(1.0);
+        for seq in 0..opts.n_seq {
+            s.set_ntk_alpha(seq, 1.0);
+        }
         Ok(s)
     }
 
@@ -97,6 +180,7 @@ impl Session {
         &self.model
     }
 
+    /// Context length of each sequence.
     pub fn n_ctx(&self) -> usize {
         self.kv.n_ctx()
     }
@@ -105,38 +189,84 @@ impl Session {
         self.pool.n_threads()
     }
 
-    /// Tokens currently in the cache.
+    /// Sequences this session holds.
+    pub fn n_seq(&self) -> usize {
+        self.kv.n_seq()
+    }
+
+    /// Most tokens one forward pass takes.
+    pub fn max_batch(&self) -> usize {
+        self.scratch.max_batch
+    }
+
+    pub fn kv_cache_type(&self) -> KvCacheType {
+        self.kv.ty()
+    }
+
+    /// Tokens currently in the cache (sequence 0).
     pub fn tokens(&self) -> &[u32] {
-        &self.tokens
+        &self.seqs[0]
+    }
+
+    /// Tokens in the cache of sequence `seq`.
+    pub fn seq_tokens(&self, seq: usize) -> &[u32] {
+        &self.seqs[seq]
+    }
+
+    /// How many tokens this session has run through the model since it was created (prefill
+    /// and decode). The difference around a call is what that call cost, e.g. how much of a
+    /// chat turn's context [`eval_reusing_prefix`](Self::eval_reusing_prefix) really evaluated.
+    pub fn n_evaluated(&self) -> u64 {
+        self.n_evaluated
     }
 
     /// The NTK alpha in use (1 unless a Qwen-1 prefill went past `seq_length`).
     pub fn ntk_alpha(&self) -> f64 {
-        self.ntk_alpha
+        self.ntk_alpha[0]
     }
 
+    /// KV cache bytes per token of one sequence.
     pub fn kv_bytes_per_token(&self) -> usize {
         self.kv.bytes_per_token()
     }
 
-    /// Forgets everything in the cache.
+    /// KV cache bytes of the whole session (every sequence's full context).
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
+    }
+
+    /// Forgets everything in the cache (sequence 0).
     pub fn reset(&mut self) {
-        self.tokens.clear();
+        self.seqs[0].clear();
     }
 
-    /// Drops cached tokens after the first `n`.
+    /// Drops cached tokens after the first `n` (sequence 0).
     pub fn truncate(&mut self, n: usize) {
-        self.tokens.truncate(n);
+        self.seqs[0].truncate(n);
     }
 
-    fn set_ntk_alpha(&mut self, alpha: f64) {
-        if alpha != self.ntk_alpha {
-            self.ntk_alpha = alpha;
-            self.model.config.rope_inv_freq(alpha, &mut self.inv_freq);
+    /// Forgets sequence `seq`.
+    pub fn reset_seq(&mut self, seq: usize) {
+        self.seqs[seq].clear();
+    }
+
+    fn set_ntk_alpha(&mut self, seq: usize, alpha: f64) {
+        if alpha != self.ntk_alpha[seq] {
+            self.ntk_alpha[seq] = alpha;
+            let half = self.model.config.head_dim / 2;
+            self.model
+                .config
+                .rope_inv_freq(alpha, &mut self.inv_freq[seq * half..(seq + 1) * half]);
         }
     }
 
-    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+    fn check_tokens(&self, seq: usize, tokens: &[u32]) -> Result<()> {
+        if seq >= self.n_seq() {
+            return Err(Error::InvalidArgument(format!(
+                "sequence {seq} does not exist (the session holds {})",
+                self.n_seq()
+            )));
+        }
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("no tokens to evaluate".into()));
         }
@@ -146,7 +276,7 @@ impl Session {
                 "token id {bad} is outside the vocabulary (size {n_vocab})"
             )));
         }
-        let needed = self.tokens.len() + tokens.len();
+        let needed = self.seqs[seq].len() + tokens.len();
         if needed > self.n_ctx() {
             return Err(Error::InvalidArgument(format!(
                 "{needed} tokens do not fit in the context of {} tokens",
@@ -158,34 +288,72 @@ impl Session {
 
     /// Appends `tokens` to the sequence and returns the logits after the last of them.
     pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        self.eval_inner(tokens, None)?;
+        self.eval_seq(0, tokens)
+    }
+
+    /// Appends `tokens` to sequence `seq` and returns the logits after the last of them.
+    pub fn eval_seq(&mut self, seq: usize, tokens: &[u32]) -> Result<&[f32]> {
+        self.eval_seq_with_logits(seq, tokens, tokens.len().saturating_sub(1), |_, _| {})?;
         Ok(&self.logits[..self.model.config.n_vocab])
     }
 
     /// Appends `tokens` and returns the logits after each of them (`[T, V]`, row-major).
     pub fn eval_all_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let mut all = vec![0.0f32; tokens.len() * self.model.config.n_vocab];
-        self.eval_inner(tokens, Some(&mut all))?;
+        let n_vocab = self.model.config.n_vocab;
+        let mut all = vec![0.0f32; tokens.len() * n_vocab];
+        self.eval_with_logits(tokens, 0, |i, row| {
+            all[i * n_vocab..(i + 1) * n_vocab].copy_from_slice(row)
+        })?;
         Ok(all)
     }
 
-    fn eval_inner(&mut self, tokens: &[u32], mut all: Option<&mut [f32]>) -> Result<()> {
-        self.check_tokens(tokens)?;
-        if self.tokens.is_empty() {
+    /// Appends `tokens` and hands `on_logits(i, logits)` the logits after each token `i` from
+    /// `logits_from` on, in order, without storing them all (perplexity scores hundreds of
+    /// positions of a 150k vocabulary). [`logits`](Self::logits) is then the last token's row.
+    pub fn eval_with_logits(
+        &mut self,
+        tokens: &[u32],
+        logits_from: usize,
+        on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.eval_seq_with_logits(0, tokens, logits_from, on_logits)
+    }
+
+    /// [`eval_with_logits`](Self::eval_with_logits) on sequence `seq`.
+    pub fn eval_seq_with_logits(
+        &mut self,
+        seq: usize,
+        tokens: &[u32],
+        logits_from: usize,
+        mut on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.check_tokens(seq, tokens)?;
+        let logits_from = logits_from.min(tokens.len() - 1);
+        if self.seqs[seq].is_empty() {
             // Qwen-1 fixes its NTK alpha from the length of the prefill on an empty cache and
             // keeps it for the decode steps that follow (testdata README §4).
             let alpha = self.model.config.ntk_alpha(tokens.len());
-            self.set_ntk_alpha(alpha);
+            self.set_ntk_alpha(seq, alpha);
         }
         let n_vocab = self.model.config.n_vocab;
         let max_batch = self.scratch.max_batch;
         let mut done = 0;
+        let mut n_out = 0;
         for chunk in tokens.chunks(max_batch) {
-            let pos0 = self.tokens.len();
-            let want_all = all.is_some();
-            let logits: &mut [f32] = match all.as_deref_mut() {
-                Some(a) => &mut a[done * n_vocab..(done + chunk.len()) * n_vocab],
-                None => &mut self.logits[..n_vocab],
+            let pos0 = self.seqs[seq].len();
+            let n = chunk.len();
+            self.batch_seq[..n].fill(seq);
+            for (t, p) in self.batch_pos[..n].iter_mut().enumerate() {
+                *p = pos0 + t;
+            }
+            // Rows of this chunk whose logits are wanted: chunk_from..n.
+            let chunk_from = logits_from.saturating_sub(done).min(n);
+            n_out = n - chunk_from;
+            let batch = Batch {
+                tokens: chunk,
+                seq: &self.batch_seq[..n],
+                pos: &self.batch_pos[..n],
+                logits_from: chunk_from,
             };
             forward(
                 &self.model,
@@ -193,32 +361,93 @@ impl Session {
                 &mut self.kv,
                 &mut self.scratch,
                 &self.inv_freq,
-                chunk,
-                pos0,
-                want_all,
-                logits,
+                &batch,
+                &mut self.logits[..n_out * n_vocab],
             );
-            self.tokens.extend_from_slice(chunk);
-            done += chunk.len();
+            for r in 0..n_out {
+                on_logits(
+                    done + chunk_from + r,
+                    &self.logits[r * n_vocab..(r + 1) * n_vocab],
+                );
+            }
+            self.seqs[seq].extend_from_slice(chunk);
+            self.n_evaluated += n as u64;
+            done += n;
         }
-        if let Some(a) = all {
-            let last = &a[(tokens.len() - 1) * n_vocab..tokens.len() * n_vocab];
-            self.logits[..n_vocab].copy_from_slice(last);
+        // The last token is always wanted, so the last chunk produced it: keep it in row 0.
+        if n_out > 1 {
+            self.logits
+                .copy_within((n_out - 1) * n_vocab..n_out * n_vocab, 0);
         }
         Ok(())
     }
 
+    /// One decode step for several sequences in one forward pass: appends `tokens[i]` to
+    /// sequence `seqs[i]` (distinct sequences, at most [`max_batch`](Self::max_batch)) and
+    /// returns the logits after each, `[seqs.len(), V]` row-major.
+    pub fn decode_batch(&mut self, seqs: &[usize], tokens: &[u32]) -> Result<&[f32]> {
+        let n = tokens.len();
+        if seqs.len() != n || n == 0 || n > self.scratch.max_batch {
+            return Err(Error::InvalidArgument(format!(
+                "decode_batch takes 1 to {} (sequence, token) pairs, got {} sequences and {n} tokens",
+                self.scratch.max_batch,
+                seqs.len()
+            )));
+        }
+        for (i, (&seq, &tok)) in seqs.iter().zip(tokens).enumerate() {
+            self.check_tokens(seq, &[tok])?;
+            if seqs[..i].contains(&seq) {
+                return Err(Error::InvalidArgument(format!(
+                    "sequence {seq} appears twice in one decode step"
+                )));
+            }
+        }
+        for (i, &seq) in seqs.iter().enumerate() {
+            if self.seqs[seq].is_empty() {
+                let alpha = self.model.config.ntk_alpha(1);
+                self.set_ntk_alpha(seq, alpha);
+            }
+            self.batch_seq[i] = seq;
+            self.batch_pos[i] = self.seqs[seq].len();
+        }
+        let n_vocab = self.model.config.n_vocab;
+        let batch = Batch {
+            tokens,
+            seq: &self.batch_seq[..n],
+            pos: &self.batch_pos[..n],
+            logits_from: 0,
+        };
+        forward(
+            &self.model,
+            &self.pool,
+            &mut self.kv,
+            &mut self.scratch,
+            &self.inv_freq,
+            &batch,
+            &mut self.logits[..n * n_vocab],
+        );
+        for (&seq, &tok) in seqs.iter().zip(tokens) {
+            self.seqs[seq].push(tok);
+        }
+        self.n_evaluated += n as u64;
+        Ok(&self.logits[..n * n_vocab])
+    }
+
     /// Makes the cache hold exactly `tokens`, reusing the longest cached prefix, and returns the
     /// logits after the last token. At least one token is always evaluated so the logits exist.
+    /// Qwen-1 with dynamic NTK: when the NTK alpha for `tokens.len()` differs from the one the
+    /// cache was built with, everything is recomputed, as the reference's fresh prefill would.
     pub fn eval_reusing_prefix(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        let common = self
-            .tokens
+        let mut common = self.seqs[0]
             .iter()
             .zip(tokens)
             .take_while(|(a, b)| a == b)
             .count()
             .min(tokens.len().saturating_sub(1));
-        self.tokens.truncate(common);
+        if common > 0 && self.model.config.ntk_alpha(tokens.len()) != self.ntk_alpha[0] {
+            common = 0;
+        }
+        self.seqs[0].truncate(common);
         self.eval(&tokens[common..])
     }
 
@@ -237,22 +466,115 @@ impl Session {
         stop_tokens: &[u32],
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, FinishReason)> {
-        if self.tokens.is_empty() {
+        if self.seqs[0].is_empty() {
             return Err(Error::InvalidArgument("generate needs a prompt".into()));
         }
         let mut out = Vec::with_capacity(max_tokens.min(self.n_ctx()));
         let n_vocab = self.model.config.n_vocab;
         for i in 0..max_tokens {
-            let tok = sampler.sample(&mut self.logits[..n_vocab], &self.tokens);
+            let tok = sampler.sample(&mut self.logits[..n_vocab], &self.seqs[0]);
             out.push(tok);
             if stop_tokens.contains(&tok) || !on_token(tok) {
                 return Ok((out, FinishReason::Stop));
             }
-            if i + 1 == max_tokens || self.tokens.len() >= self.n_ctx() {
+            if i + 1 == max_tokens || self.seqs[0].len() >= self.n_ctx() {
                 break;
             }
             self.eval(&[tok])?;
         }
         Ok((out, FinishReason::Length))
+    }
+
+    /// Generates for several prompts at once, each exactly as `reset`, `eval(prompt)`,
+    /// `generate(samplers[i], ..)` would on its own: prompt `i` goes to sequence `i` (there must
+    /// be at most [`n_seq`](Self::n_seq) prompts), is prefilled, and then every step decodes one
+    /// token of every live sequence in one forward pass. Sequences finish independently.
+    /// `on_token(i, token)` returns false to stop sequence `i`.
+    pub fn generate_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        samplers: &mut [Sampler],
+        max_tokens: usize,
+        stop_tokens: &[u32],
+        mut on_token: impl FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<(Vec<u32>, FinishReason)>> {
+        let n = prompts.len();
+        if n > self.n_seq() || samplers.len() != n {
+            return Err(Error::InvalidArgument(format!(
+                "{n} prompts with {} samplers for a session of {} sequences",
+                samplers.len(),
+                self.n_seq()
+            )));
+        }
+        if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+            return Err(Error::InvalidArgument(format!("prompt {i} is empty")));
+        }
+        let n_vocab = self.model.config.n_vocab;
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut finish: Vec<Option<FinishReason>> = vec![None; n];
+        let mut pending: Vec<(usize, u32)> = Vec::with_capacity(n);
+        // Samples the next token of `seq` from `row` and decides whether it continues.
+        let mut step = |s: &Session,
+                        seq: usize,
+                        row: &mut [f32],
+                        out: &mut Vec<u32>,
+                        finish: &mut Option<FinishReason>,
+                        pending: &mut Vec<(usize, u32)>| {
+            let tok = samplers[seq].sample(row, &s.seqs[seq]);
+            out.push(tok);
+            if stop_tokens.contains(&tok) || !on_token(seq, tok) {
+                *finish = Some(FinishReason::Stop);
+            } else if out.len() >= max_tokens || s.seqs[seq].len() >= s.n_ctx() {
+                *finish = Some(FinishReason::Length);
+            } else {
+                pending.push((seq, tok));
+            }
+        };
+        let mut row = vec![0.0f32; n_vocab];
+        for (seq, prompt) in prompts.iter().enumerate() {
+            self.reset_seq(seq);
+            self.eval_seq(seq, prompt)?;
+            if max_tokens == 0 {
+                finish[seq] = Some(FinishReason::Length);
+                continue;
+            }
+            row.copy_from_slice(&self.logits[..n_vocab]);
+            step(
+                self,
+                seq,
+                &mut row,
+                &mut out[seq],
+                &mut finish[seq],
+                &mut pending,
+            );
+        }
+        let mut seqs = Vec::with_capacity(n);
+        let mut toks = Vec::with_capacity(n);
+        while !pending.is_empty() {
+            let live = std::mem::take(&mut pending);
+            for chunk in live.chunks(self.scratch.max_batch) {
+                seqs.clear();
+                toks.clear();
+                seqs.extend(chunk.iter().map(|p| p.0));
+                toks.extend(chunk.iter().map(|p| p.1));
+                self.decode_batch(&seqs, &toks)?;
+                for (r, &seq) in seqs.iter().enumerate() {
+                    row.copy_from_slice(&self.logits[r * n_vocab..(r + 1) * n_vocab]);
+                    step(
+                        self,
+                        seq,
+                        &mut row,
+                        &mut out[seq],
+                        &mut finish[seq],
+                        &mut pending,
+                    );
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .zip(finish)
+            .map(|(o, f)| (o, f.unwrap_or(FinishReason::Length)))
+            .collect())
     }
 }

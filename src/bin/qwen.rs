@@ -1,10 +1,14 @@
 //! `qwen`: the command line over the libqwen API (run, chat, tokenize, logits, info).
 
 use clap::{Args, Parser, Subcommand};
-use qwen::chat::{make_context, ChatTokens, Turn, DEFAULT_SYSTEM_PROMPT};
+use qwen::chat::{
+    generate_text, ChatSession, ChatTokens, Conversation, GenerateOptions, StopMatcher,
+    DEFAULT_MAX_WINDOW_SIZE, DEFAULT_SYSTEM_PROMPT,
+};
+use qwen::kv_cache::KvCacheType;
 use qwen::model::Model;
 use qwen::sampler::{Sampler, SamplingParams};
-use qwen::session::{Session, SessionParams};
+use qwen::session::{Session, SessionOptions, SessionParams};
 use qwen::tokenizer::{EncodeMode, StreamDecoder, Tokenizer};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -34,8 +38,23 @@ enum Command {
     Logits(LogitsArgs),
     /// Print the architecture, hyperparameters and tensors of a model file.
     Info(InfoArgs),
+    /// Perplexity of a text file, computed like llama.cpp's llama-perplexity.
+    Perplexity(PerplexityArgs),
     /// Measure prefill and decode speed (like llama-bench).
     Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    /// The window length is -c (default 512 here, as llama-perplexity).
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text file.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Print `{"ppl": .., "chunks": ..}` instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -74,6 +93,10 @@ struct ModelArgs {
     /// Qwen-1: turn logN attention scaling off.
     #[arg(long)]
     no_logn: bool,
+    /// KV cache storage: f32, f16 or q8 (int8 rows with a scale). Default: f32 for an all-F32
+    /// model file (exact), f16 otherwise.
+    #[arg(long = "kv-cache")]
+    kv_cache: Option<String>,
 }
 
 #[derive(Args)]
@@ -132,8 +155,21 @@ struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The prompt.
-    #[arg(short = 'p', long = "prompt")]
+    #[arg(
+        short = 'p',
+        long = "prompt",
+        required_unless_present = "batch_file",
+        conflicts_with = "batch_file",
+        default_value = ""
+    )]
     prompt: String,
+    /// Run every line of this file as its own prompt, all sequences decoded together (one
+    /// forward pass per step); prints one result per prompt (JSON lines with --json).
+    #[arg(long = "batch-file", conflicts_with = "history")]
+    batch_file: Option<PathBuf>,
+    /// With --batch-file: most sequences decoded together (the rest wait for a free slot).
+    #[arg(long = "parallel", default_value_t = 16)]
+    parallel: usize,
     /// Tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     n_predict: usize,
@@ -145,7 +181,17 @@ struct RunArgs {
     /// System prompt for --chat.
     #[arg(long, default_value = DEFAULT_SYSTEM_PROMPT)]
     system: String,
-    /// Print one JSON object at the end instead of streaming text.
+    /// Earlier turns for --chat: a JSON file `[["user", "assistant"], ...]`.
+    #[arg(long, requires = "chat")]
+    history: Option<PathBuf>,
+    /// --chat: keep history turns (newest first) while the context stays below N tokens.
+    #[arg(long, default_value_t = DEFAULT_MAX_WINDOW_SIZE, requires = "chat")]
+    max_window_size: usize,
+    /// Stop before this string (may be given several times); it never appears in the output.
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Print one JSON object at the end instead of streaming text. With -n 0 nothing is
+    /// evaluated: it shows the prompt ids that would be prefilled.
     #[arg(long)]
     json: bool,
 }
@@ -159,6 +205,15 @@ struct ChatArgs {
     /// Most tokens generated per reply.
     #[arg(short = 'n', long = "n-predict", default_value_t = 1024)]
     n_predict: usize,
+    /// Keep history turns (newest first) while the context stays below N tokens.
+    #[arg(long, default_value_t = DEFAULT_MAX_WINDOW_SIZE)]
+    max_window_size: usize,
+    /// Stop before this string (may be given several times).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Print no per-turn statistics on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -209,6 +264,7 @@ fn main() {
         Command::Tokenize(a) => tokenize(a),
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
+        Command::Perplexity(a) => perplexity(a),
         Command::Bench(a) => bench(a),
     };
     if let Err(e) = result {
@@ -218,6 +274,11 @@ fn main() {
 }
 
 fn load(args: &ModelArgs) -> Result<(Arc<Model>, Session), qwen::Error> {
+    load_seqs(args, 1)
+}
+
+/// Loads the model and a session holding `n_seq` sequences.
+fn load_seqs(args: &ModelArgs, n_seq: usize) -> Result<(Arc<Model>, Session), qwen::Error> {
     let mut model = Model::load(&args.model)?;
     if args.no_dynamic_ntk {
         model.config.use_dynamic_ntk = false;
@@ -231,53 +292,124 @@ fn load(args: &ModelArgs) -> Result<(Arc<Model>, Session), qwen::Error> {
         n_threads: args.threads,
         ..Default::default()
     };
-    let session = Session::new(Arc::clone(&model), &params)?;
+    let opts = SessionOptions {
+        kv_cache: match &args.kv_cache {
+            Some(s) => KvCacheType::parse(s)?,
+            None => SessionOptions::auto_kv_cache(&model),
+        },
+        n_seq,
+    };
+    let session = Session::with_options(Arc::clone(&model), &params, &opts)?;
     Ok((model, session))
 }
 
+/// Writes streamed text to stdout; a closed stdout (e.g. `| head`) cancels generation instead
+/// of failing it.
+fn write_piece(out: &mut impl Write, piece: &str) -> bool {
+    out.write_all(piece.as_bytes())
+        .and_then(|_| out.flush())
+        .is_ok()
+}
+
 fn run(a: RunArgs) -> CliResult {
+    if a.batch_file.is_some() {
+        return run_batch(a);
+    }
     let sampling = a.sampling.params()?;
-    let (model, mut session) = load(&a.model)?;
+    let (model, session) = load(&a.model)?;
     let tok = model.tokenizer()?;
     let ct = ChatTokens::from_tokenizer(tok)?;
-    let prompt_ids = if a.chat {
-        make_context(tok, &ct, &a.system, &[], &a.prompt, usize::MAX).ids
-    } else {
-        tok.encode(&a.prompt, EncodeMode::Trusted)
-    };
-    let t0 = Instant::now();
-    session.eval(&prompt_ids)?;
-    let prompt_secs = t0.elapsed().as_secs_f64();
-
     let mut sampler = Sampler::new(sampling);
-    let mut decoder = StreamDecoder::new();
     let mut stdout = std::io::stdout().lock();
     let stream = !a.json;
-    let t1 = Instant::now();
-    let (generated, finish) =
-        session.generate(&mut sampler, a.n_predict, &ct.stop_tokens(), |id| {
-            if stream {
-                let piece = decoder.push(tok, id);
-                // A closed stdout (e.g. `| head`) stops generation instead of failing it.
-                return stdout
-                    .write_all(piece.as_bytes())
-                    .and_then(|_| stdout.flush())
-                    .is_ok();
-            }
-            true
-        })?;
-    let gen_secs = t1.elapsed().as_secs_f64();
-    let n_text = generated
-        .iter()
-        .take_while(|t| !ct.stop_tokens().contains(t))
-        .count();
+
+    // The prompt: one chat turn after the history, or raw text.
+    let mut chat = None;
+    let mut raw_session = None;
+    let (prompt_ids, turns_kept) = if a.chat {
+        let mut conv = Conversation::new(a.system.clone());
+        conv.max_window_size = a.max_window_size;
+        if let Some(path) = &a.history {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            conv.history = Conversation::history_from_json(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let mut c = ChatSession::new(session, conv)?;
+        c.stop_strings = a.stop.clone();
+        let ctx = c.context(&a.prompt, a.n_predict)?;
+        chat = Some(c);
+        (ctx.ids, Some(ctx.turns_kept))
+    } else {
+        let ids = tok.encode(&a.prompt, EncodeMode::Trusted);
+        if ids.len() > session.n_ctx() {
+            return Err(format!(
+                "the prompt has {} tokens, more than the context of {} (-c)",
+                ids.len(),
+                session.n_ctx()
+            )
+            .into());
+        }
+        raw_session = Some(session);
+        (ids, None)
+    };
+    if a.n_predict == 0 {
+        if a.json {
+            let json = serde_json::json!({
+                "prompt_ids": prompt_ids,
+                "turns_kept": turns_kept,
+                "generated_ids": [],
+                "text": "",
+                "finish_reason": "length",
+            });
+            writeln!(stdout, "{json}")?;
+        }
+        return Ok(());
+    }
+
+    let t0 = Instant::now();
+    let mut on_text = |piece: &str| !stream || write_piece(&mut stdout, piece);
+    let (generated, text, finish, prompt_secs, gen_secs) = if let Some(chat) = chat.as_mut() {
+        let turn = chat.prefill(&a.prompt, a.n_predict)?;
+        let prompt_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let reply = chat.generate(turn, &mut sampler, &mut on_text)?;
+        let gen_secs = t1.elapsed().as_secs_f64();
+        (
+            reply.generated_ids,
+            reply.text,
+            reply.finish_reason,
+            prompt_secs,
+            gen_secs,
+        )
+    } else {
+        let session = raw_session.as_mut().expect("set above");
+        session.eval(&prompt_ids)?;
+        let prompt_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let opts = GenerateOptions {
+            max_tokens: a.n_predict,
+            stop_tokens: ct.stop_tokens().to_vec(),
+            stop_strings: a.stop.clone(),
+        };
+        let gen = generate_text(session, &mut sampler, &opts, &mut on_text)?;
+        let gen_secs = t1.elapsed().as_secs_f64();
+        (
+            gen.token_ids,
+            gen.text,
+            gen.finish_reason,
+            prompt_secs,
+            gen_secs,
+        )
+    };
     if stream {
-        let _ = writeln!(stdout, "{}", decoder.finish());
+        let _ = writeln!(stdout);
     } else {
         let json = serde_json::json!({
             "prompt_ids": prompt_ids,
+            "turns_kept": turns_kept,
             "generated_ids": generated,
-            "text": tok.decode(&generated[..n_text]),
+            "text": text,
             "finish_reason": finish.as_str(),
             "prompt_tps": prompt_ids.len() as f64 / prompt_secs.max(1e-9),
             "gen_tps": generated.len().saturating_sub(1) as f64 / gen_secs.max(1e-9),
@@ -287,13 +419,134 @@ fn run(a: RunArgs) -> CliResult {
     Ok(())
 }
 
-fn chat(a: ChatArgs) -> CliResult {
+/// `qwen run --batch-file`: groups of up to `--parallel` prompts share one session, prefilled
+/// one by one and then decoded together. Sequence `i` samples with seed `seed + i`.
+fn run_batch(mut a: RunArgs) -> CliResult {
+    let path = a.batch_file.clone().expect("checked by the caller");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if lines.is_empty() {
+        return Err(format!("{}: no prompts", path.display()).into());
+    }
     let sampling = a.sampling.params()?;
-    let (model, mut session) = load(&a.model)?;
+    let model = Model::load(&a.model.model)?;
     let tok = model.tokenizer()?;
     let ct = ChatTokens::from_tokenizer(tok)?;
+    let prompts: Vec<Vec<u32>> = lines
+        .iter()
+        .map(|l| {
+            if a.chat {
+                let conv = Conversation::new(a.system.clone());
+                conv.context(tok, &ct, l, usize::MAX).ids
+            } else {
+                tok.encode(l, EncodeMode::Trusted)
+            }
+        })
+        .collect();
+    if a.model.ctx == 0 {
+        // Just what the longest prompt and its answer need: each sequence has its own cache.
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        a.model.ctx = (longest + a.n_predict).max(16);
+    }
+    let n_seq = a.parallel.clamp(1, prompts.len());
+    let (model, mut session) = load_seqs(&a.model, n_seq)?;
+    let tok = model.tokenizer()?;
+    if let Some((i, p)) = prompts
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.len() > session.n_ctx())
+    {
+        return Err(format!(
+            "prompt {} has {} tokens, more than the context of {} (-c)",
+            i + 1,
+            p.len(),
+            session.n_ctx()
+        )
+        .into());
+    }
+    let mut stdout = std::io::stdout().lock();
+    let t0 = Instant::now();
+    let mut n_generated = 0;
+    for (group_no, group) in prompts.chunks(n_seq).enumerate() {
+        let first = group_no * n_seq;
+        let mut samplers: Vec<Sampler> = (0..group.len())
+            .map(|i| {
+                let mut p = sampling.clone();
+                p.seed = p.seed.wrapping_add((first + i) as u64);
+                Sampler::new(p)
+            })
+            .collect();
+        let mut decoders = vec![StreamDecoder::new(); group.len()];
+        let mut matchers = vec![StopMatcher::new(&a.stop); group.len()];
+        let mut texts = vec![String::new(); group.len()];
+        let mut stopped = vec![false; group.len()];
+        let stop_tokens = ct.stop_tokens();
+        let results =
+            session.generate_batch(group, &mut samplers, a.n_predict, &stop_tokens, |i, id| {
+                let piece = decoders[i].push(tok, id);
+                stopped[i] = matchers[i].push(&piece, &mut texts[i]);
+                !stopped[i]
+            })?;
+        for (i, (ids, finish)) in results.into_iter().enumerate() {
+            if !stopped[i] {
+                let rest = decoders[i].finish();
+                matchers[i].push(&rest, &mut texts[i]);
+                matchers[i].finish(&mut texts[i]);
+            }
+            n_generated += ids.len();
+            let index = first + i;
+            if a.json {
+                let json = serde_json::json!({
+                    "index": index,
+                    "prompt": lines[index],
+                    "prompt_ids": group[i],
+                    "generated_ids": ids,
+                    "text": texts[i],
+                    "finish_reason": finish.as_str(),
+                });
+                writeln!(stdout, "{json}")?;
+            } else {
+                writeln!(stdout, "[{}] {}", index + 1, texts[i])?;
+            }
+        }
+    }
+    eprintln!(
+        "{} prompts, {} tokens generated in {:.1} s ({} sequences per step, context {}, \
+         {} KV cache {:.1} MiB, peak memory {})",
+        prompts.len(),
+        n_generated,
+        t0.elapsed().as_secs_f64(),
+        n_seq,
+        session.n_ctx(),
+        session.kv_cache_type().as_str(),
+        session.kv_bytes() as f64 / (1 << 20) as f64,
+        peak_rss_mib()
+            .map(|m| format!("{m:.1} MiB"))
+            .unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
+}
+
+/// Peak resident memory of this process (`VmHWM`), where the OS reports it.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn chat(a: ChatArgs) -> CliResult {
+    let sampling = a.sampling.params()?;
+    let (model, session) = load(&a.model)?;
     let mut sampler = Sampler::new(sampling);
-    let mut history: Vec<Turn> = Vec::new();
+    let mut conv = Conversation::new(a.system.clone());
+    conv.max_window_size = a.max_window_size;
+    let mut chat = ChatSession::new(session, conv)?;
+    chat.stop_strings = a.stop.clone();
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
@@ -304,6 +557,7 @@ fn chat(a: ChatArgs) -> CliResult {
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    let mut turn_no = 0;
     loop {
         if interactive {
             eprint!("> ");
@@ -316,46 +570,37 @@ fn chat(a: ChatArgs) -> CliResult {
             "" => continue,
             "/exit" | "/quit" => break,
             "/clear" => {
-                history.clear();
-                session.reset();
+                chat.clear();
                 eprintln!("(conversation cleared)");
                 continue;
             }
             _ => {}
         }
-        // The whole context is rebuilt each turn, but only tokens after the cached prefix are
-        // evaluated, so a turn costs what it adds. The window drops old turns when needed.
-        let window = session
-            .n_ctx()
-            .saturating_sub(a.n_predict.min(session.n_ctx() / 2));
-        let ctx = make_context(tok, &ct, &a.system, &history, query, window);
-        if ctx.ids.len() >= session.n_ctx() {
-            eprintln!(
-                "error: this message is too long for the context ({} tokens)",
-                session.n_ctx()
-            );
-            continue;
-        }
-        session.eval_reusing_prefix(&ctx.ids)?;
-        let mut decoder = StreamDecoder::new();
+        // Only the tokens after the cached prefix are evaluated, so a turn costs what it adds;
+        // the window drops the oldest turns when the context fills up.
+        let turn = match chat.prefill(query, a.n_predict) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
         let mut stdout = std::io::stdout().lock();
-        let mut reply = String::new();
-        let budget = a.n_predict.min(session.n_ctx() - ctx.ids.len());
-        session.generate(&mut sampler, budget, &ct.stop_tokens(), |id| {
-            let piece = decoder.push(tok, id);
-            reply.push_str(&piece);
-            stdout
-                .write_all(piece.as_bytes())
-                .and_then(|_| stdout.flush())
-                .is_ok()
-        })?;
-        let rest = decoder.finish();
-        reply.push_str(&rest);
-        writeln!(stdout, "{rest}")?;
-        history.push(Turn {
-            user: query.to_string(),
-            assistant: reply.trim().to_string(),
-        });
+        let reply = chat.generate(turn, &mut sampler, |piece| write_piece(&mut stdout, piece))?;
+        writeln!(stdout)?;
+        turn_no += 1;
+        if !a.quiet {
+            eprintln!(
+                "[turn {turn_no}: prompt {} tokens, {} evaluated, {} reused; {} history turns kept; \
+                 {} generated, {}]",
+                reply.prompt_tokens,
+                reply.prompt_tokens_evaluated,
+                reply.prompt_tokens - reply.prompt_tokens_evaluated,
+                reply.turns_kept,
+                reply.generated_ids.len(),
+                reply.finish_reason.as_str()
+            );
+        }
     }
     Ok(())
 }
@@ -410,6 +655,50 @@ fn logits(a: LogitsArgs) -> CliResult {
     Ok(())
 }
 
+fn perplexity(mut a: PerplexityArgs) -> CliResult {
+    if a.model.ctx == 0 {
+        a.model.ctx = 512;
+    }
+    let text =
+        std::fs::read_to_string(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let (model, mut session) = load(&a.model)?;
+    let tokens = model.tokenizer()?.encode(&text, EncodeMode::Text);
+    let bos = qwen::perplexity::bos_for_perplexity(&model)?;
+    eprintln!(
+        "perplexity: {} tokens, {} windows of {} (second half scored){}",
+        tokens.len(),
+        tokens.len() / session.n_ctx(),
+        session.n_ctx(),
+        if bos.is_some() { ", BOS added" } else { "" }
+    );
+    let t0 = Instant::now();
+    let r = qwen::perplexity::perplexity(&mut session, &tokens, bos, |i, n, ppl| {
+        eprint!("[{}]{ppl:.4},", i + 1);
+        if i + 1 == n {
+            eprintln!();
+        }
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        let json = serde_json::json!({
+            "ppl": r.ppl,
+            "ppl_stderr": r.ppl_stderr,
+            "chunks": r.chunks,
+            "n_ctx": r.n_ctx,
+            "n_tokens": tokens.len(),
+            "n_scored": r.n_scored,
+            "seconds": secs,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "Final estimate: PPL = {:.4} +/- {:.5} ({} windows of {}, {:.1} s)",
+            r.ppl, r.ppl_stderr, r.chunks, r.n_ctx, secs
+        );
+    }
+    Ok(())
+}
+
 fn info(a: InfoArgs) -> CliResult {
     let model = Model::load(&a.model)?;
     let c = &model.config;
@@ -425,6 +714,14 @@ fn info(a: InfoArgs) -> CliResult {
             serde_json::json!({"name": t.name, "type": t.ty.to_string(), "dims": t.dims, "bytes": t.n_bytes()})
         })
         .collect();
+    let kv_by_type: serde_json::Map<String, serde_json::Value> =
+        [KvCacheType::F32, KvCacheType::F16, KvCacheType::Q8]
+            .iter()
+            .map(|t| {
+                let n = t.bytes_per_token(c.n_layer, c.n_head_kv, c.head_dim);
+                (t.as_str().to_string(), serde_json::json!(n))
+            })
+            .collect();
     let json = serde_json::json!({
         "file": a.model,
         "gguf_version": f.version(),
@@ -446,7 +743,9 @@ fn info(a: InfoArgs) -> CliResult {
         "tokenizer_tokens": model.tokenizer.as_ref().map(|t| t.n_vocab()),
         "n_params": f.tensor_infos().iter().map(|t| t.n_elements()).sum::<usize>(),
         "weight_bytes": f.tensor_infos().iter().map(|t| t.n_bytes()).sum::<usize>(),
-        "kv_cache_bytes_per_token": 2 * c.n_layer * c.n_head_kv * c.head_dim * 4,
+        "kv_cache_type_default": SessionOptions::auto_kv_cache(&model).as_str(),
+        "kv_cache_bytes_per_token": SessionOptions::auto_kv_cache(&model).bytes_per_token(c.n_layer, c.n_head_kv, c.head_dim),
+        "kv_cache_bytes_per_token_by_type": kv_by_type,
         "tensor_types": types.iter().map(|(k, (n, b))| (k.clone(), serde_json::json!({"count": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
         "tensors": tensors,
     });

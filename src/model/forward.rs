@@ -6,7 +6,7 @@ use super::weights::{Attention, Tensor};
 use super::Model;
 use crate::backend::cpu::matmul::activation_row_bytes;
 use crate::backend::cpu::{matmul, ops, ThreadPool, WeightMatrix};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvRows, LayerView};
 
 /// Buffers for one batch of up to `max_batch` tokens, allocated once per session.
 pub struct Scratch {
@@ -76,27 +76,40 @@ impl SharedMut {
     }
 }
 
-/// Runs `tokens` (at positions `pos0..pos0 + T`) through the model, appending their keys and
-/// values to `kv`. Writes logits of the last token to `logits[..V]`, or of every token to
-/// `logits[..T*V]` when `all_logits`. `inv_freq` holds the RoPE frequencies (NTK-adjusted).
-#[allow(clippy::too_many_arguments)]
+/// The tokens of one forward pass. Token `t` belongs to sequence `seq[t]` (its slot in the KV
+/// cache) at position `pos[t]`; a prefill is consecutive positions of one sequence, a batched
+/// decode step one token of each of several sequences. Within a sequence, tokens come in
+/// position order, and every earlier position is already in the cache or earlier in the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub tokens: &'a [u32],
+    pub seq: &'a [usize],
+    pub pos: &'a [usize],
+    /// Logits are computed for tokens `logits_from..T`: `T - 1` for the last token only, 0 for
+    /// all, `T` for none.
+    pub logits_from: usize,
+}
+
+/// Runs a batch through the model, appending each token's key and value to its sequence in
+/// `kv`, and writes the logits of tokens `logits_from..T` to `logits[..(T - logits_from) * V]`.
+/// `inv_freq` holds each sequence's RoPE frequencies (`[n_seq, hd/2]`; NTK-adjusted for Qwen-1).
 pub fn forward(
     model: &Model,
     pool: &ThreadPool,
     kv: &mut KvCache,
     s: &mut Scratch,
     inv_freq: &[f32],
-    tokens: &[u32],
-    pos0: usize,
-    all_logits: bool,
+    batch: &Batch,
     logits: &mut [f32],
 ) {
     let c = &model.config;
     let w = &model.weights;
+    let (tokens, seq, pos) = (batch.tokens, batch.seq, batch.pos);
     let t_len = tokens.len();
     let (d, hd, n_head, n_kv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
     let kv_dim = n_kv * hd;
-    debug_assert!(t_len <= s.max_batch && pos0 + t_len <= kv.n_ctx());
+    debug_assert!(t_len <= s.max_batch && seq.len() == t_len && pos.len() == t_len);
+    debug_assert!(batch.logits_from <= t_len && pos.iter().all(|&p| p < kv.n_ctx()));
 
     // 1. Token embeddings: x[t] = token_embd[id].
     for (t, &id) in tokens.iter().enumerate() {
@@ -105,13 +118,14 @@ pub fn forward(
             .expect("embedding row size is checked at load");
     }
 
-    // RoPE angles for each position of the batch, shared by all layers.
+    // RoPE angles for each token's position (with its sequence's frequencies), for all layers.
     let half = hd / 2;
     for t in 0..t_len {
-        let p = (pos0 + t) as f32;
+        let p = pos[t] as f32;
+        let freqs = &inv_freq[seq[t] * half..(seq[t] + 1) * half];
         let cos = &mut s.cos[t * half..(t + 1) * half];
         let sin = &mut s.sin[t * half..(t + 1) * half];
-        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
+        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(freqs) {
             let angle = p * f;
             *c = angle.cos();
             *s = angle.sin();
@@ -160,7 +174,7 @@ pub fn forward(
         }
 
         // 3. RoPE on q and k (rotate-half), then Qwen-1's logN scaling of each query row.
-        for t in 0..t_len {
+        for (t, &p) in pos.iter().enumerate() {
             let (cos, sin) = (
                 &s.cos[t * half..(t + 1) * half],
                 &s.sin[t * half..(t + 1) * half],
@@ -171,15 +185,22 @@ pub fn forward(
             for h in s.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
                 ops::rope_neox(h, cos, sin);
             }
-            let logn = c.logn_scale(pos0 + t);
+            let logn = c.logn_scale(p);
             if logn != 1.0 {
                 s.q[t * d..(t + 1) * d].iter_mut().for_each(|x| *x *= logn);
             }
         }
 
-        // 4. Append k, v to the cache; causal attention of each query over positions 0..=p.
-        kv.store(li, pos0, &s.k[..t_len * kv_dim], &s.v[..t_len * kv_dim]);
-        attention(pool, kv, li, s, t_len, pos0, n_head, n_kv, hd);
+        // 4. Append k, v to the cache; causal attention of each query over its sequence's
+        //    positions 0..=p.
+        for t in 0..t_len {
+            let (k, v) = (
+                &s.k[t * kv_dim..(t + 1) * kv_dim],
+                &s.v[t * kv_dim..(t + 1) * kv_dim],
+            );
+            kv.store_seq(li, seq[t], pos[t], k, v);
+        }
+        attention(pool, kv, li, s, batch, n_head, hd);
 
         // 5. x += attn @ Wo
         model.matmul(
@@ -216,9 +237,12 @@ pub fn forward(
         ops::add_assign(&mut s.x[..t_len * d], &s.proj[..t_len * d]);
     }
 
-    // 7. Final norm and LM head, for the last token or for all of them.
-    let first = if all_logits { 0 } else { t_len - 1 };
+    // 7. Final norm and LM head for the tokens whose logits are wanted.
+    let first = batch.logits_from;
     let n_out = t_len - first;
+    if n_out == 0 {
+        return;
+    }
     let norm = model.vector(&w.output_norm);
     for t in 0..n_out {
         let src = &s.x[(first + t) * d..(first + t + 1) * d];
@@ -239,54 +263,62 @@ fn add_bias_rows(x: &mut [f32], bias: &[f32], t_len: usize) {
     }
 }
 
-/// softmax(q·kᵀ/√hd) · v for every (token, head), with a causal mask over the cache.
-/// Query head h reads key/value head h / (H / Hkv) (grouped-query attention).
-#[allow(clippy::too_many_arguments)]
+/// softmax(q·kᵀ/√hd) · v for every (token, head), each token over positions `0..=pos[t]` of
+/// its own sequence (the causal mask). Query head h reads key/value head h / (H / Hkv)
+/// (grouped-query attention). The cache's storage type picks the row reader.
 fn attention(
     pool: &ThreadPool,
     kv: &KvCache,
     layer: usize,
     s: &mut Scratch,
-    t_len: usize,
-    pos0: usize,
+    batch: &Batch,
     n_head: usize,
-    n_kv: usize,
     hd: usize,
 ) {
-    let kv_dim = n_kv * hd;
+    let group = n_head / kv.n_head_kv();
+    match kv.layer_view(layer) {
+        LayerView::F32(rows) => attend(pool, &rows, kv.n_ctx(), s, batch, n_head, hd, group),
+        LayerView::F16(rows) => attend(pool, &rows, kv.n_ctx(), s, batch, n_head, hd, group),
+        LayerView::Q8(rows) => attend(pool, &rows, kv.n_ctx(), s, batch, n_head, hd, group),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend<R: KvRows>(
+    pool: &ThreadPool,
+    rows: &R,
+    n_ctx: usize,
+    s: &mut Scratch,
+    batch: &Batch,
+    n_head: usize,
+    hd: usize,
+    group: usize,
+) {
     let d = n_head * hd;
-    let group = n_head / n_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let (keys, values) = kv.layer(layer, pos0 + t_len);
-    let n_ctx = kv.n_ctx();
     let q = &s.q;
     let out = SharedMut(s.attn.as_mut_ptr());
     let scores = SharedMut(s.scores.as_mut_ptr());
-    let n_tasks = t_len * n_head;
+    let n_tasks = batch.tokens.len() * n_head;
     pool.run(&|tid, nth| {
         // SAFETY: each worker owns row `tid` of the scores scratch (sized threads * n_ctx).
         let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(tid * n_ctx), n_ctx) };
         let mut task = tid;
         while task < n_tasks {
             let (t, h) = (task / n_head, task % n_head);
-            let n_keys = pos0 + t + 1;
+            let (seq, n_keys) = (batch.seq[t], batch.pos[t] + 1);
             let qh = &q[t * d + h * hd..t * d + (h + 1) * hd];
             let kvh = h / group;
             let sc = &mut sc[..n_keys];
             for (j, s) in sc.iter_mut().enumerate() {
-                let kj = &keys[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                *s = ops::dot_f32(qh, kj) * scale;
+                *s = rows.dot_k(seq, j, kvh, qh) * scale;
             }
             ops::softmax(sc);
             // SAFETY: (t, h) tasks are distinct, so their output rows are disjoint.
             let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * d + h * hd), hd) };
             o.fill(0.0);
             for (j, &p) in sc.iter().enumerate() {
-                ops::axpy(
-                    o,
-                    p,
-                    &values[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd],
-                );
+                rows.axpy_v(seq, j, kvh, p, o);
             }
             task += nth;
         }
