@@ -20,7 +20,7 @@ use crate::quant::{f16_to_f32, f32_to_f16};
 pub const Q8_BLOCK: usize = 32;
 
 fn q8_block(head_dim: usize) -> usize {
-    if head_dim % Q8_BLOCK == 0 {
+    if head_dim.is_multiple_of(Q8_BLOCK) {
         Q8_BLOCK
     } else {
         head_dim
