@@ -134,4 +134,7 @@ fn print_report(r: &ConvertReport, per_tensor: bool) {
             r.n_tokens
         ),
     }
+    // This process's own high-water mark (VmHWM starts afresh at exec), so callers and tests
+    // can see that conversion streams instead of loading the checkpoint.
+    println!("peak RSS {:.0} MiB", qwen::bench::peak_rss_mb());
 }
