@@ -1,4 +1,4 @@
-//! `qwen`: the command line over the libqwen API (run, chat, tokenize, logits, info).
+//! `qwen`: the command line over the libqwen API (run, chat, serve, tokenize, logits, info).
 
 use clap::{Args, Parser, Subcommand};
 use qwen::chat::{
@@ -42,6 +42,9 @@ enum Command {
     Perplexity(PerplexityArgs),
     /// Measure prefill and decode speed (like llama-bench).
     Bench(BenchArgs),
+    /// OpenAI-compatible HTTP server with continuous batching and a web chat page.
+    #[cfg(feature = "server")]
+    Serve(qwen::server::ServeArgs),
 }
 
 #[derive(Args)]
@@ -266,6 +269,8 @@ fn main() {
         Command::Info(a) => info(a),
         Command::Perplexity(a) => perplexity(a),
         Command::Bench(a) => bench(a),
+        #[cfg(feature = "server")]
+        Command::Serve(a) => qwen::server::run(a).map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
