@@ -145,8 +145,14 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-/// Parses a JSON body into `T`; any failure is a 400 that says where.
+/// Parses a JSON body into `T`; any failure is a 400 that says where (`param` names the
+/// top-level field, the message the full path such as `messages[0].role`).
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    from_json(parse_json(body)?)
+}
+
+/// The body as a JSON object, or a 400.
+pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "the request body is empty; send a JSON object",
@@ -157,28 +163,39 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     if !value.is_object() {
         return Err(ApiError::invalid("the request body must be a JSON object"));
     }
-    serde_path_to_error(value)
+    Ok(value)
 }
 
-/// Deserializes, naming the field a type error concerns (serde_json reports only a position,
-/// and for a `Value` not even that, so the field path is tracked by hand for the top level).
-fn serde_path_to_error<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-    match serde_json::from_value::<T>(value.clone()) {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            // Find the top-level field whose removal makes the error go away: that is the
-            // offending one. Bodies are small, and this runs only on failure.
-            let obj = value.as_object().expect("checked by the caller");
-            for key in obj.keys() {
-                let mut trimmed = obj.clone();
-                trimmed.remove(key);
-                if serde_json::from_value::<T>(Value::Object(trimmed)).is_ok() {
-                    return Err(ApiError::param(key, format!("invalid `{key}`: {e}")));
-                }
-            }
-            Err(ApiError::invalid(format!("invalid request: {e}")))
+/// `T` from a JSON object, or a 400 naming the field.
+pub fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let top = path
+            .split(['.', '['])
+            .next()
+            .filter(|s| !s.is_empty() && *s != "?");
+        match top {
+            Some(field) => ApiError::param(field, format!("invalid `{path}`: {}", e.inner())),
+            None => ApiError::invalid(format!("invalid request: {}", e.inner())),
         }
-    }
+    })
+}
+
+/// A chat request with its sampling fields. (They are parsed on their own: serde's `flatten`
+/// would lose the name of a field with a wrong type.)
+pub fn parse_chat(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    let value = parse_json(body)?;
+    let mut req: ChatCompletionRequest = from_json(value.clone())?;
+    req.sampling = from_json(value)?;
+    Ok(req)
+}
+
+/// A completion request with its sampling fields.
+pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
+    let value = parse_json(body)?;
+    let mut req: CompletionRequest = from_json(value.clone())?;
+    req.sampling = from_json(value)?;
+    Ok(req)
 }
 
 /// `stop`: one string or a list of strings.
@@ -328,7 +345,7 @@ pub struct ChatCompletionRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: SamplingFields,
     #[serde(default)]
     pub functions: Option<Vec<FunctionDef>>,
@@ -361,7 +378,7 @@ pub struct CompletionRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: SamplingFields,
     #[serde(default)]
     pub echo: Option<bool>,
@@ -619,7 +636,7 @@ mod tests {
     use super::*;
 
     fn chat(body: &str) -> Result<ChatCompletionRequest, ApiError> {
-        let r: ChatCompletionRequest = parse_body(body.as_bytes())?;
+        let r = parse_chat(body.as_bytes())?;
         r.validate_messages()?;
         r.sampling.validate(&Limits::default(), 1)?;
         Ok(r)
@@ -739,11 +756,12 @@ mod tests {
 
     #[test]
     fn completion_prompts() {
-        let r: CompletionRequest = parse_body(br#"{"prompt":"abc"}"#).unwrap();
+        let r = parse_completion(br#"{"prompt":"abc"}"#).unwrap();
         assert_eq!(r.prompt, PromptField::Text("abc".into()));
-        let r: CompletionRequest = parse_body(br#"{"prompt":[1,2,3]}"#).unwrap();
+        let r = parse_completion(br#"{"prompt":[1,2,3]}"#).unwrap();
         assert_eq!(r.prompt, PromptField::Ids(vec![1, 2, 3]));
-        let r: CompletionRequest = parse_body(br#"{"prompt":"x","echo":true}"#).unwrap();
+        let r = parse_completion(br#"{"prompt":"x","echo":true,"temperature":0}"#).unwrap();
+        assert_eq!(r.sampling.temperature, Some(0.0));
         assert_eq!(
             r.validate_extras().unwrap_err().param.as_deref(),
             Some("echo")

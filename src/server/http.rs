@@ -8,8 +8,8 @@
 //! Every error is OpenAI's error JSON with the matching status.
 
 use super::api::{
-    parse_body, ApiError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, Limits,
-    PromptField, Sampling, TokenizeRequest, Usage,
+    parse_body, parse_chat, parse_completion, ApiError, DetokenizeRequest, Limits, PromptField,
+    Sampling, TokenizeRequest, Usage,
 };
 use super::prompt::{chat_prompt, ChatPrompt};
 use super::scheduler::{
@@ -407,7 +407,7 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&st, body)?;
-    let req: ChatCompletionRequest = parse_body(&body)?;
+    let req = parse_chat(&body)?;
     req.validate_messages()?;
     let (id, seed) = st.next_id("chatcmpl");
     let sampling = req.sampling.validate(&st.limits, seed)?;
@@ -499,7 +499,7 @@ async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&st, body)?;
-    let req: CompletionRequest = parse_body(&body)?;
+    let req = parse_completion(&body)?;
     req.validate_extras()?;
     let (id, seed) = st.next_id("cmpl");
     let sampling = req.sampling.validate(&st.limits, seed)?;

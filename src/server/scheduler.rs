@@ -26,6 +26,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+/// Where a request's [`Event`]s arrive (`recv().await`, or `blocking_recv()` outside async code).
+pub type EventReceiver = UnboundedReceiver<Event>;
+
 /// One generation request, already tokenized and validated by the API layer.
 #[derive(Clone, Debug)]
 pub struct GenRequest {
@@ -167,6 +170,25 @@ struct Shared {
 }
 
 impl Shared {
+    /// Removes the queued requests whose client left or whose deadline passed.
+    fn purge(&self, q: &mut Queue) {
+        let now = Instant::now();
+        q.jobs.retain(|j| {
+            let gone = j.tx.is_closed();
+            let late = j.req.deadline.is_some_and(|d| now >= d);
+            if late && !gone {
+                let _ = j.tx.send(Event::Error(EngineError::Timeout));
+            }
+            if gone || late {
+                self.completed.fetch_add(1, Ordering::Relaxed);
+                if gone {
+                    self.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            !(gone || late)
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // A panic on the engine thread cannot leave the queue half-updated (pushes and pops
         // are single calls), so a poisoned lock is still usable.
@@ -234,7 +256,7 @@ impl Scheduler {
 
     /// Queues `req`. Events arrive on the returned receiver; dropping it cancels the request
     /// and frees its slot at the next step.
-    pub fn submit(&self, req: GenRequest) -> Result<UnboundedReceiver<Event>, SubmitError> {
+    pub fn submit(&self, req: GenRequest) -> Result<EventReceiver, SubmitError> {
         if req.prompt.is_empty() {
             return Err(SubmitError::Invalid("the prompt is empty".into()));
         }
@@ -260,7 +282,7 @@ impl Scheduler {
             return Err(SubmitError::ShuttingDown);
         }
         // Waiting requests whose client left do not count against the queue.
-        q.jobs.retain(|j| !j.tx.is_closed());
+        self.shared.purge(&mut q);
         if q.jobs.len() >= self.max_queue {
             return Err(SubmitError::QueueFull);
         }
@@ -409,22 +431,7 @@ impl Engine {
                 }
                 return false;
             }
-            let now = Instant::now();
-            let shared = &self.shared;
-            q.jobs.retain(|j| {
-                let gone = j.tx.is_closed();
-                let late = j.req.deadline.is_some_and(|d| now >= d);
-                if late && !gone {
-                    let _ = j.tx.send(Event::Error(EngineError::Timeout));
-                }
-                if gone || late {
-                    shared.completed.fetch_add(1, Ordering::Relaxed);
-                    if gone {
-                        shared.cancelled.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                !(gone || late)
-            });
+            self.shared.purge(&mut q);
             while let Some(free) = self.slots.iter().position(Option::is_none) {
                 let Some(job) = q.jobs.pop_front() else { break };
                 self.session.reset_seq(free);
