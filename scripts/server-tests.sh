@@ -7,7 +7,8 @@
 #   test_load.py   32 concurrent clients x 4 streaming requests on the tiny model (load_test.py)
 #   test_web.py    the chat page in headless Chromium (Debian's `chromium`; skipped if absent
 #                  outside CI); screenshot in target/server-web.png
-# Extra arguments go to pytest (e.g. `-k stream`). The real model is fetched if missing.
+# Extra arguments go to pytest (e.g. `-k stream`, or test files to run only those). The real
+# model is fetched if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -36,4 +37,9 @@ export QWEN_TINY_GGUF=$root/$tiny
 export QWEN_REAL_GGUF=${QWEN_REAL_GGUF:-$(scripts/fetch-models.sh 0.5b)}
 export QWEN_SCREENSHOT=$root/target/server-web.png
 
-"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/server "$@"
+# Test files or folders among the arguments replace the default of all of tests/server.
+targets=(tests/server)
+for a in "$@"; do
+  if [ -e "${a%%::*}" ]; then targets=(); break; fi
+done
+"$venv/bin/python" -m pytest -q -p no:cacheprovider "${targets[@]}" "$@"
