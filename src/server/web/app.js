@@ -88,11 +88,16 @@ function renderMarkdown(src) {
 
 // ---- Conversation ----
 
+// A message bubble; its `.body` holds the text (Markdown for the assistant), a `.meta` line
+// may follow it.
 function addBubble(role, text) {
   const div = document.createElement("div");
   div.className = "msg " + role;
-  if (role === "assistant") div.innerHTML = renderMarkdown(text);
-  else div.textContent = text;
+  const body = document.createElement("div");
+  body.className = "body";
+  if (role === "assistant") body.innerHTML = renderMarkdown(text);
+  else body.textContent = text;
+  div.appendChild(body);
   els.messages.appendChild(div);
   els.messages.scrollTop = els.messages.scrollHeight;
   return div;
@@ -166,9 +171,10 @@ async function send(text) {
   let failed = null;
   let scheduled = false;
   const started = performance.now();
+  const replyEl = bubble.querySelector(".body");
   const redraw = () => {
     scheduled = false;
-    bubble.innerHTML = renderMarkdown(reply);
+    replyEl.innerHTML = renderMarkdown(reply);
     els.messages.scrollTop = els.messages.scrollHeight;
   };
   try {
