@@ -4,6 +4,7 @@
 //! type or an out-of-range value all become a 400 with OpenAI's error object that names the
 //! offending field.
 
+use crate::chat::tools::{ChatMessage, FunctionSpec};
 use crate::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -215,105 +216,6 @@ impl StopField {
     }
 }
 
-/// Message content: a string or a list of parts (only `text` parts are understood).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub text: Option<String>,
-}
-
-/// `{"name": .., "arguments": "<JSON text>"}`, as in `function_call` and `tool_calls[].function`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct FunctionCall {
-    pub name: String,
-    #[serde(default)]
-    pub arguments: String,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct ToolCall {
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(rename = "type", default = "function_type")]
-    pub kind: String,
-    pub function: FunctionCall,
-}
-
-fn function_type() -> String {
-    "function".into()
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct ChatMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<Content>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub function_call: Option<FunctionCall>,
-    #[serde(default)]
-    pub tool_calls: Option<Vec<ToolCall>>,
-    #[serde(default)]
-    pub tool_call_id: Option<String>,
-}
-
-impl ChatMessage {
-    /// The text of the content (parts joined); `None` content is empty text.
-    pub fn text(&self) -> Result<String, ApiError> {
-        match &self.content {
-            None => Ok(String::new()),
-            Some(Content::Text(s)) => Ok(s.clone()),
-            Some(Content::Parts(parts)) => {
-                let mut out = String::new();
-                for p in parts {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(t)) => out.push_str(t),
-                        ("text", None) => {
-                            return Err(ApiError::param("messages", "a text part has no `text`"))
-                        }
-                        (other, _) => {
-                            return Err(ApiError::param(
-                                "messages",
-                                format!(
-                                    "content parts of type `{other}` are not supported (text only)"
-                                ),
-                            ))
-                        }
-                    }
-                }
-                Ok(out)
-            }
-        }
-    }
-}
-
-/// A function the model may call: `functions[]` or `tools[].function`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct FunctionDef {
-    pub name: String,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub parameters: Option<Value>,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct ToolDef {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub function: FunctionDef,
-}
-
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct StreamOptions {
     #[serde(default)]
@@ -340,19 +242,22 @@ pub struct SamplingFields {
 pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
-    pub messages: Vec<ChatMessage>,
+    /// Kept as JSON: [`chat::tools::ChatMessage`](crate::chat::tools::ChatMessage) reads them.
+    pub messages: Vec<Value>,
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
     #[serde(skip)]
     pub sampling: SamplingFields,
+    /// Qwen-1 / legacy OpenAI function calling: answered with `function_call`.
     #[serde(default)]
-    pub functions: Option<Vec<FunctionDef>>,
+    pub functions: Option<Vec<Value>>,
     #[serde(default)]
     pub function_call: Option<Value>,
+    /// Current OpenAI function calling: answered with `tool_calls`.
     #[serde(default)]
-    pub tools: Option<Vec<ToolDef>>,
+    pub tools: Option<Vec<Value>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
     #[serde(default)]
@@ -547,41 +452,78 @@ impl SamplingFields {
     }
 }
 
-/// The roles a chat message may have.
-pub const ROLES: [&str; 5] = ["system", "user", "assistant", "function", "tool"];
+/// Which function-calling API a request speaks (the answer follows it; the prompt format
+/// follows the model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// No functions offered (or `tool_choice` / `function_call` is `"none"`).
+    None,
+    /// `functions` → `message.function_call`, finish_reason `function_call`.
+    Functions,
+    /// `tools` → `message.tool_calls`, finish_reason `tool_calls`.
+    Tools,
+}
 
 impl ChatCompletionRequest {
-    /// Checks what the sampling validation does not: messages, roles, tools.
-    pub fn validate_messages(&self) -> Result<(), ApiError> {
+    /// The messages, checked: a known role each, text content, well-formed calls.
+    pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::param(
                 "messages",
                 "`messages` is empty; send at least one message",
             ));
         }
-        for (i, m) in self.messages.iter().enumerate() {
-            if !ROLES.contains(&m.role.as_str()) {
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                ChatMessage::from_value(m).map_err(|e| {
+                    ApiError::param("messages", format!("messages[{i}]: {}", plain(&e)))
+                })
+            })
+            .collect()
+    }
+
+    /// The functions offered and the dialect of the answer. `tools` wins over `functions`
+    /// when both are given; `"none"` as `tool_choice` / `function_call` offers none.
+    pub fn functions(&self) -> Result<(Vec<FunctionSpec>, Dialect), ApiError> {
+        let (field, list, dialect, choice) = match (&self.tools, &self.functions) {
+            (Some(t), _) => ("tools", t, Dialect::Tools, &self.tool_choice),
+            (None, Some(f)) => ("functions", f, Dialect::Functions, &self.function_call),
+            (None, None) => return Ok((Vec::new(), Dialect::None)),
+        };
+        let specs = list
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                FunctionSpec::from_value(f)
+                    .map_err(|e| ApiError::param(field, format!("{field}[{i}]: {}", plain(&e))))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let choice_field = if dialect == Dialect::Tools {
+            "tool_choice"
+        } else {
+            "function_call"
+        };
+        match choice {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "none" => return Ok((Vec::new(), Dialect::None)),
+            Some(Value::String(s)) if s == "auto" => {}
+            Some(other) => {
                 return Err(ApiError::param(
-                    "messages",
-                    format!(
-                        "messages[{i}].role is `{}`; expected one of system, user, assistant, function, tool",
-                        m.role
-                    ),
-                ));
-            }
-            m.text()?;
-        }
-        if let Some(tools) = &self.tools {
-            if let Some(t) = tools.iter().find(|t| t.kind != "function") {
-                return Err(ApiError::param(
-                    "tools",
-                    format!(
-                        "tools of type `{}` are not supported (only `function`)",
-                        t.kind
-                    ),
-                ));
+                    choice_field,
+                    format!("{choice_field} {other} is not supported (only \"auto\" or \"none\")"),
+                ))
             }
         }
+        if specs.is_empty() {
+            return Ok((specs, Dialect::None));
+        }
+        Ok((specs, dialect))
+    }
+
+    /// Checks what the sampling validation does not.
+    pub fn validate_extras(&self) -> Result<(), ApiError> {
         if self.logprobs == Some(true) {
             return Err(ApiError::param("logprobs", "logprobs are not supported"));
         }
@@ -590,6 +532,14 @@ impl ChatCompletionRequest {
 
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)
+    }
+}
+
+/// A library error's message without its "invalid argument: " prefix.
+fn plain(e: &crate::Error) -> String {
+    match e {
+        crate::Error::InvalidArgument(m) => m.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -637,7 +587,9 @@ mod tests {
 
     fn chat(body: &str) -> Result<ChatCompletionRequest, ApiError> {
         let r = parse_chat(body.as_bytes())?;
-        r.validate_messages()?;
+        r.messages()?;
+        r.functions()?;
+        r.validate_extras()?;
         r.sampling.validate(&Limits::default(), 1)?;
         Ok(r)
     }
@@ -646,7 +598,7 @@ mod tests {
     fn accepts_a_plain_request() {
         let r = chat(r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"stop":"\n"}"#)
             .unwrap();
-        assert_eq!(r.messages[0].text().unwrap(), "hi");
+        assert_eq!(r.messages().unwrap()[0].content, "hi");
         assert_eq!(r.sampling.stop, Some(StopField::One("\n".into())));
         let s = r.sampling.validate(&Limits::default(), 9).unwrap();
         assert_eq!(s.params.seed, 9);
@@ -660,7 +612,7 @@ mod tests {
             r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
         )
         .unwrap();
-        assert_eq!(r.messages[0].text().unwrap(), "ab");
+        assert_eq!(r.messages().unwrap()[0].content, "a\nb");
         let e =
             chat(r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#).unwrap_err();
         assert_eq!(e.status, 400);
@@ -696,10 +648,49 @@ mod tests {
         assert_eq!((e.status, e.param.as_deref()), (400, Some("messages")));
         let e = chat(r#"{"messages":[{"role":"wizard","content":"x"}]}"#).unwrap_err();
         assert!(e.message.contains("wizard"), "{}", e.message);
-        for role in ROLES {
+        for role in ["system", "user", "assistant", "function", "tool"] {
             let body = format!(r#"{{"messages":[{{"role":"{role}","content":"x"}}]}}"#);
             chat(&body).unwrap();
         }
+    }
+
+    #[test]
+    fn function_dialects() {
+        let msgs = r#""messages":[{"role":"user","content":"x"}]"#;
+        let f = r#"{"name":"f","description":"d","parameters":{"type":"object"}}"#;
+        let r = chat(&format!("{{{msgs},\"functions\":[{f}]}}")).unwrap();
+        let (specs, d) = r.functions().unwrap();
+        assert_eq!((specs.len(), d), (1, Dialect::Functions));
+        let r = chat(&format!(
+            "{{{msgs},\"tools\":[{{\"type\":\"function\",\"function\":{f}}}]}}"
+        ))
+        .unwrap();
+        assert_eq!(r.functions().unwrap().1, Dialect::Tools);
+        let r = chat(&format!(
+            "{{{msgs},\"tools\":[{{\"type\":\"function\",\"function\":{f}}}],\"tool_choice\":\"none\"}}"
+        ))
+        .unwrap();
+        assert_eq!(r.functions().unwrap(), (vec![], Dialect::None));
+        assert_eq!(
+            chat(&format!("{{{msgs}}}")).unwrap().functions().unwrap().1,
+            Dialect::None
+        );
+        for bad in [
+            format!("{{{msgs},\"tools\":[{{\"type\":\"retrieval\"}}]}}"),
+            format!("{{{msgs},\"functions\":[{{\"description\":\"no name\"}}]}}"),
+            format!("{{{msgs},\"functions\":[{f}],\"function_call\":{{\"name\":\"f\"}}}}"),
+        ] {
+            let e = chat(&bad).unwrap_err();
+            assert_eq!(e.status, 400, "{bad}");
+            assert!(e.param.is_some(), "{bad}");
+        }
+        // Calls and results in the history are understood.
+        chat(
+            r#"{"messages":[{"role":"user","content":"x"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"c1","content":"42"}]}"#,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -8,14 +8,15 @@
 //! Every error is OpenAI's error JSON with the matching status.
 
 use super::api::{
-    parse_body, parse_chat, parse_completion, ApiError, DetokenizeRequest, Limits, PromptField,
-    Sampling, TokenizeRequest, Usage,
+    parse_body, parse_chat, parse_completion, ApiError, DetokenizeRequest, Dialect, Limits,
+    PromptField, Sampling, TokenizeRequest, Usage,
 };
-use super::prompt::{chat_prompt, ChatPrompt};
+use super::prompt::{chat_prompt, message_json, tool_calls_json, ToolStream};
 use super::scheduler::{
     EngineError, Event, Finished, GenRequest, Scheduler, StopReason, SubmitError,
 };
 use super::sse::{frame, SseStream};
+use crate::chat::tools::ToolChat;
 use crate::chat::ChatTokens;
 use crate::tokenizer::{EncodeMode, Tokenizer};
 use axum::body::{Body, Bytes};
@@ -47,6 +48,8 @@ pub struct AppState {
     pub cors_origins: Vec<String>,
     /// Print one line per finished request on stderr.
     pub log_requests: bool,
+    /// The model's chat and tool-use format.
+    tools: ToolChat,
     ct: ChatTokens,
     started: u64,
     counter: AtomicU64,
@@ -54,7 +57,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(scheduler: Scheduler, model_id: String) -> crate::Result<AppState> {
-        let ct = ChatTokens::from_tokenizer(scheduler.model().tokenizer()?)?;
+        let tools = ToolChat::for_model(scheduler.model())?;
+        let ct = *tools.chat_tokens();
         let started = unix_time();
         Ok(AppState {
             scheduler,
@@ -65,6 +69,7 @@ impl AppState {
             max_body: 1 << 20,
             cors_origins: Vec::new(),
             log_requests: false,
+            tools,
             ct,
             started,
             counter: AtomicU64::new(0),
@@ -322,6 +327,13 @@ fn submit_error(e: SubmitError) -> ApiError {
     }
 }
 
+/// What one generation runs: prompt ids and what ends the answer.
+struct ChatPrompt {
+    ids: Vec<u32>,
+    stop_tokens: Vec<u32>,
+    stop_strings: Vec<String>,
+}
+
 /// Queues a generation of `prompt` and returns its event receiver.
 fn submit(
     st: &AppState,
@@ -346,8 +358,8 @@ fn submit(
         .max_tokens
         .unwrap_or(st.limits.max_tokens)
         .min(room);
-    let mut stop_strings = prompt.stop_strings;
-    stop_strings.extend(sampling.stop.iter().cloned());
+    // The caller put the request's stop strings into the prompt's.
+    let stop_strings = prompt.stop_strings;
     let req = GenRequest {
         prompt: prompt.ids,
         sampling: sampling.params.clone(),
@@ -408,17 +420,25 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&st, body)?;
     let req = parse_chat(&body)?;
-    req.validate_messages()?;
+    req.validate_extras()?;
     let (id, seed) = st.next_id("chatcmpl");
     let sampling = req.sampling.validate(&st.limits, seed)?;
-    let prompt = chat_prompt(st.tokenizer(), &st.ct, &req)?;
-    let prompt_tokens = prompt.ids.len();
+    let plan = chat_prompt(&st.tools, st.tokenizer(), &req, &sampling.stop)?;
+    let prompt_tokens = plan.prompt.ids.len();
+    let prompt = ChatPrompt {
+        ids: plan.prompt.ids.clone(),
+        stop_tokens: st.ct.stop_tokens().to_vec(),
+        // The format's stop strings (ReAct: `Observation:`) and the request's.
+        stop_strings: plan.prompt.stop_strings.clone(),
+    };
     let rx = submit(&st, prompt, &sampling, "messages")?;
     let created = unix_time();
     let model = st.model_id.clone();
     if !req.is_stream() {
         let (text, f) = collect(rx).await?;
         log_done(&st, &id, &f);
+        let reply = plan.parse(&st.tools, &text, f.stop_string.is_some());
+        let (message, finish) = message_json(plan.dialect, &reply, &id);
         return Ok(axum::Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -426,9 +446,9 @@ async fn chat_completions(
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": null,
-                "finish_reason": finish_reason(&f),
+                "finish_reason": finish.unwrap_or(finish_reason(&f)),
             }],
             "usage": Usage::new(prompt_tokens, f.token_ids.len()),
         }))
@@ -449,14 +469,35 @@ async fn chat_completions(
     };
     let first = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
     let st2 = Arc::clone(&st);
+    let mut content = ToolStream::new(&plan);
+    let mut text = String::new();
     let translate = Box::new(move |ev: Event, out: &mut Vec<String>| match ev {
         Event::Text(t) => {
-            out.push(chunk(json!({ "content": t }), None));
+            if plan.dialect != Dialect::None {
+                text.push_str(&t);
+            }
+            if let Some(c) = content.push(&t) {
+                out.push(chunk(json!({ "content": c }), None));
+            }
             false
         }
         Event::Done(f) => {
             log_done(&st2, &id, &f);
-            out.push(chunk(json!({}), Some(finish_reason(&f))));
+            let reply = plan.parse(&st2.tools, &text, f.stop_string.is_some());
+            let rest = content.finish(&reply);
+            if !rest.is_empty() {
+                out.push(chunk(json!({ "content": rest }), None));
+            }
+            let (message, finish) = message_json(plan.dialect, &reply, &id);
+            if message.get("tool_calls").is_some() {
+                // Each call whole in one delta (clients concatenate argument pieces).
+                let calls = tool_calls_json(&id, &reply.tool_calls, true);
+                out.push(chunk(json!({ "tool_calls": calls }), None));
+            }
+            if let Some(call) = message.get("function_call") {
+                out.push(chunk(json!({ "function_call": call }), None));
+            }
+            out.push(chunk(json!({}), Some(finish.unwrap_or(finish_reason(&f)))));
             if include_usage {
                 out.push(frame(&json!({
                     "id": id,
@@ -515,7 +556,7 @@ async fn completions(
     let prompt = ChatPrompt {
         ids,
         stop_tokens: st.ct.stop_tokens().to_vec(),
-        stop_strings: Vec::new(),
+        stop_strings: sampling.stop.clone(),
     };
     let rx = submit(&st, prompt, &sampling, "prompt")?;
     let created = unix_time();
