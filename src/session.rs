@@ -250,6 +250,18 @@ impl Session {
         self.seqs[seq].clear();
     }
 
+    /// Drops the cached tokens of sequence `seq` after the first `n` (a server reuses the
+    /// prefix a new request shares with what the sequence held).
+    pub fn truncate_seq(&mut self, seq: usize, n: usize) {
+        self.seqs[seq].truncate(n);
+    }
+
+    /// The NTK alpha sequence `seq` was built with (1 unless a Qwen-1 prefill went past
+    /// `seq_length`); a cached prefix is only valid for a prompt that would get the same.
+    pub fn seq_ntk_alpha(&self, seq: usize) -> f64 {
+        self.ntk_alpha[seq]
+    }
+
     fn set_ntk_alpha(&mut self, seq: usize, alpha: f64) {
         if alpha != self.ntk_alpha[seq] {
             self.ntk_alpha[seq] = alpha;

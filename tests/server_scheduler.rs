@@ -146,6 +146,55 @@ fn batched_greedy_equals_unbatched_qwen1_with_ntk() {
     batched_equals_alone("qwen1-tiny");
 }
 
+/// A request that extends an earlier one's prompt and answer (a chat's next turn) finds that
+/// prefix in the slot's cache, evaluates only the rest, and answers exactly as it would alone.
+/// For Qwen-1, a prompt long enough for another NTK alpha is evaluated from scratch.
+fn prefix_reuse(name: &str) {
+    let Some(model) = model(name) else { return };
+    let sched = scheduler(&model, 2, SchedulerConfig::default());
+    let p = prompts(&model);
+    let (_, first) = collect(&mut sched.submit(greedy(p[1].clone(), 10)).unwrap());
+    let first = first.unwrap();
+    assert_eq!(first.cached_tokens, 0);
+    let mut next = p[1].clone();
+    next.extend_from_slice(&first.token_ids);
+    next.extend_from_slice(&p[2]);
+    let (_, second) = collect(&mut sched.submit(greedy(next.clone(), 12)).unwrap());
+    let second = second.unwrap();
+    // The cache held the prompt and the 9 answer tokens that were evaluated (the 10th was
+    // sampled last and never fed back).
+    assert_eq!(second.cached_tokens, p[1].len() + 9);
+    assert_eq!(second.token_ids, alone(&model, &next, 12));
+    // The same prompt again: everything but the last token is reused.
+    let (_, third) = collect(&mut sched.submit(greedy(next.clone(), 12)).unwrap());
+    let third = third.unwrap();
+    assert_eq!(third.cached_tokens, next.len() - 1);
+    assert_eq!(third.token_ids, second.token_ids);
+    // A long prompt that starts the same way (Qwen-1: past seq_length, another alpha).
+    let mut long = next.clone();
+    long.extend_from_slice(&p[3]);
+    let (_, fourth) = collect(&mut sched.submit(greedy(long.clone(), 8)).unwrap());
+    let fourth = fourth.unwrap();
+    let cfg = &model.config;
+    if cfg.ntk_alpha(long.len()) != cfg.ntk_alpha(next.len()) {
+        assert_eq!(fourth.cached_tokens, 0, "{name}");
+    } else {
+        assert_eq!(fourth.cached_tokens, next.len(), "{name}");
+    }
+    assert_eq!(fourth.token_ids, alone(&model, &long, 8));
+    assert!(sched.stats().reused_tokens > 0);
+}
+
+#[test]
+fn prefix_reuse_qwen2() {
+    prefix_reuse("qwen2-tiny");
+}
+
+#[test]
+fn prefix_reuse_qwen1_respects_ntk() {
+    prefix_reuse("qwen1-tiny");
+}
+
 #[test]
 fn stop_tokens_and_strings_end_generation() {
     let Some(model) = model("qwen2-tiny") else {

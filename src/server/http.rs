@@ -221,6 +221,7 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
         "requests_completed": s.completed,
         "requests_cancelled": s.cancelled,
         "tokens_generated": s.generated_tokens,
+        "prompt_tokens_reused": s.reused_tokens,
         "decode_steps": s.decode_steps,
         "decode_rows": s.decode_rows,
         "n_ctx": st.scheduler.n_ctx(),
@@ -392,8 +393,10 @@ fn log_done(st: &AppState, id: &str, f: &Finished) {
     if st.log_requests {
         let gen_secs = (f.elapsed - f.time_to_first_token).as_secs_f64();
         eprintln!(
-            "{id}: prompt {} tokens, {} generated ({}), first token after {:.2} s, {:.1} tokens/s",
+            "{id}: prompt {} tokens ({} cached), {} generated ({}), first token after {:.2} s, \
+             {:.1} tokens/s",
             f.prompt_tokens,
+            f.cached_tokens,
             f.token_ids.len(),
             finish_reason(f),
             f.time_to_first_token.as_secs_f64(),
@@ -450,7 +453,7 @@ async fn chat_completions(
                 "logprobs": null,
                 "finish_reason": finish.unwrap_or(finish_reason(&f)),
             }],
-            "usage": Usage::new(prompt_tokens, f.token_ids.len()),
+            "usage": Usage::new(prompt_tokens, f.token_ids.len(), f.cached_tokens),
         }))
         .into_response());
     }
@@ -505,7 +508,7 @@ async fn chat_completions(
                     "created": created,
                     "model": model,
                     "choices": [],
-                    "usage": Usage::new(f.prompt_tokens, f.token_ids.len()),
+                    "usage": Usage::new(f.prompt_tokens, f.token_ids.len(), f.cached_tokens),
                 })));
             }
             true
@@ -575,7 +578,7 @@ async fn completions(
                 "logprobs": null,
                 "finish_reason": finish_reason(&f),
             }],
-            "usage": Usage::new(prompt_tokens, f.token_ids.len()),
+            "usage": Usage::new(prompt_tokens, f.token_ids.len(), f.cached_tokens),
         }))
         .into_response());
     }
@@ -608,7 +611,7 @@ async fn completions(
                     "created": created,
                     "model": model,
                     "choices": [],
-                    "usage": Usage::new(f.prompt_tokens, f.token_ids.len()),
+                    "usage": Usage::new(f.prompt_tokens, f.token_ids.len(), f.cached_tokens),
                 })));
             }
             true

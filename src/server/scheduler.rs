@@ -3,7 +3,9 @@
 //!
 //! 1. drops requests whose client went away (their receiver was dropped) or whose deadline
 //!    passed, freeing their slots at once;
-//! 2. moves queued requests into free slots;
+//! 2. moves queued requests into free slots, each into the slot whose cache shares the longest
+//!    prefix with its prompt (a chat's next turn, a shared system prompt), which is then not
+//!    evaluated again;
 //! 3. evaluates a chunk of one joining request's prompt (`eval_seq`), so a long prompt delays
 //!    the running streams by one chunk per step rather than by its whole length;
 //! 4. runs one batched decode step (`decode_batch`) over every slot that is generating, so
@@ -66,6 +68,8 @@ pub struct Finished {
     /// Every sampled id, a final stop token included.
     pub token_ids: Vec<u32>,
     pub prompt_tokens: usize,
+    /// Prompt tokens found in the cache (a slot's earlier request shared that prefix).
+    pub cached_tokens: usize,
     /// Time from submission to the first sampled token, and the whole request.
     pub time_to_first_token: Duration,
     pub elapsed: Duration,
@@ -142,6 +146,8 @@ pub struct Stats {
     pub cancelled: u64,
     /// Tokens sampled since start.
     pub generated_tokens: u64,
+    /// Prompt tokens found in a slot's cache instead of evaluated.
+    pub reused_tokens: u64,
     /// Batched decode steps run, and the sequences they advanced in total.
     pub decode_steps: u64,
     pub decode_rows: u64,
@@ -165,6 +171,7 @@ struct Shared {
     completed: AtomicU64,
     cancelled: AtomicU64,
     generated_tokens: AtomicU64,
+    reused_tokens: AtomicU64,
     decode_steps: AtomicU64,
     decode_rows: AtomicU64,
 }
@@ -219,6 +226,7 @@ impl Scheduler {
             completed: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
+            reused_tokens: AtomicU64::new(0),
             decode_steps: AtomicU64::new(0),
             decode_rows: AtomicU64::new(0),
         });
@@ -306,6 +314,7 @@ impl Scheduler {
             completed: s.completed.load(Ordering::Relaxed),
             cancelled: s.cancelled.load(Ordering::Relaxed),
             generated_tokens: s.generated_tokens.load(Ordering::Relaxed),
+            reused_tokens: s.reused_tokens.load(Ordering::Relaxed),
             decode_steps: s.decode_steps.load(Ordering::Relaxed),
             decode_rows: s.decode_rows.load(Ordering::Relaxed),
         }
@@ -334,8 +343,10 @@ struct Slot {
     sampler: Sampler,
     decoder: StreamDecoder,
     matcher: StopMatcher,
-    /// Prompt tokens evaluated so far.
+    /// Prompt tokens evaluated so far (or found in the cache).
     prefilled: usize,
+    /// Prompt tokens that were already in the slot's cache.
+    cached: usize,
     /// The token to feed in the next decode step.
     next: Option<u32>,
     generated: Vec<u32>,
@@ -353,6 +364,7 @@ impl Slot {
             decoder: StreamDecoder::new(),
             matcher,
             prefilled: 0,
+            cached: 0,
             next: None,
             generated: Vec::with_capacity(job.req.max_tokens.min(4096)),
             counts: FxHashMap::default(),
@@ -432,11 +444,18 @@ impl Engine {
                 return false;
             }
             self.shared.purge(&mut q);
-            while let Some(free) = self.slots.iter().position(Option::is_none) {
+            while self.slots.iter().any(Option::is_none) {
                 let Some(job) = q.jobs.pop_front() else { break };
-                self.session.reset_seq(free);
-                self.slots[free] = Some(Slot::new(job));
-                self.order.push(free);
+                let (i, reuse) = self.pick_slot(&job.req.prompt);
+                self.session.truncate_seq(i, reuse);
+                let mut slot = Slot::new(job);
+                slot.prefilled = reuse;
+                slot.cached = reuse;
+                self.shared
+                    .reused_tokens
+                    .fetch_add(reuse as u64, Ordering::Relaxed);
+                self.slots[i] = Some(slot);
+                self.order.push(i);
             }
             self.shared
                 .active
@@ -448,6 +467,40 @@ impl Engine {
             // with every slot free nothing stays queued).
             q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// The free slot for `prompt`: the one whose cache shares the longest prefix with it (that
+    /// prefix is not evaluated again), ties to the shortest cache (keeping longer ones for
+    /// later). Returns the slot and how many prompt tokens it already holds. At least the last
+    /// prompt token is always evaluated, for its logits.
+    fn pick_slot(&self, prompt: &[u32]) -> (usize, usize) {
+        let cfg = &self.session.model().config;
+        let alpha = cfg.ntk_alpha(prompt.len());
+        let mut best = (usize::MAX, 0usize, usize::MAX);
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            let cached = self.session.seq_tokens(i);
+            // Qwen-1's dynamic NTK: keys cached under another alpha do not fit this prompt.
+            let common = if self.session.seq_ntk_alpha(i) == alpha {
+                cached
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(prompt.len() - 1)
+            } else {
+                0
+            };
+            if best.0 == usize::MAX
+                || common > best.1
+                || (common == best.1 && cached.len() < best.2)
+            {
+                best = (i, common, cached.len());
+            }
+        }
+        (best.0, best.1)
     }
 
     /// Frees the slots whose client went away or whose deadline passed.
@@ -465,9 +518,9 @@ impl Engine {
         }
     }
 
+    /// Ends slot `i`'s request. Its cache stays for a later request with the same prefix.
     fn free(&mut self, i: usize) {
         if self.slots[i].take().is_some() {
-            self.session.reset_seq(i);
             self.order.retain(|&s| s != i);
             self.shared.completed.fetch_add(1, Ordering::Relaxed);
             self.shared
@@ -591,6 +644,7 @@ impl Engine {
                                 .send(Event::Error(EngineError::Internal(e.to_string())));
                         }
                         self.free(i);
+                        self.session.reset_seq(i);
                     }
                 }
             }
@@ -655,6 +709,7 @@ fn sample(slot: &mut Slot, i: usize, row: &mut [f32], session: &Session, shared:
             stop_string: slot.matcher.matched().map(str::to_string),
             token_ids: std::mem::take(&mut slot.generated),
             prompt_tokens: req.prompt.len(),
+            cached_tokens: slot.cached,
             time_to_first_token: slot.first_token_at.unwrap_or(now) - slot.job.submitted,
             elapsed: now - slot.job.submitted,
         };

@@ -97,10 +97,12 @@ def test_plain_chat(tiny):
     u = r.usage
     assert 0 < u.completion_tokens <= 24
     assert u.total_tokens == u.prompt_tokens + u.completion_tokens
-    # Greedy decoding is deterministic; a new id each time.
+    # Greedy decoding is deterministic; a new id each time. The repeated prompt was found in
+    # the slot's cache (all but its last token, whose logits are needed).
     again = chat(tiny, HELLO)
     assert again.choices[0].message.content == choice.message.content
     assert again.id != r.id
+    assert again.usage.prompt_tokens_details.cached_tokens == u.prompt_tokens - 1
 
 
 def test_history_and_all_roles_shape(tiny):
