@@ -150,6 +150,13 @@ impl Session {
         let max_batch = params.max_batch.clamp(1, n_ctx.max(opts.n_seq));
         let scratch = Scratch::new(&model, max_batch, n_ctx, n_threads);
         let half = c.head_dim / 2;
+        // Only a Q8 cache uses the key bias (see kv_cache's docs).
+        let key_bias: Option<Vec<f32>> = (0..c.n_layer)
+            .filter(|_| opts.kv_cache == KvCacheType::Q8)
+            .map(|l| model.key_bias(l).map(<[f32]>::to_vec))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat())
+            .filter(|v| !v.is_empty());
         let mut s = Session {
             kv: KvCache::with_type(
                 opts.kv_cache,
@@ -170,6 +177,9 @@ impl Session {
             n_evaluated: 0,
             model,
         };
+        if let Some(bias) = key_bias {
+            s.kv.set_key_bias(bias)?;
+        }
         for seq in 0..opts.n_seq {
             s.set_ntk_alpha(seq, 1.0);
         }

@@ -198,7 +198,11 @@ pub fn forward(
                 &s.k[t * kv_dim..(t + 1) * kv_dim],
                 &s.v[t * kv_dim..(t + 1) * kv_dim],
             );
-            kv.store_seq(li, seq[t], pos[t], k, v);
+            let (cos, sin) = (
+                &s.cos[t * half..(t + 1) * half],
+                &s.sin[t * half..(t + 1) * half],
+            );
+            kv.store_rotated(li, seq[t], pos[t], k, v, cos, sin);
         }
         attention(pool, kv, li, s, batch, n_head, hd);
 

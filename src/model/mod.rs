@@ -98,3 +98,17 @@ impl Model {
             + embd_row
     }
 }
+
+impl Model {
+    /// The key projection's bias of layer `layer` (`[n_head_kv * head_dim]`), if the model has one.
+    pub fn key_bias(&self, layer: usize) -> Option<&[f32]> {
+        let kv_dim = self.config.n_head_kv * self.config.head_dim;
+        match &self.weights.layers.get(layer)?.attn {
+            weights::Attention::Fused { qkv_bias, .. } => {
+                let d = self.config.n_embd;
+                self.vector(qkv_bias).get(d..d + kv_dim)
+            }
+            weights::Attention::Split { k_bias, .. } => Some(self.vector(k_bias)),
+        }
+    }
+}
