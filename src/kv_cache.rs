@@ -206,7 +206,7 @@ impl KvCache {
             return Ok(());
         }
         let kv_dim = self.n_head_kv * self.head_dim;
-        if bias.len() != self.n_layer * kv_dim || self.head_dim % 2 != 0 {
+        if bias.len() != self.n_layer * kv_dim || !self.head_dim.is_multiple_of(2) {
             return Err(Error::InvalidArgument(format!(
                 "key bias of {} values for {} layers of {} (head_dim {})",
                 bias.len(),
