@@ -194,11 +194,12 @@ struct RunArgs {
     #[arg(long = "stop")]
     stop: Vec<String>,
     /// --chat: functions the model may call (OpenAI `functions` or `tools` JSON); the reply is
-    /// parsed into content and tool calls.
+    /// parsed into content and tool calls. With -n 0 the prompt is printed instead (with
+    /// --json: its text, ids and stop strings).
     #[arg(long, requires = "chat", conflicts_with_all = ["batch_file", "history"])]
     tools: Option<PathBuf>,
     /// With --tools: the conversation as an OpenAI message list, results of calls included
-    /// (instead of -p).
+    /// (instead of -p and --system).
     #[arg(long, requires = "tools", conflicts_with = "prompt")]
     messages: Option<PathBuf>,
     /// With --tools: `react` (Qwen-1) or `qwen25` (`<tool_call>`); default: from the model.
