@@ -1,5 +1,8 @@
 //! `qwen`: the command line over the libqwen API (run, chat, tokenize, logits, info).
 
+#[path = "qwen/tools.rs"]
+mod tools;
+
 use clap::{Args, Parser, Subcommand};
 use qwen::chat::{
     generate_text, ChatSession, ChatTokens, Conversation, GenerateOptions, StopMatcher,
@@ -158,7 +161,7 @@ struct RunArgs {
     #[arg(
         short = 'p',
         long = "prompt",
-        required_unless_present = "batch_file",
+        required_unless_present_any = ["batch_file", "messages"],
         conflicts_with = "batch_file",
         default_value = ""
     )]
@@ -190,6 +193,18 @@ struct RunArgs {
     /// Stop before this string (may be given several times); it never appears in the output.
     #[arg(long = "stop")]
     stop: Vec<String>,
+    /// --chat: functions the model may call (OpenAI `functions` or `tools` JSON); the reply is
+    /// parsed into content and tool calls. With -n 0 the prompt is printed instead (with
+    /// --json: its text, ids and stop strings).
+    #[arg(long, requires = "chat", conflicts_with_all = ["batch_file", "history"])]
+    tools: Option<PathBuf>,
+    /// With --tools: the conversation as an OpenAI message list, results of calls included
+    /// (instead of -p and --system).
+    #[arg(long, requires = "tools", conflicts_with = "prompt")]
+    messages: Option<PathBuf>,
+    /// With --tools: `react` (Qwen-1) or `qwen25` (`<tool_call>`); default: from the model.
+    #[arg(long = "tool-format", requires = "tools")]
+    tool_format: Option<String>,
     /// Print one JSON object at the end instead of streaming text. With -n 0 nothing is
     /// evaluated: it shows the prompt ids that would be prefilled.
     #[arg(long)]
@@ -314,6 +329,9 @@ fn write_piece(out: &mut impl Write, piece: &str) -> bool {
 fn run(a: RunArgs) -> CliResult {
     if a.batch_file.is_some() {
         return run_batch(a);
+    }
+    if let Some(path) = &a.tools {
+        return tools::run(&a, path);
     }
     let sampling = a.sampling.params()?;
     let (model, session) = load(&a.model)?;
