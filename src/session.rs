@@ -128,6 +128,7 @@ impl Session {
         opts: &SessionOptions,
     ) -> Result<Session> {
         let c = &model.config;
+        c.check_rope()?;
         let n_ctx = match params.n_ctx {
             0 => c.n_ctx_train.clamp(1, 4096),
             n => n,

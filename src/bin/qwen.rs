@@ -74,6 +74,8 @@ struct BenchArgs {
     reps: usize,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    rope: RopeArgs,
 }
 
 #[derive(Args)]
@@ -97,6 +99,56 @@ struct ModelArgs {
     /// model file (exact), f16 otherwise.
     #[arg(long = "kv-cache")]
     kv_cache: Option<String>,
+    #[command(flatten)]
+    rope: RopeArgs,
+}
+
+/// RoPE scaling overrides (for a model whose file does not ask for the scaling it needs).
+#[derive(Args)]
+struct RopeArgs {
+    /// RoPE scaling instead of the file's: yarn, linear or none. Qwen2.5 documents
+    /// `--rope-scaling yarn --rope-scale 4 --yarn-orig-ctx 32768` for contexts past 32K.
+    #[arg(long = "rope-scaling")]
+    rope_scaling: Option<String>,
+    /// Scaling factor for --rope-scaling (how many times the original context to reach).
+    #[arg(long = "rope-scale", requires = "rope_scaling")]
+    rope_scale: Option<f64>,
+    /// YaRN: the context length the model was trained with (default: the file's
+    /// rope.scaling.original_context_length, else its context_length).
+    #[arg(long = "yarn-orig-ctx", requires = "rope_scaling")]
+    yarn_orig_ctx: Option<usize>,
+}
+
+impl RopeArgs {
+    /// Replaces the model's RoPE scaling when --rope-scaling is given.
+    fn apply(&self, config: &mut qwen::model::ModelConfig) -> Result<(), qwen::Error> {
+        use qwen::model::RopeScaling;
+        let Some(kind) = &self.rope_scaling else {
+            return Ok(());
+        };
+        let kind = kind.to_ascii_lowercase();
+        let (file_factor, file_orig) = match &config.rope_scaling {
+            RopeScaling::Yarn(y) => (Some(y.factor), Some(y.original_context)),
+            RopeScaling::Linear { factor } => (Some(*factor), None),
+            RopeScaling::None => (None, None),
+        };
+        let factor = match (self.rope_scale, file_factor) {
+            (Some(f), _) => f,
+            (None, Some(f)) if kind != "none" => f,
+            (None, _) if kind == "none" => 1.0,
+            (None, _) => {
+                return Err(qwen::Error::InvalidArgument(format!(
+                    "--rope-scaling {kind} needs --rope-scale (the file has no factor)"
+                )))
+            }
+        };
+        let orig = self
+            .yarn_orig_ctx
+            .or(file_orig)
+            .unwrap_or(config.n_ctx_train);
+        config.rope_scaling = RopeScaling::from_parts(&kind, factor, orig)?;
+        config.check_rope()
+    }
 }
 
 #[derive(Args)]
@@ -286,6 +338,7 @@ fn load_seqs(args: &ModelArgs, n_seq: usize) -> Result<(Arc<Model>, Session), qw
     if args.no_logn {
         model.config.use_logn_attn = false;
     }
+    args.rope.apply(&mut model.config)?;
     let model = Arc::new(model);
     let params = SessionParams {
         n_ctx: args.ctx,
@@ -740,6 +793,8 @@ fn info(a: InfoArgs) -> CliResult {
         "seq_length": c.seq_length,
         "use_dynamic_ntk": c.use_dynamic_ntk,
         "use_logn_attn": c.use_logn_attn,
+        "rope_scaling": c.rope_scaling.name(),
+        "rope_attn_factor": c.rope_attn_factor(),
         "tokenizer_tokens": model.tokenizer.as_ref().map(|t| t.n_vocab()),
         "n_params": f.tensor_infos().iter().map(|t| t.n_elements()).sum::<usize>(),
         "weight_bytes": f.tensor_infos().iter().map(|t| t.n_bytes()).sum::<usize>(),
@@ -760,7 +815,7 @@ fn bench(a: BenchArgs) -> CliResult {
         reps: a.reps,
         n_threads: a.threads,
     };
-    let r = qwen::bench::run(&a.model, &params)?;
+    let r = qwen::bench::run_with(&a.model, &params, |c| a.rope.apply(c))?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

@@ -173,6 +173,7 @@ mod tests {
             seq_length: 0,
             use_dynamic_ntk: false,
             use_logn_attn: false,
+            rope_scaling: crate::model::config::RopeScaling::None,
         }
     }
 
