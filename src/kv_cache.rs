@@ -138,6 +138,58 @@ impl Store {
         }
     }
 
+    /// Appends rows `row0..row0 + n` as little-endian bytes: the elements, then (Q8) the scales.
+    fn export(&self, row0: usize, n: usize, hd: usize, out: &mut Vec<u8>) {
+        fn put<const N: usize, T: Copy>(out: &mut Vec<u8>, src: &[T], le: impl Fn(T) -> [u8; N]) {
+            let start = out.len();
+            out.resize(start + src.len() * N, 0);
+            for (o, &v) in out[start..].chunks_exact_mut(N).zip(src) {
+                o.copy_from_slice(&le(v));
+            }
+        }
+        let (a, b) = (row0 * hd, (row0 + n) * hd);
+        match self {
+            Store::F32(d) => put(out, &d[a..b], f32::to_le_bytes),
+            Store::F16(d) => put(out, &d[a..b], |h| h),
+            Store::Q8 { q, scale } => {
+                put(out, &q[a..b], i8::to_le_bytes);
+                let qb = q8_block(hd);
+                put(out, &scale[a / qb..b / qb], f32::to_le_bytes);
+            }
+        }
+    }
+
+    /// Overwrites rows `row0..row0 + n` from bytes laid out as [`export`](Self::export) writes
+    /// them; returns how many bytes that took.
+    fn import(&mut self, row0: usize, n: usize, hd: usize, bytes: &[u8]) -> usize {
+        fn get<const N: usize, T>(
+            dst: &mut [T],
+            bytes: &[u8],
+            from_le: impl Fn([u8; N]) -> T,
+        ) -> usize {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(N)) {
+                let mut a = [0u8; N];
+                a.copy_from_slice(b);
+                *d = from_le(a);
+            }
+            dst.len() * N
+        }
+        let (a, b) = (row0 * hd, (row0 + n) * hd);
+        match self {
+            Store::F32(d) => get(&mut d[a..b], bytes, f32::from_le_bytes),
+            Store::F16(d) => get(&mut d[a..b], bytes, |h| h),
+            Store::Q8 { q, scale } => {
+                let used = get(&mut q[a..b], bytes, i8::from_le_bytes);
+                let qb = q8_block(hd);
+                used + get(
+                    &mut scale[a / qb..b / qb],
+                    &bytes[used..],
+                    f32::from_le_bytes,
+                )
+            }
+        }
+    }
+
     fn bytes(&self) -> usize {
         match self {
             Store::F32(d) => d.len() * 4,
@@ -226,6 +278,23 @@ impl KvCache {
             centred: vec![0.0; kv_dim],
         });
         Ok(())
+    }
+
+    /// Whether keys carry their rotation angles beside them (a Q8 cache with a key bias):
+    /// then rows brought back by [`import_rows`](Self::import_rows) need
+    /// [`set_rotation`](Self::set_rotation) for each position too.
+    pub fn records_rotations(&self) -> bool {
+        self.key_bias.is_some()
+    }
+
+    /// Records the angles the key at `pos` of `seq` was rotated by, as storing it does.
+    pub fn set_rotation(&mut self, seq: usize, pos: usize, cos: &[f32], sin: &[f32]) {
+        if let Some(kb) = &mut self.key_bias {
+            let (hd, half) = (self.head_dim, self.head_dim / 2);
+            let at = (seq * self.n_ctx + pos) * hd;
+            kb.rope[at..at + half].copy_from_slice(&cos[..half]);
+            kb.rope[at + half..at + hd].copy_from_slice(&sin[..half]);
+        }
     }
 
     /// Stores one token's rotated keys and values (`[n_head_kv * head_dim]` each) at `pos` of
@@ -365,6 +434,35 @@ impl KvCache {
             }
             _ => unreachable!("keys and values share one type"),
         }
+    }
+
+    /// Bytes [`export_rows`](Self::export_rows) writes for `len` positions of one sequence in
+    /// one layer (keys and values).
+    pub fn rows_bytes(&self, len: usize) -> usize {
+        2 * len * self.n_head_kv * self.ty.row_bytes(self.head_dim)
+    }
+
+    /// Appends the stored keys, then values, of positions `0..len` of sequence `seq` in `layer`
+    /// to `out`, bit for bit (little-endian elements; for Q8 the int8 values, then the scales).
+    pub fn export_rows(&self, layer: usize, seq: usize, len: usize, out: &mut Vec<u8>) {
+        debug_assert!(len <= self.n_ctx);
+        let (r, n) = (self.row(layer, seq, 0), len * self.n_head_kv);
+        self.k.export(r, n, self.head_dim, out);
+        self.v.export(r, n, self.head_dim, out);
+    }
+
+    /// Overwrites positions `0..len` of sequence `seq` in `layer` from what
+    /// [`export_rows`](Self::export_rows) wrote: `bytes.len()` must be
+    /// [`rows_bytes(len)`](Self::rows_bytes).
+    pub fn import_rows(&mut self, layer: usize, seq: usize, len: usize, bytes: &[u8]) {
+        assert!(
+            len <= self.n_ctx && bytes.len() == self.rows_bytes(len),
+            "import_rows: {} bytes for {len} positions",
+            bytes.len()
+        );
+        let (r, n) = (self.row(layer, seq, 0), len * self.n_head_kv);
+        let used = self.k.import(r, n, self.head_dim, bytes);
+        self.v.import(r, n, self.head_dim, &bytes[used..]);
     }
 
     /// Keys and values of positions `0..len` of sequence 0 of a layer as f32 (`[len, kv_dim]`),
@@ -717,5 +815,34 @@ mod tests {
         );
         let mut c = KvCache::with_type(KvCacheType::Q8, n_layer, n_seq, n_ctx, nkv, hd);
         assert!(c.set_key_bias(vec![0.0; 3]).is_err());
+    }
+
+    #[test]
+    fn exported_rows_import_bit_for_bit() {
+        let (n_layer, n_seq, n_ctx, nkv, hd) = (2, 2, 6, 2, 64);
+        let x: Vec<f32> = (0..4 * nkv * hd)
+            .map(|i| ((i * 53 % 41) as f32 - 20.0) * 0.113)
+            .collect();
+        let y: Vec<f32> = x.iter().map(|v| v * -0.7 + 0.05).collect();
+        for ty in [KvCacheType::F32, KvCacheType::F16, KvCacheType::Q8] {
+            let mut a = KvCache::with_type(ty, n_layer, n_seq, n_ctx, nkv, hd);
+            a.store_seq(1, 1, 0, &x, &y);
+            let mut bytes = Vec::new();
+            a.export_rows(1, 1, 4, &mut bytes);
+            assert_eq!(bytes.len(), a.rows_bytes(4));
+            assert_eq!(bytes.len(), 4 * ty.bytes_per_token(1, nkv, hd));
+            let mut b = KvCache::with_type(ty, n_layer, n_seq, n_ctx, nkv, hd);
+            b.import_rows(1, 1, 4, &bytes);
+            let (ka, va) = a.read_f32(1, 1, n_ctx);
+            let (kb, vb) = b.read_f32(1, 1, n_ctx);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ka), bits(&kb), "{ty:?}");
+            assert_eq!(bits(&va), bits(&vb), "{ty:?}");
+            assert!(b.read_f32(1, 0, n_ctx).0.iter().all(|&v| v == 0.0));
+            assert!(b.read_f32(0, 1, n_ctx).0.iter().all(|&v| v == 0.0));
+            let mut again = Vec::new();
+            b.export_rows(1, 1, 4, &mut again);
+            assert_eq!(again, bytes, "{ty:?}");
+        }
     }
 }

@@ -7,6 +7,15 @@
 //! own, then every decode step sends one token of each live sequence through one forward pass
 //! ([`decode_batch`](Session::decode_batch), [`generate_batch`](Session::generate_batch)), so
 //! the weights are read once per step for all of them (matrix-matrix products).
+//!
+//! [`save_state`](Session::save_state) / [`load_state`](Session::load_state) write and restore
+//! the whole state (tokens, KV cache contents, last logits, NTK alphas, optionally a sampler's
+//! random state) in a versioned, checksummed format ([`SessionState`]); a restored session
+//! continues exactly as the saved one would.
+
+mod state;
+
+pub use state::{SessionState, MAX_USER_DATA, STATE_VERSION};
 
 use crate::backend::cpu::{default_threads, ThreadPool};
 use crate::error::{Error, Result};
@@ -128,6 +137,7 @@ impl Session {
         opts: &SessionOptions,
     ) -> Result<Session> {
         let c = &model.config;
+        c.check_rope()?;
         let n_ctx = match params.n_ctx {
             0 => c.n_ctx_train.clamp(1, 4096),
             n => n,

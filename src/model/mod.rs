@@ -5,7 +5,7 @@ pub mod config;
 pub mod forward;
 pub mod weights;
 
-pub use config::{Arch, ModelConfig};
+pub use config::{Arch, ModelConfig, RopeScaling, Yarn};
 pub use weights::{Tensor, Weights};
 
 use crate::backend::cpu::WeightMatrix;
