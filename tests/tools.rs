@@ -698,6 +698,17 @@ fn cli_tools_on_a_tiny_model() {
         assert!(tok.decode(&ids).ends_with(suffix), "{format}");
     }
 
+    // -n 0 shows the prompt without running it.
+    let (ok, out, err) = qwen_cli(&[
+        "run", "-m", m, "--chat", "--tools", tools, "-p", q, "-n", "0", "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["prompt"], want.text.as_str());
+    assert_eq!(v["stop_strings"], serde_json::json!(["Observation:"]));
+    let ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone()).unwrap();
+    assert_eq!(ids, want.ids);
+
     // Errors name the problem and the file.
     let bad_tools = write_json("tools-bad", &serde_json::json!([{"description": "x"}]));
     let bad_msgs = write_json(

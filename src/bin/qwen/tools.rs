@@ -40,6 +40,25 @@ pub fn run(a: &RunArgs, tools: &Path) -> CliResult {
     let prompt = tc.render(tok, &messages, &functions, &a.stop)?;
 
     let mut stdout = std::io::stdout().lock();
+    if a.n_predict == 0 {
+        // Nothing to generate: show the prompt instead of evaluating it.
+        let json = serde_json::json!({
+            "format": prompt.format.as_str(),
+            "prompt": prompt.text,
+            "prompt_ids": prompt.ids,
+            "stop_strings": prompt.stop_strings,
+        });
+        writeln!(
+            stdout,
+            "{}",
+            if a.json {
+                json.to_string()
+            } else {
+                prompt.text
+            }
+        )?;
+        return Ok(());
+    }
     let stream = !a.json;
     let mut on_text = |piece: &str| !stream || write_piece(&mut stdout, piece);
     let mut sampler = Sampler::new(sampling);
