@@ -26,6 +26,8 @@ mod q8;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod simd_common;
 #[cfg(test)]
+mod gemm_tests;
+#[cfg(test)]
 mod simd_tests;
 #[cfg(test)]
 mod tests;
