@@ -18,6 +18,8 @@
 mod aarch64_neon;
 mod dispatch;
 mod float;
+#[cfg(test)]
+mod gemm_tests;
 mod k_quantize;
 mod k_quants;
 mod q4;
@@ -25,8 +27,6 @@ mod q5;
 mod q8;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod simd_common;
-#[cfg(test)]
-mod gemm_tests;
 #[cfg(test)]
 mod simd_tests;
 #[cfg(test)]

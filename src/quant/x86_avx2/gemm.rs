@@ -210,27 +210,25 @@ const ZERO_Q4K: PanelQ4K = PanelQ4K {
     dmin: [0.0; 8],
 };
 
-/// The 8 32-element sub-blocks of a Q4_K block as vectors of quants 0..=15, element order.
+/// Sub-block `j` (elements `32j..32j+32`) of a Q4_K block as quants 0..=15, element order.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q4k_quants(x: &BlockQ4K) -> [__m256i; 8] {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let mut v = [_mm256_setzero_si256(); 8];
-    for c in 0..4 {
-        let q = load256(&x.qs[32 * c..]);
-        v[2 * c] = _mm256_and_si256(q, m4);
-        v[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-    }
-    v
+fn q4k_quants(x: &BlockQ4K, j: usize) -> __m256i {
+    let q = load256(&x.qs[32 * (j / 2)..]);
+    let q = if j.is_multiple_of(2) {
+        q
+    } else {
+        _mm256_srli_epi16::<4>(q)
+    };
+    _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack_q4k(rows: [&[BlockQ4K]; 8], b0: usize, out: &mut [PanelQ4K]) {
     for (i, p) in out.iter_mut().enumerate() {
         let blocks: [&BlockQ4K; 8] = std::array::from_fn(|r| &rows[r][b0 + i]);
-        let qv: [[__m256i; 8]; 8] = std::array::from_fn(|r| q4k_quants(blocks[r]));
         for (j, groups) in p.q.chunks_exact_mut(8).enumerate() {
-            store_transposed(std::array::from_fn(|r| qv[r][j]), groups);
+            store_transposed(std::array::from_fn(|r| q4k_quants(blocks[r], j)), groups);
         }
         let mut sc = [[0i16; 8]; 8];
         let mut mn = [[0i16; 8]; 8];
@@ -369,41 +367,34 @@ const ZERO_Q6K: PanelQ6K = PanelQ6K {
     d: [0.0; 8],
 };
 
-/// The 8 32-element runs of a Q6_K block as vectors of quants 0..=63, element order.
+/// Elements `32k..32k+32` of a Q6_K block as quants 0..=63, element order.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q6k_quants(x: &BlockQ6K) -> [__m256i; 8] {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m2 = _mm256_set1_epi8(0x03);
-    let mut v = [_mm256_setzero_si256(); 8];
-    for h in 0..2 {
-        let la = load256(&x.ql[64 * h..]);
-        let lb = load256(&x.ql[64 * h + 32..]);
-        let qh = load256(&x.qh[32 * h..]);
-        let hi = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m2));
-        // Element 128h + 32k + l: low nibble from la (k = 0, 2) or lb (k = 1, 3), the low
-        // nibble for k < 2, the high one for k >= 2; its top 2 bits at bit 2k of qh[l].
-        v[4 * h] = _mm256_or_si256(_mm256_and_si256(la, m4), hi(qh));
-        v[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(lb, m4), hi(_mm256_srli_epi16::<2>(qh)));
-        v[4 * h + 2] = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16::<4>(la), m4),
-            hi(_mm256_srli_epi16::<4>(qh)),
-        );
-        v[4 * h + 3] = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16::<4>(lb), m4),
-            hi(_mm256_srli_epi16::<6>(qh)),
-        );
-    }
-    v
+fn q6k_quants(x: &BlockQ6K, k: usize) -> __m256i {
+    let (h, k) = (k / 4, k % 4);
+    // Element 128h + 32k + l: its low 4 bits are the low (k < 2) or high (k >= 2) nibble of
+    // ql[64h + 32(k % 2) + l], its top 2 bits are bits 2k, 2k + 1 of qh[32h + l].
+    let l = load256(&x.ql[64 * h + 32 * (k % 2)..]);
+    let l = if k < 2 { l } else { _mm256_srli_epi16::<4>(l) };
+    let qh = load256(&x.qh[32 * h..]);
+    let hi = match k {
+        0 => _mm256_slli_epi16::<4>(qh),
+        1 => _mm256_slli_epi16::<2>(qh),
+        2 => qh,
+        _ => _mm256_srli_epi16::<2>(qh),
+    };
+    _mm256_or_si256(
+        _mm256_and_si256(l, _mm256_set1_epi8(0x0F)),
+        _mm256_and_si256(hi, _mm256_set1_epi8(0x30)),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack_q6k(rows: [&[BlockQ6K]; 8], b0: usize, out: &mut [PanelQ6K]) {
     for (i, p) in out.iter_mut().enumerate() {
         let blocks: [&BlockQ6K; 8] = std::array::from_fn(|r| &rows[r][b0 + i]);
-        let qv: [[__m256i; 8]; 8] = std::array::from_fn(|r| q6k_quants(blocks[r]));
-        for (j, groups) in p.q.chunks_exact_mut(8).enumerate() {
-            store_transposed(std::array::from_fn(|r| qv[r][j]), groups);
+        for (k, groups) in p.q.chunks_exact_mut(8).enumerate() {
+            store_transposed(std::array::from_fn(|r| q6k_quants(blocks[r], k)), groups);
         }
         for h in 0..16 {
             p.sc[h] = pair16(std::array::from_fn(|r| blocks[r].scales[h] as i16));
@@ -471,9 +462,9 @@ fn tile_q6k(panel: &[PanelQ6K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [[
 #[inline]
 fn q6k_block_lanes(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
     let scales = load128(&x.scales);
-    let q = q6k_quants(x);
     let mut sumi = _mm256_setzero_si256();
-    for (k, q) in q.into_iter().enumerate() {
+    for k in 0..QK_K / 32 {
+        let q = q6k_quants(x, k);
         let yv = load256(&y.qs[32 * k..]);
         // Pairs q·y ≤ 2·63·128 fit i16; times an i8 scale, i32.
         let p = _mm256_madd_epi16(
@@ -795,7 +786,7 @@ fn panels<P: Copy, const CHUNK: usize>(
     for t0 in (0..n_tok).step_by(TC) {
         let tn = TC.min(n_tok - t0);
         for g0 in (0..nrows).step_by(MR) {
-            acc.iter_mut().for_each(|a| *a = [[0.0; 8]; 2]);
+            acc[..tn + NR].iter_mut().for_each(|a| *a = [[0.0; 8]; 2]);
             for b0 in (0..n_blocks).step_by(CHUNK) {
                 let bn = CHUNK.min(n_blocks - b0);
                 pack(g0, b0, &mut panel[..bn]);
