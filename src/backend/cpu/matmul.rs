@@ -87,7 +87,17 @@ pub fn matmul(
             // destination lies inside `out` (n_tokens * rows); threads own disjoint row ranges.
             unsafe {
                 let dst = out_ptr.get().add(t * rows + r0 + r);
-                std::ptr::copy_nonoverlapping(vals.as_ptr(), dst, vals.len());
+                // A whole row group as one fixed-size copy: a variable-length copy of 8 floats
+                // becomes a call to memcpy, a few % of a prefill. (The volatile writes of a
+                // short final group keep LLVM from merging both paths back into that call.)
+                match <&[f32; ROW_GROUP]>::try_from(vals) {
+                    Ok(group) => dst.cast::<[f32; ROW_GROUP]>().write_unaligned(*group),
+                    Err(_) => {
+                        for (i, &v) in vals.iter().enumerate() {
+                            dst.add(i).write_volatile(v);
+                        }
+                    }
+                }
             }
         };
         quant::gemm(
