@@ -11,20 +11,22 @@ use crate::kv_cache::{KvCache, KvRows, LayerView};
 /// Buffers for one batch of up to `max_batch` tokens, allocated once per session.
 pub struct Scratch {
     pub max_batch: usize,
-    x: Vec<f32>,      // [T, D] residual stream
-    xb: Vec<f32>,     // [T, D] normed input of a sub-layer
-    q: Vec<f32>,      // [T, H*hd]
-    k: Vec<f32>,      // [T, Hkv*hd]
-    v: Vec<f32>,      // [T, Hkv*hd]
-    qkv: Vec<f32>,    // [T, D + 2*Hkv*hd] (Qwen-1's fused projection)
-    attn: Vec<f32>,   // [T, H*hd]
-    proj: Vec<f32>,   // [T, D] output of a projection before the residual add
-    gate: Vec<f32>,   // [T, F]
-    up: Vec<f32>,     // [T, F]
-    xq: Vec<u8>,      // quantized activations for the widest matmul input
-    cos: Vec<f32>,    // [T, hd/2]
-    sin: Vec<f32>,    // [T, hd/2]
-    scores: Vec<f32>, // [threads, n_ctx] attention weights, one row per worker
+    x: Vec<f32>,        // [T, D] residual stream
+    xb: Vec<f32>,       // [T, D] normed input of a sub-layer
+    q: Vec<f32>,        // [T, H*hd]
+    k: Vec<f32>,        // [T, Hkv*hd]
+    v: Vec<f32>,        // [T, Hkv*hd]
+    qkv: Vec<f32>,      // [T, D + 2*Hkv*hd] (Qwen-1's fused projection)
+    attn: Vec<f32>,     // [T, H*hd]
+    proj: Vec<f32>,     // [T, D] output of a projection before the residual add
+    gate: Vec<f32>,     // [T, F]
+    up: Vec<f32>,       // [T, F]
+    xq: Vec<u8>,        // quantized activations for the widest matmul input
+    cos: Vec<f32>,      // [T, hd/2]
+    sin: Vec<f32>,      // [T, hd/2]
+    scores: Vec<f32>,   // [threads, n_ctx] attention weights, one row per worker
+    attn_ws: Vec<f32>,  // [threads, AttnBlock::len] blocked attention's buffers
+    blocks: Vec<usize>, // first token of each attention block, then T
 }
 
 impl Scratch {
@@ -58,6 +60,8 @@ impl Scratch {
             cos: z(max_batch * c.head_dim / 2),
             sin: z(max_batch * c.head_dim / 2),
             scores: z(n_threads.max(1) * n_ctx),
+            attn_ws: z(n_threads.max(1) * AttnBlock::new(c.n_head / c.n_head_kv, c.head_dim).len),
+            blocks: vec![0; max_batch + 1],
         }
     }
 }
@@ -294,6 +298,9 @@ fn attend<R: KvRows>(
     hd: usize,
     group: usize,
 ) {
+    if batch.tokens.len() > 1 {
+        return attend_blocks(pool, rows, s, batch, n_head, hd, group);
+    }
     let d = n_head * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let q = &s.q;
@@ -323,6 +330,233 @@ fn attend<R: KvRows>(
             task += nth;
         }
     });
+}
+
+/// Query tokens per block of the blocked attention.
+const ATT_TOKENS: usize = 16;
+/// Keys per chunk of the blocked attention.
+const ATT_KEYS: usize = 64;
+
+/// The buffers of one worker of the blocked attention, as offsets into one f32 slice: a block
+/// has `rows = ATT_TOKENS * group` query rows (each token's query heads that share one kv head).
+#[derive(Clone, Copy)]
+struct AttnBlock {
+    hd: usize,
+    // At offset 0: [rows, hd] scaled queries.
+    o: usize,  // [rows, hd] output accumulators
+    s: usize,  // [rows, ATT_KEYS] scores, then weights
+    kt: usize, // [hd, ATT_KEYS] a chunk of keys, transposed
+    v: usize,  // [ATT_KEYS, hd] the chunk's values
+    m: usize,  // [rows] running maximum score
+    l: usize,  // [rows] running sum of weights
+    k: usize,  // [hd] one key row
+    len: usize,
+}
+
+impl AttnBlock {
+    fn new(group: usize, hd: usize) -> AttnBlock {
+        let rows = ATT_TOKENS * group.max(1);
+        let o = rows * hd;
+        let s = o + rows * hd;
+        let kt = s + rows * ATT_KEYS;
+        let v = kt + hd * ATT_KEYS;
+        let m = v + ATT_KEYS * hd;
+        let l = m + rows;
+        let k = l + rows;
+        let len = k + hd;
+        AttnBlock {
+            hd,
+            o,
+            s,
+            kt,
+            v,
+            m,
+            l,
+            k,
+            len,
+        }
+    }
+}
+
+/// Attention for a batch of several tokens, flash-attention style: the batch is cut into blocks
+/// of up to [`ATT_TOKENS`] consecutive tokens of one sequence at consecutive positions; each
+/// (block, kv head) task takes the block's query rows of every head sharing that kv head, walks
+/// the keys `0..=` the block's last position in chunks of [`ATT_KEYS`] (each key decoded once per
+/// task), computes the chunk's scores as one matrix product, applies the causal mask, updates a
+/// running softmax (maximum, sum, rescaled output) and adds the weighted values as a second
+/// matrix product. Tasks go to the workers through a shared counter, longest first.
+fn attend_blocks<R: KvRows>(
+    pool: &ThreadPool,
+    rows: &R,
+    s: &mut Scratch,
+    batch: &Batch,
+    n_head: usize,
+    hd: usize,
+    group: usize,
+) {
+    let t_len = batch.tokens.len();
+    let (seq, pos) = (batch.seq, batch.pos);
+    // Block starts: a new block at each change of sequence, break in positions, or full block.
+    let mut n_blocks = 0;
+    for t in 0..t_len {
+        let starts = t == 0
+            || seq[t] != seq[t - 1]
+            || pos[t] != pos[t - 1] + 1
+            || t - s.blocks[n_blocks - 1] == ATT_TOKENS;
+        if starts {
+            s.blocks[n_blocks] = t;
+            n_blocks += 1;
+        }
+    }
+    s.blocks[n_blocks] = t_len;
+    let blocks = &s.blocks[..=n_blocks];
+    let n_kv = n_head / group;
+    let n_tasks = n_blocks * n_kv;
+    let lay = AttnBlock::new(group, hd);
+    let d = n_head * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let q = &s.q;
+    let out = SharedMut(s.attn.as_mut_ptr());
+    let ws = SharedMut(s.attn_ws.as_mut_ptr());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    pool.run(&|tid, _| {
+        // SAFETY: each worker owns slice `tid` of the workspace (sized threads * lay.len).
+        let ws = unsafe { std::slice::from_raw_parts_mut(ws.get().add(tid * lay.len), lay.len) };
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n_tasks {
+                break;
+            }
+            // Later blocks see more keys: hand them out first.
+            let task = n_tasks - 1 - i;
+            let (b, kvh) = (task / n_kv, task % n_kv);
+            let (t0, t1) = (blocks[b], blocks[b + 1]);
+            attend_block(
+                rows,
+                &lay,
+                ws,
+                q,
+                (t0, t1),
+                seq[t0],
+                pos,
+                kvh,
+                group,
+                d,
+                scale,
+            );
+            // Copy the normalized outputs out.
+            let (o, l) = (&ws[lay.o..lay.s], &ws[lay.l..lay.k]);
+            for t in t0..t1 {
+                for g in 0..group {
+                    let row = (t - t0) * group + g;
+                    let h = kvh * group + g;
+                    // SAFETY: (token, head) rows are disjoint across tasks: each task owns its
+                    // tokens' heads of one kv head; the row lies inside `attn` ([T, H*hd]).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.get().add(t * d + h * hd), hd)
+                    };
+                    let inv = 1.0 / l[row];
+                    for (x, &y) in dst.iter_mut().zip(&o[row * hd..(row + 1) * hd]) {
+                        *x = y * inv;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One task of [`attend_blocks`]: tokens `t0..t1` of sequence `sq` against kv head `kvh`,
+/// leaving the unnormalized outputs in `o` and the weight sums in `l` of the workspace.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+fn attend_block<R: KvRows>(
+    rows: &R,
+    lay: &AttnBlock,
+    ws: &mut [f32],
+    q: &[f32],
+    (t0, t1): (usize, usize),
+    sq: usize,
+    pos: &[usize],
+    kvh: usize,
+    group: usize,
+    d: usize,
+    scale: f32,
+) {
+    let hd = lay.hd;
+    let n_rows = (t1 - t0) * group;
+    let (qb, rest) = ws.split_at_mut(lay.o);
+    let (ob, rest) = rest.split_at_mut(lay.s - lay.o);
+    let (sb, rest) = rest.split_at_mut(lay.kt - lay.s);
+    let (ktb, rest) = rest.split_at_mut(lay.v - lay.kt);
+    let (vb, rest) = rest.split_at_mut(lay.m - lay.v);
+    let (mb, rest) = rest.split_at_mut(lay.l - lay.m);
+    let (lb, kb) = rest.split_at_mut(lay.k - lay.l);
+    // Scaled query rows: row (t - t0)·group + g is head kvh·group + g of token t.
+    for t in t0..t1 {
+        for g in 0..group {
+            let row = (t - t0) * group + g;
+            let src = &q[t * d + (kvh * group + g) * hd..][..hd];
+            for (x, &y) in qb[row * hd..(row + 1) * hd].iter_mut().zip(src) {
+                *x = y * scale;
+            }
+        }
+    }
+    ob[..n_rows * hd].fill(0.0);
+    mb[..n_rows].fill(f32::NEG_INFINITY);
+    lb[..n_rows].fill(0.0);
+    let last = pos[t1 - 1];
+    for j0 in (0..=last).step_by(ATT_KEYS) {
+        let kn = ATT_KEYS.min(last + 1 - j0);
+        for jj in 0..ATT_KEYS {
+            let v = &mut vb[jj * hd..(jj + 1) * hd];
+            if jj < kn {
+                rows.decode(sq, j0 + jj, kvh, kb, v);
+            } else {
+                // Past the last key: zeros (their weights are zero too).
+                kb.fill(0.0);
+                v.fill(0.0);
+            }
+            for (dd, &x) in kb.iter().enumerate() {
+                ktb[dd * ATT_KEYS + jj] = x;
+            }
+        }
+        // Scores of the chunk: [rows, hd] · [hd, ATT_KEYS].
+        let dims = (n_rows, ATT_KEYS, hd);
+        ops::gemm_f32(dims, qb, hd, ktb, ATT_KEYS, sb, ATT_KEYS, false);
+        for t in t0..t1 {
+            // Token t sees keys 0..=pos[t]: in this chunk, the first `valid`.
+            let valid = (pos[t] + 1).saturating_sub(j0).min(kn);
+            for g in 0..group {
+                let row = (t - t0) * group + g;
+                let sr = &mut sb[row * ATT_KEYS..(row + 1) * ATT_KEYS];
+                if valid == 0 {
+                    sr.fill(0.0);
+                    continue;
+                }
+                let mc = sr[..valid]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let m_new = mb[row].max(mc);
+                let corr = ops::exp_nonpositive(mb[row] - m_new);
+                if corr != 1.0 {
+                    lb[row] *= corr;
+                    ob[row * hd..(row + 1) * hd]
+                        .iter_mut()
+                        .for_each(|x| *x *= corr);
+                }
+                let mut sum = 0.0f32;
+                for x in &mut sr[..valid] {
+                    *x = ops::exp_nonpositive(*x - m_new);
+                    sum += *x;
+                }
+                sr[valid..].fill(0.0);
+                lb[row] += sum;
+                mb[row] = m_new;
+            }
+        }
+        // Weighted values: [rows, ATT_KEYS] · [ATT_KEYS, hd], added to the outputs.
+        ops::gemm_f32((n_rows, hd, ATT_KEYS), sb, ATT_KEYS, vb, hd, ob, hd, true);
+    }
 }
 
 impl Model {
