@@ -580,3 +580,129 @@ impl<'a> WeightMatrix<'a> {
         &self.data[i * rb..(i + 1) * rb]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::KvCacheType;
+
+    /// A scratch with only what attention touches, for `t_len` tokens of `n_head` heads.
+    fn scratch(t_len: usize, n_head: usize, group: usize, hd: usize, n_ctx: usize) -> Scratch {
+        let threads = 2;
+        Scratch {
+            max_batch: t_len,
+            x: Vec::new(),
+            xb: Vec::new(),
+            q: vec![0.0; t_len * n_head * hd],
+            k: Vec::new(),
+            v: Vec::new(),
+            qkv: Vec::new(),
+            attn: vec![f32::NAN; t_len * n_head * hd],
+            proj: Vec::new(),
+            gate: Vec::new(),
+            up: Vec::new(),
+            xq: Vec::new(),
+            cos: Vec::new(),
+            sin: Vec::new(),
+            scores: vec![0.0; threads * n_ctx],
+            attn_ws: vec![0.0; threads * AttnBlock::new(group, hd).len],
+            blocks: vec![0; t_len + 1],
+        }
+    }
+
+    /// Deterministic values in [-2, 2).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// The blocked attention of a batch (several tokens) against an f64 softmax(q·k/√hd)·v,
+    /// token by token: prefill runs across key chunks and block boundaries, and a batch mixing
+    /// two sequences with a break in positions.
+    #[test]
+    fn blocked_attention_matches_the_definition() {
+        let (n_head, n_kv, hd, n_ctx) = (6, 2, 16, 160);
+        let group = n_head / n_kv;
+        let d = n_head * hd;
+        for ty in [KvCacheType::F32, KvCacheType::F16] {
+            let mut kv = KvCache::with_type(ty, 1, 2, n_ctx, n_kv, hd);
+            let kvd = n_kv * hd;
+            let keys = values(2 * n_ctx * kvd, 1);
+            let vals = values(2 * n_ctx * kvd, 2);
+            for sq in 0..2 {
+                for p in 0..n_ctx {
+                    let at = (sq * n_ctx + p) * kvd;
+                    kv.store_seq(0, sq, p, &keys[at..at + kvd], &vals[at..at + kvd]);
+                }
+            }
+            let prefill: Vec<(usize, usize)> = (10..95).map(|p| (0, p)).collect();
+            let mixed = vec![
+                (0, 50),
+                (1, 30),
+                (1, 31),
+                (1, 32),
+                (0, 80),
+                (0, 82),
+                (1, 150),
+            ];
+            for toks in [prefill, mixed] {
+                let t_len = toks.len();
+                let seq: Vec<usize> = toks.iter().map(|t| t.0).collect();
+                let pos: Vec<usize> = toks.iter().map(|t| t.1).collect();
+                let tokens = vec![0u32; t_len];
+                let batch = Batch {
+                    tokens: &tokens,
+                    seq: &seq,
+                    pos: &pos,
+                    logits_from: t_len,
+                };
+                assert!(t_len > 1, "a single token takes the per-head path");
+                let mut s = scratch(t_len, n_head, group, hd, n_ctx);
+                s.q = values(t_len * d, 3);
+                let pool = ThreadPool::new(2);
+                attention(&pool, &kv, 0, &mut s, &batch, n_head, hd);
+                // Against the cache's own rows (after its rounding), decoded.
+                for t in 0..t_len {
+                    for h in 0..n_head {
+                        let qh = &s.q[t * d + h * hd..][..hd];
+                        let mut sc = Vec::new();
+                        let mut vs = Vec::new();
+                        for j in 0..=pos[t] {
+                            let (mut k, mut v) = (vec![0.0; hd], vec![0.0; hd]);
+                            match kv.layer_view(0) {
+                                LayerView::F32(r) => r.decode(seq[t], j, h / group, &mut k, &mut v),
+                                LayerView::F16(r) => r.decode(seq[t], j, h / group, &mut k, &mut v),
+                                LayerView::Q8(r) => r.decode(seq[t], j, h / group, &mut k, &mut v),
+                            }
+                            let dot: f64 =
+                                qh.iter().zip(&k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            sc.push(dot / (hd as f64).sqrt());
+                            vs.push(v);
+                        }
+                        let m = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let w: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                        let sum: f64 = w.iter().sum();
+                        for i in 0..hd {
+                            let want: f64 =
+                                w.iter().zip(&vs).map(|(p, v)| p * v[i] as f64).sum::<f64>() / sum;
+                            let got = s.attn[t * d + h * hd + i] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{ty:?} t={t} (seq {}, pos {}) head {h} [{i}]: {got} vs {want}",
+                                seq[t],
+                                pos[t]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
