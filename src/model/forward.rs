@@ -78,6 +78,16 @@ impl SharedMut {
     fn get(self) -> *mut f32 {
         self.0
     }
+
+    /// Row `t` of a row-major buffer of rows of `width` floats.
+    ///
+    /// # Safety
+    /// The row must lie inside the buffer, and no other reference to it may be live.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row<'a>(self, t: usize, width: usize) -> &'a mut [f32] {
+        // SAFETY: the caller guarantees the row is in bounds and not aliased.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(t * width), width) }
+    }
 }
 
 /// The tokens of one forward pass. Token `t` belongs to sequence `seq[t]` (its slot in the KV
@@ -139,6 +149,7 @@ pub fn forward(
     for (li, layer) in w.layers.iter().enumerate() {
         // 2. Attention block: xb = RMSNorm(x); q, k, v = projections (+ bias).
         norm_rows(
+            pool,
             &mut s.xb,
             &s.x,
             model.vector(&layer.attn_norm),
@@ -178,22 +189,30 @@ pub fn forward(
         }
 
         // 3. RoPE on q and k (rotate-half), then Qwen-1's logN scaling of each query row.
-        for (t, &p) in pos.iter().enumerate() {
-            let (cos, sin) = (
-                &s.cos[t * half..(t + 1) * half],
-                &s.sin[t * half..(t + 1) * half],
-            );
-            for h in s.q[t * d..(t + 1) * d].chunks_exact_mut(hd) {
-                ops::rope_neox(h, cos, sin);
+        let (qp, kp) = (SharedMut(s.q.as_mut_ptr()), SharedMut(s.k.as_mut_ptr()));
+        let (cos, sin) = (&s.cos, &s.sin);
+        assert!(s.q.len() >= t_len * d && s.k.len() >= t_len * kv_dim);
+        par_tokens(pool, t_len, &|range| {
+            for t in range {
+                // SAFETY: row t of q ([T, D]) and of k ([T, kv]) lie inside them (checked
+                // above) and each token is in exactly one thread's range.
+                let (q, k) = unsafe { (qp.row(t, d), kp.row(t, kv_dim)) };
+                let (cos, sin) = (
+                    &cos[t * half..(t + 1) * half],
+                    &sin[t * half..(t + 1) * half],
+                );
+                for h in q.chunks_exact_mut(hd) {
+                    ops::rope_neox(h, cos, sin);
+                }
+                for h in k.chunks_exact_mut(hd) {
+                    ops::rope_neox(h, cos, sin);
+                }
+                let logn = c.logn_scale(pos[t]);
+                if logn != 1.0 {
+                    q.iter_mut().for_each(|x| *x *= logn);
+                }
             }
-            for h in s.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-                ops::rope_neox(h, cos, sin);
-            }
-            let logn = c.logn_scale(p);
-            if logn != 1.0 {
-                s.q[t * d..(t + 1) * d].iter_mut().for_each(|x| *x *= logn);
-            }
-        }
+        });
 
         // 4. Append k, v to the cache; causal attention of each query over its sequence's
         //    positions 0..=p.
@@ -219,6 +238,7 @@ pub fn forward(
 
         // 6. MLP: x += down(silu(gate(xb)) * up(xb)), xb = RMSNorm(x).
         norm_rows(
+            pool,
             &mut s.xb,
             &s.x,
             model.vector(&layer.ffn_norm),
@@ -229,7 +249,16 @@ pub fn forward(
         model.matmul(pool, &layer.ffn_gate, &s.xb, t_len, &mut s.gate, &mut s.xq);
         model.matmul(pool, &layer.ffn_up, &s.xb, t_len, &mut s.up, &mut s.xq);
         let f = c.n_ff;
-        ops::silu_mul(&mut s.gate[..t_len * f], &s.up[..t_len * f]);
+        let gp = SharedMut(s.gate.as_mut_ptr());
+        let up = &s.up[..t_len * f];
+        assert!(s.gate.len() >= t_len * f);
+        par_tokens(pool, t_len, &|range| {
+            for t in range {
+                // SAFETY: row t of gate ([T, F]) lies inside it (checked above) and each token
+                // is in exactly one thread's range.
+                ops::silu_mul(unsafe { gp.row(t, f) }, &up[t * f..(t + 1) * f]);
+            }
+        });
         model.matmul(
             pool,
             &layer.ffn_down,
@@ -255,10 +284,38 @@ pub fn forward(
     model.matmul(pool, &w.output, &s.xb, n_out, logits, &mut s.xq);
 }
 
-fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32, t_len: usize, d: usize) {
-    for t in 0..t_len {
-        ops::rms_norm(&mut out[t * d..(t + 1) * d], &x[t * d..(t + 1) * d], w, eps);
+/// Batches of at least this many tokens split their per-row work (norms, RoPE, SwiGLU) across
+/// the pool; below it, waking the workers costs more than it saves.
+const PAR_MIN_TOKENS: usize = 4;
+
+/// `f(range)` over token indices `0..t_len`: split across the pool for a batch of several
+/// tokens, on this thread for a short one.
+fn par_tokens(pool: &ThreadPool, t_len: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    if t_len >= PAR_MIN_TOKENS {
+        pool.for_ranges(t_len, f);
+    } else {
+        f(0..t_len);
     }
+}
+
+fn norm_rows(
+    pool: &ThreadPool,
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    eps: f32,
+    t_len: usize,
+    d: usize,
+) {
+    assert!(out.len() >= t_len * d);
+    let op = SharedMut(out.as_mut_ptr());
+    par_tokens(pool, t_len, &|range| {
+        for t in range {
+            // SAFETY: row t of `out` lies inside it (checked above) and each token is in
+            // exactly one thread's range.
+            ops::rms_norm(unsafe { op.row(t, d) }, &x[t * d..(t + 1) * d], w, eps);
+        }
+    });
 }
 
 fn add_bias_rows(x: &mut [f32], bias: &[f32], t_len: usize) {
