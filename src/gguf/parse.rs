@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use super::reader::{align_up, tensor_size, TensorInfo, MAX_DIMS};
 use super::types::GgmlType;
@@ -19,13 +20,94 @@ pub const GGUF_DEFAULT_ALIGNMENT: usize = 32;
 /// The metadata key that overrides the data alignment.
 pub const KEY_ALIGNMENT: &str = "general.alignment";
 
+/// Top-level arrays of scalars or strings with at least this many elements (vocabularies,
+/// merges, token types) are validated at open but decoded only when asked for.
+pub(crate) const LAZY_ARRAY_MIN: usize = 256;
+
+/// A metadata value as parsed: decoded, or a large array kept as its validated encoding.
+pub(crate) enum Entry {
+    Value(MetadataValue),
+    Lazy(LazyArray),
+}
+
+/// A top-level array whose every element was checked at open exactly as decoding checks it
+/// (bounds, UTF-8, bool bytes), so decoding it later cannot fail on the same bytes.
+pub(crate) struct LazyArray {
+    pub elem_ty: u32,
+    pub count: usize,
+    /// Absolute byte range of the elements' encoding (after the element type and count).
+    pub bytes: Range<usize>,
+    /// The decoded array, made on first use.
+    pub value: OnceLock<MetadataValue>,
+}
+
+impl LazyArray {
+    /// The array decoded from `buf` (the bytes it was validated against).
+    pub fn decode(&self, buf: &[u8]) -> Result<MetadataValue> {
+        let mut c = Cursor {
+            buf: &buf[..self.bytes.end],
+            pos: self.bytes.start,
+        };
+        let mut out = Vec::with_capacity(prealloc(self.count));
+        for _ in 0..self.count {
+            out.push(read_value(&mut c, self.elem_ty, 1)?);
+        }
+        Ok(MetadataValue::Array(out))
+    }
+
+    /// The elements as string slices of `buf`, when this is an array of strings.
+    pub fn strs<'a>(&self, buf: &'a [u8]) -> Option<Result<Vec<&'a str>>> {
+        if self.elem_ty != type_id::STRING {
+            return None;
+        }
+        let mut c = Cursor {
+            buf: &buf[..self.bytes.end],
+            pos: self.bytes.start,
+        };
+        let mut out = Vec::with_capacity(self.count);
+        Some(strings(&mut c, self.count, |s| out.push(s)).map(|()| out))
+    }
+
+    /// The elements as i64, when this is an array of integers (u64 beyond i64: `None`).
+    pub fn ints(&self, buf: &[u8]) -> Option<Vec<Option<i64>>> {
+        let size = match self.elem_ty {
+            type_id::U8 | type_id::I8 => 1,
+            type_id::U16 | type_id::I16 => 2,
+            type_id::U32 | type_id::I32 => 4,
+            type_id::U64 | type_id::I64 => 8,
+            _ => return None,
+        };
+        let bytes = buf.get(self.bytes.clone())?;
+        let ty = self.elem_ty;
+        Some(
+            bytes
+                .chunks_exact(size)
+                .map(|b| {
+                    let mut w = [0u8; 8];
+                    w[..size].copy_from_slice(b);
+                    let u = u64::from_le_bytes(w);
+                    match ty {
+                        type_id::I8 => Some(u as u8 as i8 as i64),
+                        type_id::I16 => Some(u as u16 as i16 as i64),
+                        type_id::I32 => Some(u as u32 as i32 as i64),
+                        type_id::I64 => Some(u as i64),
+                        _ => i64::try_from(u).ok(),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Everything parsed from the header.
 pub(crate) struct Layout {
     pub version: u32,
     pub alignment: usize,
     pub data_offset: usize,
-    pub metadata: Vec<(String, MetadataValue)>,
+    pub metadata: Vec<(String, Entry)>,
     pub key_index: HashMap<String, usize>,
+    /// Every entry decoded, in file order: made on the first call of `GgufFile::metadata`.
+    pub all_metadata: OnceLock<Vec<(String, MetadataValue)>>,
     pub tensors: Vec<TensorInfo>,
     /// Absolute byte range of each tensor's data, parallel to `tensors`.
     pub ranges: Vec<Range<usize>>,
@@ -109,9 +191,15 @@ impl<'a> Cursor<'a> {
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
+        self.str(what).map(str::to_owned)
+    }
+
+    /// A string's length, read and checked against the bytes left (the cursor stays before
+    /// the string's bytes).
+    fn str_len(&mut self, what: &str) -> Result<usize> {
         let at = self.pos;
         let len = self.u64(what)?;
-        let n = usize::try_from(len)
+        usize::try_from(len)
             .ok()
             .filter(|&n| n <= self.remaining())
             .ok_or_else(|| {
@@ -119,10 +207,16 @@ impl<'a> Cursor<'a> {
                     "truncated file: {what} length {len} at offset {at} runs past end of file (size {})",
                     self.buf.len()
                 ))
-            })?;
+            })
+    }
+
+    /// A string borrowed from the buffer.
+    fn str(&mut self, what: &str) -> Result<&'a str> {
+        let at = self.pos;
+        let n = self.str_len(what)?;
         let bytes = self.take(n, what)?;
         match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
+            Ok(s) => Ok(s),
             Err(e) => Err(gguf_err(format!(
                 "{what} at offset {at} is not valid UTF-8 ({e})"
             ))),
@@ -157,6 +251,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Layout> {
         data_offset,
         metadata,
         key_index,
+        all_metadata: OnceLock::new(),
         tensors,
         ranges,
         tensor_index,
@@ -178,7 +273,7 @@ fn check_version(version: u32) -> Result<()> {
     }
 }
 
-type Metadata = (Vec<(String, MetadataValue)>, HashMap<String, usize>);
+type Metadata = (Vec<(String, Entry)>, HashMap<String, usize>);
 
 fn parse_metadata(c: &mut Cursor<'_>, kv_count: usize) -> Result<Metadata> {
     let mut metadata = Vec::with_capacity(prealloc(kv_count));
@@ -196,9 +291,99 @@ fn parse_metadata(c: &mut Cursor<'_>, kv_count: usize) -> Result<Metadata> {
     Ok((metadata, index))
 }
 
-fn parse_kv_value(c: &mut Cursor<'_>) -> Result<MetadataValue> {
+fn parse_kv_value(c: &mut Cursor<'_>) -> Result<Entry> {
     let ty = c.u32("value type")?;
-    read_value(c, ty, 0)
+    if ty == type_id::ARRAY {
+        let start = c.pos;
+        let elem_ty = c.u32("array element type")?;
+        let min = min_value_size(elem_ty)?;
+        let n = c.count("array count", min)?;
+        if elem_ty != type_id::ARRAY && n >= LAZY_ARRAY_MIN {
+            let first = c.pos;
+            if elem_ty == type_id::STRING {
+                strings(c, n, drop)?;
+            } else {
+                for _ in 0..n {
+                    check_value(c, elem_ty)?;
+                }
+            }
+            return Ok(Entry::Lazy(LazyArray {
+                elem_ty,
+                count: n,
+                bytes: first..c.pos,
+                value: OnceLock::new(),
+            }));
+        }
+        c.pos = start;
+    }
+    read_value(c, ty, 0).map(Entry::Value)
+}
+
+/// Reads `n` strings, checking their lengths and that each is UTF-8 exactly as [`read_value`]
+/// does, and hands each to `f`. The UTF-8 check is made once per run of strings shorter than
+/// 128 bytes: each length field of such a run is 8 ASCII bytes, which no multi-byte character
+/// can span, so the run's bytes are valid UTF-8 exactly when every string in it is, and each
+/// string is then sliced from the checked run at character boundaries (`str::get`). Longer
+/// strings, and a run that fails (to name the bad string), are checked one by one.
+fn strings<'a>(c: &mut Cursor<'a>, n: usize, mut f: impl FnMut(&'a str)) -> Result<()> {
+    let mut i = 0;
+    while i < n {
+        // The run of short strings from element i: elements i..j, bytes run_start..end.
+        let (run_start, mut end, mut j) = (c.pos, c.pos, i);
+        while j < n {
+            let mut look = Cursor {
+                buf: c.buf,
+                pos: end,
+            };
+            let len = look.str_len("string value")?;
+            if len >= 0x80 {
+                break;
+            }
+            end = look.pos + len;
+            j += 1;
+        }
+        match std::str::from_utf8(&c.buf[run_start..end]) {
+            Ok(run) => {
+                while c.pos < end {
+                    let len = c.str_len("string value")?;
+                    let a = c.pos - run_start;
+                    c.pos += len;
+                    // Character boundaries on both sides (see above): never `None`.
+                    let s = run.get(a..a + len).ok_or_else(|| {
+                        gguf_err(format!(
+                            "string value at offset {} is not valid UTF-8",
+                            a + run_start - 8
+                        ))
+                    })?;
+                    f(s);
+                }
+            }
+            Err(_) => {
+                while c.pos < end {
+                    f(c.str("string value")?);
+                }
+            }
+        }
+        if j < n {
+            f(c.str("string value")?);
+            j += 1;
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Steps over one value of scalar or string type `ty`, checking what [`read_value`] checks,
+/// without building it.
+fn check_value(c: &mut Cursor<'_>, ty: u32) -> Result<()> {
+    match ty {
+        type_id::STRING => c.str("string value").map(drop),
+        type_id::BOOL => read_bool(c).map(drop),
+        _ => {
+            let size = min_value_size(ty)?;
+            c.take(size, "array element").map(drop)
+        }
+    }
 }
 
 /// Encoded size of the smallest value of a type, or an error for an unknown type id.
@@ -259,9 +444,15 @@ fn read_array(c: &mut Cursor<'_>, depth: usize) -> Result<Vec<MetadataValue>> {
     Ok(out)
 }
 
-fn alignment_of(value: Option<&MetadataValue>) -> Result<usize> {
-    let Some(v) = value else {
-        return Ok(GGUF_DEFAULT_ALIGNMENT);
+fn alignment_of(value: Option<&Entry>) -> Result<usize> {
+    let v = match value {
+        None => return Ok(GGUF_DEFAULT_ALIGNMENT),
+        Some(Entry::Value(v)) => v,
+        Some(Entry::Lazy(_)) => {
+            return Err(gguf_err(format!(
+                "bad {KEY_ALIGNMENT}: an array; the alignment must be a nonzero power of two"
+            )))
+        }
     };
     match v.as_u64().and_then(|a| usize::try_from(a).ok()) {
         Some(a) if a.is_power_of_two() => Ok(a),

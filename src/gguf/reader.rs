@@ -10,7 +10,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::parse::{parse, Layout, HEADER_SIZE};
+use super::parse::{parse, Entry, Layout, LazyArray, HEADER_SIZE};
 use super::types::GgmlType;
 use super::value::MetadataValue;
 use crate::error::{Error, Result};
@@ -208,14 +208,51 @@ impl GgufFile {
         &self.bytes
     }
 
-    /// All metadata in file order.
+    /// All metadata in file order. (Large arrays are decoded on the first call, so a model
+    /// that never asks for them never pays for them.)
     pub fn metadata(&self) -> &[(String, MetadataValue)] {
-        &self.layout.metadata
+        self.layout.all_metadata.get_or_init(|| {
+            self.layout
+                .metadata
+                .iter()
+                .map(|(k, e)| (k.clone(), self.value(e).clone()))
+                .collect()
+        })
+    }
+
+    /// Whether the file has metadata `key` (without decoding its value).
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.layout.key_index.contains_key(key)
     }
 
     pub fn get(&self, key: &str) -> Option<&MetadataValue> {
+        self.entry(key).map(|e| self.value(e))
+    }
+
+    fn entry(&self, key: &str) -> Option<&Entry> {
         let i = *self.layout.key_index.get(key)?;
         Some(&self.layout.metadata[i].1)
+    }
+
+    /// An entry's value, decoding a large array on first use.
+    fn value<'a>(&'a self, e: &'a Entry) -> &'a MetadataValue {
+        match e {
+            Entry::Value(v) => v,
+            Entry::Lazy(l) => l.value.get_or_init(|| {
+                // Cannot fail: every element was checked at open against these same bytes
+                // (the map is read-only; another process rewriting the file is out of reach).
+                l.decode(&self.bytes)
+                    .unwrap_or_else(|_| MetadataValue::Array(Vec::new()))
+            }),
+        }
+    }
+
+    /// The large array behind `key`, if it is one.
+    fn lazy(&self, key: &str) -> Option<&LazyArray> {
+        match self.entry(key)? {
+            Entry::Lazy(l) => Some(l),
+            Entry::Value(_) => None,
+        }
     }
 
     pub fn tensor_infos(&self) -> &[TensorInfo] {
@@ -310,13 +347,30 @@ impl GgufFile {
         Self::required(key, self.get_opt_bool(key))
     }
 
-    /// An array of strings (e.g. `tokenizer.ggml.tokens`).
+    /// An array of strings (e.g. `tokenizer.ggml.tokens`), borrowed from the file.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
+        // A large array of strings: slices of the map, without decoding it into values.
+        if let Some(Ok(v)) = self.lazy(key).and_then(|l| l.strs(&self.bytes)) {
+            return Ok(v);
+        }
         self.array_of(key, "string", MetadataValue::as_str)
     }
 
     /// An array of integers that fit in `i32` (e.g. `tokenizer.ggml.token_type`).
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
+        // A large array of integers, read straight from the map when every element fits (any
+        // other case takes the general path, for its error message).
+        let direct = self
+            .lazy(key)
+            .and_then(|l| l.ints(&self.bytes))
+            .and_then(|v| {
+                v.into_iter()
+                    .map(|x| x.and_then(|x| i32::try_from(x).ok()))
+                    .collect::<Option<Vec<i32>>>()
+            });
+        if let Some(v) = direct {
+            return Ok(v);
+        }
         self.array_of(key, "i32", |v| {
             v.as_i64().and_then(|x| i32::try_from(x).ok())
         })

@@ -317,3 +317,110 @@ fn a_vocabulary_sized_array_parses() {
     assert_eq!(read.len(), tokens.len());
     assert_eq!(read[151_935], "tok151935");
 }
+
+/// Large arrays are kept encoded at open and decoded on use: every accessor must give what the
+/// writer was given. Strings mix short runs, strings of 128 bytes and more (which end a run of
+/// one-check UTF-8 validation), multi-byte characters and empty strings.
+#[test]
+fn large_arrays_decode_on_use() {
+    let dir = tmp();
+    let strs: Vec<String> = (0..1000)
+        .map(|i| match i % 7 {
+            0 => String::new(),
+            1 => "Ġ".repeat(64 + i % 5), // 128+ bytes
+            2 => format!("中{i}é"),
+            3 => "x".repeat(127),
+            _ => format!("tok{i}"),
+        })
+        .collect();
+    let ints: Vec<i32> = (0..700).map(|i| i * 3 - 1000).collect();
+    let meta = vec![
+        kv(
+            "strs",
+            V::Array(strs.iter().map(|s| V::from(s.as_str())).collect()),
+        ),
+        kv("ints", V::Array(ints.iter().map(|&v| V::from(v)).collect())),
+        kv(
+            "u8s",
+            V::Array((0..300u32).map(|v| V::from(v as u8)).collect()),
+        ),
+        kv(
+            "bools",
+            V::Array((0..300).map(|v| V::Bool(v % 3 == 0)).collect()),
+        ),
+        kv(
+            "big_u64",
+            V::Array((0..300u64).map(|v| V::from(v << 62)).collect()),
+        ),
+        kv("small", V::Array(vec![V::from(1i32), V::from(2i32)])),
+    ];
+    let path = write(dir.path(), &meta, &[]);
+    let f = GgufFile::open(&path).unwrap();
+    assert!(f.contains_key("strs") && !f.contains_key("nope"));
+    assert_eq!(f.get_str_array("strs").unwrap(), strs);
+    assert_eq!(f.get_i32_array("ints").unwrap(), ints);
+    assert_eq!(
+        f.get_i32_array("u8s").unwrap(),
+        (0..300).map(|v| v as u8 as i32).collect::<Vec<_>>()
+    );
+    // u64 values beyond i32 take the general path and its error.
+    let err = f.get_i32_array("big_u64").unwrap_err().to_string();
+    assert!(
+        err.contains("element 1:") && err.contains("big_u64"),
+        "{err}"
+    );
+    assert!(f
+        .get_str_array("ints")
+        .unwrap_err()
+        .to_string()
+        .contains("element 0"));
+    assert_eq!(f.get("bools"), Some(&meta[3].1));
+    assert_eq!(f.metadata(), &meta[..]);
+}
+
+/// A bad string in a large array is found at open, inside a run of short strings or in a long
+/// one, with the offset the one-by-one check reports; a bad bool byte too.
+#[test]
+fn large_arrays_are_validated_at_open() {
+    let dir = tmp();
+    for (bad, i) in [("short", 200usize), ("long", 201)] {
+        let strs: Vec<String> = (0..400)
+            .map(|j| match (j, bad) {
+                (201, _) => format!("@{}", "L".repeat(150)),
+                (200, _) => "@abc".to_string(),
+                _ => format!("t{j}"),
+            })
+            .collect();
+        let meta = vec![kv(
+            "strs",
+            V::Array(strs.iter().map(|s| V::from(s.as_str())).collect()),
+        )];
+        let path = write(dir.path(), &meta, &[]);
+        let mut raw = std::fs::read(&path).unwrap();
+        // The '@' that starts string i becomes 0xFF, which UTF-8 never contains.
+        let marks: Vec<usize> = raw
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'@')
+            .map(|(k, _)| k)
+            .collect();
+        let at = marks[i - 200];
+        raw[at] = 0xFF;
+        std::fs::write(&path, &raw).unwrap();
+        let err = GgufFile::open(&path).unwrap_err().to_string();
+        let want = format!("at offset {} is not valid UTF-8", at - 8);
+        assert!(err.contains(&want) && err.contains("strs"), "{bad}: {err}");
+    }
+    let meta = vec![kv(
+        "bools",
+        V::Array((0..300).map(|v| V::Bool(v % 2 == 0)).collect()),
+    )];
+    let path = write(dir.path(), &meta, &[]);
+    let mut raw = std::fs::read(&path).unwrap();
+    let at = raw.len() - 1 - 50;
+    assert!(raw[at] <= 1);
+    raw[at] = 7;
+    std::fs::write(&path, &raw).unwrap();
+    let err = GgufFile::open(&path).unwrap_err().to_string();
+    assert!(err.contains("invalid bool byte 7"), "{err}");
+}

@@ -11,20 +11,22 @@ use crate::kv_cache::{KvCache, KvRows, LayerView};
 /// Buffers for one batch of up to `max_batch` tokens, allocated once per session.
 pub struct Scratch {
     pub max_batch: usize,
-    x: Vec<f32>,      // [T, D] residual stream
-    xb: Vec<f32>,     // [T, D] normed input of a sub-layer
-    q: Vec<f32>,      // [T, H*hd]
-    k: Vec<f32>,      // [T, Hkv*hd]
-    v: Vec<f32>,      // [T, Hkv*hd]
-    qkv: Vec<f32>,    // [T, D + 2*Hkv*hd] (Qwen-1's fused projection)
-    attn: Vec<f32>,   // [T, H*hd]
-    proj: Vec<f32>,   // [T, D] output of a projection before the residual add
-    gate: Vec<f32>,   // [T, F]
-    up: Vec<f32>,     // [T, F]
-    xq: Vec<u8>,      // quantized activations for the widest matmul input
-    cos: Vec<f32>,    // [T, hd/2]
-    sin: Vec<f32>,    // [T, hd/2]
-    scores: Vec<f32>, // [threads, n_ctx] attention weights, one row per worker
+    x: Vec<f32>,        // [T, D] residual stream
+    xb: Vec<f32>,       // [T, D] normed input of a sub-layer
+    q: Vec<f32>,        // [T, H*hd]
+    k: Vec<f32>,        // [T, Hkv*hd]
+    v: Vec<f32>,        // [T, Hkv*hd]
+    qkv: Vec<f32>,      // [T, D + 2*Hkv*hd] (Qwen-1's fused projection)
+    attn: Vec<f32>,     // [T, H*hd]
+    proj: Vec<f32>,     // [T, D] output of a projection before the residual add
+    gate: Vec<f32>,     // [T, F]
+    up: Vec<f32>,       // [T, F]
+    xq: Vec<u8>,        // quantized activations for the widest matmul input
+    cos: Vec<f32>,      // [T, hd/2]
+    sin: Vec<f32>,      // [T, hd/2]
+    scores: Vec<f32>,   // [threads, n_ctx] attention weights, one row per worker
+    attn_ws: Vec<f32>,  // [threads, AttnBlock::len] blocked attention's buffers
+    blocks: Vec<usize>, // first token of each attention block, then T
 }
 
 impl Scratch {
@@ -58,6 +60,8 @@ impl Scratch {
             cos: z(max_batch * c.head_dim / 2),
             sin: z(max_batch * c.head_dim / 2),
             scores: z(n_threads.max(1) * n_ctx),
+            attn_ws: z(n_threads.max(1) * AttnBlock::new(c.n_head / c.n_head_kv, c.head_dim).len),
+            blocks: vec![0; max_batch + 1],
         }
     }
 }
@@ -73,6 +77,16 @@ impl SharedMut {
     /// A method, so closures capture the Sync wrapper and not its raw pointer field.
     fn get(self) -> *mut f32 {
         self.0
+    }
+
+    /// Row `t` of a row-major buffer of rows of `width` floats.
+    ///
+    /// # Safety
+    /// The row must lie inside the buffer, and no other reference to it may be live.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row<'a>(self, t: usize, width: usize) -> &'a mut [f32] {
+        // SAFETY: the caller guarantees the row is in bounds and not aliased.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(t * width), width) }
     }
 }
 
@@ -135,6 +149,7 @@ pub fn forward(
     for (li, layer) in w.layers.iter().enumerate() {
         // 2. Attention block: xb = RMSNorm(x); q, k, v = projections (+ bias).
         norm_rows(
+            pool,
             &mut s.xb,
             &s.x,
             model.vector(&layer.attn_norm),
@@ -174,22 +189,30 @@ pub fn forward(
         }
 
         // 3. RoPE on q and k (rotate-half), then Qwen-1's logN scaling of each query row.
-        for (t, &p) in pos.iter().enumerate() {
-            let (cos, sin) = (
-                &s.cos[t * half..(t + 1) * half],
-                &s.sin[t * half..(t + 1) * half],
-            );
-            for h in s.q[t * d..(t + 1) * d].chunks_exact_mut(hd) {
-                ops::rope_neox(h, cos, sin);
+        let (qp, kp) = (SharedMut(s.q.as_mut_ptr()), SharedMut(s.k.as_mut_ptr()));
+        let (cos, sin) = (&s.cos, &s.sin);
+        assert!(s.q.len() >= t_len * d && s.k.len() >= t_len * kv_dim);
+        par_tokens(pool, t_len, &|range| {
+            for t in range {
+                // SAFETY: row t of q ([T, D]) and of k ([T, kv]) lie inside them (checked
+                // above) and each token is in exactly one thread's range.
+                let (q, k) = unsafe { (qp.row(t, d), kp.row(t, kv_dim)) };
+                let (cos, sin) = (
+                    &cos[t * half..(t + 1) * half],
+                    &sin[t * half..(t + 1) * half],
+                );
+                for h in q.chunks_exact_mut(hd) {
+                    ops::rope_neox(h, cos, sin);
+                }
+                for h in k.chunks_exact_mut(hd) {
+                    ops::rope_neox(h, cos, sin);
+                }
+                let logn = c.logn_scale(pos[t]);
+                if logn != 1.0 {
+                    q.iter_mut().for_each(|x| *x *= logn);
+                }
             }
-            for h in s.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-                ops::rope_neox(h, cos, sin);
-            }
-            let logn = c.logn_scale(p);
-            if logn != 1.0 {
-                s.q[t * d..(t + 1) * d].iter_mut().for_each(|x| *x *= logn);
-            }
-        }
+        });
 
         // 4. Append k, v to the cache; causal attention of each query over its sequence's
         //    positions 0..=p.
@@ -219,6 +242,7 @@ pub fn forward(
 
         // 6. MLP: x += down(silu(gate(xb)) * up(xb)), xb = RMSNorm(x).
         norm_rows(
+            pool,
             &mut s.xb,
             &s.x,
             model.vector(&layer.ffn_norm),
@@ -229,7 +253,16 @@ pub fn forward(
         model.matmul(pool, &layer.ffn_gate, &s.xb, t_len, &mut s.gate, &mut s.xq);
         model.matmul(pool, &layer.ffn_up, &s.xb, t_len, &mut s.up, &mut s.xq);
         let f = c.n_ff;
-        ops::silu_mul(&mut s.gate[..t_len * f], &s.up[..t_len * f]);
+        let gp = SharedMut(s.gate.as_mut_ptr());
+        let up = &s.up[..t_len * f];
+        assert!(s.gate.len() >= t_len * f);
+        par_tokens(pool, t_len, &|range| {
+            for t in range {
+                // SAFETY: row t of gate ([T, F]) lies inside it (checked above) and each token
+                // is in exactly one thread's range.
+                ops::silu_mul(unsafe { gp.row(t, f) }, &up[t * f..(t + 1) * f]);
+            }
+        });
         model.matmul(
             pool,
             &layer.ffn_down,
@@ -255,10 +288,38 @@ pub fn forward(
     model.matmul(pool, &w.output, &s.xb, n_out, logits, &mut s.xq);
 }
 
-fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32, t_len: usize, d: usize) {
-    for t in 0..t_len {
-        ops::rms_norm(&mut out[t * d..(t + 1) * d], &x[t * d..(t + 1) * d], w, eps);
+/// Batches of at least this many tokens split their per-row work (norms, RoPE, SwiGLU) across
+/// the pool; below it, waking the workers costs more than it saves.
+const PAR_MIN_TOKENS: usize = 4;
+
+/// `f(range)` over token indices `0..t_len`: split across the pool for a batch of several
+/// tokens, on this thread for a short one.
+fn par_tokens(pool: &ThreadPool, t_len: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    if t_len >= PAR_MIN_TOKENS {
+        pool.for_ranges(t_len, f);
+    } else {
+        f(0..t_len);
     }
+}
+
+fn norm_rows(
+    pool: &ThreadPool,
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    eps: f32,
+    t_len: usize,
+    d: usize,
+) {
+    assert!(out.len() >= t_len * d);
+    let op = SharedMut(out.as_mut_ptr());
+    par_tokens(pool, t_len, &|range| {
+        for t in range {
+            // SAFETY: row t of `out` lies inside it (checked above) and each token is in
+            // exactly one thread's range.
+            ops::rms_norm(unsafe { op.row(t, d) }, &x[t * d..(t + 1) * d], w, eps);
+        }
+    });
 }
 
 fn add_bias_rows(x: &mut [f32], bias: &[f32], t_len: usize) {
@@ -298,6 +359,9 @@ fn attend<R: KvRows>(
     hd: usize,
     group: usize,
 ) {
+    if batch.tokens.len() > 1 {
+        return attend_blocks(pool, rows, s, batch, n_head, hd, group);
+    }
     let d = n_head * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let q = &s.q;
@@ -329,6 +393,233 @@ fn attend<R: KvRows>(
     });
 }
 
+/// Query tokens per block of the blocked attention.
+const ATT_TOKENS: usize = 16;
+/// Keys per chunk of the blocked attention.
+const ATT_KEYS: usize = 64;
+
+/// The buffers of one worker of the blocked attention, as offsets into one f32 slice: a block
+/// has `rows = ATT_TOKENS * group` query rows (each token's query heads that share one kv head).
+#[derive(Clone, Copy)]
+struct AttnBlock {
+    hd: usize,
+    // At offset 0: [rows, hd] scaled queries.
+    o: usize,  // [rows, hd] output accumulators
+    s: usize,  // [rows, ATT_KEYS] scores, then weights
+    kt: usize, // [hd, ATT_KEYS] a chunk of keys, transposed
+    v: usize,  // [ATT_KEYS, hd] the chunk's values
+    m: usize,  // [rows] running maximum score
+    l: usize,  // [rows] running sum of weights
+    k: usize,  // [hd] one key row
+    len: usize,
+}
+
+impl AttnBlock {
+    fn new(group: usize, hd: usize) -> AttnBlock {
+        let rows = ATT_TOKENS * group.max(1);
+        let o = rows * hd;
+        let s = o + rows * hd;
+        let kt = s + rows * ATT_KEYS;
+        let v = kt + hd * ATT_KEYS;
+        let m = v + ATT_KEYS * hd;
+        let l = m + rows;
+        let k = l + rows;
+        let len = k + hd;
+        AttnBlock {
+            hd,
+            o,
+            s,
+            kt,
+            v,
+            m,
+            l,
+            k,
+            len,
+        }
+    }
+}
+
+/// Attention for a batch of several tokens, flash-attention style: the batch is cut into blocks
+/// of up to [`ATT_TOKENS`] consecutive tokens of one sequence at consecutive positions; each
+/// (block, kv head) task takes the block's query rows of every head sharing that kv head, walks
+/// the keys `0..=` the block's last position in chunks of [`ATT_KEYS`] (each key decoded once per
+/// task), computes the chunk's scores as one matrix product, applies the causal mask, updates a
+/// running softmax (maximum, sum, rescaled output) and adds the weighted values as a second
+/// matrix product. Tasks go to the workers through a shared counter, longest first.
+fn attend_blocks<R: KvRows>(
+    pool: &ThreadPool,
+    rows: &R,
+    s: &mut Scratch,
+    batch: &Batch,
+    n_head: usize,
+    hd: usize,
+    group: usize,
+) {
+    let t_len = batch.tokens.len();
+    let (seq, pos) = (batch.seq, batch.pos);
+    // Block starts: a new block at each change of sequence, break in positions, or full block.
+    let mut n_blocks = 0;
+    for t in 0..t_len {
+        let starts = t == 0
+            || seq[t] != seq[t - 1]
+            || pos[t] != pos[t - 1] + 1
+            || t - s.blocks[n_blocks - 1] == ATT_TOKENS;
+        if starts {
+            s.blocks[n_blocks] = t;
+            n_blocks += 1;
+        }
+    }
+    s.blocks[n_blocks] = t_len;
+    let blocks = &s.blocks[..=n_blocks];
+    let n_kv = n_head / group;
+    let n_tasks = n_blocks * n_kv;
+    let lay = AttnBlock::new(group, hd);
+    let d = n_head * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let q = &s.q;
+    let out = SharedMut(s.attn.as_mut_ptr());
+    let ws = SharedMut(s.attn_ws.as_mut_ptr());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    pool.run(&|tid, _| {
+        // SAFETY: each worker owns slice `tid` of the workspace (sized threads * lay.len).
+        let ws = unsafe { std::slice::from_raw_parts_mut(ws.get().add(tid * lay.len), lay.len) };
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n_tasks {
+                break;
+            }
+            // Later blocks see more keys: hand them out first.
+            let task = n_tasks - 1 - i;
+            let (b, kvh) = (task / n_kv, task % n_kv);
+            let (t0, t1) = (blocks[b], blocks[b + 1]);
+            attend_block(
+                rows,
+                &lay,
+                ws,
+                q,
+                (t0, t1),
+                seq[t0],
+                pos,
+                kvh,
+                group,
+                d,
+                scale,
+            );
+            // Copy the normalized outputs out.
+            let (o, l) = (&ws[lay.o..lay.s], &ws[lay.l..lay.k]);
+            for t in t0..t1 {
+                for g in 0..group {
+                    let row = (t - t0) * group + g;
+                    let h = kvh * group + g;
+                    // SAFETY: (token, head) rows are disjoint across tasks: each task owns its
+                    // tokens' heads of one kv head; the row lies inside `attn` ([T, H*hd]).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.get().add(t * d + h * hd), hd)
+                    };
+                    let inv = 1.0 / l[row];
+                    for (x, &y) in dst.iter_mut().zip(&o[row * hd..(row + 1) * hd]) {
+                        *x = y * inv;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One task of [`attend_blocks`]: tokens `t0..t1` of sequence `sq` against kv head `kvh`,
+/// leaving the unnormalized outputs in `o` and the weight sums in `l` of the workspace.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+fn attend_block<R: KvRows>(
+    rows: &R,
+    lay: &AttnBlock,
+    ws: &mut [f32],
+    q: &[f32],
+    (t0, t1): (usize, usize),
+    sq: usize,
+    pos: &[usize],
+    kvh: usize,
+    group: usize,
+    d: usize,
+    scale: f32,
+) {
+    let hd = lay.hd;
+    let n_rows = (t1 - t0) * group;
+    let (qb, rest) = ws.split_at_mut(lay.o);
+    let (ob, rest) = rest.split_at_mut(lay.s - lay.o);
+    let (sb, rest) = rest.split_at_mut(lay.kt - lay.s);
+    let (ktb, rest) = rest.split_at_mut(lay.v - lay.kt);
+    let (vb, rest) = rest.split_at_mut(lay.m - lay.v);
+    let (mb, rest) = rest.split_at_mut(lay.l - lay.m);
+    let (lb, kb) = rest.split_at_mut(lay.k - lay.l);
+    // Scaled query rows: row (t - t0)·group + g is head kvh·group + g of token t.
+    for t in t0..t1 {
+        for g in 0..group {
+            let row = (t - t0) * group + g;
+            let src = &q[t * d + (kvh * group + g) * hd..][..hd];
+            for (x, &y) in qb[row * hd..(row + 1) * hd].iter_mut().zip(src) {
+                *x = y * scale;
+            }
+        }
+    }
+    ob[..n_rows * hd].fill(0.0);
+    mb[..n_rows].fill(f32::NEG_INFINITY);
+    lb[..n_rows].fill(0.0);
+    let last = pos[t1 - 1];
+    for j0 in (0..=last).step_by(ATT_KEYS) {
+        let kn = ATT_KEYS.min(last + 1 - j0);
+        for jj in 0..ATT_KEYS {
+            let v = &mut vb[jj * hd..(jj + 1) * hd];
+            if jj < kn {
+                rows.decode(sq, j0 + jj, kvh, kb, v);
+            } else {
+                // Past the last key: zeros (their weights are zero too).
+                kb.fill(0.0);
+                v.fill(0.0);
+            }
+            for (dd, &x) in kb.iter().enumerate() {
+                ktb[dd * ATT_KEYS + jj] = x;
+            }
+        }
+        // Scores of the chunk: [rows, hd] · [hd, ATT_KEYS].
+        let dims = (n_rows, ATT_KEYS, hd);
+        ops::gemm_f32(dims, qb, hd, ktb, ATT_KEYS, sb, ATT_KEYS, false);
+        for t in t0..t1 {
+            // Token t sees keys 0..=pos[t]: in this chunk, the first `valid`.
+            let valid = (pos[t] + 1).saturating_sub(j0).min(kn);
+            for g in 0..group {
+                let row = (t - t0) * group + g;
+                let sr = &mut sb[row * ATT_KEYS..(row + 1) * ATT_KEYS];
+                if valid == 0 {
+                    sr.fill(0.0);
+                    continue;
+                }
+                let mc = sr[..valid]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let m_new = mb[row].max(mc);
+                let corr = ops::exp_nonpositive(mb[row] - m_new);
+                if corr != 1.0 {
+                    lb[row] *= corr;
+                    ob[row * hd..(row + 1) * hd]
+                        .iter_mut()
+                        .for_each(|x| *x *= corr);
+                }
+                let mut sum = 0.0f32;
+                for x in &mut sr[..valid] {
+                    *x = ops::exp_nonpositive(*x - m_new);
+                    sum += *x;
+                }
+                sr[valid..].fill(0.0);
+                lb[row] += sum;
+                mb[row] = m_new;
+            }
+        }
+        // Weighted values: [rows, ATT_KEYS] · [ATT_KEYS, hd], added to the outputs.
+        ops::gemm_f32((n_rows, hd, ATT_KEYS), sb, ATT_KEYS, vb, hd, ob, hd, true);
+    }
+}
+
 impl Model {
     fn matmul(
         &self,
@@ -348,5 +639,131 @@ impl<'a> WeightMatrix<'a> {
     pub fn row(&self, i: usize) -> &'a [u8] {
         let rb = self.data.len() / self.rows.max(1);
         &self.data[i * rb..(i + 1) * rb]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::KvCacheType;
+
+    /// A scratch with only what attention touches, for `t_len` tokens of `n_head` heads.
+    fn scratch(t_len: usize, n_head: usize, group: usize, hd: usize, n_ctx: usize) -> Scratch {
+        let threads = 2;
+        Scratch {
+            max_batch: t_len,
+            x: Vec::new(),
+            xb: Vec::new(),
+            q: vec![0.0; t_len * n_head * hd],
+            k: Vec::new(),
+            v: Vec::new(),
+            qkv: Vec::new(),
+            attn: vec![f32::NAN; t_len * n_head * hd],
+            proj: Vec::new(),
+            gate: Vec::new(),
+            up: Vec::new(),
+            xq: Vec::new(),
+            cos: Vec::new(),
+            sin: Vec::new(),
+            scores: vec![0.0; threads * n_ctx],
+            attn_ws: vec![0.0; threads * AttnBlock::new(group, hd).len],
+            blocks: vec![0; t_len + 1],
+        }
+    }
+
+    /// Deterministic values in [-2, 2).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// The blocked attention of a batch (several tokens) against an f64 softmax(q·k/√hd)·v,
+    /// token by token: prefill runs across key chunks and block boundaries, and a batch mixing
+    /// two sequences with a break in positions.
+    #[test]
+    fn blocked_attention_matches_the_definition() {
+        let (n_head, n_kv, hd, n_ctx) = (6, 2, 16, 160);
+        let group = n_head / n_kv;
+        let d = n_head * hd;
+        for ty in [KvCacheType::F32, KvCacheType::F16] {
+            let mut kv = KvCache::with_type(ty, 1, 2, n_ctx, n_kv, hd);
+            let kvd = n_kv * hd;
+            let keys = values(2 * n_ctx * kvd, 1);
+            let vals = values(2 * n_ctx * kvd, 2);
+            for sq in 0..2 {
+                for p in 0..n_ctx {
+                    let at = (sq * n_ctx + p) * kvd;
+                    kv.store_seq(0, sq, p, &keys[at..at + kvd], &vals[at..at + kvd]);
+                }
+            }
+            let prefill: Vec<(usize, usize)> = (10..95).map(|p| (0, p)).collect();
+            let mixed = vec![
+                (0, 50),
+                (1, 30),
+                (1, 31),
+                (1, 32),
+                (0, 80),
+                (0, 82),
+                (1, 150),
+            ];
+            for toks in [prefill, mixed] {
+                let t_len = toks.len();
+                let seq: Vec<usize> = toks.iter().map(|t| t.0).collect();
+                let pos: Vec<usize> = toks.iter().map(|t| t.1).collect();
+                let tokens = vec![0u32; t_len];
+                let batch = Batch {
+                    tokens: &tokens,
+                    seq: &seq,
+                    pos: &pos,
+                    logits_from: t_len,
+                };
+                assert!(t_len > 1, "a single token takes the per-head path");
+                let mut s = scratch(t_len, n_head, group, hd, n_ctx);
+                s.q = values(t_len * d, 3);
+                let pool = ThreadPool::new(2);
+                attention(&pool, &kv, 0, &mut s, &batch, n_head, hd);
+                // Against the cache's own rows (after its rounding), decoded.
+                for t in 0..t_len {
+                    for h in 0..n_head {
+                        let qh = &s.q[t * d + h * hd..][..hd];
+                        let mut sc = Vec::new();
+                        let mut vs = Vec::new();
+                        for j in 0..=pos[t] {
+                            let (mut k, mut v) = (vec![0.0; hd], vec![0.0; hd]);
+                            match kv.layer_view(0) {
+                                LayerView::F32(r) => r.decode(seq[t], j, h / group, &mut k, &mut v),
+                                LayerView::F16(r) => r.decode(seq[t], j, h / group, &mut k, &mut v),
+                                LayerView::Q8(r) => r.decode(seq[t], j, h / group, &mut k, &mut v),
+                            }
+                            let dot: f64 =
+                                qh.iter().zip(&k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            sc.push(dot / (hd as f64).sqrt());
+                            vs.push(v);
+                        }
+                        let m = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let w: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                        let sum: f64 = w.iter().sum();
+                        for i in 0..hd {
+                            let want: f64 =
+                                w.iter().zip(&vs).map(|(p, v)| p * v[i] as f64).sum::<f64>() / sum;
+                            let got = s.attn[t * d + h * hd + i] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{ty:?} t={t} (seq {}, pos {}) head {h} [{i}]: {got} vs {want}",
+                                seq[t],
+                                pos[t]
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -41,16 +41,17 @@ impl Model {
                 ));
             }
         }
-        let tokenizer = match file.get("tokenizer.ggml.tokens") {
-            Some(_) => {
-                let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
-                let types = match file.get("tokenizer.ggml.token_type") {
-                    Some(_) => file.get_i32_array("tokenizer.ggml.token_type")?,
-                    None => vec![1; tokens.len()],
-                };
-                Some(Tokenizer::from_gguf_vocab(&tokens, &types)?)
-            }
-            None => None,
+        // (`contains_key`, not `get`: `get` would decode the whole vocabulary into values.)
+        let tokenizer = if file.contains_key("tokenizer.ggml.tokens") {
+            let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
+            let types = if file.contains_key("tokenizer.ggml.token_type") {
+                file.get_i32_array("tokenizer.ggml.token_type")?
+            } else {
+                vec![1; tokens.len()]
+            };
+            Some(Tokenizer::from_gguf_vocab(&tokens, &types)?)
+        } else {
+            None
         };
         Ok(Model {
             file,

@@ -16,6 +16,20 @@ use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::{as_blocks, as_blocks_mut, float, k_quants, q4, q5, q8};
 use crate::gguf::GgmlType;
 
+/// A build's matrix kernel: `(type, weight row bytes, weight rows, quantized activation row
+/// bytes, activation rows, activation row stride, activation row count, sink)`; returns false,
+/// having done nothing, for a type it has no kernel for.
+type GemmFn = unsafe fn(
+    GgmlType,
+    usize,
+    &[u8],
+    usize,
+    &[u8],
+    usize,
+    usize,
+    &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool;
+
 /// One build of the kernels.
 ///
 /// The function pointers are `unsafe` because a SIMD build may only run on a CPU with its
@@ -26,6 +40,7 @@ pub(super) struct Kernels {
     pub name: &'static str,
     dot: unsafe fn(GgmlType, &[u8], &[u8]) -> f32,
     dot_rows: unsafe fn(GgmlType, usize, &[u8], &[u8], &mut [f32]),
+    gemm: GemmFn,
     q8_0: unsafe fn(&[f32], &mut [BlockQ8_0]),
     q8_1: unsafe fn(&[f32], &mut [BlockQ8_1]),
     q8_k: unsafe fn(&[f32], &mut [BlockQ8K]),
@@ -49,6 +64,28 @@ impl Kernels {
         unsafe { (self.dot_rows)(ty, rb, w, act, out) }
     }
 
+    /// The weight rows of `w` (`rb` bytes each) against `n_tok` activation rows of `arb` bytes
+    /// in `act` (the first `qrb` of them the quantized row, then the side data of
+    /// `gemm_act_row_bytes`), each result handed to `out(token, first_row, values)` with, for
+    /// every row, the bits [`Self::vec_dot`] gives; false (nothing done) when this build has no
+    /// matrix kernel for `ty` (or prefers the row kernels for this many activation rows).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn gemm(
+        &self,
+        ty: GgmlType,
+        rb: usize,
+        w: &[u8],
+        qrb: usize,
+        act: &[u8],
+        arb: usize,
+        n_tok: usize,
+        out: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> bool {
+        // SAFETY: this table was handed out only for a CPU that runs it (see the type's docs).
+        unsafe { (self.gemm)(ty, rb, w, qrb, act, arb, n_tok, out) }
+    }
+
     /// Quantizes `src` into `dst` (sizes already checked) when `ty` is one of the activation
     /// formats this table accelerates; returns false (and does nothing) for any other type.
     #[inline]
@@ -69,10 +106,25 @@ pub(super) static SCALAR: Kernels = Kernels {
     name: "scalar",
     dot: dot_scalar,
     dot_rows: dot_rows_scalar,
+    gemm: no_gemm,
     q8_0: q8::quantize_q8_0,
     q8_1: q8::quantize_q8_1,
     q8_k: q8::quantize_q8_k,
 };
+
+#[allow(clippy::too_many_arguments)]
+fn no_gemm(
+    _: GgmlType,
+    _: usize,
+    _: &[u8],
+    _: usize,
+    _: &[u8],
+    _: usize,
+    _: usize,
+    _: &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool {
+    false
+}
 
 fn dot_rows_scalar(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
@@ -111,6 +163,7 @@ mod x86 {
         name: "avx2",
         dot: k::vec_dot,
         dot_rows: k::vec_dot_rows,
+        gemm: k::gemm,
         q8_0: k::quantize_q8_0,
         q8_1: k::quantize_q8_1,
         q8_k: k::quantize_q8_k,
@@ -121,6 +174,7 @@ mod x86 {
         name: "avx2-128",
         dot: k::vec_dot_128,
         dot_rows: k::vec_dot_rows_128,
+        gemm: k::gemm_128,
         q8_0: k::quantize_q8_0,
         q8_1: k::quantize_q8_1,
         q8_k: k::quantize_q8_k,
@@ -158,6 +212,7 @@ mod arm {
         name: "neon",
         dot: k::vec_dot,
         dot_rows: k::vec_dot_rows,
+        gemm: super::no_gemm,
         q8_0: k::quantize_q8_0,
         q8_1: k::quantize_q8_1,
         q8_k: k::quantize_q8_k,
@@ -168,6 +223,7 @@ mod arm {
         name: "neon+dotprod",
         dot: k::vec_dot_dotprod,
         dot_rows: k::vec_dot_rows_dotprod,
+        gemm: super::no_gemm,
         q8_0: k::quantize_q8_0,
         q8_1: k::quantize_q8_1,
         q8_k: k::quantize_q8_k,

@@ -18,6 +18,8 @@
 mod aarch64_neon;
 mod dispatch;
 mod float;
+#[cfg(test)]
+mod gemm_tests;
 mod k_quantize;
 mod k_quants;
 mod q4;
@@ -244,6 +246,151 @@ pub fn vec_dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32
                 w.len()
             );
             out.fill(0.0);
+        }
+    }
+}
+
+/// Bytes of one activation row in the format of [`gemm`] for weights of type `ty` with `n`
+/// columns: the row quantized to [`vec_dot_type`]`(ty)` (the bytes [`vec_dot`] takes), then side
+/// data the matrix kernels use (for Q8_0 activations: each block's scale as f32 and the sum of
+/// its quants as i32, 8 bytes per block). `None` when `n` is not a whole number of blocks.
+pub fn gemm_act_row_bytes(ty: GgmlType, n: usize) -> Option<usize> {
+    let at = vec_dot_type(ty);
+    Some(at.row_bytes(n)? + gemm_aux_bytes(at, n))
+}
+
+/// Side data bytes after a quantized activation row of type `at` (see [`gemm_act_row_bytes`]).
+fn gemm_aux_bytes(at: GgmlType, n: usize) -> usize {
+    match at {
+        GgmlType::Q8_0 => n / QK * 8,
+        _ => 0,
+    }
+}
+
+/// Quantizes one activation row `x` into `dst` (exactly [`gemm_act_row_bytes`]`(ty, x.len())`
+/// bytes) for [`gemm`]: [`quantize_row`] into [`vec_dot_type`]`(ty)`, then the side data.
+///
+/// Returns `Error::InvalidArgument` on a size mismatch; never panics.
+pub fn quantize_gemm_act(ty: GgmlType, x: &[f32], dst: &mut [u8]) -> Result<()> {
+    let at = vec_dot_type(ty);
+    let (Some(qrb), Some(all)) = (at.row_bytes(x.len()), gemm_act_row_bytes(ty, x.len())) else {
+        return check_row(at, dst.len(), x.len());
+    };
+    if dst.len() != all {
+        return Err(Error::InvalidArgument(format!(
+            "a {ty} matrix-product activation row of {} elements takes {all} bytes, got {}",
+            x.len(),
+            dst.len()
+        )));
+    }
+    let (q, aux) = dst.split_at_mut(qrb);
+    quantize_row(at, x, q)?;
+    fill_gemm_aux(at, q, aux);
+    Ok(())
+}
+
+/// Writes the side data of a quantized activation row `q` of type `at` into `aux` (see
+/// [`gemm_act_row_bytes`]).
+fn fill_gemm_aux(at: GgmlType, q: &[u8], aux: &mut [u8]) {
+    if at == GgmlType::Q8_0 {
+        for (b, out) in as_blocks::<q8::BlockQ8_0>(q)
+            .iter()
+            .zip(aux.chunks_exact_mut(8))
+        {
+            let sum: i32 = b.qs.iter().map(|&v| v as i32).sum();
+            out[..4].copy_from_slice(&f16_to_f32(b.d).to_le_bytes());
+            out[4..].copy_from_slice(&sum.to_le_bytes());
+        }
+    }
+}
+
+/// The weight rows of `w` (type `ty`, `n` columns, `ty.row_bytes(n)` bytes each, back to back)
+/// against `n_tok` activation rows in `act` (each [`gemm_act_row_bytes`]`(ty, n)` bytes, from
+/// [`quantize_gemm_act`]): calls `out(t, r, values)` with the results of activation row `t`
+/// for the weight rows `r..r + values.len()`, every (row, activation row) pair exactly once.
+///
+/// Every value has the bits [`vec_dot`] gives for that pair. The build for this CPU runs a
+/// matrix kernel where it has one (AVX2: Q4_K, Q6_K, Q5_0 with 4 or more activation rows),
+/// which reuses each unpacked weight block across several activation rows; other types and
+/// builds go row by row through [`vec_dot_rows`].
+///
+/// Sizes are the caller's to get right: a mismatch is a bug caught by a debug assertion, and in
+/// release produces no output for the rows that do not fit (never reads out of bounds).
+pub fn gemm(
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    act: &[u8],
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    let (Some(rb), Some(arb)) = (ty.row_bytes(n), gemm_act_row_bytes(ty, n)) else {
+        debug_assert!(false, "gemm({ty}, n={n}): not a whole number of blocks");
+        return;
+    };
+    let qrb = arb - gemm_aux_bytes(vec_dot_type(ty), n);
+    let fits = rb > 0 && w.len().is_multiple_of(rb) && act.len() >= n_tok * arb;
+    if !fits {
+        debug_assert!(
+            false,
+            "gemm({ty}, n={n}): {} weight bytes, {} activation bytes for {n_tok} rows",
+            w.len(),
+            act.len()
+        );
+        return;
+    }
+    gemm_with(
+        dispatch::selected(),
+        ty,
+        rb,
+        w,
+        qrb,
+        &act[..n_tok * arb],
+        arb,
+        n_tok,
+        out,
+    );
+}
+
+/// [`gemm`] on build `k`, sizes checked.
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    k: &dispatch::Kernels,
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    if !k.gemm(ty, rb, w, qrb, act, arb, n_tok, out) {
+        gemm_by_rows(k, ty, rb, w, qrb, act, arb, n_tok, out);
+    }
+}
+
+/// [`gemm`] through a build's `vec_dot_rows`, 64 weight rows at a time.
+#[allow(clippy::too_many_arguments)]
+fn gemm_by_rows(
+    k: &dispatch::Kernels,
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    const ROWS: usize = 64;
+    let mut buf = [0f32; ROWS];
+    for (i, rows) in w.chunks(ROWS * rb).enumerate() {
+        let nr = rows.len() / rb;
+        for t in 0..n_tok {
+            let a = &act[t * arb..t * arb + qrb];
+            k.vec_dot_rows(ty, rb, rows, a, &mut buf[..nr]);
+            out(t, i * ROWS, &buf[..nr]);
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::gguf::{GgmlType, QK_K};
 use GgmlType::*;
 
 /// Every weight type `vec_dot` accepts.
-const WEIGHT_TYPES: [GgmlType; 15] = [
+pub(super) const WEIGHT_TYPES: [GgmlType; 15] = [
     F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q8_K, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
 ];
 
@@ -38,16 +38,16 @@ fn simd_builds(test: &str) -> Vec<&'static Kernels> {
     v
 }
 
-struct Rng(XorShift);
+pub(super) struct Rng(XorShift);
 
 impl Rng {
-    fn new(seed: u32) -> Self {
+    pub(super) fn new(seed: u32) -> Self {
         Rng(XorShift::new(seed))
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         ((self.0.next_u32() as u64 * n as u64) >> 32) as usize
     }
-    fn byte(&mut self) -> u8 {
+    pub(super) fn byte(&mut self) -> u8 {
         (self.0.next_u32() >> 24) as u8
     }
     /// Uniform in [0, 1).
@@ -72,7 +72,7 @@ impl Rng {
             -m
         }
     }
-    fn values(&mut self, n: usize) -> Vec<f32> {
+    pub(super) fn values(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.value()).collect()
     }
 }
@@ -102,7 +102,7 @@ fn f16_fields(ty: GgmlType) -> (&'static [usize], &'static [usize]) {
 
 /// A weight row of random bytes (every quant bit pattern) whose scale fields are replaced by
 /// finite values: 1.0 when `unit`, else random scales.
-fn raw_weights(ty: GgmlType, n: usize, rng: &mut Rng, unit: bool) -> Vec<u8> {
+pub(super) fn raw_weights(ty: GgmlType, n: usize, rng: &mut Rng, unit: bool) -> Vec<u8> {
     let mut v: Vec<u8> = (0..ty.row_bytes(n).unwrap()).map(|_| rng.byte()).collect();
     for b in v.chunks_exact_mut(ty.type_size()) {
         if ty == Q8_K {
@@ -119,14 +119,14 @@ fn raw_weights(ty: GgmlType, n: usize, rng: &mut Rng, unit: bool) -> Vec<u8> {
 }
 
 /// Weights from random values through the reference quantizer (float types: just encoded).
-fn real_weights(ty: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
+pub(super) fn real_weights(ty: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
     let mut v = vec![0u8; ty.row_bytes(n).unwrap()];
     quantize_row_scalar(ty, &rng.values(n), &mut v).unwrap();
     v
 }
 
 /// Activations from random values through the reference quantizer of `vec_dot_type(ty)`.
-fn real_activations(ty: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
+pub(super) fn real_activations(ty: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
     let at = vec_dot_type(ty);
     let mut v = vec![0u8; at.row_bytes(n).unwrap()];
     quantize_row_scalar(at, &rng.values(n), &mut v).unwrap();
@@ -135,7 +135,12 @@ fn real_activations(ty: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
 
 /// Activations in `vec_dot_type(ty)` (quantized types only) built from chosen i8 quants, with a
 /// consistent `s` (Q8_1) and `bsums` (Q8_K); scale 1 when `unit`, else random.
-fn activations_from_quants(ty: GgmlType, q: &[i8], rng: &mut Rng, unit: bool) -> Vec<u8> {
+pub(super) fn activations_from_quants(
+    ty: GgmlType,
+    q: &[i8],
+    rng: &mut Rng,
+    unit: bool,
+) -> Vec<u8> {
     let at = vec_dot_type(ty);
     let mut out = Vec::with_capacity(at.row_bytes(q.len()).unwrap());
     for q in q.chunks_exact(at.block_size()) {
@@ -162,7 +167,7 @@ fn activations_from_quants(ty: GgmlType, q: &[i8], rng: &mut Rng, unit: bool) ->
 
 /// 16 non-zero quants in 8 adjacent pairs (so the pairwise `maddubs` sums see two extremes at
 /// once), drawn from −128, −127, 127 and random bytes.
-fn sparse_quants(n: usize, rng: &mut Rng) -> Vec<i8> {
+pub(super) fn sparse_quants(n: usize, rng: &mut Rng) -> Vec<i8> {
     let mut q = vec![0i8; n];
     for _ in 0..8.min(n / 2) {
         let i = 2 * rng.below(n / 2);

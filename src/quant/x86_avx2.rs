@@ -23,13 +23,15 @@
 
 use std::arch::x86_64::*;
 
-use super::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
+use super::k_quants::{BlockQ2K, BlockQ3K, BlockQ5K};
 use super::q4::{BlockQ4_0, BlockQ4_1};
 use super::q5::{BlockQ5_0, BlockQ5_1};
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::simd_common::{k4_scales_mins, q3_k_scale_words};
 use super::{as_blocks, QK};
 use crate::gguf::{GgmlType, QK_K};
+
+mod gemm;
 
 /// Whether this CPU can run the kernels of this module.
 pub(super) fn detected() -> bool {
@@ -288,16 +290,16 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
         }),
         Q4_0 => dot_q4_0(as_blocks(w), as_blocks(act)),
         Q4_1 => dot_q4_1(as_blocks(w), as_blocks(act)),
-        Q5_0 => dot_q5_0(as_blocks(w), as_blocks(act)),
+        Q5_0 => gemm::dot_q5_0(as_blocks(w), as_blocks(act)),
         Q5_1 => dot_q5_1(as_blocks(w), as_blocks(act)),
         Q8_0 => dot_q8_0(as_blocks(w), as_blocks(act)),
         Q8_1 => dot_q8_1(as_blocks(w), as_blocks(act)),
         Q8_K => dot_q8_k(as_blocks(w), as_blocks(act)),
         Q2_K => dot_q2_k(as_blocks(w), as_blocks(act)),
         Q3_K => dot_q3_k(as_blocks(w), as_blocks(act)),
-        Q4_K => dot_q4_k(as_blocks(w), as_blocks(act)),
+        Q4_K => gemm::dot_q4_k(as_blocks(w), as_blocks(act)),
         Q5_K => dot_q5_k(as_blocks(w), as_blocks(act)),
-        Q6_K => dot_q6_k(as_blocks(w), as_blocks(act)),
+        Q6_K => gemm::dot_q6_k(as_blocks(w), as_blocks(act)),
     }
 }
 
@@ -378,19 +380,6 @@ fn dot_q8_k(w: &[BlockQ8K], a: &[BlockQ8K]) -> f32 {
 fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     hsum_ps(two_acc(w, a, |x, y, acc| {
         let q = _mm256_sub_epi8(nibbles_32(&x.qs), _mm256_set1_epi8(8));
-        let p = mul_small_i8(q, load256(&y.qs));
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * f16_to_f32(y.d));
-        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum_i16_pairs(p)), acc)
-    }))
-}
-
-/// Q5_0: 5-bit quants 0..=31 with an offset of 16.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
-    hsum_ps(two_acc(w, a, |x, y, acc| {
-        // q − 16 as i8: the nibble where the fifth bit is set, else the nibble | 0xF0.
-        let clear = _mm256_andnot_si256(bits_set_32(x.qh), _mm256_set1_epi8(0xF0u8 as i8));
-        let q = _mm256_or_si256(nibbles_32(&x.qs), clear);
         let p = mul_small_i8(q, load256(&y.qs));
         let d = _mm256_set1_ps(f16_to_f32(x.d) * f16_to_f32(y.d));
         _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum_i16_pairs(p)), acc)
@@ -484,23 +473,6 @@ fn dot_q45_k<X>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0F);
-    dot_q45_k(
-        w,
-        a,
-        |x| (x.d, x.dmin, &x.scales),
-        |x, c| {
-            let q = load256(&x.qs[32 * c..]);
-            (
-                _mm256_and_si256(q, m4),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
-            )
-        },
-    )
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q5_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let b16 = _mm256_set1_epi8(0x10);
@@ -525,46 +497,6 @@ fn dot_q5_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
             )
         },
     )
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m2 = _mm256_set1_epi8(0x03);
-    let off = _mm256_set1_epi8(32);
-    hsum_ps(two_acc(w, a, |x, y, acc| {
-        let scales = load128(&x.scales);
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            let la = load256(&x.ql[64 * h..]);
-            let lb = load256(&x.ql[64 * h + 32..]);
-            let qh = load256(&x.qh[32 * h..]);
-            let hi = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m2));
-            // Element 128h + 32k + l: low nibble from la (k = 0, 2) or lb (k = 1, 3), the low
-            // nibble for k < 2, the high one for k >= 2; its top 2 bits at bit 2k of qh[l].
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(la, m4), hi(qh)),
-                _mm256_or_si256(_mm256_and_si256(lb, m4), hi(_mm256_srli_epi16::<2>(qh))),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(la), m4),
-                    hi(_mm256_srli_epi16::<4>(qh)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(lb), m4),
-                    hi(_mm256_srli_epi16::<6>(qh)),
-                ),
-            ];
-            for (k, q) in q.into_iter().enumerate() {
-                let y = load256(&y.qs[128 * h + 32 * k..]);
-                // (q − 32)·y pairs fit i16; times an i8 scale, i32.
-                let p = mul_u6_off_i8(q, off, y);
-                let p = _mm256_madd_epi16(p, scale_pair_i16(scales, 4 * h + k));
-                sumi = _mm256_add_epi32(sumi, p);
-            }
-        }
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * y.d());
-        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc)
-    }))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -637,6 +569,41 @@ fn dot_q2_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) - hsum_ps(acc_m)
 }
 
+/// Many weight rows against many activation rows (see `quant::gemm`) for the types with a
+/// matrix kernel; false (nothing done) for the others.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool {
+    gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out)
+}
+
+/// [`gemm`] for the build with 128-bit nibble kernels: the 32-element nibble formats keep their
+/// own single-row arithmetic there, so they take the generic path built from it.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_128(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool {
+    use GgmlType::*;
+    !matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1) && gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Several weight rows against one activation row: the activation work of a block (loading,
 // sign-extending, converting its scale) is done once for 4 rows. Each row keeps the exact
@@ -665,9 +632,7 @@ fn rows_impl<const NARROW: bool>(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], 
         GgmlType::Q5_0 if NARROW => quads(w, rb, out, |r| {
             dot_q5_0_128_x4(r.map(as_blocks), as_blocks(act))
         }),
-        GgmlType::Q5_0 => quads(w, rb, out, |r| {
-            dot_q5_0_x4(r.map(as_blocks), as_blocks(act))
-        }),
+        _ if gemm::dot_rows(ty, rb, w, act, out) => return,
         _ => 0,
     };
     let rows = w
@@ -723,29 +688,6 @@ fn dot_q8_0_x4(w: [&[BlockQ8_0]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
             let s = _mm256_add_epi32(_mm256_madd_epi16(x0, y0), _mm256_madd_epi16(x1, y1));
             let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
             acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[i & 1]);
-        }
-    }
-    acc.map(|[a0, a1]| hsum_ps(_mm256_add_ps(a0, a1)))
-}
-
-/// Four Q5_0 rows, each exactly as [`dot_q5_0`].
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_0_x4(w: [&[BlockQ5_0]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
-    let nb = a.len().min(w.iter().map(|r| r.len()).min().unwrap_or(0));
-    let f0 = _mm256_set1_epi8(0xF0u8 as i8);
-    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-    for i in 0..nb {
-        let y = &a[i];
-        let yv = load256(&y.qs);
-        let ya = _mm256_abs_epi8(yv);
-        let dy = f16_to_f32(y.d);
-        for (row, acc) in w.iter().zip(&mut acc) {
-            let x = &row[i];
-            let clear = _mm256_andnot_si256(bits_set_32(x.qh), f0);
-            let q = _mm256_or_si256(nibbles_32(&x.qs), clear);
-            let p = _mm256_maddubs_epi16(ya, _mm256_sign_epi8(q, yv));
-            let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
-            acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum_i16_pairs(p)), acc[i & 1]);
         }
     }
     acc.map(|[a0, a1]| hsum_ps(_mm256_add_ps(a0, a1)))

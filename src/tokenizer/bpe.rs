@@ -5,9 +5,19 @@
 //! by (rank, position) makes the same choices in O(n log n), so a long run without splits (a user
 //! pasting 100k identical letters) cannot stall the encoder.
 
-use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+
+/// Token bytes → rank (= id).
+pub trait Ranks {
+    fn rank(&self, bytes: &[u8]) -> Option<u32>;
+}
+
+impl Ranks for rustc_hash::FxHashMap<Vec<u8>, u32> {
+    fn rank(&self, bytes: &[u8]) -> Option<u32> {
+        self.get(bytes).copied()
+    }
+}
 
 /// One current part of the piece: bytes `start..end` of the piece, linked to its neighbours.
 #[derive(Clone, Copy)]
@@ -27,7 +37,7 @@ type Candidate = Reverse<(u32, usize, usize)>;
 /// (`byte_ranks`), which the tokenizer constructors guarantee.
 pub fn encode_piece(
     piece: &[u8],
-    encoder: &FxHashMap<Vec<u8>, u32>,
+    encoder: &impl Ranks,
     byte_ranks: &[u32; 256],
     out: &mut Vec<u32>,
 ) {
@@ -71,14 +81,14 @@ fn push_candidate(
     parts: &[Part],
     left: usize,
     piece: &[u8],
-    encoder: &FxHashMap<Vec<u8>, u32>,
+    encoder: &impl Ranks,
     heap: &mut BinaryHeap<Candidate>,
 ) {
     let Some(right) = parts[left].next else {
         return;
     };
     let (start, end) = (parts[left].start, parts[right].end);
-    if let Some(&rank) = encoder.get(&piece[start..end]) {
+    if let Some(rank) = encoder.rank(&piece[start..end]) {
         heap.push(Reverse((rank, start, end)));
     }
 }
@@ -98,6 +108,7 @@ fn merge(parts: &mut [Part], left: usize, right: usize, rank: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustc_hash::FxHashMap;
 
     fn vocab(tokens: &[&[u8]]) -> (FxHashMap<Vec<u8>, u32>, [u32; 256]) {
         let mut enc = FxHashMap::default();

@@ -13,9 +13,6 @@ pub enum Entry {
     Normal(Vec<u8>),
     /// A control token (`<|im_start|>`): inserted by id, or parsed from text only in Trusted mode.
     Control(String),
-    /// A user-defined added token (Qwen2.5's `<tool_call>`): matched like a control token, but
-    /// kept by `decode_skip_special`, as both HF and llama.cpp do.
-    UserDefined(String),
 }
 
 /// Qwen-1's special tokens in id order, starting right after the BPE ranks
@@ -108,11 +105,30 @@ mod token_type {
     pub const USER_DEFINED: i32 = 4;
 }
 
-/// Maps a GGUF vocabulary to entries: normal tokens are GPT-2 byte-to-unicode strings, control
-/// and user-defined tokens are literal text. Padding rows (`[PAD151935]`, which converters mark
-/// unused, control or user-defined) and other types (unknown, unused, byte) keep their id but
-/// have no token, so they can neither be typed nor decoded.
-pub fn gguf_entries(tokens: &[&str], token_types: &[i32]) -> Result<Vec<Entry>> {
+/// What a GGUF vocabulary row stands for: normal tokens are GPT-2 byte-to-unicode strings,
+/// control and user-defined tokens are literal text. Padding rows (`[PAD151935]`, which
+/// converters mark unused, control or user-defined) and other types (unknown, unused, byte)
+/// keep their id but have no token, so they can neither be typed nor decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufToken {
+    Absent,
+    Normal,
+    Control,
+    UserDefined,
+}
+
+pub fn gguf_token(text: &str, ty: i32) -> GgufToken {
+    match ty {
+        token_type::NORMAL => GgufToken::Normal,
+        _ if is_padding(text) => GgufToken::Absent,
+        token_type::CONTROL => GgufToken::Control,
+        token_type::USER_DEFINED => GgufToken::UserDefined,
+        _ => GgufToken::Absent,
+    }
+}
+
+/// Checks that a GGUF vocabulary has one type per token.
+pub fn check_gguf_lengths(tokens: &[&str], token_types: &[i32]) -> Result<()> {
     if tokens.len() != token_types.len() {
         return Err(Error::Tokenizer(format!(
             "GGUF vocabulary has {} tokens but {} token types",
@@ -120,32 +136,24 @@ pub fn gguf_entries(tokens: &[&str], token_types: &[i32]) -> Result<Vec<Entry>> 
             token_types.len()
         )));
     }
-    let unicode = UnicodeToBytes::new();
-    let entry = |(id, (&text, &ty)): (usize, (&&str, &i32))| -> Result<Entry> {
-        Ok(match ty {
-            token_type::NORMAL => Entry::Normal(normal_bytes(&unicode, id, text)?),
-            _ if is_padding(text) => Entry::Absent,
-            token_type::CONTROL => Entry::Control(text.to_string()),
-            token_type::USER_DEFINED => Entry::UserDefined(text.to_string()),
-            _ => Entry::Absent,
-        })
-    };
-    tokens
-        .iter()
-        .zip(token_types)
-        .enumerate()
-        .map(entry)
-        .collect()
+    Ok(())
 }
 
-fn normal_bytes(unicode: &UnicodeToBytes, id: usize, text: &str) -> Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(text.len());
-    unicode.decode_into(text, &mut bytes).ok_or_else(|| {
+/// Appends the bytes of normal token `id` (GPT-2 byte-to-unicode text) to `out`; on error,
+/// `out` is left as it was.
+pub fn normal_bytes_into(
+    unicode: &UnicodeToBytes,
+    id: usize,
+    text: &str,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let len = out.len();
+    unicode.decode_into(text, out).ok_or_else(|| {
+        out.truncate(len);
         Error::Tokenizer(format!(
             "GGUF token {id} ({text:?}) is not in GPT-2 byte-to-unicode form"
         ))
-    })?;
-    Ok(bytes)
+    })
 }
 
 /// `[PAD<digits>]`, the name converters give to embedding rows without a token.
@@ -191,27 +199,26 @@ mod tests {
 
     #[test]
     fn gguf_types_and_padding() {
-        let tokens = [
-            "Ġa",
-            "<|im_end|>",
-            "<tool_call>",
-            "[PAD3]",
-            "<unk>",
-            "[PAD5]",
+        use GgufToken::*;
+        let rows = [
+            ("Ġa", 1, Normal),
+            ("<|im_end|>", 3, Control),
+            ("<tool_call>", 4, UserDefined),
+            ("[PAD3]", 3, Absent),
+            ("<unk>", 2, Absent),
+            ("[PAD5]", 5, Absent),
+            ("[PAD6]", 4, Absent),
         ];
-        let entries = gguf_entries(&tokens, &[1, 3, 4, 3, 2, 5]).unwrap();
-        assert_eq!(
-            entries,
-            vec![
-                Entry::Normal(b" a".to_vec()),
-                Entry::Control("<|im_end|>".into()),
-                Entry::UserDefined("<tool_call>".into()),
-                Entry::Absent,
-                Entry::Absent,
-                Entry::Absent,
-            ]
-        );
-        assert!(gguf_entries(&tokens, &[1]).is_err());
-        assert!(gguf_entries(&["中"], &[1]).is_err());
+        for (text, ty, want) in rows {
+            assert_eq!(gguf_token(text, ty), want, "{text}");
+        }
+        let unicode = UnicodeToBytes::new();
+        let mut out = b"x".to_vec();
+        normal_bytes_into(&unicode, 0, "Ġa", &mut out).unwrap();
+        assert_eq!(out, b"x a");
+        let err = normal_bytes_into(&unicode, 7, "中", &mut out).unwrap_err();
+        assert!(err.to_string().contains("GGUF token 7"), "{err}");
+        assert_eq!(out, b"x a", "a failed token leaves the buffer as it was");
+        assert!(check_gguf_lengths(&["a", "b"], &[1]).is_err());
     }
 }

@@ -7,6 +7,7 @@
 
 mod bpe;
 mod byte_unicode;
+mod index;
 mod load;
 mod stream;
 
@@ -14,11 +15,14 @@ pub use byte_unicode::bytes_to_unicode;
 pub use stream::StreamDecoder;
 
 use crate::error::{Error, Result};
+use byte_unicode::UnicodeToBytes;
 use fancy_regex::Regex;
-use load::Entry;
+use index::TokenIndex;
+use load::{Entry, GgufToken};
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::OnceLock;
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 /// Qwen's pre-tokenizer (`PAT_STR` in `tokenization_qwen.py`): case-insensitive contractions,
@@ -48,8 +52,9 @@ enum Kind {
 /// A byte-level BPE tokenizer. Immutable after construction, so it is `Send + Sync` and one
 /// instance serves every thread.
 pub struct Tokenizer {
-    /// Normal token bytes → rank (= id), for the BPE merges.
-    encoder: FxHashMap<Vec<u8>, u32>,
+    /// Normal token bytes → rank (= id), for the BPE merges (keys in `bytes`); built on the
+    /// first encode, since loading a model for decoding or benchmarks never needs it.
+    index: OnceLock<TokenIndex>,
     /// Rank of each single byte: where every BPE merge starts.
     byte_ranks: [u32; 256],
     /// Bytes of every token, concatenated in id order; id `i` is `bytes[offsets[i]..offsets[i + 1]]`.
@@ -82,57 +87,108 @@ impl Tokenizer {
     /// form) and `tokenizer.ggml.token_type` (1 normal, 3 control, 4 user-defined; padding and
     /// other types keep their id but have no token). Normal tokens are BPE ranks with rank = id.
     pub fn from_gguf_vocab(tokens: &[&str], token_types: &[i32]) -> Result<Tokenizer> {
-        Self::from_entries(load::gguf_entries(tokens, token_types)?)
+        load::check_gguf_lengths(tokens, token_types)?;
+        let mut tok = Self::empty(tokens.len())?;
+        // One pass, each token's bytes decoded straight into the shared buffer.
+        let unicode = UnicodeToBytes::new();
+        for (id, (&text, &ty)) in tokens.iter().zip(token_types).enumerate() {
+            let kind = match load::gguf_token(text, ty) {
+                GgufToken::Normal => {
+                    load::normal_bytes_into(&unicode, id, text, &mut tok.bytes)?;
+                    Kind::Normal
+                }
+                GgufToken::Absent => Kind::Absent,
+                GgufToken::Control => tok.special(id as u32, text, Kind::Control),
+                GgufToken::UserDefined => tok.special(id as u32, text, Kind::UserDefined),
+            };
+            tok.push(kind);
+        }
+        tok.finish()
     }
 
     fn from_entries(entries: Vec<Entry>) -> Result<Tokenizer> {
-        if entries.len() > u32::MAX as usize {
+        let mut tok = Self::empty(entries.len())?;
+        for (id, entry) in entries.into_iter().enumerate() {
+            let kind = match entry {
+                Entry::Absent => Kind::Absent,
+                Entry::Normal(bytes) => {
+                    tok.bytes.extend_from_slice(&bytes);
+                    Kind::Normal
+                }
+                Entry::Control(text) => tok.special(id as u32, &text, Kind::Control),
+            };
+            tok.push(kind);
+        }
+        tok.finish()
+    }
+
+    /// A tokenizer without tokens, with room for `n`.
+    fn empty(n: usize) -> Result<Tokenizer> {
+        if n > u32::MAX as usize {
             return Err(Error::Tokenizer("more than 2^32 tokens".into()));
         }
-        let mut tok = Tokenizer {
-            encoder: FxHashMap::default(),
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(0);
+        Ok(Tokenizer {
+            index: OnceLock::new(),
             byte_ranks: [0; 256],
-            bytes: Vec::new(),
-            offsets: Vec::with_capacity(entries.len() + 1),
-            kinds: Vec::with_capacity(entries.len()),
+            bytes: Vec::with_capacity(8 * n),
+            offsets,
+            kinds: Vec::with_capacity(n),
             specials: FxHashMap::default(),
             special_re: None,
             split_re: Regex::new(QWEN_PATTERN).expect("Qwen's pattern compiles"),
             n_known: 0,
-        };
-        tok.encoder.reserve(entries.len());
-        tok.offsets.push(0);
-        for (id, entry) in entries.into_iter().enumerate() {
-            tok.add(id as u32, entry);
-        }
-        tok.byte_ranks = byte_ranks(&tok.encoder)?;
-        tok.special_re = special_regex(tok.specials.keys())?;
-        Ok(tok)
+        })
     }
 
-    /// Appends token `id`. A duplicate normal token or special text keeps its lowest id for
-    /// encoding; both ids still decode.
-    fn add(&mut self, id: u32, entry: Entry) {
-        let kind = match entry {
-            Entry::Absent => Kind::Absent,
-            Entry::Normal(bytes) => {
-                self.bytes.extend_from_slice(&bytes);
-                self.encoder.entry(bytes).or_insert(id);
-                Kind::Normal
-            }
-            Entry::Control(text) | Entry::UserDefined(text) if text.is_empty() => Kind::Absent,
-            Entry::Control(text) => self.add_special(id, text, Kind::Control),
-            Entry::UserDefined(text) => self.add_special(id, text, Kind::UserDefined),
-        };
+    /// Ends token `kinds.len()`, whose bytes were just appended to `bytes`.
+    fn push(&mut self, kind: Kind) {
         self.n_known += usize::from(kind != Kind::Absent);
         self.kinds.push(kind);
         self.offsets.push(self.bytes.len());
     }
 
-    fn add_special(&mut self, id: u32, text: String, kind: Kind) -> Kind {
+    /// Appends the text of special token `id`; an empty text makes no token.
+    fn special(&mut self, id: u32, text: &str, kind: Kind) -> Kind {
+        if text.is_empty() {
+            return Kind::Absent;
+        }
         self.bytes.extend_from_slice(text.as_bytes());
-        self.specials.entry(text).or_insert(id);
+        // A duplicate special text keeps its lowest id for encoding; both ids still decode.
+        self.specials.entry(text.to_string()).or_insert(id);
         kind
+    }
+
+    /// Checks that every byte has a normal token and compiles the special-token regex.
+    fn finish(mut self) -> Result<Tokenizer> {
+        // The lowest id of each single-byte normal token (what the index would return).
+        let mut ranks = [None; 256];
+        for (id, kind) in self.kinds.iter().enumerate() {
+            if *kind == Kind::Normal && self.offsets[id + 1] - self.offsets[id] == 1 {
+                let b = self.bytes[self.offsets[id]] as usize;
+                ranks[b] = ranks[b].or(Some(id as u32));
+            }
+        }
+        self.byte_ranks = byte_ranks(|b| ranks[b[0] as usize])?;
+        self.special_re = special_regex(self.specials.keys())?;
+        Ok(self)
+    }
+
+    /// The bytes of token `id` (any kind; `id` below `kinds.len()`).
+    fn bytes_of(&self, id: u32) -> &[u8] {
+        &self.bytes[self.offsets[id as usize]..self.offsets[id as usize + 1]]
+    }
+
+    /// The rank (= id) of the normal token with these bytes: a duplicate keeps its lowest id
+    /// for encoding (both ids still decode).
+    fn rank(&self, key: &[u8]) -> Option<u32> {
+        let index = self.index.get_or_init(|| {
+            let normal =
+                (0..self.kinds.len() as u32).filter(|&i| self.kinds[i as usize] == Kind::Normal);
+            TokenIndex::build(normal.clone().count(), normal, |id| self.bytes_of(id))
+        });
+        index.get(key, |id| self.bytes_of(id))
     }
 
     /// Token ids of `text` after NFC normalization (as Qwen's `tokenize()` does).
@@ -197,9 +253,9 @@ impl Tokenizer {
     }
 
     fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
-        match self.encoder.get(piece) {
-            Some(&id) => out.push(id),
-            None => bpe::encode_piece(piece, &self.encoder, &self.byte_ranks, out),
+        match self.rank(piece) {
+            Some(id) => out.push(id),
+            None => bpe::encode_piece(piece, self, &self.byte_ranks, out),
         }
     }
 
@@ -309,11 +365,17 @@ fn nfc(text: &str) -> Cow<'_, str> {
     }
 }
 
+impl bpe::Ranks for Tokenizer {
+    fn rank(&self, bytes: &[u8]) -> Option<u32> {
+        Tokenizer::rank(self, bytes)
+    }
+}
+
 /// Byte-level BPE needs a token for every byte, so any text can be encoded.
-fn byte_ranks(encoder: &FxHashMap<Vec<u8>, u32>) -> Result<[u32; 256]> {
+fn byte_ranks(rank: impl Fn(&[u8]) -> Option<u32>) -> Result<[u32; 256]> {
     let mut ranks = [0; 256];
-    for (b, rank) in ranks.iter_mut().enumerate() {
-        *rank = *encoder.get(&[b as u8][..]).ok_or_else(|| {
+    for (b, r) in ranks.iter_mut().enumerate() {
+        *r = rank(&[b as u8][..]).ok_or_else(|| {
             Error::Tokenizer(format!("vocabulary has no token for byte 0x{b:02x}"))
         })?;
     }

@@ -1,22 +1,24 @@
 //! Matrix products against weights in any ggml block format: activations are quantized once
-//! per row into the weight type's dot-product format, then every weight row is dotted with every
-//! activation row while it is hot in cache. Rows of the weight are split across the pool.
+//! per row (in parallel) into the format of `quant::gemm`, then the weight rows are split
+//! across the pool in groups of 8 and each thread runs `quant::gemm` on its rows against every
+//! activation row (a matrix kernel that reuses each unpacked weight block across several
+//! activation rows where the build has one; the 8-row dot kernels otherwise, as in decode).
 
 use super::pool::ThreadPool;
 use crate::gguf::GgmlType;
 use crate::quant;
 
-/// A raw output pointer shared by the workers; each writes a disjoint set of elements.
+/// A raw pointer shared by the workers; each writes a disjoint set of elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: workers write disjoint indices (distinct weight rows) and `run` joins them.
-unsafe impl Sync for OutPtr {}
-unsafe impl Send for OutPtr {}
+struct SharedPtr<T>(*mut T);
+// SAFETY: workers write disjoint indices (distinct rows) and `run` joins them.
+unsafe impl<T> Sync for SharedPtr<T> {}
+unsafe impl<T> Send for SharedPtr<T> {}
 
-impl OutPtr {
+impl<T> SharedPtr<T> {
     /// Going through a method makes closures capture the whole (Sync) wrapper rather than
     /// the raw pointer field.
-    fn get(self) -> *mut f32 {
+    fn get(self) -> *mut T {
         self.0
     }
 }
@@ -30,10 +32,14 @@ pub struct WeightMatrix<'a> {
     pub data: &'a [u8],
 }
 
-/// Bytes one activation row of `cols` elements takes in the dot format of weight type `ty`.
+/// Bytes one activation row of `cols` elements takes in the matrix-product format of weight
+/// type `ty` (see `quant::gemm_act_row_bytes`).
 pub fn activation_row_bytes(ty: GgmlType, cols: usize) -> usize {
-    quant::vec_dot_type(ty).row_bytes(cols).unwrap_or(cols * 4)
+    quant::gemm_act_row_bytes(ty, cols).unwrap_or(cols * 4)
 }
+
+/// Weight rows per unit of work handed to a thread: the matrix kernels' row group.
+const ROW_GROUP: usize = 8;
 
 /// `out[t][r] = sum_c w[r][c] * x[t][c]` for `n_tokens` rows of `x` (row-major, `cols` wide) and
 /// `out` (row-major, `w.rows` wide). `xq` is scratch with room for the quantized activations.
@@ -47,28 +53,60 @@ pub fn matmul(
 ) {
     let (rows, cols) = (w.rows, w.cols);
     assert!(x.len() >= n_tokens * cols && out.len() >= n_tokens * rows);
-    let vdt = quant::vec_dot_type(w.ty);
     let arb = activation_row_bytes(w.ty, cols);
     let xq = &mut xq[..n_tokens * arb];
-    for t in 0..n_tokens {
-        quant::quantize_row(
-            vdt,
-            &x[t * cols..(t + 1) * cols],
-            &mut xq[t * arb..(t + 1) * arb],
-        )
-        .expect("activation quantization: sizes are checked at load");
+    let quantize = |t: usize, dst: &mut [u8]| {
+        quant::quantize_gemm_act(w.ty, &x[t * cols..(t + 1) * cols], dst)
+            .expect("activation quantization: sizes are checked at load");
+    };
+    if n_tokens == 1 {
+        quantize(0, xq);
+    } else {
+        let xq_ptr = SharedPtr(xq.as_mut_ptr());
+        pool.for_ranges(n_tokens, &|range| {
+            for t in range {
+                // SAFETY: token rows are disjoint and inside `xq` (n_tokens * arb bytes), and
+                // each thread takes its own range of tokens.
+                let dst = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get().add(t * arb), arb) };
+                quantize(t, dst);
+            }
+        });
     }
     let xq = &*xq;
     let wrb = w.data.len() / rows.max(1);
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    pool.for_ranges(rows, &|range| {
-        for r in range {
-            let wrow = &w.data[r * wrb..(r + 1) * wrb];
-            for t in 0..n_tokens {
-                let v = quant::vec_dot(w.ty, cols, wrow, &xq[t * arb..(t + 1) * arb]);
-                // SAFETY: index < n_tokens * rows <= out.len(); rows are disjoint across threads.
-                unsafe { *out_ptr.get().add(t * rows + r) = v };
+    let out_ptr = SharedPtr(out.as_mut_ptr());
+    pool.for_ranges(rows.div_ceil(ROW_GROUP), &|groups| {
+        let r0 = groups.start * ROW_GROUP;
+        let r1 = (groups.end * ROW_GROUP).min(rows);
+        let mut store = |t: usize, r: usize, vals: &[f32]| {
+            assert!(
+                t < n_tokens && r0 + r + vals.len() <= r1,
+                "gemm output out of range"
+            );
+            // SAFETY: t < n_tokens and r0 + r + vals.len() <= r1 <= rows (just checked), so the
+            // destination lies inside `out` (n_tokens * rows); threads own disjoint row ranges.
+            unsafe {
+                let dst = out_ptr.get().add(t * rows + r0 + r);
+                // A whole row group as one fixed-size copy: a variable-length copy of 8 floats
+                // becomes a call to memcpy, a few % of a prefill. (The volatile writes of a
+                // short final group keep LLVM from merging both paths back into that call.)
+                match <&[f32; ROW_GROUP]>::try_from(vals) {
+                    Ok(group) => dst.cast::<[f32; ROW_GROUP]>().write_unaligned(*group),
+                    Err(_) => {
+                        for (i, &v) in vals.iter().enumerate() {
+                            dst.add(i).write_volatile(v);
+                        }
+                    }
+                }
             }
-        }
+        };
+        quant::gemm(
+            w.ty,
+            cols,
+            &w.data[r0 * wrb..r1 * wrb],
+            xq,
+            n_tokens,
+            &mut store,
+        );
     });
 }

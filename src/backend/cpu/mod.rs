@@ -2,6 +2,8 @@
 pub mod matmul;
 pub mod ops;
 pub mod pool;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
 
 pub use matmul::{matmul, WeightMatrix};
 pub use pool::{default_threads, ThreadPool};

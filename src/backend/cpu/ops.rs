@@ -81,6 +81,80 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// `c[i][j] = Σ_p a[i][p]·b[p][j]` (or `c[i][j] +=` that sum when `accumulate`) for
+/// `i < m`, `j < n`, `p < k`: row-major matrices with leading dimensions (elements between
+/// rows) `lda`, `ldb`, `ldc`. Runs an AVX2+FMA kernel where the CPU has one and `n` is a
+/// multiple of 8 (one rounding per multiply-add there, two in the portable loop).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        a.len() >= (m - 1) * lda + k
+            && (k == 0 || b.len() >= (k - 1) * ldb + n)
+            && c.len() >= (m - 1) * ldc + n,
+        "gemm_f32: matrices too small for {m}x{n}x{k}"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(8) && *HAS_AVX2.get_or_init(super::x86_avx2::detected) {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        unsafe { super::x86_avx2::gemm_f32((m, n, k), a, lda, b, ldb, c, ldc, accumulate) };
+        return;
+    }
+    for i in 0..m {
+        let crow = &mut c[i * ldc..i * ldc + n];
+        if !accumulate {
+            crow.fill(0.0);
+        }
+        for p in 0..k {
+            axpy(crow, a[i * lda + p], &b[p * ldb..p * ldb + n]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+static HAS_AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// `e^x` for `x <= 0` (softmax's shifted scores; larger inputs are clamped to 0), within 2 ulp
+/// of the exact value down to −87.3, the smallest normal result, which smaller inputs (−∞
+/// included) return: Cody–Waite reduction
+/// `x = n·ln 2 + r`, a degree-6 polynomial for `e^r` on |r| <= ln 2 / 2, and `2^n` put into the
+/// exponent bits. Branch-free, so loops over it vectorize.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Below ln(2^-126) the result would be subnormal: clamp (softmax weights that small add
+    // nothing a sum of weights >= 1 can hold).
+    let x = x.clamp(-87.33, 0.0);
+    // n = round(x·log2 e), by the 1.5·2^23 trick (exact for |x·log2 e| < 2^22).
+    const SHIFT: f32 = 12_582_912.0;
+    let n = (x * LOG2E + SHIFT) - SHIFT;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // e^r ≈ 1 + r + r²·P(r), P from Cephes' expf.
+    let p = 1.987_569_1e-4f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e = (p * r * r + r) + 1.0;
+    // 2^n with n in −126..=0: the biased exponent n + 127 >= 1.
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    e * scale
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +172,65 @@ mod tests {
         // angle pi/2 for pair 0, angle 0 for pair 1
         rope_neox(&mut h, &[0.0, 1.0], &[1.0, 0.0]);
         assert_eq!(h, [0.0, 0.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn gemm_f32_matches_the_naive_product() {
+        // Shapes around the 4×16 register tile, with leading dimensions wider than the rows.
+        for (m, n, k) in [
+            (1, 8, 1),
+            (3, 8, 5),
+            (4, 16, 7),
+            (5, 24, 64),
+            (9, 40, 3),
+            (6, 5, 4),
+        ] {
+            let (lda, ldb, ldc) = (k + 3, n + 5, n + 1);
+            let a: Vec<f32> = (0..m * lda)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+                .collect();
+            let b: Vec<f32> = (0..k * ldb)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
+                .collect();
+            for accumulate in [false, true] {
+                let mut c: Vec<f32> = (0..m * ldc).map(|i| i as f32).collect();
+                let before = c.clone();
+                gemm_f32((m, n, k), &a, lda, &b, ldb, &mut c, ldc, accumulate);
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let want = if j >= n {
+                            before[i * ldc + j]
+                        } else {
+                            // Every product and partial sum is a multiple of 2^-5 below 2^10:
+                            // exact in f32 whatever the order or fusion.
+                            let s: f32 = (0..k).map(|p| a[i * lda + p] * b[p * ldb + j]).sum();
+                            s + if accumulate { before[i * ldc + j] } else { 0.0 }
+                        };
+                        assert_eq!(
+                            c[i * ldc + j],
+                            want,
+                            "{m}x{n}x{k} ({i}, {j}) acc={accumulate}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_nonpositive_is_within_two_ulp() {
+        let mut worst = 0u32;
+        let mut x = 0.0f32;
+        while x > -87.0 {
+            let (got, want) = (exp_nonpositive(x), (x as f64).exp() as f32);
+            let ulp = (got.to_bits() as i64 - want.to_bits() as i64).unsigned_abs() as u32;
+            worst = worst.max(ulp);
+            x -= 0.000_731;
+        }
+        assert!(worst <= 2, "worst error {worst} ulp");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-200.0) < 1.2e-38);
+        assert!(exp_nonpositive(f32::NEG_INFINITY) < 1.2e-38);
     }
 
     #[test]

@@ -1,0 +1,165 @@
+//! Parity of the matrix products (`gemm`) with the single-row dots: in every build this CPU
+//! runs and for every weight type, each (weight row, activation row) result must have exactly
+//! the bits `vec_dot` gives, be produced exactly once, and no other output may appear. The
+//! shapes cover one block and many, row counts around the 8-row groups, activation row counts
+//! around the 4-row register tile and across the 256-row accumulator chunk, and rows long enough
+//! to span several panel chunks; the data mixes realistic quantized rows with raw random bytes
+//! and activations holding the extremes (−128, −127, 127).
+
+use super::dispatch::{self, Kernels};
+use super::simd_tests::{
+    activations_from_quants, raw_weights, real_activations, real_weights, sparse_quants, Rng,
+    WEIGHT_TYPES,
+};
+use super::{fill_gemm_aux, gemm_act_row_bytes, gemm_with, quantize_gemm_act, vec_dot_type};
+use crate::gguf::{GgmlType, QK_K};
+
+/// Activation rows (each in `vec_dot_type(ty)`) in the format `gemm` takes: row, side data.
+fn gemm_acts(ty: GgmlType, n: usize, rows: &[Vec<u8>]) -> Vec<u8> {
+    let at = vec_dot_type(ty);
+    let arb = gemm_act_row_bytes(ty, n).unwrap();
+    let mut out = vec![0u8; rows.len() * arb];
+    for (q, dst) in rows.iter().zip(out.chunks_exact_mut(arb)) {
+        let (dq, aux) = dst.split_at_mut(q.len());
+        dq.copy_from_slice(q);
+        fill_gemm_aux(at, q, aux);
+    }
+    out
+}
+
+/// `gemm` on build `k`, as a dense `[n_tok][rows]` matrix; fails on any output outside the
+/// matrix or written twice.
+fn run(k: &Kernels, ty: GgmlType, n: usize, w: &[u8], acts: &[u8], n_tok: usize) -> Vec<f32> {
+    let rb = ty.row_bytes(n).unwrap();
+    let rows = w.len() / rb;
+    let arb = gemm_act_row_bytes(ty, n).unwrap();
+    let qrb = vec_dot_type(ty).row_bytes(n).unwrap();
+    let mut out = vec![f32::NAN; n_tok * rows];
+    let mut seen = vec![false; n_tok * rows];
+    gemm_with(k, ty, rb, w, qrb, acts, arb, n_tok, &mut |t, r, vals| {
+        assert!(
+            t < n_tok && r + vals.len() <= rows,
+            "{ty}: output ({t}, {r}) outside"
+        );
+        for (i, &v) in vals.iter().enumerate() {
+            let at = t * rows + r + i;
+            assert!(!seen[at], "{ty}: ({t}, {}) written twice", r + i);
+            seen[at] = true;
+            out[at] = v;
+        }
+    });
+    assert!(
+        seen.iter().all(|&s| s),
+        "{ty}: some results were never written"
+    );
+    out
+}
+
+/// (row length, weight rows, activation rows) to test for a type.
+fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
+    let b = ty.block_size();
+    let long = if b == 1 { 1000 } else { 4864 };
+    let mid = match b {
+        1 => 13,
+        QK_K => 1536,
+        _ => 896,
+    };
+    vec![
+        (b, 1, 1),
+        (b, 8, 4),
+        (3 * b, 13, 5),
+        (mid, 20, 9),
+        (mid, 16, 16),
+        (long, 11, 7),
+        (b, 9, 260),
+    ]
+}
+
+#[test]
+fn gemm_matches_vec_dot_bit_for_bit() {
+    let mut rng = Rng::new(0x6E33_0001);
+    for k in dispatch::all() {
+        for ty in WEIGHT_TYPES {
+            for (n, rows, n_tok) in shapes(ty) {
+                let w: Vec<u8> = (0..rows)
+                    .flat_map(|r| match r % 3 {
+                        2 if ty.block_size() > 1 => raw_weights(ty, n, &mut rng, false),
+                        _ => real_weights(ty, n, &mut rng),
+                    })
+                    .collect();
+                let acts: Vec<Vec<u8>> = (0..n_tok)
+                    .map(|t| match t % 4 {
+                        3 if ty.block_size() > 1 => {
+                            let q = sparse_quants(n, &mut rng);
+                            activations_from_quants(ty, &q, &mut rng, false)
+                        }
+                        2 if ty.block_size() > 1 => {
+                            let q: Vec<i8> = (0..n).map(|_| rng.byte() as i8).collect();
+                            activations_from_quants(ty, &q, &mut rng, false)
+                        }
+                        _ => real_activations(ty, n, &mut rng),
+                    })
+                    .collect();
+                let got = run(k, ty, n, &w, &gemm_acts(ty, n, &acts), n_tok);
+                let rb = ty.row_bytes(n).unwrap();
+                for (t, a) in acts.iter().enumerate() {
+                    for r in 0..rows {
+                        let want = k.vec_dot(ty, &w[r * rb..(r + 1) * rb], a);
+                        let g = got[t * rows + r];
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "{} {ty} n={n} rows={rows} n_tok={n_tok}: ({t}, {r}) gemm {g} vec_dot {want}",
+                            k.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The public entry points agree: `quantize_gemm_act` writes the row `quantize_row` writes
+/// followed by its side data, and `gemm` (selected build) equals `vec_dot` on its rows.
+#[test]
+fn public_gemm_matches_vec_dot() {
+    let mut rng = Rng::new(0x6E33_0002);
+    for ty in [
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+    ] {
+        let n = 1536;
+        let (rows, n_tok) = (24, 6);
+        let w: Vec<u8> = (0..rows)
+            .flat_map(|_| real_weights(ty, n, &mut rng))
+            .collect();
+        let arb = gemm_act_row_bytes(ty, n).unwrap();
+        let qrb = vec_dot_type(ty).row_bytes(n).unwrap();
+        let mut act = vec![0u8; n_tok * arb];
+        let xs: Vec<Vec<f32>> = (0..n_tok).map(|_| rng.values(n)).collect();
+        for (x, dst) in xs.iter().zip(act.chunks_exact_mut(arb)) {
+            quantize_gemm_act(ty, x, dst).unwrap();
+            let mut q = vec![0u8; qrb];
+            super::quantize_row(vec_dot_type(ty), x, &mut q).unwrap();
+            assert_eq!(&dst[..qrb], &q[..]);
+        }
+        assert!(quantize_gemm_act(ty, &xs[0], &mut act[..arb - 1]).is_err());
+        let mut out = vec![f32::NAN; rows * n_tok];
+        super::gemm(ty, n, &w, &act, n_tok, &mut |t, r, v| {
+            out[t * rows + r..t * rows + r + v.len()].copy_from_slice(v)
+        });
+        let rb = ty.row_bytes(n).unwrap();
+        for t in 0..n_tok {
+            for r in 0..rows {
+                let want = super::vec_dot(ty, n, &w[r * rb..], &act[t * arb..t * arb + qrb]);
+                assert_eq!(
+                    out[t * rows + r].to_bits(),
+                    want.to_bits(),
+                    "{ty} ({t}, {r})"
+                );
+            }
+        }
+    }
+}

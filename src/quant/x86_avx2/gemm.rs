@@ -1,0 +1,805 @@
+//! Matrix products for the weight types of the real models (Q4_K, Q6_K, Q5_0) on AVX2: many
+//! weight rows against many activation rows, and the 8-row kernels decode and `vec_dot` use.
+//!
+//! # The arithmetic every path shares
+//!
+//! For each weight row and activation row, each block `b` contributes exact integers (the
+//! K-quants' scales included), and the row's result is a float chain over the blocks in order:
+//!
+//! - Q5_0: `acc = fma(d_w·d_a, float(Σ (q − 16)·y), acc)`;
+//! - Q6_K: `acc = fma(d_w·d_a, float(Σ_h sc_h·Σ q·y − 32·Σ_h sc_h·bsum_h), acc)` (q in 0..=63,
+//!   `bsum_h` the activation's sum over sub-block `h`, which the quantizer stores);
+//! - Q4_K: `acc = fma(d_a·d, float(Σ_j sc_j·Σ q·y), acc)`, `accm = fma(d_a·dmin,
+//!   float(Σ_j mn_j·bsum_j), accm)`, result `acc − accm`.
+//!
+//! Integer sums are exact in any order, so a kernel is free to lay the work out as it likes;
+//! the float chain is the same in all of them, so the matrix kernel, the 8-row kernel and the
+//! single-row `vec_dot` agree bit for bit (the parity tests pin this).
+//!
+//! # Two layouts
+//!
+//! - Decode (few activation rows): each weight row is read as stored, its block's integer
+//!   partial sums land in the 8 lanes of a vector (K in lanes) and are added up into one exact
+//!   integer per block; for Q5_0's short blocks, 8 rows' vectors are reduced together
+//!   ([`reduce8`]) so the float work is done for 8 rows at once.
+//! - Prefill (many activation rows): 8 weight rows are first repacked into a panel where lane
+//!   `r` of each 32-byte group holds 4 consecutive quants of row `r` (rows in lanes), so one
+//!   broadcast of 4 activation bytes feeds 8 rows at once and each unpacked weight group is
+//!   reused by [`NR`] activation rows. The panel covers a chunk of the blocks (it lives on the
+//!   stack, sized for L1); the float accumulators carry across chunks, keeping block order.
+
+use std::arch::x86_64::*;
+use std::mem::size_of;
+
+use super::super::k_quants::{BlockQ4K, BlockQ6K};
+use super::super::q5::BlockQ5_0;
+use super::super::q8::{BlockQ8K, BlockQ8_0};
+use super::super::simd_common::k4_scales_mins;
+use super::super::{as_blocks, QK};
+use super::{bits_set_32, f16_to_f32, load128, load256, mul_small_i8, nibbles_32, sum_i16_pairs};
+use crate::gguf::{GgmlType, QK_K};
+
+/// Weight rows per panel group and per decode group: the 8 i32 lanes of a vector.
+const MR: usize = 8;
+/// Activation rows per register tile of the matrix kernel.
+const NR: usize = 4;
+/// Activation rows whose accumulators stay live while a row group's panels stream by.
+const TC: usize = 256;
+/// Fewest activation rows the panel kernels take.
+const MIN_TOKENS: usize = 4;
+/// Bytes of panel a chunk of blocks may fill (on the stack, meant to stay in L1).
+const PANEL_BYTES: usize = 32 * 1024;
+
+/// The weight types with kernels here.
+fn has_gemm(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::Q5_0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers.
+
+/// The 32 bytes of `v` as a vector.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn ld(v: &[u8; 32]) -> __m256i {
+    // SAFETY: `v` is 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn st(v: &mut [u8; 32], x: __m256i) {
+    // SAFETY: `v` is 32 writable bytes, borrowed exclusively; no alignment needed.
+    unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), x) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn ld_ps(v: &[f32; 8]) -> __m256 {
+    // SAFETY: `v` is 8 readable f32; no alignment needed.
+    unsafe { _mm256_loadu_ps(v.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn st_ps(v: &mut [f32; 8], x: __m256) {
+    // SAFETY: `v` is 8 writable f32, borrowed exclusively; no alignment needed.
+    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) }
+}
+
+/// 4 bytes broadcast to all 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn bcast4(b: &[i8], i: usize) -> __m256i {
+    let w = [b[i] as u8, b[i + 1] as u8, b[i + 2] as u8, b[i + 3] as u8];
+    _mm256_set1_epi32(i32::from_le_bytes(w))
+}
+
+/// Lane `r` = the sum of the 8 lanes of `v[r]` (exact: i32 additions of the callers' bounded
+/// partial sums).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn reduce8(v: &[__m256i; 8]) -> __m256i {
+    let a01 = _mm256_hadd_epi32(v[0], v[1]);
+    let a23 = _mm256_hadd_epi32(v[2], v[3]);
+    let a45 = _mm256_hadd_epi32(v[4], v[5]);
+    let a67 = _mm256_hadd_epi32(v[6], v[7]);
+    // Per 128-bit half: [Σ v0, Σ v1, Σ v2, Σ v3] over that half's lanes.
+    let b0 = _mm256_hadd_epi32(a01, a23);
+    let b1 = _mm256_hadd_epi32(a45, a67);
+    let lo = _mm256_permute2x128_si256::<0x20>(b0, b1);
+    let hi = _mm256_permute2x128_si256::<0x31>(b0, b1);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// The sum of the 8 lanes of `v`, with the same additions as one lane of [`reduce8`] (integer
+/// additions are exact, so any order gives the same value).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Transposes 8×8 i32: lane `r` of output `g` is lane `g` of input `r`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
+    let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+    let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+    let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    let t4 = _mm256_unpacklo_epi32(v[4], v[5]);
+    let t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    let t6 = _mm256_unpacklo_epi32(v[6], v[7]);
+    let t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    let u0 = _mm256_unpacklo_epi64(t0, t2);
+    let u1 = _mm256_unpackhi_epi64(t0, t2);
+    let u2 = _mm256_unpacklo_epi64(t1, t3);
+    let u3 = _mm256_unpackhi_epi64(t1, t3);
+    let u4 = _mm256_unpacklo_epi64(t4, t6);
+    let u5 = _mm256_unpackhi_epi64(t4, t6);
+    let u6 = _mm256_unpacklo_epi64(t5, t7);
+    let u7 = _mm256_unpackhi_epi64(t5, t7);
+    [
+        _mm256_permute2x128_si256::<0x20>(u0, u4),
+        _mm256_permute2x128_si256::<0x20>(u1, u5),
+        _mm256_permute2x128_si256::<0x20>(u2, u6),
+        _mm256_permute2x128_si256::<0x20>(u3, u7),
+        _mm256_permute2x128_si256::<0x31>(u0, u4),
+        _mm256_permute2x128_si256::<0x31>(u1, u5),
+        _mm256_permute2x128_si256::<0x31>(u2, u6),
+        _mm256_permute2x128_si256::<0x31>(u3, u7),
+    ]
+}
+
+/// Transposes 8 rows' 32-element vectors (element order) into 8 panel groups and stores them.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn store_transposed(rows: [__m256i; 8], out: &mut [[u8; 32]]) {
+    for (o, v) in out.iter_mut().zip(transpose8(rows)) {
+        st(o, v);
+    }
+}
+
+/// An i16 value in both halves of each lane: `[x_r, x_r]` for row `r`.
+fn pair16(x: [i16; 8]) -> [u8; 32] {
+    let mut o = [0u8; 32];
+    for (r, &v) in x.iter().enumerate() {
+        o[4 * r..4 * r + 2].copy_from_slice(&v.to_le_bytes());
+        o[4 * r + 2..4 * r + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    o
+}
+
+/// `[a_r, b_r]` in lane `r`.
+fn two16(a: [i16; 8], b: [i16; 8]) -> [u8; 32] {
+    let mut o = [0u8; 32];
+    for r in 0..8 {
+        o[4 * r..4 * r + 2].copy_from_slice(&a[r].to_le_bytes());
+        o[4 * r + 2..4 * r + 4].copy_from_slice(&b[r].to_le_bytes());
+    }
+    o
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_K.
+
+/// 8 rows × one Q4_K block, rows in lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct PanelQ4K {
+    /// Group `g`: elements `4g..4g+4` (0..=15) of each row.
+    q: [[u8; 32]; QK_K / 4],
+    /// Sub-block `j`'s scale of row `r` in both i16 halves of lane `r`.
+    sc: [[u8; 32]; 8],
+    /// Sub-block `j`'s minimum of row `r` in both i16 halves of lane `r` (against the two
+    /// 16-element activation sums of sub-block `j`).
+    mn: [[u8; 32]; 8],
+    d: [f32; 8],
+    dmin: [f32; 8],
+}
+
+const ZERO_Q4K: PanelQ4K = PanelQ4K {
+    q: [[0; 32]; QK_K / 4],
+    sc: [[0; 32]; 8],
+    mn: [[0; 32]; 8],
+    d: [0.0; 8],
+    dmin: [0.0; 8],
+};
+
+/// Sub-block `j` (elements `32j..32j+32`) of a Q4_K block as quants 0..=15, element order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4k_quants(x: &BlockQ4K, j: usize) -> __m256i {
+    let q = load256(&x.qs[32 * (j / 2)..]);
+    let q = if j.is_multiple_of(2) {
+        q
+    } else {
+        _mm256_srli_epi16::<4>(q)
+    };
+    _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_q4k(rows: [&[BlockQ4K]; 8], b0: usize, out: &mut [PanelQ4K]) {
+    for (i, p) in out.iter_mut().enumerate() {
+        let blocks: [&BlockQ4K; 8] = std::array::from_fn(|r| &rows[r][b0 + i]);
+        for (j, groups) in p.q.chunks_exact_mut(8).enumerate() {
+            store_transposed(std::array::from_fn(|r| q4k_quants(blocks[r], j)), groups);
+        }
+        let mut sc = [[0i16; 8]; 8];
+        let mut mn = [[0i16; 8]; 8];
+        for (r, x) in blocks.iter().enumerate() {
+            let (s, m) = k4_scales_mins(&x.scales);
+            for j in 0..8 {
+                sc[j][r] = ((s >> (8 * j)) & 0xFF) as i16;
+                mn[j][r] = ((m >> (8 * j)) & 0xFF) as i16;
+            }
+            p.d[r] = f16_to_f32(x.d);
+            p.dmin[r] = f16_to_f32(x.dmin);
+        }
+        for j in 0..8 {
+            p.sc[j] = pair16(sc[j]);
+            p.mn[j] = pair16(mn[j]);
+        }
+    }
+}
+
+/// Accumulates blocks `b0..b0 + panel.len()` of 8 rows against `NR` activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_q4k(panel: &[PanelQ4K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [[[f32; 8]; 2]]) {
+    for (i, p) in panel.iter().enumerate() {
+        let ys: [&BlockQ8K; NR] = std::array::from_fn(|t| &acts[t][b0 + i]);
+        let mut sumi = [_mm256_setzero_si256(); NR];
+        for j in 0..8 {
+            let mut s16 = [_mm256_setzero_si256(); NR];
+            for g in 0..8 {
+                let w = ld(&p.q[8 * j + g]);
+                for t in 0..NR {
+                    // Each pair ≤ 2·15·128; 8 groups sum to ≤ 30720: exact in i16.
+                    let prod = _mm256_maddubs_epi16(w, bcast4(&ys[t].qs, 32 * j + 4 * g));
+                    s16[t] = _mm256_add_epi16(s16[t], prod);
+                }
+            }
+            let sc = ld(&p.sc[j]);
+            for t in 0..NR {
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s16[t], sc));
+            }
+        }
+        let d = ld_ps(&p.d);
+        let dmin = ld_ps(&p.dmin);
+        for t in 0..NR {
+            let y = ys[t];
+            let mut summ = _mm256_setzero_si256();
+            for j in 0..8 {
+                let b = [y.bsums[2 * j], y.bsums[2 * j + 1]];
+                let b = _mm256_set1_epi32(i32::from_le_bytes([b[0][0], b[0][1], b[1][0], b[1][1]]));
+                summ = _mm256_add_epi32(summ, _mm256_madd_epi16(ld(&p.mn[j]), b));
+            }
+            let yd = _mm256_set1_ps(y.d());
+            let a = &mut acc[t];
+            let s = _mm256_fmadd_ps(
+                _mm256_mul_ps(d, yd),
+                _mm256_cvtepi32_ps(sumi[t]),
+                ld_ps(&a[0]),
+            );
+            st_ps(&mut a[0], s);
+            let m = _mm256_fmadd_ps(
+                _mm256_mul_ps(dmin, yd),
+                _mm256_cvtepi32_ps(summ),
+                ld_ps(&a[1]),
+            );
+            st_ps(&mut a[1], m);
+        }
+    }
+}
+
+/// The exact per-block integers of one Q4_K row against one activation row, K in lanes:
+/// `(Σ_j sc_j·Σ q·y, Σ_j mn_j·bsum_j)` spread over 8 lanes each.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4k_block_lanes(x: &BlockQ4K, y: &BlockQ8K) -> (__m256i, __m256i) {
+    let (sc, mn) = k4_scales_mins(&x.scales);
+    let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+    let b = load256(y.bsums.as_flattened());
+    // |bsum| ≤ 16·128: the pairwise sums (32-element sums) fit i16.
+    let b32 = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
+    let summ = _mm256_zextsi128_si256(_mm_madd_epi16(mins, b32));
+    let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut sumi = _mm256_setzero_si256();
+    for c in 0..4 {
+        let q = load256(&x.qs[32 * c..]);
+        let q0 = _mm256_and_si256(q, m4);
+        let q1 = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+        let y0 = load256(&y.qs[64 * c..]);
+        let y1 = load256(&y.qs[64 * c + 32..]);
+        let s0 = _mm256_shuffle_epi8(
+            scales,
+            _mm256_set1_epi16(0x0100 * (4 * c as i16 + 1) + 4 * c as i16),
+        );
+        let s1 = _mm256_shuffle_epi8(
+            scales,
+            _mm256_set1_epi16(0x0100 * (4 * c as i16 + 3) + 4 * c as i16 + 2),
+        );
+        let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, y0), s0);
+        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, y1), s1);
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+    }
+    (sumi, summ)
+}
+
+/// One Q4_K row against one activation row (`vec_dot`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut accm) = (0f32, 0f32);
+    for (x, y) in w.iter().zip(a) {
+        let (sumi, summ) = q4k_block_lanes(x, y);
+        acc = (y.d() * f16_to_f32(x.d)).mul_add(hsum_i32(sumi) as f32, acc);
+        accm = (y.d() * f16_to_f32(x.dmin)).mul_add(hsum_i32(summ) as f32, accm);
+    }
+    acc - accm
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q6_K.
+
+/// 8 rows × one Q6_K block, rows in lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct PanelQ6K {
+    /// Group `g`: elements `4g..4g+4` (0..=63, not yet minus 32) of each row.
+    q: [[u8; 32]; QK_K / 4],
+    /// 16-element sub-block `h`'s scale of row `r` in both i16 halves of lane `r`.
+    sc: [[u8; 32]; 16],
+    /// Scales of sub-blocks `2k` and `2k + 1` of row `r` in lane `r` (for the offset term).
+    sc2: [[u8; 32]; 8],
+    d: [f32; 8],
+}
+
+const ZERO_Q6K: PanelQ6K = PanelQ6K {
+    q: [[0; 32]; QK_K / 4],
+    sc: [[0; 32]; 16],
+    sc2: [[0; 32]; 8],
+    d: [0.0; 8],
+};
+
+/// Elements `32k..32k+32` of a Q6_K block as quants 0..=63, element order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q6k_quants(x: &BlockQ6K, k: usize) -> __m256i {
+    let (h, k) = (k / 4, k % 4);
+    // Element 128h + 32k + l: its low 4 bits are the low (k < 2) or high (k >= 2) nibble of
+    // ql[64h + 32(k % 2) + l], its top 2 bits are bits 2k, 2k + 1 of qh[32h + l].
+    let l = load256(&x.ql[64 * h + 32 * (k % 2)..]);
+    let l = if k < 2 { l } else { _mm256_srli_epi16::<4>(l) };
+    let qh = load256(&x.qh[32 * h..]);
+    let hi = match k {
+        0 => _mm256_slli_epi16::<4>(qh),
+        1 => _mm256_slli_epi16::<2>(qh),
+        2 => qh,
+        _ => _mm256_srli_epi16::<2>(qh),
+    };
+    _mm256_or_si256(
+        _mm256_and_si256(l, _mm256_set1_epi8(0x0F)),
+        _mm256_and_si256(hi, _mm256_set1_epi8(0x30)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_q6k(rows: [&[BlockQ6K]; 8], b0: usize, out: &mut [PanelQ6K]) {
+    for (i, p) in out.iter_mut().enumerate() {
+        let blocks: [&BlockQ6K; 8] = std::array::from_fn(|r| &rows[r][b0 + i]);
+        for (k, groups) in p.q.chunks_exact_mut(8).enumerate() {
+            store_transposed(std::array::from_fn(|r| q6k_quants(blocks[r], k)), groups);
+        }
+        for h in 0..16 {
+            p.sc[h] = pair16(std::array::from_fn(|r| blocks[r].scales[h] as i16));
+        }
+        for k in 0..8 {
+            p.sc2[k] = two16(
+                std::array::from_fn(|r| blocks[r].scales[2 * k] as i16),
+                std::array::from_fn(|r| blocks[r].scales[2 * k + 1] as i16),
+            );
+        }
+        for (r, x) in blocks.iter().enumerate() {
+            p.d[r] = f16_to_f32(x.d);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_q6k(panel: &[PanelQ6K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [[[f32; 8]; 2]]) {
+    for (i, p) in panel.iter().enumerate() {
+        let ys: [&BlockQ8K; NR] = std::array::from_fn(|t| &acts[t][b0 + i]);
+        let mut sumi = [_mm256_setzero_si256(); NR];
+        for h in 0..16 {
+            // Two groups per i16 sum: each pair ≤ 2·63·128, two of them ≤ 32256.
+            let mut s16 = [[_mm256_setzero_si256(); 2]; NR];
+            for g in 0..4 {
+                let w = ld(&p.q[4 * h + g]);
+                for t in 0..NR {
+                    let prod = _mm256_maddubs_epi16(w, bcast4(&ys[t].qs, 16 * h + 4 * g));
+                    s16[t][g / 2] = _mm256_add_epi16(s16[t][g / 2], prod);
+                }
+            }
+            let sc = ld(&p.sc[h]);
+            for t in 0..NR {
+                let s = _mm256_add_epi32(
+                    _mm256_madd_epi16(s16[t][0], sc),
+                    _mm256_madd_epi16(s16[t][1], sc),
+                );
+                sumi[t] = _mm256_add_epi32(sumi[t], s);
+            }
+        }
+        let d = ld_ps(&p.d);
+        for t in 0..NR {
+            let y = ys[t];
+            // −32·Σ_h sc_h·bsum_h, the quants' offset.
+            let mut off = _mm256_setzero_si256();
+            for k in 0..8 {
+                let b = [y.bsums[2 * k], y.bsums[2 * k + 1]];
+                let b = _mm256_set1_epi32(i32::from_le_bytes([b[0][0], b[0][1], b[1][0], b[1][1]]));
+                off = _mm256_add_epi32(off, _mm256_madd_epi16(ld(&p.sc2[k]), b));
+            }
+            let s = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<5>(off));
+            let a = &mut acc[t];
+            let v = _mm256_fmadd_ps(
+                _mm256_mul_ps(d, _mm256_set1_ps(y.d())),
+                _mm256_cvtepi32_ps(s),
+                ld_ps(&a[0]),
+            );
+            st_ps(&mut a[0], v);
+        }
+    }
+}
+
+/// The exact integer of one Q6_K block against one activation block, K in lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q6k_block_lanes(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
+    let scales = load128(&x.scales);
+    let mut sumi = _mm256_setzero_si256();
+    for k in 0..QK_K / 32 {
+        let q = q6k_quants(x, k);
+        let yv = load256(&y.qs[32 * k..]);
+        // Pairs q·y ≤ 2·63·128 fit i16; times an i8 scale, i32.
+        let p = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(q, yv),
+            super::scale_pair_i16(scales, k),
+        );
+        sumi = _mm256_add_epi32(sumi, p);
+    }
+    // −32·Σ_h sc_h·bsum_h.
+    let off = _mm256_madd_epi16(
+        _mm256_cvtepi8_epi16(scales),
+        load256(y.bsums.as_flattened()),
+    );
+    _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(off))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let s = hsum_i32(q6k_block_lanes(x, y));
+        acc = (f16_to_f32(x.d) * y.d()).mul_add(s as f32, acc);
+    }
+    acc
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q5_0.
+
+/// 8 rows × one Q5_0 block, rows in lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct PanelQ5_0 {
+    /// Group `g`: elements `4g..4g+4` (0..=31, not yet minus 16) of each row.
+    q: [[u8; 32]; QK / 4],
+    d: [f32; 8],
+}
+
+const ZERO_Q5_0: PanelQ5_0 = PanelQ5_0 {
+    q: [[0; 32]; QK / 4],
+    d: [0.0; 8],
+};
+
+/// A Q5_0 block's 32 quants, 0..=31, element order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q5_0_quants(x: &BlockQ5_0) -> __m256i {
+    _mm256_or_si256(
+        nibbles_32(&x.qs),
+        _mm256_and_si256(bits_set_32(x.qh), _mm256_set1_epi8(0x10)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_q5_0(rows: [&[BlockQ5_0]; 8], b0: usize, out: &mut [PanelQ5_0]) {
+    for (i, p) in out.iter_mut().enumerate() {
+        let blocks: [&BlockQ5_0; 8] = std::array::from_fn(|r| &rows[r][b0 + i]);
+        store_transposed(std::array::from_fn(|r| q5_0_quants(blocks[r])), &mut p.q);
+        let h: [u16; 8] = std::array::from_fn(|r| u16::from_le_bytes(blocks[r].d));
+        // SAFETY: `h` is 8 readable u16 (16 bytes); no alignment needed.
+        let hv = unsafe { _mm_loadu_si128(h.as_ptr().cast()) };
+        st_ps(&mut p.d, _mm256_cvtph_ps(hv));
+    }
+}
+
+/// The activation side data of block `b` of a Q8_0 row with aux: (d as f32, Σ q).
+#[inline(always)]
+fn aux_of(aux: &[u8], b: usize) -> (f32, i32) {
+    let e = &aux[8 * b..8 * b + 8];
+    (
+        f32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+        i32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_q5_0(
+    panel: &[PanelQ5_0],
+    b0: usize,
+    acts: [(&[BlockQ8_0], &[u8]); NR],
+    acc: &mut [[[f32; 8]; 2]],
+) {
+    let ones = _mm256_set1_epi16(1);
+    for (i, p) in panel.iter().enumerate() {
+        let b = b0 + i;
+        let ys: [&BlockQ8_0; NR] = std::array::from_fn(|t| &acts[t].0[b]);
+        let mut s16 = [[_mm256_setzero_si256(); 2]; NR];
+        for g in 0..QK / 4 {
+            let w = ld(&p.q[g]);
+            for t in 0..NR {
+                // Each pair ≤ 2·31·128; four groups ≤ 31744: exact in i16.
+                let prod = _mm256_maddubs_epi16(w, bcast4(&ys[t].qs, 4 * g));
+                s16[t][g / 4] = _mm256_add_epi16(s16[t][g / 4], prod);
+            }
+        }
+        let d = ld_ps(&p.d);
+        for t in 0..NR {
+            let (dy, sy) = aux_of(acts[t].1, b);
+            let s = _mm256_add_epi32(
+                _mm256_madd_epi16(s16[t][0], ones),
+                _mm256_madd_epi16(s16[t][1], ones),
+            );
+            // Σ (q − 16)·y = Σ q·y − 16·Σ y.
+            let s = _mm256_sub_epi32(s, _mm256_set1_epi32(16 * sy));
+            let a = &mut acc[t];
+            let v = _mm256_fmadd_ps(
+                _mm256_mul_ps(d, _mm256_set1_ps(dy)),
+                _mm256_cvtepi32_ps(s),
+                ld_ps(&a[0]),
+            );
+            st_ps(&mut a[0], v);
+        }
+    }
+}
+
+/// One Q5_0 block against one Q8_0 block: `Σ (q − 16)·y` over 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q5_0_block_lanes(x: &BlockQ5_0, y: &BlockQ8_0) -> __m256i {
+    // q − 16 as i8: the nibble where the fifth bit is set, else the nibble | 0xF0.
+    let clear = _mm256_andnot_si256(bits_set_32(x.qh), _mm256_set1_epi8(0xF0u8 as i8));
+    let q = _mm256_or_si256(nibbles_32(&x.qs), clear);
+    sum_i16_pairs(mul_small_i8(q, load256(&y.qs)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let s = hsum_i32(q5_0_block_lanes(x, y));
+        acc = (f16_to_f32(x.d) * f16_to_f32(y.d)).mul_add(s as f32, acc);
+    }
+    acc
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot8_q5_0(w: [&[BlockQ5_0]; 8], a: &[BlockQ8_0]) -> [f32; 8] {
+    let mut acc = _mm256_setzero_ps();
+    for (i, y) in a.iter().enumerate() {
+        let mut s = [_mm256_setzero_si256(); 8];
+        let mut h = [0u16; 8];
+        for r in 0..8 {
+            let x = &w[r][i];
+            s[r] = q5_0_block_lanes(x, y);
+            h[r] = u16::from_le_bytes(x.d);
+        }
+        // SAFETY: `h` is 8 readable u16 (16 bytes); no alignment needed.
+        let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) });
+        let sumi = _mm256_cvtepi32_ps(reduce8(&s));
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(f16_to_f32(y.d))), sumi, acc);
+    }
+    let mut out = [0f32; 8];
+    st_ps(&mut out, acc);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers.
+
+/// Rows `r` of `w` (rows of `rb` bytes), clamped to the last row: a short final group repeats
+/// its last row (whose extra results are dropped).
+fn group_rows<B: super::super::Block>(w: &[u8], rb: usize, nrows: usize, g0: usize) -> [&[B]; 8] {
+    std::array::from_fn(|r| {
+        let row = (g0 + r).min(nrows - 1);
+        as_blocks(&w[row * rb..(row + 1) * rb])
+    })
+}
+
+/// `out[r]` for rows `0..out.len()` of `w` against one activation row, 8 rows at a time; rows
+/// past the last whole group go through `one`. Returns through `out`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn rows_by_8<B: super::super::Block, A: super::super::Block>(
+    w: &[u8],
+    rb: usize,
+    act: &[u8],
+    out: &mut [f32],
+    eight: impl Fn([&[B]; 8], &[A]) -> [f32; 8],
+    one: impl Fn(&[B], &[A]) -> f32,
+) {
+    let a = as_blocks::<A>(act);
+    let nrows = out.len();
+    let mut g0 = 0;
+    while g0 + MR <= nrows {
+        // Eight interleaved row streams defeat the hardware prefetcher: fetch the next group
+        // (the bytes right after these rows) while this one computes.
+        if let Some(next) = w.get((g0 + MR) * rb..) {
+            for line in next.iter().take(MR * rb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
+            }
+        }
+        let v = eight(group_rows(w, rb, nrows, g0), a);
+        out[g0..g0 + MR].copy_from_slice(&v);
+        g0 += MR;
+    }
+    for r in g0..nrows {
+        out[r] = one(as_blocks(&w[r * rb..(r + 1) * rb]), a);
+    }
+}
+
+/// `out[r]` = `one(row r, act)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn one_by_one<B: super::super::Block, A: super::super::Block>(
+    w: &[u8],
+    rb: usize,
+    act: &[u8],
+    out: &mut [f32],
+    one: impl Fn(&[B], &[A]) -> f32,
+) {
+    let a = as_blocks::<A>(act);
+    for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
+        *o = one(as_blocks(r), a);
+    }
+}
+
+/// [`super::vec_dot_rows`] for the types of this module: `out[r]` = row `r` of `w` against
+/// `act`, bit for bit the single-row dot. Returns false for other types.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) -> bool {
+    match ty {
+        // The K-quants' blocks are long enough that one row at a time (one sequential stream
+        // for the prefetcher) is as fast as sharing the reduction across 8 rows.
+        GgmlType::Q4_K => one_by_one(w, rb, act, out, |r, a| dot_q4_k(r, a)),
+        GgmlType::Q6_K => one_by_one(w, rb, act, out, |r, a| dot_q6_k(r, a)),
+        GgmlType::Q5_0 => rows_by_8(
+            w,
+            rb,
+            act,
+            out,
+            |r, a| dot8_q5_0(r, a),
+            |r, a| dot_q5_0(r, a),
+        ),
+        _ => return false,
+    }
+    true
+}
+
+/// The matrix product for the types of this module (see [`super::super::gemm`]): the weight
+/// rows of `w` (`rb` bytes each) against `n_tok` activation rows of `arb` bytes (quantized row,
+/// then the side data of [`act_aux_bytes`]), results handed to `out(token, first_row, values)`.
+/// Returns false (having done nothing) for other types.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool {
+    // Below a few activation rows, packing costs more than it saves: the 8-row kernels of
+    // `dot_rows` (through the generic path) do those.
+    if !has_gemm(ty) || rb == 0 || n_tok < MIN_TOKENS {
+        return false;
+    }
+    let nrows = w.len() / rb;
+    if nrows == 0 || n_tok == 0 {
+        return true;
+    }
+    let act_row = |t: usize| &act[t * arb..t * arb + qrb];
+    let aux_row = |t: usize| &act[t * arb + qrb..(t + 1) * arb];
+    let n_blocks = |block: usize| rb / block;
+    match ty {
+        GgmlType::Q4_K => panels::<PanelQ4K, { PANEL_BYTES / size_of::<PanelQ4K>() }>(
+            n_blocks(size_of::<BlockQ4K>()),
+            nrows,
+            n_tok,
+            out,
+            ZERO_Q4K,
+            |g0, b0, p| pack_q4k(group_rows(w, rb, nrows, g0), b0, p),
+            |p, b0, ts, acc| tile_q4k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+        ),
+        GgmlType::Q6_K => panels::<PanelQ6K, { PANEL_BYTES / size_of::<PanelQ6K>() }>(
+            n_blocks(size_of::<BlockQ6K>()),
+            nrows,
+            n_tok,
+            out,
+            ZERO_Q6K,
+            |g0, b0, p| pack_q6k(group_rows(w, rb, nrows, g0), b0, p),
+            |p, b0, ts, acc| tile_q6k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+        ),
+        // Q5_0 panels are small: 64 blocks (2048 elements) per chunk.
+        GgmlType::Q5_0 => panels::<PanelQ5_0, 64>(
+            n_blocks(size_of::<BlockQ5_0>()),
+            nrows,
+            n_tok,
+            out,
+            ZERO_Q5_0,
+            |g0, b0, p| pack_q5_0(group_rows(w, rb, nrows, g0), b0, p),
+            |p, b0, ts, acc| tile_q5_0(p, b0, ts.map(|t| (as_blocks(act_row(t)), aux_row(t))), acc),
+        ),
+        _ => return false,
+    }
+    true
+}
+
+/// The blocking of the matrix product, shared by the types: for each chunk of up to [`TC`]
+/// activation rows, each group of 8 weight rows, each chunk of blocks that fits
+/// [`PANEL_BYTES`]: pack the panel, then run the register tile over the activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn panels<P: Copy, const CHUNK: usize>(
+    n_blocks: usize,
+    nrows: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+    zero: P,
+    pack: impl Fn(usize, usize, &mut [P]),
+    tile: impl Fn(&[P], usize, [usize; NR], &mut [[[f32; 8]; 2]]),
+) {
+    let mut panel = [zero; CHUNK];
+    // Accumulators of the chunk's activation rows, plus room for the padding rows of a short
+    // final tile (which repeat the last row and whose results are dropped).
+    let mut acc = [[[0f32; 8]; 2]; TC + NR];
+    for t0 in (0..n_tok).step_by(TC) {
+        let tn = TC.min(n_tok - t0);
+        for g0 in (0..nrows).step_by(MR) {
+            acc[..tn + NR].iter_mut().for_each(|a| *a = [[0.0; 8]; 2]);
+            for b0 in (0..n_blocks).step_by(CHUNK) {
+                let bn = CHUNK.min(n_blocks - b0);
+                pack(g0, b0, &mut panel[..bn]);
+                for tt in (0..tn).step_by(NR) {
+                    let ts = std::array::from_fn(|j| t0 + (tt + j).min(tn - 1));
+                    tile(&panel[..bn], b0, ts, &mut acc[tt..tt + NR]);
+                }
+            }
+            let rows = MR.min(nrows - g0);
+            for (t, a) in acc[..tn].iter().enumerate() {
+                let v: [f32; 8] = std::array::from_fn(|r| a[0][r] - a[1][r]);
+                out(t0 + t, g0, &v[..rows]);
+            }
+        }
+    }
+}
