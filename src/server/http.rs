@@ -123,6 +123,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model_info))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
@@ -133,6 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/app.js", get(script))
         .route("/style.css", get(style))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body));
     let app = match cors_layer(&state.cors_origins) {
         Some(cors) => app.layer(cors),
@@ -209,6 +211,18 @@ async fn not_found(req: Request) -> ApiError {
     ))
 }
 
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError {
+        status: 405,
+        code: Some("method_not_allowed"),
+        ..ApiError::invalid(format!(
+            "{} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ))
+    }
+}
+
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     let s = st.scheduler.stats();
     axum::Json(json!({
@@ -229,17 +243,30 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
+fn model_object(st: &AppState) -> Value {
+    json!({
+        "id": st.model_id,
+        "object": "model",
+        "created": st.started,
+        "owned_by": "libqwen",
+    })
+}
+
 async fn models(State(st): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({
-        "object": "list",
-        "data": [{
-            "id": st.model_id,
-            "object": "model",
-            "created": st.started,
-            "owned_by": "libqwen",
-        }],
-    }))
-    .into_response()
+    axum::Json(json!({"object": "list", "data": [model_object(&st)]})).into_response()
+}
+
+async fn model_info(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    if id != st.model_id {
+        return Err(ApiError::not_found(format!(
+            "the model `{id}` does not exist; this server has `{}`",
+            st.model_id
+        )));
+    }
+    Ok(axum::Json(model_object(&st)).into_response())
 }
 
 async fn tokenize(

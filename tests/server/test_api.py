@@ -76,6 +76,9 @@ def test_models_and_health(tiny):
     models = client(tiny).models.list().data
     assert [m.id for m in models] == ["qwen2-tiny-f32"]
     assert models[0].object == "model"
+    assert client(tiny).models.retrieve("qwen2-tiny-f32").id == "qwen2-tiny-f32"
+    with pytest.raises(openai.NotFoundError):
+        client(tiny).models.retrieve("gpt-4")
     h = health(tiny)
     assert h["status"] == "ok"
     assert h["slots_total"] == 4
@@ -274,6 +277,8 @@ def test_bad_requests_are_400_with_openai_errors(tiny):
     assert e.value.body["code"] == "context_length_exceeded"
     s, _, b = http(tiny, "GET", "/v1/nothing")
     api_error(s, b, 404)
+    s, _, b = http(tiny, "GET", "/v1/chat/completions")
+    api_error(s, b, 405)
 
 
 def test_client_disconnect_frees_the_slot(tiny):
@@ -359,3 +364,21 @@ def test_overload_is_503_with_retry_after(tiny_keyed):
     while (h := health(s))["slots_active"] or h["queue"]:
         assert time.time() < deadline, h
         time.sleep(0.02)
+
+
+def test_timeout_is_504_or_an_error_event():
+    from conftest import TINY, Server
+
+    s = Server(TINY, "--parallel", "1", "-c", "1024", "--max-tokens", "1000", "--timeout", "1", "-q")
+    try:
+        long = {"messages": HELLO, "max_tokens": 1000, "temperature": 0}
+        status, _, body = http(s, "POST", "/v1/chat/completions", long)
+        assert api_error(status, body, 504)["code"] == "timeout"
+        status, _, text = http(s, "POST", "/v1/chat/completions", dict(long, stream=True))
+        assert status == 200
+        frames = [f for f in text.split("\n\n") if f]
+        assert frames[-1] == "data: [DONE]"
+        assert json.loads(frames[-2][6:])["error"]["code"] == "timeout"
+        assert health(s)["slots_active"] == 0
+    finally:
+        s.stop()
