@@ -48,17 +48,28 @@ fi
 
 cargo build --release --bin qwen >&2
 out=$(mktemp -d)
+# Runs a command with stdout to $1, and appends its peak RSS (KiB, from the kernel's rusage of
+# the child) to $1.rss: both runtimes are measured the same way, whatever they report themselves.
+with_rss() {
+  local dst="$1"; shift
+  python3 -c 'import resource, subprocess, sys
+with open(sys.argv[1], "w") as f:
+    rc = subprocess.call(sys.argv[2:], stdout=f)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(rc)' "$dst" "$@" >>"$dst.rss"
+}
 for i in $(seq 1 "$rounds"); do
   echo "round $i/$rounds: llama.cpp" >&2
-  "$llama_bench" -m "$model" -t "$threads" -p "$p" -n "$n" -r "$r" -o json >"$out/llama.$i.json"
+  with_rss "$out/llama.$i.json" "$llama_bench" -m "$model" -t "$threads" -p "$p" -n "$n" -r "$r" -o json
   echo "round $i/$rounds: libqwen" >&2
-  target/release/qwen bench -m "$model" -t "$threads" -p "$p" -n "$n" -r "$r" --json >"$out/qwen.$i.json"
+  with_rss "$out/qwen.$i.json" target/release/qwen bench -m "$model" -t "$threads" -p "$p" -n "$n" -r "$r" --json
 done
 
 python3 - "$out" "$rounds" "$model" "$threads" "$p" "$n" <<'PY'
 import json, statistics, sys, platform
 out, rounds, model, threads, p, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 ll_pp, ll_tg, q_pp, q_tg = [], [], [], []
+rss = lambda who: max(int(open(f"{out}/{who}.{i}.json.rss").read().split()[-1]) for i in range(1, rounds + 1)) / 1024
 for i in range(1, rounds + 1):
     for row in json.load(open(f"{out}/llama.{i}.json")):
         (ll_pp if row["n_gen"] == 0 else ll_tg).append(row["avg_ts"])
@@ -70,5 +81,9 @@ print(f"model {model}\ncpu {cpu}, threads {threads}, rounds {rounds}")
 print(f"{'':10} {'libqwen tok/s':>14} {'llama.cpp tok/s':>16} {'ratio':>7}")
 print(f"{'pp'+p:10} {m(q_pp):14.2f} {m(ll_pp):16.2f} {m(q_pp)/m(ll_pp):7.2f}")
 print(f"{'tg'+n:10} {m(q_tg):14.2f} {m(ll_tg):16.2f} {m(q_tg)/m(ll_tg):7.2f}")
+print(f"{'peak RSS':10} {rss('qwen'):11.0f} MiB {rss('llama'):13.0f} MiB {rss('qwen')/rss('llama'):7.2f}")
+print(f"libqwen ({q['kernels']} kernels): load {q['load_ms']:.1f} ms, decode at "
+      f"{100 * q['decode_tps'] / q['bandwidth_bound_tps']:.0f}% of the bandwidth bound "
+      f"({q['weight_bytes_per_token'] / 1e6:.0f} MB read per token at {q['read_bandwidth_gbs']:.1f} GB/s)")
 PY
 rm -rf "$out"

@@ -44,6 +44,8 @@ pub struct BenchResult {
     /// bandwidth; `decode_tps / bandwidth_bound_tps` is how close decode gets to the bound.
     pub bandwidth_bound_tps: f64,
     pub kv_bytes_per_token: usize,
+    /// The kernel build that ran (`avx2`, `neon+dotprod`, ...; see `QWEN_KERNELS`).
+    pub kernels: &'static str,
 }
 
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
@@ -156,6 +158,7 @@ pub fn run_with(
         achieved_bandwidth_gbs: wbpt as f64 * decode_tps / 1e9,
         bandwidth_bound_tps: read_bw / wbpt.max(1) as f64,
         kv_bytes_per_token: session.kv_bytes_per_token(),
+        kernels: crate::quant::vec_dot_path(),
     })
 }
 

@@ -1017,7 +1017,7 @@ fn bench(a: BenchArgs) -> CliResult {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!("model      {}", r.model);
-        println!("threads    {}", r.n_threads);
+        println!("threads    {} ({} kernels)", r.n_threads, r.kernels);
         println!("load       {:.0} ms", r.load_ms);
         if r.n_prompt > 0 {
             println!(
