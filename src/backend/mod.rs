@@ -281,15 +281,35 @@ fn check_batch(
     Ok(())
 }
 
-/// Greedy decoding of one sequence straight on a backend (sequence 0 from position 0): `prompt`
-/// then `n` generated tokens, each the argmax of the logits. Qwen-1's NTK alpha is fixed from the
-/// prompt's length, as [`Session`](crate::session::Session) does. Used by `qwen bench`/`run
-/// --backend` and the backend-parity tests.
+/// Greedy decoding of one sequence straight on a backend: [`generate`] with the argmax.
 pub fn greedy(
     model: &Model,
     backend: &mut dyn Backend,
     prompt: &[u32],
     n: usize,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
+    generate(
+        model,
+        backend,
+        prompt,
+        n,
+        |logits| crate::sampler::argmax(logits),
+        on_token,
+    )
+}
+
+/// Decoding of one sequence (sequence 0 from position 0) straight on a backend, without a
+/// [`Session`](crate::session::Session): `prompt` in chunks of `max_batch`, then up to `n`
+/// tokens, each `pick(logits)`, until `on_token` returns false. Qwen-1's NTK alpha is fixed from
+/// the prompt's length, as `Session` does. Used by `qwen run`/`bench --backend` and the
+/// backend-parity tests.
+pub fn generate(
+    model: &Model,
+    backend: &mut dyn Backend,
+    prompt: &[u32],
+    n: usize,
+    mut pick: impl FnMut(&mut [f32]) -> u32,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     let c = &model.config;
@@ -321,8 +341,8 @@ pub fn greedy(
         done += chunk.len();
     }
     let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let tok = crate::sampler::argmax(&logits);
+    while out.len() < n {
+        let tok = pick(&mut logits);
         out.push(tok);
         if !on_token(tok) || out.len() == n {
             break;
