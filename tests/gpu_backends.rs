@@ -32,11 +32,10 @@ fn params(kv: KvCacheType) -> BackendParams {
     }
 }
 
+type Available = Result<Box<dyn Backend>, String>;
+
 /// The GPU backends this build has, each with the backend or the reason it is unavailable.
-fn gpu_backends(
-    model: &Model,
-    kv: KvCacheType,
-) -> Vec<(BackendKind, Result<Box<dyn Backend>, String>)> {
+fn gpu_backends(model: &Model, kv: KvCacheType) -> Vec<(BackendKind, Available)> {
     [BackendKind::Cuda, BackendKind::Rocm]
         .into_iter()
         .map(|k| {
@@ -99,7 +98,6 @@ fn cpu_backend_matches_session() {
             n_ctx: 64,
             n_threads: 2,
             max_batch: 8,
-            ..Default::default()
         };
         let mut s = Session::new(model.clone(), &sp).unwrap();
         let mut want = Vec::new();

@@ -29,6 +29,8 @@ struct Cli {
     cmd: Command,
 }
 
+// Parsed once per process: the size difference between the commands' arguments costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Complete a prompt (or answer one chat turn with --chat).

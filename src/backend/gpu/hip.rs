@@ -115,8 +115,10 @@ fn load() -> std::result::Result<Syms, String> {
 }
 
 /// Code objects per (device, source), compiled once per process.
-fn code_cache() -> &'static Mutex<HashMap<(usize, String), Vec<u8>>> {
-    static CACHE: OnceLock<Mutex<HashMap<(usize, String), Vec<u8>>>> = OnceLock::new();
+type CodeCache = Mutex<HashMap<(usize, String), Vec<u8>>>;
+
+fn code_cache() -> &'static CodeCache {
+    static CACHE: OnceLock<CodeCache> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 

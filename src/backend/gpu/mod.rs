@@ -227,7 +227,10 @@ impl<A: GpuApi> GpuBackend<A> {
         };
         let kv_layout = KvLayout::new(kv_ty, p.n_seq, p.n_ctx, c.n_head_kv, c.head_dim)
             .map_err(|e| Error::Backend(format!("{name}: {e}")))?;
-        if c.n_head % c.n_head_kv != 0 || c.n_embd != c.n_head * c.head_dim {
+        if c.n_head_kv == 0
+            || !c.n_head.is_multiple_of(c.n_head_kv)
+            || c.n_embd != c.n_head * c.head_dim
+        {
             return Err(Error::Backend(format!(
                 "{name}: {} heads of {} for width {} with {} kv heads",
                 c.n_head, c.head_dim, c.n_embd, c.n_head_kv
