@@ -27,6 +27,10 @@ pub enum Error {
     /// Caller misuse: bad parameters, prompt longer than the context, etc.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A compute backend that was not built in, or whose driver or device is missing or failed
+    /// (the message starts with the backend's name: "cuda: libcuda.so not found").
+    #[error("backend {0}")]
+    Backend(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     /// A saved session state that is malformed, corrupt, or does not fit this model/session.

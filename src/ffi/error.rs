@@ -62,7 +62,7 @@ impl From<crate::Error> for FfiError {
             E::Gguf(_) | E::Metadata { .. } | E::Tensor { .. } | E::Checkpoint(_) | E::State(_) => {
                 QWEN_ERR_FORMAT
             }
-            E::Unsupported(_) => QWEN_ERR_UNSUPPORTED,
+            E::Unsupported(_) | E::Backend(_) => QWEN_ERR_UNSUPPORTED,
             E::Tokenizer(_) => QWEN_ERR_TOKENIZER,
             E::InvalidArgument(_) => QWEN_ERR_INVALID_ARGUMENT,
         };

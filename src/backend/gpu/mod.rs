@@ -1,0 +1,834 @@
+//! The GPU backends: one forward pass over a small driver interface ([`GpuApi`]) that CUDA
+//! (cudarc: driver API + NVRTC) and HIP (libamdhip64 + hiprtc, loaded with libloading) both
+//! implement 1:1, and the kernels of `kernels/` compiled at first use for the device.
+//!
+//! Everything is allocated once in [`GpuBackend::new`]: the weights in their block formats (no
+//! dequantized copies), the KV cache, the activations of `max_batch` tokens, and host staging
+//! buffers. A forward step uploads the batch's token ids, sequences, positions and RoPE tables
+//! (computed on the host exactly as the CPU does), launches the kernels and copies the wanted
+//! logits back; sampling then runs on the host.
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "rocm")]
+pub mod hip;
+
+use super::layout::{self, KvLayout, Launch};
+use super::{check_batch, check_params, Backend, BackendKind, BackendParams};
+use crate::backend::cpu::ops;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCacheType;
+use crate::model::forward::Batch;
+use crate::model::weights::{Attention, Tensor};
+use crate::model::Model;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::ops::Range;
+
+/// A device address.
+pub type DevPtr = u64;
+
+/// The driver operations the forward pass needs, shaped like both vendors' driver APIs.
+pub trait GpuApi: Sized {
+    const KIND: BackendKind;
+    type Module;
+    type Function: Copy;
+
+    /// Loads the driver library, initializes it and makes device `ordinal` current; errors name
+    /// what is missing ("libcuda.so not found", "no device 1: 1 device(s) present").
+    fn open(ordinal: usize) -> Result<Self>;
+    /// "NVIDIA H200 (sm_90)".
+    fn device_name(&self) -> String;
+    /// Compiles one kernel program for this device (runtime compiler) and loads it; compiled
+    /// code is cached per device and source for the life of the process.
+    fn compile(&self, name: &str, src: &str) -> Result<Self::Module>;
+    fn function(&self, m: &Self::Module, name: &str) -> Result<Self::Function>;
+    fn alloc(&self, bytes: usize) -> Result<DevPtr>;
+    /// # Safety
+    /// `p` came from [`alloc`](Self::alloc) and is not used afterwards.
+    unsafe fn free(&self, p: DevPtr);
+    /// # Safety
+    /// `dst..dst + src.len()` lies inside one allocation.
+    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
+    /// # Safety
+    /// `src..src + dst.len()` lies inside one allocation.
+    unsafe fn download(&self, dst: &mut [u8], src: DevPtr) -> Result<()>;
+    /// # Safety
+    /// `args` point at values of the kernel's parameter types, in order, and every pointer
+    /// argument addresses memory the kernel may touch.
+    unsafe fn launch(&self, f: Self::Function, l: Launch, args: &mut [*mut c_void]) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// A kernel argument (device pointers, 32-bit ints and floats, 64-bit counts).
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    P(DevPtr),
+    I(i32),
+    F(f32),
+    U(u64),
+}
+
+impl Arg {
+    /// The argument's bytes in a 64-bit slot (little endian: a 32-bit parameter reads the low
+    /// four bytes of its slot).
+    fn slot(self) -> u64 {
+        match self {
+            Arg::P(p) | Arg::U(p) => p,
+            Arg::I(x) => x as u32 as u64,
+            Arg::F(x) => x.to_bits() as u64,
+        }
+    }
+}
+
+const MAX_ARGS: usize = 16;
+
+fn launch<A: GpuApi>(api: &A, f: A::Function, l: Launch, args: &[Arg]) -> Result<()> {
+    assert!(args.len() <= MAX_ARGS);
+    let mut slots = [0u64; MAX_ARGS];
+    for (s, a) in slots.iter_mut().zip(args) {
+        *s = a.slot();
+    }
+    let mut ptrs = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+    for (p, s) in ptrs.iter_mut().zip(slots.iter_mut()) {
+        *p = s as *mut u64 as *mut c_void;
+    }
+    // SAFETY: every call site passes the kernel's parameters in order with matching widths, and
+    // pointers into buffers sized for `max_batch` tokens / the whole cache (checked by
+    // `check_batch` before any launch).
+    unsafe { api.launch(f, l, &mut ptrs[..args.len()]) }
+}
+
+/// A device allocation the backend frees when dropped.
+struct DevBuf {
+    ptr: DevPtr,
+    bytes: usize,
+}
+
+/// A weight matrix on the device, in its file block format.
+#[derive(Clone, Copy)]
+struct DMat<F> {
+    ptr: DevPtr,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    matmul: F,
+    get_rows: F,
+}
+
+enum DAttn<F> {
+    Fused {
+        qkv: DMat<F>,
+        bias: DevPtr,
+    },
+    Split {
+        q: DMat<F>,
+        qb: DevPtr,
+        k: DMat<F>,
+        kb: DevPtr,
+        v: DMat<F>,
+        vb: DevPtr,
+    },
+}
+
+struct DLayer<F> {
+    attn_norm: DevPtr,
+    attn: DAttn<F>,
+    attn_out: DMat<F>,
+    ffn_norm: DevPtr,
+    gate: DMat<F>,
+    up: DMat<F>,
+    down: DMat<F>,
+}
+
+struct Kernels<F> {
+    rms_norm: F,
+    add_assign: F,
+    add_bias: F,
+    split_qkv: F,
+    rope: F,
+    silu_mul: F,
+    kv_store_f16: F,
+    kv_store_q8: F,
+    attention_f16: F,
+    attention_q8: F,
+}
+
+/// Per-layer device KV cache pointers.
+struct DKv {
+    k: DevPtr,
+    v: DevPtr,
+    ks: DevPtr,
+    vs: DevPtr,
+}
+
+/// Activations of up to `max_batch` tokens.
+struct Act {
+    x: DevPtr,
+    xb: DevPtr,
+    q: DevPtr,
+    k: DevPtr,
+    v: DevPtr,
+    qkv: DevPtr,
+    attn: DevPtr,
+    proj: DevPtr,
+    gate: DevPtr,
+    up: DevPtr,
+    logits: DevPtr,
+    ids: DevPtr,
+    seq: DevPtr,
+    pos: DevPtr,
+    cos: DevPtr,
+    sin: DevPtr,
+    logn: DevPtr,
+}
+
+/// The forward pass on a GPU through `A`.
+pub struct GpuBackend<A: GpuApi> {
+    api: A,
+    // Kept alive: the functions below belong to them.
+    _modules: Vec<A::Module>,
+    k: Kernels<A::Function>,
+    bufs: Vec<DevBuf>,
+    embd: DMat<A::Function>,
+    output: DMat<A::Function>,
+    output_norm: DevPtr,
+    layers: Vec<DLayer<A::Function>>,
+    kv: Vec<DKv>,
+    kv_layout: KvLayout,
+    act: Act,
+    max_batch: usize,
+    // Host staging, sized for max_batch tokens.
+    h_ids: Vec<i32>,
+    h_seq: Vec<i32>,
+    h_pos: Vec<i32>,
+    h_cos: Vec<f32>,
+    h_sin: Vec<f32>,
+    h_logn: Vec<f32>,
+}
+
+fn as_bytes<T: Copy>(x: &[T]) -> &[u8] {
+    // SAFETY: plain old data (i32 / f32) viewed as its bytes.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
+}
+
+fn as_bytes_mut(x: &mut [f32]) -> &mut [u8] {
+    // SAFETY: any byte pattern is a valid f32.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u8, std::mem::size_of_val(x)) }
+}
+
+impl<A: GpuApi> GpuBackend<A> {
+    pub fn new(model: &Model, p: &BackendParams) -> Result<Self> {
+        check_params(model, p)?;
+        let c = &model.config;
+        let name = A::KIND.as_str();
+        let kv_ty = match p.kv_cache {
+            KvCacheType::F32 => KvCacheType::F16,
+            t => t,
+        };
+        let kv_layout = KvLayout::new(kv_ty, p.n_seq, p.n_ctx, c.n_head_kv, c.head_dim)
+            .map_err(|e| Error::Backend(format!("{name}: {e}")))?;
+        if c.n_head_kv == 0
+            || !c.n_head.is_multiple_of(c.n_head_kv)
+            || c.n_embd != c.n_head * c.head_dim
+        {
+            return Err(Error::Backend(format!(
+                "{name}: {} heads of {} for width {} with {} kv heads",
+                c.n_head, c.head_dim, c.n_embd, c.n_head_kv
+            )));
+        }
+        layout::matmul_launch(c.n_vocab, p.max_batch)?;
+        let api = A::open(p.device)?;
+
+        // Kernels: every file compiled for this device.
+        let mut modules = Vec::new();
+        let mut funcs: HashMap<String, A::Function> = HashMap::new();
+        for (file, text) in layout::KERNEL_FILES {
+            let m = api.compile(file, &layout::kernel_source(text))?;
+            for kname in layout::kernel_names() {
+                if let Ok(f) = api.function(&m, &kname) {
+                    funcs.insert(kname, f);
+                }
+            }
+            modules.push(m);
+        }
+        let get = |n: &str| -> Result<A::Function> {
+            funcs.get(n).copied().ok_or_else(|| {
+                Error::Backend(format!(
+                    "{name}: kernel {n} missing from the compiled program"
+                ))
+            })
+        };
+        let k = Kernels {
+            rms_norm: get("rms_norm")?,
+            add_assign: get("add_assign")?,
+            add_bias: get("add_bias")?,
+            split_qkv: get("split_qkv")?,
+            rope: get("rope_neox")?,
+            silu_mul: get("silu_mul")?,
+            kv_store_f16: get("kv_store_f16")?,
+            kv_store_q8: get("kv_store_q8")?,
+            attention_f16: get("attention_f16")?,
+            attention_q8: get("attention_q8")?,
+        };
+
+        let mut me = GpuBackend {
+            api,
+            _modules: Vec::new(),
+            k,
+            bufs: Vec::new(),
+            embd: DMat {
+                ptr: 0,
+                rows: 0,
+                cols: 0,
+                row_bytes: 0,
+                matmul: get("matmul_f32")?,
+                get_rows: get("get_rows_f32")?,
+            },
+            output: DMat {
+                ptr: 0,
+                rows: 0,
+                cols: 0,
+                row_bytes: 0,
+                matmul: get("matmul_f32")?,
+                get_rows: get("get_rows_f32")?,
+            },
+            output_norm: 0,
+            layers: Vec::with_capacity(c.n_layer),
+            kv: Vec::with_capacity(c.n_layer),
+            kv_layout,
+            act: Act {
+                x: 0,
+                xb: 0,
+                q: 0,
+                k: 0,
+                v: 0,
+                qkv: 0,
+                attn: 0,
+                proj: 0,
+                gate: 0,
+                up: 0,
+                logits: 0,
+                ids: 0,
+                seq: 0,
+                pos: 0,
+                cos: 0,
+                sin: 0,
+                logn: 0,
+            },
+            max_batch: p.max_batch,
+            h_ids: vec![0; p.max_batch],
+            h_seq: vec![0; p.max_batch],
+            h_pos: vec![0; p.max_batch],
+            h_cos: vec![0.0; p.max_batch * c.head_dim / 2],
+            h_sin: vec![0.0; p.max_batch * c.head_dim / 2],
+            h_logn: vec![0.0; p.max_batch],
+        };
+
+        // Weights, uploaded once; a tensor used twice (tied embedding / LM head) once.
+        let mut uploaded: HashMap<Range<usize>, DevPtr> = HashMap::new();
+        let w = &model.weights;
+        me.embd = me.upload_matrix(model, &w.token_embd, &funcs, &mut uploaded)?;
+        me.output = me.upload_matrix(model, &w.output, &funcs, &mut uploaded)?;
+        me.output_norm = me.upload_vector(model, &w.output_norm, &mut uploaded)?;
+        for l in &w.layers {
+            let attn = match &l.attn {
+                Attention::Fused { qkv, qkv_bias } => DAttn::Fused {
+                    qkv: me.upload_matrix(model, qkv, &funcs, &mut uploaded)?,
+                    bias: me.upload_vector(model, qkv_bias, &mut uploaded)?,
+                },
+                Attention::Split {
+                    q,
+                    q_bias,
+                    k,
+                    k_bias,
+                    v,
+                    v_bias,
+                } => DAttn::Split {
+                    q: me.upload_matrix(model, q, &funcs, &mut uploaded)?,
+                    qb: me.upload_vector(model, q_bias, &mut uploaded)?,
+                    k: me.upload_matrix(model, k, &funcs, &mut uploaded)?,
+                    kb: me.upload_vector(model, k_bias, &mut uploaded)?,
+                    v: me.upload_matrix(model, v, &funcs, &mut uploaded)?,
+                    vb: me.upload_vector(model, v_bias, &mut uploaded)?,
+                },
+            };
+            let layer = DLayer {
+                attn_norm: me.upload_vector(model, &l.attn_norm, &mut uploaded)?,
+                attn,
+                attn_out: me.upload_matrix(model, &l.attn_out, &funcs, &mut uploaded)?,
+                ffn_norm: me.upload_vector(model, &l.ffn_norm, &mut uploaded)?,
+                gate: me.upload_matrix(model, &l.ffn_gate, &funcs, &mut uploaded)?,
+                up: me.upload_matrix(model, &l.ffn_up, &funcs, &mut uploaded)?,
+                down: me.upload_matrix(model, &l.ffn_down, &funcs, &mut uploaded)?,
+            };
+            me.layers.push(layer);
+        }
+
+        // KV cache, zeroed.
+        for _ in 0..c.n_layer {
+            let kvl = me.kv_layout;
+            let k = me.alloc_zeroed(kvl.layer_bytes())?;
+            let v = me.alloc_zeroed(kvl.layer_bytes())?;
+            let (ks, vs) = if kvl.ty == KvCacheType::Q8 {
+                (
+                    me.alloc_zeroed(kvl.layer_scale_bytes())?,
+                    me.alloc_zeroed(kvl.layer_scale_bytes())?,
+                )
+            } else {
+                (0, 0)
+            };
+            me.kv.push(DKv { k, v, ks, vs });
+        }
+
+        // Activations for max_batch tokens.
+        let t = p.max_batch;
+        let f = 4;
+        let kvd = c.n_head_kv * c.head_dim;
+        let fused = matches!(
+            w.layers.first().map(|l| &l.attn),
+            Some(Attention::Fused { .. })
+        );
+        me.act = Act {
+            x: me.alloc_zeroed(f * t * c.n_embd)?,
+            xb: me.alloc_zeroed(f * t * c.n_embd)?,
+            q: me.alloc_zeroed(f * t * c.n_embd)?,
+            k: me.alloc_zeroed(f * t * kvd)?,
+            v: me.alloc_zeroed(f * t * kvd)?,
+            qkv: if fused {
+                me.alloc_zeroed(f * t * (c.n_embd + 2 * kvd))?
+            } else {
+                0
+            },
+            attn: me.alloc_zeroed(f * t * c.n_embd)?,
+            proj: me.alloc_zeroed(f * t * c.n_embd)?,
+            gate: me.alloc_zeroed(f * t * c.n_ff)?,
+            up: me.alloc_zeroed(f * t * c.n_ff)?,
+            logits: me.alloc_zeroed(f * t * c.n_vocab)?,
+            ids: me.alloc_zeroed(4 * t)?,
+            seq: me.alloc_zeroed(4 * t)?,
+            pos: me.alloc_zeroed(4 * t)?,
+            cos: me.alloc_zeroed(f * t * c.head_dim / 2)?,
+            sin: me.alloc_zeroed(f * t * c.head_dim / 2)?,
+            logn: me.alloc_zeroed(f * t)?,
+        };
+        me._modules = modules;
+        Ok(me)
+    }
+
+    fn alloc_zeroed(&mut self, bytes: usize) -> Result<DevPtr> {
+        let bytes = bytes.max(4);
+        let ptr = self.api.alloc(bytes)?;
+        self.bufs.push(DevBuf { ptr, bytes });
+        // Zeroed from the host through a bounded buffer: no device memset in the interface.
+        let zeros = vec![0u8; bytes.min(1 << 20)];
+        let mut off = 0;
+        while off < bytes {
+            let n = zeros.len().min(bytes - off);
+            // SAFETY: off + n <= bytes, inside the allocation just made.
+            unsafe { self.api.upload(ptr + off as u64, &zeros[..n])? };
+            off += n;
+        }
+        Ok(ptr)
+    }
+
+    fn upload_bytes(&mut self, data: &[u8]) -> Result<DevPtr> {
+        let bytes = data.len().max(4);
+        let ptr = self.api.alloc(bytes)?;
+        self.bufs.push(DevBuf { ptr, bytes });
+        // SAFETY: the allocation holds at least data.len() bytes.
+        unsafe { self.api.upload(ptr, data)? };
+        Ok(ptr)
+    }
+
+    fn upload_vector(
+        &mut self,
+        model: &Model,
+        t: &Tensor,
+        done: &mut HashMap<Range<usize>, DevPtr>,
+    ) -> Result<DevPtr> {
+        if let Some(&p) = done.get(&t.bytes) {
+            return Ok(p);
+        }
+        let p = self.upload_bytes(&model.file().as_bytes()[t.bytes.clone()])?;
+        done.insert(t.bytes.clone(), p);
+        Ok(p)
+    }
+
+    fn upload_matrix(
+        &mut self,
+        model: &Model,
+        t: &Tensor,
+        funcs: &HashMap<String, A::Function>,
+        done: &mut HashMap<Range<usize>, DevPtr>,
+    ) -> Result<DMat<A::Function>> {
+        let row_bytes = layout::device_row_bytes(&t.name, t.ty, t.cols)?;
+        if row_bytes * t.rows != t.bytes.len() {
+            return Err(Error::tensor(&t.name, "byte size does not match its shape"));
+        }
+        let suffix = layout::weight_kernel_suffix(t.ty).unwrap_or("?");
+        let kern = |p: &str| {
+            funcs
+                .get(&format!("{p}_{suffix}"))
+                .copied()
+                .ok_or_else(|| Error::Backend(format!("{}: no {p} kernel for {}", A::KIND, t.ty)))
+        };
+        let (matmul, get_rows) = (kern("matmul")?, kern("get_rows")?);
+        let ptr = match done.get(&t.bytes) {
+            Some(&p) => p,
+            None => {
+                let p = self.upload_bytes(&model.file().as_bytes()[t.bytes.clone()])?;
+                done.insert(t.bytes.clone(), p);
+                p
+            }
+        };
+        Ok(DMat {
+            ptr,
+            rows: t.rows,
+            cols: t.cols,
+            row_bytes,
+            matmul,
+            get_rows,
+        })
+    }
+
+    fn matmul(&self, m: &DMat<A::Function>, x: DevPtr, n_tok: usize, y: DevPtr) -> Result<()> {
+        let l = layout::matmul_launch(m.rows, n_tok)?;
+        launch(
+            &self.api,
+            m.matmul,
+            l,
+            &[
+                Arg::P(m.ptr),
+                Arg::U(m.row_bytes as u64),
+                Arg::I(m.rows as i32),
+                Arg::I(m.cols as i32),
+                Arg::P(x),
+                Arg::P(y),
+                Arg::I(n_tok as i32),
+            ],
+        )
+    }
+
+    fn rms_norm(
+        &self,
+        out: DevPtr,
+        x: DevPtr,
+        w: DevPtr,
+        eps: f32,
+        d: usize,
+        n_tok: usize,
+    ) -> Result<()> {
+        launch(
+            &self.api,
+            self.k.rms_norm,
+            layout::rows_launch(n_tok),
+            &[
+                Arg::P(out),
+                Arg::P(x),
+                Arg::P(w),
+                Arg::F(eps),
+                Arg::I(d as i32),
+            ],
+        )
+    }
+
+    fn add_assign(&self, x: DevPtr, y: DevPtr, n: usize) -> Result<()> {
+        launch(
+            &self.api,
+            self.k.add_assign,
+            layout::elementwise_launch(n),
+            &[Arg::P(x), Arg::P(y), Arg::I(n as i32)],
+        )
+    }
+
+    fn add_bias(&self, x: DevPtr, b: DevPtr, width: usize, n_tok: usize) -> Result<()> {
+        let n = width * n_tok;
+        launch(
+            &self.api,
+            self.k.add_bias,
+            layout::elementwise_launch(n),
+            &[Arg::P(x), Arg::P(b), Arg::I(width as i32), Arg::I(n as i32)],
+        )
+    }
+
+    fn rope(&self, x: DevPtr, n_heads: usize, hd: usize, logn: bool, n_tok: usize) -> Result<()> {
+        let n = n_tok * n_heads * hd / 2;
+        launch(
+            &self.api,
+            self.k.rope,
+            layout::elementwise_launch(n),
+            &[
+                Arg::P(x),
+                Arg::P(self.act.cos),
+                Arg::P(self.act.sin),
+                Arg::P(if logn { self.act.logn } else { 0 }),
+                Arg::I(n_heads as i32),
+                Arg::I(hd as i32),
+                Arg::I(n_tok as i32),
+            ],
+        )
+    }
+
+    /// Total device bytes this backend holds (weights, cache, activations).
+    pub fn device_bytes(&self) -> usize {
+        self.bufs.iter().map(|b| b.bytes).sum()
+    }
+}
+
+impl<A: GpuApi> Drop for GpuBackend<A> {
+    fn drop(&mut self) {
+        let _ = self.api.synchronize();
+        for b in self.bufs.drain(..) {
+            // SAFETY: each buffer was allocated by this api and is freed once, after the
+            // device finished every launch that used it.
+            unsafe { self.api.free(b.ptr) };
+        }
+    }
+}
+
+impl<A: GpuApi> Backend for GpuBackend<A> {
+    fn kind(&self) -> BackendKind {
+        A::KIND
+    }
+
+    fn device_name(&self) -> String {
+        format!("{} {}", A::KIND, self.api.device_name())
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.kv_layout.n_ctx
+    }
+
+    fn n_seq(&self) -> usize {
+        self.kv_layout.n_seq
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn forward(
+        &mut self,
+        model: &Model,
+        inv_freq: &[f32],
+        batch: &Batch,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        check_batch(model, self, inv_freq, batch, logits)?;
+        let c = &model.config;
+        let t_len = batch.tokens.len();
+        let (d, hd, n_head, n_kv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
+        let kvd = n_kv * hd;
+        let half = hd / 2;
+        let f = 4u64;
+
+        // Batch description and RoPE tables, on the host as the CPU computes them, then up.
+        let mscale = c.rope_attn_factor();
+        for t in 0..t_len {
+            let (sq, p) = (batch.seq[t], batch.pos[t]);
+            self.h_ids[t] = batch.tokens[t] as i32;
+            self.h_seq[t] = sq as i32;
+            self.h_pos[t] = p as i32;
+            self.h_logn[t] = c.logn_scale(p);
+            ops::rope_table(
+                p,
+                &inv_freq[sq * half..(sq + 1) * half],
+                mscale,
+                &mut self.h_cos[t * half..(t + 1) * half],
+                &mut self.h_sin[t * half..(t + 1) * half],
+            );
+        }
+        let a = &self.act;
+        // SAFETY: each staging slice has t_len (or t_len * half) elements, within the device
+        // buffers sized for max_batch tokens.
+        unsafe {
+            self.api.upload(a.ids, as_bytes(&self.h_ids[..t_len]))?;
+            self.api.upload(a.seq, as_bytes(&self.h_seq[..t_len]))?;
+            self.api.upload(a.pos, as_bytes(&self.h_pos[..t_len]))?;
+            self.api.upload(a.logn, as_bytes(&self.h_logn[..t_len]))?;
+            self.api
+                .upload(a.cos, as_bytes(&self.h_cos[..t_len * half]))?;
+            self.api
+                .upload(a.sin, as_bytes(&self.h_sin[..t_len * half]))?;
+        }
+        let a = &self.act;
+
+        // 1. x[t] = token_embd[id].
+        let e = &self.embd;
+        launch(
+            &self.api,
+            e.get_rows,
+            layout::rows_launch(t_len),
+            &[
+                Arg::P(e.ptr),
+                Arg::U(e.row_bytes as u64),
+                Arg::I(e.cols as i32),
+                Arg::P(a.ids),
+                Arg::P(a.x),
+            ],
+        )?;
+
+        let uses_logn = c.use_logn_attn;
+        let seq_stride = self.kv_layout.seq_stride() as u64;
+        let elem = if self.kv_layout.ty == KvCacheType::Q8 {
+            1
+        } else {
+            2
+        };
+        let layer_elems = self.kv_layout.layer_elems();
+        debug_assert!(layer_elems * elem == self.kv_layout.layer_bytes());
+        for (li, layer) in self.layers.iter().enumerate() {
+            // 2. xb = RMSNorm(x); q, k, v (+ bias).
+            self.rms_norm(a.xb, a.x, layer.attn_norm, c.rms_eps, d, t_len)?;
+            match &layer.attn {
+                DAttn::Fused { qkv, bias } => {
+                    self.matmul(qkv, a.xb, t_len, a.qkv)?;
+                    let n = t_len * (d + 2 * kvd);
+                    launch(
+                        &self.api,
+                        self.k.split_qkv,
+                        layout::elementwise_launch(n),
+                        &[
+                            Arg::P(a.qkv),
+                            Arg::P(*bias),
+                            Arg::P(a.q),
+                            Arg::P(a.k),
+                            Arg::P(a.v),
+                            Arg::I(d as i32),
+                            Arg::I(kvd as i32),
+                            Arg::I(t_len as i32),
+                        ],
+                    )?;
+                }
+                DAttn::Split {
+                    q,
+                    qb,
+                    k,
+                    kb,
+                    v,
+                    vb,
+                } => {
+                    self.matmul(q, a.xb, t_len, a.q)?;
+                    self.matmul(k, a.xb, t_len, a.k)?;
+                    self.matmul(v, a.xb, t_len, a.v)?;
+                    self.add_bias(a.q, *qb, d, t_len)?;
+                    self.add_bias(a.k, *kb, kvd, t_len)?;
+                    self.add_bias(a.v, *vb, kvd, t_len)?;
+                }
+            }
+            // 3. RoPE on q (then logN) and k.
+            self.rope(a.q, n_head, hd, uses_logn, t_len)?;
+            self.rope(a.k, n_kv, hd, false, t_len)?;
+            // 4. Append k, v to the cache; attention.
+            let kv = &self.kv[li];
+            let scale = 1.0 / (hd as f32).sqrt();
+            let att = layout::attention_launch(t_len, n_head)?;
+            if self.kv_layout.ty == KvCacheType::Q8 {
+                launch(
+                    &self.api,
+                    self.k.kv_store_q8,
+                    layout::elementwise_launch(t_len * kvd / 32),
+                    &[
+                        Arg::P(a.k),
+                        Arg::P(a.v),
+                        Arg::P(kv.k),
+                        Arg::P(kv.v),
+                        Arg::P(kv.ks),
+                        Arg::P(kv.vs),
+                        Arg::P(a.seq),
+                        Arg::P(a.pos),
+                        Arg::I(kvd as i32),
+                        Arg::U(seq_stride),
+                        Arg::I(t_len as i32),
+                    ],
+                )?;
+                launch(
+                    &self.api,
+                    self.k.attention_q8,
+                    att,
+                    &[
+                        Arg::P(a.q),
+                        Arg::P(a.attn),
+                        Arg::P(kv.k),
+                        Arg::P(kv.v),
+                        Arg::P(kv.ks),
+                        Arg::P(kv.vs),
+                        Arg::P(a.seq),
+                        Arg::P(a.pos),
+                        Arg::I(n_head as i32),
+                        Arg::I((n_head / n_kv) as i32),
+                        Arg::I(hd as i32),
+                        Arg::U(seq_stride),
+                        Arg::F(scale),
+                    ],
+                )?;
+            } else {
+                launch(
+                    &self.api,
+                    self.k.kv_store_f16,
+                    layout::elementwise_launch(t_len * kvd),
+                    &[
+                        Arg::P(a.k),
+                        Arg::P(a.v),
+                        Arg::P(kv.k),
+                        Arg::P(kv.v),
+                        Arg::P(a.seq),
+                        Arg::P(a.pos),
+                        Arg::I(kvd as i32),
+                        Arg::U(seq_stride),
+                        Arg::I(t_len as i32),
+                    ],
+                )?;
+                launch(
+                    &self.api,
+                    self.k.attention_f16,
+                    att,
+                    &[
+                        Arg::P(a.q),
+                        Arg::P(a.attn),
+                        Arg::P(kv.k),
+                        Arg::P(kv.v),
+                        Arg::P(a.seq),
+                        Arg::P(a.pos),
+                        Arg::I(n_head as i32),
+                        Arg::I((n_head / n_kv) as i32),
+                        Arg::I(hd as i32),
+                        Arg::U(seq_stride),
+                        Arg::F(scale),
+                    ],
+                )?;
+            }
+            // 5. x += attn @ Wo.
+            self.matmul(&layer.attn_out, a.attn, t_len, a.proj)?;
+            self.add_assign(a.x, a.proj, t_len * d)?;
+            // 6. MLP: x += down(silu(gate(xb)) * up(xb)), xb = RMSNorm(x).
+            self.rms_norm(a.xb, a.x, layer.ffn_norm, c.rms_eps, d, t_len)?;
+            self.matmul(&layer.gate, a.xb, t_len, a.gate)?;
+            self.matmul(&layer.up, a.xb, t_len, a.up)?;
+            let n = t_len * c.n_ff;
+            launch(
+                &self.api,
+                self.k.silu_mul,
+                layout::elementwise_launch(n),
+                &[Arg::P(a.gate), Arg::P(a.up), Arg::I(n as i32)],
+            )?;
+            self.matmul(&layer.down, a.gate, t_len, a.proj)?;
+            self.add_assign(a.x, a.proj, t_len * d)?;
+        }
+
+        // 7. Final norm and LM head for tokens logits_from..T; logits back to the host.
+        let first = batch.logits_from;
+        let n_out = t_len - first;
+        if n_out > 0 {
+            let x_first = a.x + f * (first * d) as u64;
+            self.rms_norm(a.xb, x_first, self.output_norm, c.rms_eps, d, n_out)?;
+            self.matmul(&self.output, a.xb, n_out, a.logits)?;
+            let dst = &mut logits[..n_out * c.n_vocab];
+            // SAFETY: n_out <= max_batch rows of n_vocab floats fit the logits buffer.
+            unsafe { self.api.download(as_bytes_mut(dst), a.logits)? };
+        } else {
+            self.api.synchronize()?;
+        }
+        Ok(())
+    }
+}

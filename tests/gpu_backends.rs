@@ -1,0 +1,390 @@
+//! Backend selection and the GPU backends' parity with the CPU.
+//!
+//! What runs everywhere: backend selection errors (a backend not built in, a driver library
+//! missing), the CPU backend against `Session` (same tokens), the dequantization code of
+//! `kernels/common.cuh` compiled for the host with the system C++ compiler against the crate's
+//! scalar reference (every weight format), and — with feature `cuda` and libnvrtc loadable
+//! (`LD_LIBRARY_PATH`) — every kernel file compiled by NVRTC for sm_80 and sm_90 with every
+//! launched kernel present in the PTX.
+//!
+//! What needs a GPU: the end-to-end parity tests (tiny models: logits against the CPU;
+//! the real 0.5B model: the first 16 greedy tokens equal). Without a device they print
+//! `SKIPPED: <backend>: <why>` and return.
+
+mod common;
+
+use qwen::backend::{self, Backend, BackendKind, BackendParams};
+use qwen::gguf::GgmlType;
+use qwen::kv_cache::KvCacheType;
+use qwen::model::Model;
+use qwen::session::{Session, SessionParams};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn params(kv: KvCacheType) -> BackendParams {
+    BackendParams {
+        n_ctx: 64,
+        n_seq: 1,
+        max_batch: 8,
+        n_threads: 2,
+        kv_cache: kv,
+        device: 0,
+    }
+}
+
+type Available = Result<Box<dyn Backend>, String>;
+
+/// The GPU backends this build has, each with the backend or the reason it is unavailable.
+fn gpu_backends(model: &Model, kv: KvCacheType) -> Vec<(BackendKind, Available)> {
+    [BackendKind::Cuda, BackendKind::Rocm]
+        .into_iter()
+        .map(|k| {
+            (
+                k,
+                backend::create(k, model, &params(kv)).map_err(|e| e.to_string()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn unavailable_backends_are_clear_errors() {
+    let Some(path) = common::tiny_gguf("qwen2-tiny", "f32") else {
+        return;
+    };
+    let model = Model::load(&path).unwrap();
+    for (kind, r) in gpu_backends(&model, KvCacheType::F16) {
+        match r {
+            Ok(b) => eprintln!("{kind}: available ({})", b.device_name()),
+            Err(msg) => {
+                eprintln!("{kind}: {msg}");
+                assert!(msg.starts_with(&format!("backend {kind}: ")), "{msg}");
+                if !kind.compiled() {
+                    assert!(
+                        msg.contains(&format!("built without feature {kind}")),
+                        "{msg}"
+                    );
+                } else {
+                    // Built in: a missing library or device is named.
+                    assert!(
+                        msg.contains("not found")
+                            || msg.contains("no device")
+                            || msg.contains("cu")
+                            || msg.contains("hip"),
+                        "{msg}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(BackendKind::parse("tpu").is_err());
+    assert_eq!(BackendKind::parse("CUDA").unwrap(), BackendKind::Cuda);
+    assert_eq!(BackendKind::parse("hip").unwrap(), BackendKind::Rocm);
+}
+
+/// The CPU backend runs the same forward pass as `Session`: identical greedy tokens.
+#[test]
+fn cpu_backend_matches_session() {
+    for name in ["qwen1-tiny", "qwen2-tiny"] {
+        let Some(path) = common::tiny_gguf(name, "q8_0") else {
+            return;
+        };
+        let model = Arc::new(Model::load(&path).unwrap());
+        let prompt: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % 1000).collect();
+        let mut cpu = backend::create(BackendKind::Cpu, &model, &params(KvCacheType::F32)).unwrap();
+        assert_eq!(cpu.kind(), BackendKind::Cpu);
+        let got = backend::greedy(&model, cpu.as_mut(), &prompt, 12, |_| true).unwrap();
+        let sp = SessionParams {
+            n_ctx: 64,
+            n_threads: 2,
+            max_batch: 8,
+        };
+        let mut s = Session::new(model.clone(), &sp).unwrap();
+        let mut want = Vec::new();
+        let mut logits = s.eval(&prompt).unwrap().to_vec();
+        for _ in 0..12 {
+            let t = qwen::sampler::argmax(&logits);
+            want.push(t);
+            logits = s.eval(&[t]).unwrap().to_vec();
+        }
+        assert_eq!(got, want, "{name}");
+        // Bad batches are errors, not panics.
+        let mut logits = vec![0.0; model.config.n_vocab];
+        let bad = qwen::model::forward::Batch {
+            tokens: &[1],
+            seq: &[3],
+            pos: &[0],
+            logits_from: 0,
+        };
+        let inv = vec![0.0; model.config.head_dim / 2];
+        assert!(cpu.forward(&model, &inv, &bad, &mut logits).is_err());
+    }
+}
+
+/// Runs `kernels/common.cuh`'s `qwen_deq32` on the host (compiled with the system C++ compiler)
+/// over quantized random rows of every weight format and compares with `dequantize_row`.
+#[test]
+fn kernel_dequantization_matches_the_cpu_reference() {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let dir = common::out_dir().join(format!("deq32-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let header = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels/common.cuh");
+    let harness = dir.join("harness.cpp");
+    // stdin: type id, n elements, then the row's bytes; stdout: n little-endian f32s.
+    std::fs::write(
+        &harness,
+        format!(
+            r#"#include "{}"
+#include <stdio.h>
+#include <stdlib.h>
+int main() {{
+    int ty, n;
+    if (fread(&ty, 4, 1, stdin) != 1 || fread(&n, 4, 1, stdin) != 1) return 2;
+    static uint8_t row[1 << 20];
+    size_t len = fread(row, 1, sizeof row, stdin);
+    (void)len;
+    float y[32];
+    for (int s = 0; s < n / 32; ++s) {{
+        if (!qwen_deq32(ty, row, s, y)) return 3;
+        fwrite(y, 4, 32, stdout);
+    }}
+    return 0;
+}}
+"#,
+            header.display()
+        ),
+    )
+    .unwrap();
+    let exe = dir.join("harness");
+    let built = std::process::Command::new(&cxx)
+        .args(["-O1", "-ffp-contract=off", "-o"])
+        .arg(&exe)
+        .arg(&harness)
+        .output();
+    let built = match built {
+        Ok(o) => o,
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("{cxx}: {e}");
+            }
+            eprintln!("SKIPPED: no C++ compiler `{cxx}` ({e}); set CXX");
+            return;
+        }
+    };
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let n = 512;
+    let x = common::pseudo_random(n, 7, 3.0);
+    let mut checked = 0;
+    for ty in GgmlType::ALL {
+        if backend::layout::weight_kernel_suffix(ty).is_none() {
+            continue;
+        }
+        let mut q = vec![0u8; ty.row_bytes(n).unwrap()];
+        qwen::quant::quantize_row(ty, &x, &mut q).unwrap();
+        let mut want = vec![0.0f32; n];
+        qwen::quant::dequantize_row(ty, &q, &mut want).unwrap();
+        let mut input = Vec::new();
+        input.extend((ty as u32).to_le_bytes());
+        input.extend((n as u32).to_le_bytes());
+        input.extend(&q);
+        let mut child = std::process::Command::new(&exe)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{ty}: harness failed");
+        let got: Vec<f32> = out
+            .stdout
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got.len(), n, "{ty}");
+        for i in 0..n {
+            // The same float expressions in the same order: bit-identical.
+            assert_eq!(
+                got[i].to_bits(),
+                want[i].to_bits(),
+                "{ty} element {i}: {} vs {}",
+                got[i],
+                want[i]
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 13, "every weight format");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every kernel file compiles with NVRTC (no device needed, only libnvrtc), and every kernel
+/// the backend launches is in the PTX.
+#[cfg(feature = "cuda")]
+#[test]
+fn kernels_compile_with_nvrtc() {
+    use qwen::backend::gpu::cuda;
+    use qwen::backend::layout;
+    if !cuda::nvrtc_present() {
+        if std::env::var_os("QWEN_REQUIRE_NVRTC").is_some() {
+            panic!("libnvrtc not found and QWEN_REQUIRE_NVRTC is set");
+        }
+        eprintln!(
+            "SKIPPED: cuda: libnvrtc.so not found (e.g. `pip download nvidia-cuda-nvrtc-cu12`, \
+             unzip, and put nvidia/cuda_nvrtc/lib on LD_LIBRARY_PATH)"
+        );
+        return;
+    }
+    for arch in ["compute_80", "compute_90"] {
+        let mut entries = Vec::new();
+        for (file, text) in layout::KERNEL_FILES {
+            let ptx = cuda::compile_ptx(file, &layout::kernel_source(text), arch)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(ptx.contains(".version"), "{file}: not PTX");
+            entries.extend(
+                ptx.lines()
+                    .filter_map(|l| l.split(".entry ").nth(1))
+                    .map(|s| s.trim_end_matches(['(', ' ']).to_string()),
+            );
+        }
+        for name in layout::kernel_names() {
+            assert!(
+                entries.contains(&name),
+                "{arch}: kernel {name} not in the PTX ({entries:?})"
+            );
+        }
+        eprintln!("{arch}: {} kernels compiled", entries.len());
+    }
+    // A compile error comes back as an error with the compiler's log.
+    let e = cuda::compile_ptx(
+        "bad.cu",
+        "extern \"C\" __global__ void f() { undefined_thing(); }",
+        "compute_80",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("undefined_thing"), "{e}");
+}
+
+/// Max |a - b| / (1 + max |b|) over two logit rows.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = 1.0 + b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// Every GPU backend present against the CPU on the tiny models (both architectures, several
+/// weight formats, f16 and int8 caches): logits of a prefill and of decode steps.
+#[test]
+fn gpu_forward_matches_cpu_on_tiny_models() {
+    let mut ran = false;
+    for (name, ty) in [
+        ("qwen1-tiny", "f32"),
+        ("qwen2-tiny", "q8_0"),
+        ("qwen2-tiny", "q4_k"),
+    ] {
+        let Some(path) = common::tiny_gguf(name, ty) else {
+            return;
+        };
+        let model = Model::load(&path).unwrap();
+        for kv in [KvCacheType::F16, KvCacheType::Q8] {
+            for (kind, gpu) in gpu_backends(&model, kv) {
+                let mut gpu = match gpu {
+                    Ok(g) => g,
+                    Err(why) => {
+                        eprintln!("SKIPPED: {kind} ({name} {ty}): {why}");
+                        continue;
+                    }
+                };
+                ran = true;
+                let mut cpu = backend::create(BackendKind::Cpu, &model, &params(kv)).unwrap();
+                let prompt: Vec<u32> = (0..13).map(|i| (i * 53 + 7) % 1000).collect();
+                let collect = |b: &mut dyn Backend| {
+                    let mut rows = Vec::new();
+                    backend::generate(
+                        &model,
+                        b,
+                        &prompt,
+                        6,
+                        |l| {
+                            rows.push(l.to_vec());
+                            qwen::sampler::argmax(l)
+                        },
+                        |_| true,
+                    )
+                    .unwrap();
+                    rows
+                };
+                let (c, g) = (collect(cpu.as_mut()), collect(gpu.as_mut()));
+                for (i, (cr, gr)) in c.iter().zip(&g).enumerate() {
+                    let e = rel_err(gr, cr);
+                    assert!(
+                        e < 2e-2,
+                        "{kind} {name} {ty} {kv:?} step {i}: relative error {e}"
+                    );
+                }
+            }
+        }
+    }
+    if !ran {
+        eprintln!("SKIPPED: no GPU backend available: GPU parity not checked");
+    }
+}
+
+/// The real 0.5B model: the first 16 greedy tokens on each GPU backend equal the CPU's.
+#[test]
+fn gpu_greedy_matches_cpu_on_the_real_model() {
+    let dir = std::env::var_os("QWEN_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
+        });
+    let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    if !path.exists() {
+        eprintln!(
+            "SKIPPED: {} not found (scripts/fetch-models.sh 0.5b)",
+            path.display()
+        );
+        return;
+    }
+    let model = Model::load(&path).unwrap();
+    let p = BackendParams {
+        n_ctx: 256,
+        max_batch: 64,
+        ..Default::default()
+    };
+    let mut gpus = Vec::new();
+    for kind in [BackendKind::Cuda, BackendKind::Rocm] {
+        match backend::create(kind, &model, &p) {
+            Ok(b) => gpus.push(b),
+            Err(e) => eprintln!("SKIPPED: {kind}: {e}"),
+        }
+    }
+    if gpus.is_empty() {
+        return;
+    }
+    let tok = model.tokenizer().unwrap();
+    let prompt = tok.encode(
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+        qwen::tokenizer::EncodeMode::Text,
+    );
+    let mut cpu = backend::create(BackendKind::Cpu, &model, &p).unwrap();
+    let want = backend::greedy(&model, cpu.as_mut(), &prompt, 16, |_| true).unwrap();
+    for mut g in gpus {
+        let got = backend::greedy(&model, g.as_mut(), &prompt, 16, |_| true).unwrap();
+        assert_eq!(
+            got,
+            want,
+            "{}: {:?} vs cpu {:?}",
+            g.device_name(),
+            tok.decode(&got),
+            tok.decode(&want)
+        );
+    }
+}
