@@ -43,6 +43,9 @@ fi
 [ -d "$SYSROOT" ] || skip "no aarch64 sysroot at $SYSROOT"
 
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $SYSROOT"
+# `-cpu max` emulates every feature qemu knows (DotProd among them), so the parity tests cover
+# both NEON builds; QWEN_EXPECT_KERNELS makes a test fail if one of them is not detected.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu max -L $SYSROOT"
+export QWEN_EXPECT_KERNELS="${QWEN_EXPECT_KERNELS-neon,neon+dotprod}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-aarch64}"
 exec cargo test --target "$TARGET" --lib quant "$@"

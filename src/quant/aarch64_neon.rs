@@ -23,6 +23,9 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
+mod gemm;
+pub(super) use gemm::{gemm, gemm_dotprod};
+
 use super::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::q4::{BlockQ4_0, BlockQ4_1};
 use super::q5::{BlockQ5_0, BlockQ5_1};

@@ -75,47 +75,113 @@ fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
     ]
 }
 
+/// Weight rows (every third one raw random bytes, the others realistic) and activation rows
+/// (realistic, raw random quants with the extremes, sparse) for a product of `rows × n_tok`.
+fn operands(
+    ty: GgmlType,
+    n: usize,
+    rows: usize,
+    n_tok: usize,
+    rng: &mut Rng,
+) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let w: Vec<u8> = (0..rows)
+        .flat_map(|r| match r % 3 {
+            2 if ty.block_size() > 1 => raw_weights(ty, n, rng, false),
+            _ => real_weights(ty, n, rng),
+        })
+        .collect();
+    let acts: Vec<Vec<u8>> = (0..n_tok)
+        .map(|t| match t % 4 {
+            3 if ty.block_size() > 1 => {
+                let q = sparse_quants(n, rng);
+                activations_from_quants(ty, &q, rng, false)
+            }
+            2 if ty.block_size() > 1 => {
+                let q: Vec<i8> = (0..n).map(|_| rng.byte() as i8).collect();
+                activations_from_quants(ty, &q, rng, false)
+            }
+            _ => real_activations(ty, n, rng),
+        })
+        .collect();
+    (w, acts)
+}
+
+/// Runs `gemm` on build `k` for one shape and compares every result with `vec_dot`, bit for bit.
+fn check(k: &Kernels, ty: GgmlType, (n, rows, n_tok): (usize, usize, usize), rng: &mut Rng) {
+    let (w, acts) = operands(ty, n, rows, n_tok, rng);
+    let got = run(k, ty, n, &w, &gemm_acts(ty, n, &acts), n_tok);
+    let rb = ty.row_bytes(n).unwrap();
+    for (t, a) in acts.iter().enumerate() {
+        for r in 0..rows {
+            let want = k.vec_dot(ty, &w[r * rb..(r + 1) * rb], a);
+            let g = got[t * rows + r];
+            assert_eq!(
+                g.to_bits(),
+                want.to_bits(),
+                "{} {ty} n={n} rows={rows} n_tok={n_tok}: ({t}, {r}) gemm {g} vec_dot {want}",
+                k.name
+            );
+        }
+    }
+}
+
 #[test]
 fn gemm_matches_vec_dot_bit_for_bit() {
     let mut rng = Rng::new(0x6E33_0001);
     for k in dispatch::all() {
         for ty in WEIGHT_TYPES {
-            for (n, rows, n_tok) in shapes(ty) {
-                let w: Vec<u8> = (0..rows)
-                    .flat_map(|r| match r % 3 {
-                        2 if ty.block_size() > 1 => raw_weights(ty, n, &mut rng, false),
-                        _ => real_weights(ty, n, &mut rng),
-                    })
-                    .collect();
-                let acts: Vec<Vec<u8>> = (0..n_tok)
-                    .map(|t| match t % 4 {
-                        3 if ty.block_size() > 1 => {
-                            let q = sparse_quants(n, &mut rng);
-                            activations_from_quants(ty, &q, &mut rng, false)
-                        }
-                        2 if ty.block_size() > 1 => {
-                            let q: Vec<i8> = (0..n).map(|_| rng.byte() as i8).collect();
-                            activations_from_quants(ty, &q, &mut rng, false)
-                        }
-                        _ => real_activations(ty, n, &mut rng),
-                    })
-                    .collect();
-                let got = run(k, ty, n, &w, &gemm_acts(ty, n, &acts), n_tok);
-                let rb = ty.row_bytes(n).unwrap();
-                for (t, a) in acts.iter().enumerate() {
-                    for r in 0..rows {
-                        let want = k.vec_dot(ty, &w[r * rb..(r + 1) * rb], a);
-                        let g = got[t * rows + r];
-                        assert_eq!(
-                            g.to_bits(),
-                            want.to_bits(),
-                            "{} {ty} n={n} rows={rows} n_tok={n_tok}: ({t}, {r}) gemm {g} vec_dot {want}",
-                            k.name
-                        );
-                    }
-                }
+            for shape in shapes(ty) {
+                check(k, ty, shape, &mut rng);
             }
         }
+    }
+}
+
+/// The types of the Qwen2.5 Q4_K_M files (the ones with matrix kernels on every SIMD build) at
+/// the edges of the tilings: every activation row count from 1 to 9 (whole register tiles of 4
+/// and every leftover), odd and even weight row counts (the NEON 2-row tiles and their edge),
+/// odd and even block counts (the NEON Q8_0/Q5_0 kernels alternate two accumulators by block),
+/// and row/activation counts just past the result blocks (64 weight rows, 32 activation rows
+/// on NEON; 8-row groups and 256-row chunks on AVX2).
+#[test]
+fn gemm_edges_of_the_tiles() {
+    let mut rng = Rng::new(0x6E33_0003);
+    for k in dispatch::all() {
+        for ty in [
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+        ] {
+            let b = ty.block_size();
+            for n_tok in 1..=9 {
+                for (blocks, rows) in [(1, 1), (2, 2), (3, 3), (1, 5), (2, 8), (3, 9)] {
+                    check(k, ty, (blocks * b, rows, n_tok), &mut rng);
+                }
+            }
+            for shape in [(b, 65, 33), (2 * b, 131, 3), (b, 3, 66)] {
+                check(k, ty, shape, &mut rng);
+            }
+        }
+    }
+}
+
+/// Where the environment names the builds that must be tested here (`QWEN_EXPECT_KERNELS`, a
+/// comma-separated list: `scripts/test-aarch64.sh` sets `neon,neon+dotprod` and runs qemu with
+/// `-cpu max`), every one of them is among those the parity tests iterate over, so a missing
+/// CPU feature cannot silently skip a build.
+#[test]
+fn expected_builds_are_tested() {
+    let Ok(want) = std::env::var("QWEN_EXPECT_KERNELS") else {
+        eprintln!("QWEN_EXPECT_KERNELS not set: testing the builds this CPU runs");
+        return;
+    };
+    let have: Vec<&str> = dispatch::all().iter().map(|k| k.name).collect();
+    for name in want.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        assert!(
+            have.contains(&name),
+            "QWEN_EXPECT_KERNELS names {name}, but this CPU runs only {have:?}"
+        );
     }
 }
 

@@ -1,0 +1,484 @@
+//! Matrix products on NEON for the weight types of Qwen2.5 Q4_K_M files (Q4_K, Q6_K, Q5_0,
+//! Q8_0): a tile of [`MR`] weight rows × [`NR`] activation rows per call, each weight block
+//! unpacked once and used for every activation row of the tile, each activation block loaded
+//! once and used for every weight row of the tile. Both builds (plain NEON and NEON+dotprod) come
+//! from the same code through the parent's `dot16`.
+//!
+//! # Same bits as the row kernels
+//!
+//! [`Kernels::gemm`](super::super::dispatch) must give, for every (weight row, activation row),
+//! the bits this build's `vec_dot` gives, so each tile repeats the float arithmetic of the
+//! parent's row kernel for that type, only with the integer work laid out differently:
+//!
+//! - Q8_0 and Q5_0 (`sum_blocks`): the row kernel fuses each block's integer sum into f32
+//!   *per lane* (`acc = fma(float(lanes), d_w·d_a, acc)`, even blocks into one accumulator, odd
+//!   into another, the last odd block into the first, then `vaddvq(acc0 + acc1)`), so the lanes
+//!   must hold the same partial sums: the tile computes them with the very same `dot16` calls
+//!   (same operands, same order into the same lanes) and keeps two accumulators per pair. The
+//!   activation scale comes from the side data as f32 (`f16_to_f32` of the block's scale, the
+//!   value the row kernel converts).
+//! - Q4_K and Q6_K: the row kernel reduces each block to exact integers
+//!   (`Σ_j sc_j·Σ q·y` and, for Q4_K, `Σ_j mn_j·bsum_j`) and then does scalar float operations
+//!   per block. Integer sums are exact in any order, so the tile accumulates the scaled partial
+//!   sums per lane over the whole block (`mla` by the sub-block scale; the bounds in the
+//!   comments keep every lane inside i32) and reduces once per block, then repeats the scalar
+//!   float expression of the row kernel unchanged.
+//!
+//! # Blocking
+//!
+//! [`run`] walks chunks of [`TC`] activation rows (whose quantized rows stay in L2 while the
+//! weights stream by), blocks of [`RB`] weight rows (their results gathered in a small buffer
+//! and handed to the sink one activation row at a time), and inside those the `MR × NR`
+//! register tiles over the whole row length (two weight rows stay in L1 while the tiles run
+//! along the activation rows). Odd weight rows and leftover activation rows get smaller tiles
+//! (`1 × n`, `m × 1..NR`), never padding.
+
+use std::arch::aarch64::*;
+use std::mem::size_of;
+
+use super::super::k_quants::{BlockQ4K, BlockQ6K};
+use super::super::q5::BlockQ5_0;
+use super::super::q8::{BlockQ8K, BlockQ8_0};
+use super::super::simd_common::k4_scales_mins;
+use super::super::{as_blocks, f16_to_f32, Block};
+use super::{dot16, fifth_bits, ld_i16_bytes, ld_i8, ld_u8, nibbles, signed};
+use crate::gguf::GgmlType;
+
+/// Weight rows per register tile.
+const MR: usize = 2;
+/// Activation rows per register tile: each unpacked weight block is used this many times.
+const NR: usize = 4;
+/// Activation rows per chunk (their quantized rows meant to stay in L2).
+const TC: usize = 32;
+/// Weight rows per result block (`TC × RB` f32 on the stack).
+const RB: usize = 64;
+
+/// Bytes of side data per activation block that the kernels here read (Q8_0 activations: the
+/// block's scale as f32, then the sum of its quants as i32; see `quant::gemm_act_row_bytes`).
+const Q8_0_AUX: usize = 8;
+
+/// The matrix product of the plain NEON build (see `Kernels::gemm`): false, having done nothing,
+/// for a type without a kernel here (or sizes it cannot take).
+#[target_feature(enable = "neon")]
+#[allow(clippy::too_many_arguments)]
+pub(in super::super) fn gemm(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool {
+    gemm_impl::<false>(ty, rb, w, qrb, act, arb, n_tok, out)
+}
+
+/// [`gemm`] of the NEON+dotprod build.
+#[target_feature(enable = "neon,dotprod")]
+#[allow(clippy::too_many_arguments)]
+pub(in super::super) fn gemm_dotprod(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool {
+    gemm_impl::<true>(ty, rb, w, qrb, act, arb, n_tok, out)
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl<const SDOT: bool>(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool {
+    let m = Mat {
+        w,
+        rb,
+        act,
+        qrb,
+        arb,
+        n_tok,
+    };
+    match ty {
+        GgmlType::Q4_K => run::<Q4K, SDOT>(m, out),
+        GgmlType::Q6_K => run::<Q6K, SDOT>(m, out),
+        GgmlType::Q5_0 => run::<Q5_0, SDOT>(m, out),
+        GgmlType::Q8_0 => run::<Q8_0, SDOT>(m, out),
+        _ => false,
+    }
+}
+
+/// The operands of one product, as `Kernels::gemm` takes them.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    w: &'a [u8],
+    rb: usize,
+    act: &'a [u8],
+    qrb: usize,
+    arb: usize,
+    n_tok: usize,
+}
+
+/// One weight type's register tile.
+trait Kind {
+    /// The weight block.
+    type W: Block;
+    /// The activation block (`vec_dot_type` of the weights).
+    type A: Block;
+    /// Side-data bytes per activation block the tile reads.
+    const AUX: usize;
+
+    /// The `M` weight rows `w` (whole rows, the same number of blocks each) against the `N`
+    /// activation rows `a` (quantized row with at least as many blocks, side data): `[r][t]`
+    /// with the bits of the row kernel for that pair.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON, and DotProd when `SDOT` (the implementations are
+    /// `#[target_feature]` functions, which a trait can only declare `unsafe`).
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[Self::W]; M],
+        a: [(&[Self::A], &[u8]); N],
+    ) -> [[f32; N]; M];
+}
+
+/// The blocking around the register tiles (see the module docs). False (nothing done) when the
+/// sizes do not describe whole blocks with the side data the tile needs.
+#[inline]
+fn run<K: Kind, const SDOT: bool>(m: Mat, out: &mut dyn FnMut(usize, usize, &[f32])) -> bool {
+    let (wb, ab) = (size_of::<K::W>(), size_of::<K::A>());
+    if m.rb == 0 || !m.rb.is_multiple_of(wb) {
+        return false;
+    }
+    let nb = m.rb / wb;
+    let fits = m.qrb >= nb * ab
+        && m.arb >= m.qrb + nb * K::AUX
+        && m.act.len() >= m.n_tok * m.arb;
+    if !fits {
+        return false;
+    }
+    let nrows = m.w.len() / m.rb;
+    let rows = |first: usize| -> [&[K::W]; MR] {
+        std::array::from_fn(|i| {
+            // Past the last row (only in a 1-row tile, whose second entry is never used).
+            let r = (first + i).min(nrows - 1);
+            as_blocks(&m.w[r * m.rb..(r + 1) * m.rb])
+        })
+    };
+    let acts = |first: usize| -> [(&[K::A], &[u8]); NR] {
+        std::array::from_fn(|i| {
+            // Past the last activation row: never used (the tile takes the first `nt`).
+            let t = (first + i).min(m.n_tok - 1);
+            let row = &m.act[t * m.arb..(t + 1) * m.arb];
+            (as_blocks(&row[..nb * ab]), &row[m.qrb..])
+        })
+    };
+    let mut buf = [[0f32; RB]; TC];
+    for t0 in (0..m.n_tok).step_by(TC) {
+        let tn = TC.min(m.n_tok - t0);
+        for r0 in (0..nrows).step_by(RB) {
+            let rn = RB.min(nrows - r0);
+            for r in (0..rn).step_by(MR) {
+                let mr = MR.min(rn - r);
+                let ws = rows(r0 + r);
+                for t in (0..tn).step_by(NR) {
+                    let nt = NR.min(tn - t);
+                    let ys = acts(t0 + t);
+                    // The tile sizes a product may need: MR × NR, and the edges.
+                    let w1 = [ws[0]];
+                    macro_rules! tiles {
+                        ($(($m:literal, $n:literal, $ws:expr)),* $(,)?) => {
+                            match (mr, nt) {
+                                // SAFETY: `run` is only reached from `gemm` (NEON) and
+                                // `gemm_dotprod` (NEON+DotProd, the only caller with `SDOT`),
+                                // which dispatch calls only on CPUs with those features.
+                                $(($m, $n) => put(&mut buf, r, t, unsafe {
+                                    K::tile::<SDOT, $m, $n>($ws, std::array::from_fn(|i| ys[i]))
+                                }),)*
+                                _ => unreachable!("tile {mr}×{nt} outside {MR}×{NR}"),
+                            }
+                        };
+                    }
+                    tiles!(
+                        (2, 4, ws),
+                        (2, 3, ws),
+                        (2, 2, ws),
+                        (2, 1, ws),
+                        (1, 4, w1),
+                        (1, 3, w1),
+                        (1, 2, w1),
+                        (1, 1, w1),
+                    );
+                }
+            }
+            for (t, v) in buf[..tn].iter().enumerate() {
+                out(t0 + t, r0, &v[..rn]);
+            }
+        }
+    }
+    true
+}
+
+/// Stores tile results `v[r][t]` at `buf[t0 + t][r0 + r]`.
+#[inline(always)]
+fn put<const M: usize, const N: usize>(
+    buf: &mut [[f32; RB]; TC],
+    r0: usize,
+    t0: usize,
+    v: [[f32; N]; M],
+) {
+    for (r, vr) in v.iter().enumerate() {
+        for (t, &x) in vr.iter().enumerate() {
+            buf[t0 + t][r0 + r] = x;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q8_0 and Q5_0: 32-element blocks against Q8_0 activations.
+
+/// The tile of the 32-element formats; `unpack` gives a weight block's quants as two signed i8
+/// vectors (elements 0..16, 16..32) and its scale, exactly as the row kernel computes them.
+#[target_feature(enable = "neon")]
+#[inline]
+fn tile_32<W, const SDOT: bool, const M: usize, const N: usize>(
+    w: [&[W]; M],
+    a: [(&[BlockQ8_0], &[u8]); N],
+    unpack: impl Fn(&W) -> (int8x16_t, int8x16_t, f32),
+) -> [[f32; N]; M] {
+    let nb = w[0].len();
+    // One block into one accumulator per pair: the row kernel's `dot32` (two `dot16` into the
+    // same lanes), converted per lane, fused with `d_w·d_a`.
+    let step = |b: usize, acc: &mut [[float32x4_t; N]; M]| {
+        let xs: [(int8x16_t, int8x16_t, f32); M] = std::array::from_fn(|r| unpack(&w[r][b]));
+        for (t, &(ya, aux)) in a.iter().enumerate() {
+            let y = &ya[b].qs;
+            let (y0, y1) = (ld_i8(y), ld_i8(&y[16..]));
+            let o = Q8_0_AUX * b;
+            let yd = f32::from_le_bytes([aux[o], aux[o + 1], aux[o + 2], aux[o + 3]]);
+            for (acc_r, &(q0, q1, xd)) in acc.iter_mut().zip(&xs) {
+                let s = dot16::<SDOT>(dot16::<SDOT>(vdupq_n_s32(0), q0, y0), q1, y1);
+                acc_r[t] = vfmaq_n_f32(acc_r[t], vcvtq_f32_s32(s), xd * yd);
+            }
+        }
+    };
+    let zero = [[vdupq_n_f32(0.0); N]; M];
+    let (mut acc0, mut acc1) = (zero, zero);
+    let mut b = 0;
+    while b + 2 <= nb {
+        step(b, &mut acc0);
+        step(b + 1, &mut acc1);
+        b += 2;
+    }
+    if b < nb {
+        step(b, &mut acc0);
+    }
+    std::array::from_fn(|r| std::array::from_fn(|t| vaddvq_f32(vaddq_f32(acc0[r][t], acc1[r][t]))))
+}
+
+struct Q8_0;
+
+impl Kind for Q8_0 {
+    type W = BlockQ8_0;
+    type A = BlockQ8_0;
+    const AUX: usize = Q8_0_AUX;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ8_0]; M],
+        a: [(&[BlockQ8_0], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_32::<_, SDOT, M, N>(w, a, |x| {
+            (ld_i8(&x.qs), ld_i8(&x.qs[16..]), f16_to_f32(x.d))
+        })
+    }
+}
+
+struct Q5_0;
+
+impl Kind for Q5_0 {
+    type W = BlockQ5_0;
+    type A = BlockQ8_0;
+    const AUX: usize = Q8_0_AUX;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ5_0]; M],
+        a: [(&[BlockQ8_0], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_32::<_, SDOT, M, N>(w, a, |x| {
+            let (lo, hi) = nibbles(&x.qs);
+            let (h0, h1) = fifth_bits(x.qh);
+            (
+                signed(vorrq_u8(lo, h0), 16),
+                signed(vorrq_u8(hi, h1), 16),
+                f16_to_f32(x.d),
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_K and Q6_K against Q8_K activations.
+
+struct Q4K;
+
+impl Kind for Q4K {
+    type W = BlockQ4K;
+    type A = BlockQ8K;
+    const AUX: usize = 0;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ4K]; M],
+        a: [(&[BlockQ8K], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_q4k::<SDOT, M, N>(w, a.map(|(y, _)| y))
+    }
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+fn tile_q4k<const SDOT: bool, const M: usize, const N: usize>(
+    w: [&[BlockQ4K]; M],
+    a: [&[BlockQ8K]; N],
+) -> [[f32; N]; M] {
+    let m4 = vdupq_n_u8(0x0F);
+    let mut sumf = [[0f32; N]; M];
+    for b in 0..w[0].len() {
+        let xs: [&BlockQ4K; M] = std::array::from_fn(|r| &w[r][b]);
+        let ys: [&BlockQ8K; N] = std::array::from_fn(|t| &a[t][b]);
+        let scm: [(u64, u64); M] = std::array::from_fn(|r| k4_scales_mins(&xs[r].scales));
+        // Lane sums of Σ_j sc_j·Σ q·y: per sub-block and lane ≤ 8·15·128·63 < 2^24, eight
+        // sub-blocks < 2^27.
+        let mut acc = [[vdupq_n_s32(0); N]; M];
+        for j in 0..8 {
+            // Sub-block j: the low (j even) or high nibbles of qs[32(j/2)..32(j/2) + 32].
+            let q: [[int8x16_t; 2]; M] = std::array::from_fn(|r| {
+                let qs = &xs[r].qs[32 * (j / 2)..];
+                let (a0, a1) = (ld_u8(qs), ld_u8(&qs[16..]));
+                if j % 2 == 0 {
+                    [signed(vandq_u8(a0, m4), 0), signed(vandq_u8(a1, m4), 0)]
+                } else {
+                    [
+                        signed(vshrq_n_u8::<4>(a0), 0),
+                        signed(vshrq_n_u8::<4>(a1), 0),
+                    ]
+                }
+            });
+            let sc: [i32; M] = std::array::from_fn(|r| ((scm[r].0 >> (8 * j)) & 0xFF) as i32);
+            for (t, y) in ys.iter().enumerate() {
+                let (y0, y1) = (ld_i8(&y.qs[32 * j..]), ld_i8(&y.qs[32 * j + 16..]));
+                for r in 0..M {
+                    let p = dot16::<SDOT>(dot16::<SDOT>(vdupq_n_s32(0), q[r][0], y0), q[r][1], y1);
+                    acc[r][t] = vmlaq_n_s32(acc[r][t], p, sc[r]);
+                }
+            }
+        }
+        let d: [(f32, f32); M] =
+            std::array::from_fn(|r| (f16_to_f32(xs[r].d), f16_to_f32(xs[r].dmin)));
+        for (t, y) in ys.iter().enumerate() {
+            // The 32-element activation sums (|bsum| ≤ 16·128: the pairwise i16 sums fit).
+            let bs = y.bsums.as_flattened();
+            let s = vpaddq_s16(ld_i16_bytes(bs), ld_i16_bytes(&bs[16..]));
+            let yd = y.d();
+            for r in 0..M {
+                let mn = vreinterpretq_s16_u16(vmovl_u8(vcreate_u8(scm[r].1)));
+                let pm = vmlal_high_s16(vmull_s16(vget_low_s16(mn), vget_low_s16(s)), mn, s);
+                let sumi_m = vaddvq_s32(pm);
+                let sumi = vaddvq_s32(acc[r][t]);
+                // The row kernel's expression, unchanged.
+                sumf[r][t] += yd * d[r].0 * sumi as f32 - yd * d[r].1 * sumi_m as f32;
+            }
+        }
+    }
+    sumf
+}
+
+struct Q6K;
+
+impl Kind for Q6K {
+    type W = BlockQ6K;
+    type A = BlockQ8K;
+    const AUX: usize = 0;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ6K]; M],
+        a: [(&[BlockQ8K], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_q6k::<SDOT, M, N>(w, a.map(|(y, _)| y))
+    }
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+fn tile_q6k<const SDOT: bool, const M: usize, const N: usize>(
+    w: [&[BlockQ6K]; M],
+    a: [&[BlockQ8K]; N],
+) -> [[f32; N]; M] {
+    let m4 = vdupq_n_u8(0x0F);
+    let m2 = vdupq_n_u8(0x03);
+    let mut sumf = [[0f32; N]; M];
+    for b in 0..w[0].len() {
+        let xs: [&BlockQ6K; M] = std::array::from_fn(|r| &w[r][b]);
+        let ys: [&BlockQ8K; N] = std::array::from_fn(|t| &a[t][b]);
+        // Lane sums of Σ_h sc_h·Σ (q − 32)·y: per sub-block and lane ≤ 4·32·128·128 = 2^21,
+        // sixteen sub-blocks ≤ 2^25.
+        let mut acc = [[vdupq_n_s32(0); N]; M];
+        for h in 0..2 {
+            for half in 0..2 {
+                // Elements 128h + 32k + 16·half + (0..16), k = 0..4, as in the row kernel.
+                let o = 16 * half;
+                let q: [[int8x16_t; 4]; M] = std::array::from_fn(|r| {
+                    let x = xs[r];
+                    let la = ld_u8(&x.ql[64 * h + o..]);
+                    let lb = ld_u8(&x.ql[64 * h + 32 + o..]);
+                    let qh = ld_u8(&x.qh[32 * h + o..]);
+                    let hi = |v: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(v, m2));
+                    [
+                        signed(vorrq_u8(vandq_u8(la, m4), hi(qh)), 32),
+                        signed(vorrq_u8(vandq_u8(lb, m4), hi(vshrq_n_u8::<2>(qh))), 32),
+                        signed(vorrq_u8(vshrq_n_u8::<4>(la), hi(vshrq_n_u8::<4>(qh))), 32),
+                        signed(vorrq_u8(vshrq_n_u8::<4>(lb), hi(vshrq_n_u8::<6>(qh))), 32),
+                    ]
+                });
+                for k in 0..4 {
+                    let e = 128 * h + 32 * k + o;
+                    let sc: [i32; M] = std::array::from_fn(|r| xs[r].scales[e / 16] as i32);
+                    for (t, y) in ys.iter().enumerate() {
+                        let y = ld_i8(&y.qs[e..]);
+                        for r in 0..M {
+                            let p = dot16::<SDOT>(vdupq_n_s32(0), q[r][k], y);
+                            acc[r][t] = vmlaq_n_s32(acc[r][t], p, sc[r]);
+                        }
+                    }
+                }
+            }
+        }
+        for r in 0..M {
+            let xd = f16_to_f32(xs[r].d);
+            for (t, y) in ys.iter().enumerate() {
+                // The row kernel's expression, unchanged.
+                sumf[r][t] += xd * y.d() * vaddvq_s32(acc[r][t]) as f32;
+            }
+        }
+    }
+    sumf
+}
