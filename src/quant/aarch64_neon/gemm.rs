@@ -163,9 +163,7 @@ fn run<K: Kind, const SDOT: bool>(m: Mat, out: &mut dyn FnMut(usize, usize, &[f3
         return false;
     }
     let nb = m.rb / wb;
-    let fits = m.qrb >= nb * ab
-        && m.arb >= m.qrb + nb * K::AUX
-        && m.act.len() >= m.n_tok * m.arb;
+    let fits = m.qrb >= nb * ab && m.arb >= m.qrb + nb * K::AUX && m.act.len() >= m.n_tok * m.arb;
     if !fits {
         return false;
     }
@@ -446,7 +444,7 @@ fn tile_q6k<const SDOT: bool, const M: usize, const N: usize>(
             for half in 0..2 {
                 // Elements 128h + 32k + 16·half + (0..16), k = 0..4, as in the row kernel.
                 let o = 16 * half;
-                let q: [[int8x16_t; 4]; M] = std::array::from_fn(|r| {
+                let qr: [[int8x16_t; 4]; M] = std::array::from_fn(|r| {
                     let x = xs[r];
                     let la = ld_u8(&x.ql[64 * h + o..]);
                     let lb = ld_u8(&x.ql[64 * h + 32 + o..]);
@@ -459,13 +457,14 @@ fn tile_q6k<const SDOT: bool, const M: usize, const N: usize>(
                         signed(vorrq_u8(vshrq_n_u8::<4>(lb), hi(vshrq_n_u8::<6>(qh))), 32),
                     ]
                 });
-                for k in 0..4 {
+                let q: [[int8x16_t; M]; 4] = std::array::from_fn(|k| qr.map(|v| v[k]));
+                for (k, qk) in q.iter().enumerate() {
                     let e = 128 * h + 32 * k + o;
                     let sc: [i32; M] = std::array::from_fn(|r| xs[r].scales[e / 16] as i32);
                     for (t, y) in ys.iter().enumerate() {
                         let y = ld_i8(&y.qs[e..]);
                         for r in 0..M {
-                            let p = dot16::<SDOT>(vdupq_n_s32(0), q[r][k], y);
+                            let p = dot16::<SDOT>(vdupq_n_s32(0), qk[r], y);
                             acc[r][t] = vmlaq_n_s32(acc[r][t], p, sc[r]);
                         }
                     }
