@@ -258,30 +258,35 @@ fn tile_32<W, const SDOT: bool, const M: usize, const N: usize>(
 ) -> [[f32; N]; M] {
     let nb = w[0].len();
     // One block into one accumulator per pair: the row kernel's `dot32` (two `dot16` into the
-    // same lanes), converted per lane, fused with `d_w·d_a`.
-    let step = |b: usize, acc: &mut [[float32x4_t; N]; M]| {
-        let xs: [(int8x16_t, int8x16_t, f32); M] = std::array::from_fn(|r| unpack(&w[r][b]));
-        for (t, &(ya, aux)) in a.iter().enumerate() {
-            let y = &ya[b].qs;
-            let (y0, y1) = (ld_i8(y), ld_i8(&y[16..]));
-            let o = Q8_0_AUX * b;
-            let yd = f32::from_le_bytes([aux[o], aux[o + 1], aux[o + 2], aux[o + 3]]);
-            for (acc_r, &(q0, q1, xd)) in acc.iter_mut().zip(&xs) {
-                let s = dot16::<SDOT>(dot16::<SDOT>(vdupq_n_s32(0), q0, y0), q1, y1);
-                acc_r[t] = vfmaq_n_f32(acc_r[t], vcvtq_f32_s32(s), xd * yd);
+    // same lanes), converted per lane, fused with `d_w·d_a`. A macro rather than a closure so
+    // the accumulators stay in registers (a closure taking them by reference is not inlined).
+    macro_rules! step {
+        ($b:expr, $acc:ident) => {{
+            let b = $b;
+            let xs: [(int8x16_t, int8x16_t, f32); M] = std::array::from_fn(|r| unpack(&w[r][b]));
+            for (t, &(ya, aux)) in a.iter().enumerate() {
+                let y = &ya[b].qs;
+                let (y0, y1) = (ld_i8(y), ld_i8(&y[16..]));
+                let o = Q8_0_AUX * b;
+                // One 4-byte load (`run` checked the side data covers every block).
+                let yd = f32::from_le_bytes(aux[o..o + 4].try_into().unwrap_or([0; 4]));
+                for (acc_r, &(q0, q1, xd)) in $acc.iter_mut().zip(&xs) {
+                    let s = dot16::<SDOT>(dot16::<SDOT>(vdupq_n_s32(0), q0, y0), q1, y1);
+                    acc_r[t] = vfmaq_n_f32(acc_r[t], vcvtq_f32_s32(s), xd * yd);
+                }
             }
-        }
-    };
+        }};
+    }
     let zero = [[vdupq_n_f32(0.0); N]; M];
     let (mut acc0, mut acc1) = (zero, zero);
     let mut b = 0;
     while b + 2 <= nb {
-        step(b, &mut acc0);
-        step(b + 1, &mut acc1);
+        step!(b, acc0);
+        step!(b + 1, acc1);
         b += 2;
     }
     if b < nb {
-        step(b, &mut acc0);
+        step!(b, acc0);
     }
     std::array::from_fn(|r| std::array::from_fn(|t| vaddvq_f32(vaddq_f32(acc0[r][t], acc1[r][t]))))
 }
