@@ -20,6 +20,7 @@
 //! build sums Q8_0 in 8 lanes instead), so its results differ from AVX2's by rounding only.
 
 use std::arch::x86_64::*;
+use std::mem::size_of;
 
 use super::as_blocks;
 use super::k_quants::{BlockQ4K, BlockQ6K};
@@ -111,17 +112,23 @@ fn hsum512(v: __m512i) -> i32 {
     ))
 }
 
-/// Lane `r` = the sum of the 8 lanes of `v[r]`, for 16 vectors (rows `r` in lanes). Exact: i32
-/// additions of the callers' bounded sums.
+/// Row `k` of a 16-row group whose block vector goes into the low (`false`) or high (`true`) 256
+/// bits of pair vector `p` (0..8) for [`reduce16`]: `p` < 4 pairs rows `p` and `p + 4`, `p` ≥ 4
+/// pairs rows `p + 4` and `p + 8`, so that the reduction's 128-bit lanes come out in row order.
+const fn pair_row(p: usize, high: bool) -> usize {
+    let base = if p < 4 { p } else { p + 4 };
+    if high {
+        base + 4
+    } else {
+        base
+    }
+}
+
+/// Lane `r` = the sum of the 8 i32 lanes of row `r`'s 256-bit half of `z` (paired as in
+/// [`pair_row`]). Exact: i32 additions of the callers' bounded sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn reduce16(v: &[__m256i; 16]) -> __m512i {
-    // z[i] = [v_i | v_{i+4}] for i < 4, [v_{8+i} | v_{12+i}] for i >= 4, so that after the
-    // in-lane reductions below the 128-bit lanes come out in row order.
-    let z: [__m512i; 8] = std::array::from_fn(|i| {
-        let (a, b) = if i < 4 { (i, i + 4) } else { (i + 4, i + 8) };
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v[a]), v[b])
-    });
+fn reduce16(z: &[__m512i; 8]) -> __m512i {
     let pair = |a: __m512i, b: __m512i| {
         _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
     };
@@ -168,7 +175,7 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             rb,
             act,
             out,
-            |r, a| dot16_q5_0(r, a),
+            |r, nb, a| dot16_q5_0(r, nb, a),
             |r, a| dot_q5_0(r, a),
         ),
         Q8_0 => rows_by_16(
@@ -176,7 +183,7 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             rb,
             act,
             out,
-            |r, a| dot16_q8_0(r, a),
+            |r, nb, a| dot16_q8_0(r, nb, a),
             |r, a| dot_q8_0(r, a),
         ),
         // Not specialised here: the AVX2 kernels.
@@ -246,7 +253,8 @@ fn one_by_one<B: super::Block, A: super::Block>(
 }
 
 /// `out[r]` for rows `0..out.len()` of `w` against one activation row, 16 rows at a time by
-/// `sixteen`; the rows after the last whole group go through `one`.
+/// `sixteen` (given the 16 rows' blocks back to back and the blocks per row); the rows after the
+/// last whole group go through `one`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn rows_by_16<B: super::Block, A: super::Block>(
@@ -254,7 +262,7 @@ fn rows_by_16<B: super::Block, A: super::Block>(
     rb: usize,
     act: &[u8],
     out: &mut [f32],
-    sixteen: impl Fn([&[B]; 16], &[A]) -> [f32; 16],
+    sixteen: impl Fn(&[B], usize, &[A]) -> [f32; 16],
     one: impl Fn(&[B], &[A]) -> f32,
 ) {
     let a = as_blocks::<A>(act);
@@ -268,8 +276,8 @@ fn rows_by_16<B: super::Block, A: super::Block>(
                 _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
             }
         }
-        let rows = std::array::from_fn(|r| as_blocks(&w[(g0 + r) * rb..(g0 + r + 1) * rb]));
-        out[g0..g0 + 16].copy_from_slice(&sixteen(rows, a));
+        let rows = as_blocks::<B>(&w[g0 * rb..(g0 + 16) * rb]);
+        out[g0..g0 + 16].copy_from_slice(&sixteen(rows, rb / size_of::<B>(), a));
         g0 += 16;
     }
     for r in g0..nrows {
@@ -449,21 +457,42 @@ fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
     acc
 }
 
-/// Sixteen Q5_0 rows, each exactly as [`dot_q5_0`] (rows in lanes for the float work).
+/// Two Q5_0 blocks' quants (as [`q5_0_quants`]), `x0`'s in the low 256 bits, `x1`'s in the
+/// high.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot16_q5_0(w: [&[BlockQ5_0]; 16], a: &[BlockQ8_0]) -> [f32; 16] {
+#[inline]
+fn q5_0_quants2(x0: &BlockQ5_0, x1: &BlockQ5_0) -> __m512i {
+    let q = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(ld128(&x0.qs))),
+        _mm256_broadcastsi128_si256(ld128(&x1.qs)),
+    );
+    // Low nibbles (elements 0..16) in the first 128 bits of each half, high ones in the second.
+    let q = _mm512_srlv_epi64(q, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+    let q = _mm512_and_si512(q, _mm512_set1_epi8(0x0F));
+    let hb = u32::from_le_bytes(x0.qh) as u64 | (u32::from_le_bytes(x1.qh) as u64) << 32;
+    _mm512_mask_add_epi8(q, hb, q, _mm512_set1_epi8(16))
+}
+
+/// Sixteen Q5_0 rows (`w`: their `nb` blocks each, back to back), each exactly as
+/// [`dot_q5_0`], two rows per vector and rows in lanes for the float work.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot16_q5_0(w: &[BlockQ5_0], nb: usize, a: &[BlockQ8_0]) -> [f32; 16] {
     let mut acc = _mm512_setzero_ps();
-    for (i, y) in a.iter().enumerate() {
-        let yv = ld256(&y.qs);
-        let start = minus16_sum(yv);
-        let mut s = [_mm256_setzero_si256(); 16];
-        let mut h = [0u16; 16];
-        for r in 0..16 {
-            let x = &w[r][i];
-            s[r] = _mm256_dpbusd_epi32(start, q5_0_quants(x), yv);
-            h[r] = u16::from_le_bytes(x.d);
+    for (i, y) in a.iter().enumerate().take(nb) {
+        let yv = bcast256(&y.qs);
+        // −16·Σ y, spread over the 8 lanes of each half.
+        let start = _mm512_sub_epi32(
+            _mm512_setzero_si512(),
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(16), yv),
+        );
+        let mut z = [_mm512_setzero_si512(); 8];
+        for (p, z) in z.iter_mut().enumerate() {
+            let x0 = &w[pair_row(p, false) * nb + i];
+            let x1 = &w[pair_row(p, true) * nb + i];
+            *z = _mm512_dpbusd_epi32(start, q5_0_quants2(x0, x1), yv);
         }
-        acc = fma16(h, f16_to_f32(y.d), reduce16(&s), acc);
+        let h: [u16; 16] = std::array::from_fn(|r| u16::from_le_bytes(w[r * nb + i].d));
+        acc = fma16(h, f16_to_f32(y.d), reduce16(&z), acc);
     }
     let mut out = [0f32; 16];
     // SAFETY: `out` is 16 writable f32; no alignment needed.
@@ -521,21 +550,29 @@ fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     acc
 }
 
-/// Sixteen Q8_0 rows, each exactly as [`dot_q8_0`].
+/// Sixteen Q8_0 rows (`w`: their `nb` blocks each, back to back), each exactly as
+/// [`dot_q8_0`], two rows per vector and rows in lanes for the float work.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot16_q8_0(w: [&[BlockQ8_0]; 16], a: &[BlockQ8_0]) -> [f32; 16] {
+fn dot16_q8_0(w: &[BlockQ8_0], nb: usize, a: &[BlockQ8_0]) -> [f32; 16] {
     let mut acc = _mm512_setzero_ps();
-    for (i, y) in a.iter().enumerate() {
-        let yv = ld256(&y.qs);
-        let start = minus128_sum(yv);
-        let mut s = [_mm256_setzero_si256(); 16];
-        let mut h = [0u16; 16];
-        for r in 0..16 {
-            let x = &w[r][i];
-            s[r] = q8_0_lanes(x, yv, start);
-            h[r] = u16::from_le_bytes(x.d);
+    let flip = _mm512_set1_epi8(-128);
+    for (i, y) in a.iter().enumerate().take(nb) {
+        let yv = bcast256(&y.qs);
+        // −128·Σ y over the 8 lanes of each half (see `minus128_sum`).
+        let start = _mm512_sub_epi32(
+            _mm512_setzero_si512(),
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, yv),
+        );
+        let mut z = [_mm512_setzero_si512(); 8];
+        for (p, z) in z.iter_mut().enumerate() {
+            let x0 = &w[pair_row(p, false) * nb + i];
+            let x1 = &w[pair_row(p, true) * nb + i];
+            let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld256(&x0.qs)), ld256(&x1.qs));
+            // x ^ 0x80 = x + 128 as an unsigned byte; each lane: 4 products ≤ 255·128.
+            *z = _mm512_dpbusd_epi32(start, _mm512_xor_si512(x, flip), yv);
         }
-        acc = fma16(h, f16_to_f32(y.d), reduce16(&s), acc);
+        let h: [u16; 16] = std::array::from_fn(|r| u16::from_le_bytes(w[r * nb + i].d));
+        acc = fma16(h, f16_to_f32(y.d), reduce16(&z), acc);
     }
     let mut out = [0f32; 16];
     // SAFETY: `out` is 16 writable f32; no alignment needed.
