@@ -1,5 +1,6 @@
 //! AVX-512 kernels (F + BW + VL + VNNI) for the weight types of the real Qwen2.5 Q4_K_M files:
-//! Q4_K, Q6_K, Q5_0 (row and matrix kernels) and Q8_0 (row kernels). Every other type, and the
+//! Q4_K and Q6_K (row and matrix kernels), Q5_0 (16-row and matrix kernels) and Q8_0 (row
+//! kernels). Every other type and path (single Q5_0 rows, which are no faster with VNNI), and the
 //! activation quantizers, run the AVX2 build: every CPU with these AVX-512 subsets also has AVX2,
 //! FMA and F16C (`detected` checks all of them), so delegating is always valid.
 //!
@@ -155,9 +156,10 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     match ty {
         Q4_K => dot_q4_k(as_blocks(w), as_blocks(act)),
         Q6_K => dot_q6_k(as_blocks(w), as_blocks(act)),
-        Q5_0 => dot_q5_0(as_blocks(w), as_blocks(act)),
         Q8_0 => dot_q8_0(as_blocks(w), as_blocks(act)),
-        // Not specialised here: the AVX2 kernels (this CPU has AVX2, FMA and F16C).
+        // Not specialised here: the AVX2 kernels (this CPU has AVX2, FMA and F16C). For a single
+        // Q5_0 row they are as fast as a VNNI version (measured), and their float chain is the
+        // one `dot16_q5_0` and the matrix kernel keep.
         _ => avx2::vec_dot(ty, w, act),
     }
 }
@@ -176,7 +178,7 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             act,
             out,
             |r, nb, a| dot16_q5_0(r, nb, a),
-            |r, a| dot_q5_0(r, a),
+            |r| avx2::vec_dot(Q5_0, r, act),
         ),
         Q8_0 => rows_by_16(
             w,
@@ -184,7 +186,7 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             act,
             out,
             |r, nb, a| dot16_q8_0(r, nb, a),
-            |r, a| dot_q8_0(r, a),
+            |r| dot_q8_0(as_blocks(r), as_blocks(act)),
         ),
         // Not specialised here: the AVX2 kernels.
         _ => avx2::vec_dot_rows(ty, rb, w, act, out),
@@ -254,7 +256,7 @@ fn one_by_one<B: super::Block, A: super::Block>(
 
 /// `out[r]` for rows `0..out.len()` of `w` against one activation row, 16 rows at a time by
 /// `sixteen` (given the 16 rows' blocks back to back and the blocks per row); the rows after the
-/// last whole group go through `one`.
+/// last whole group go through `one` (given the row's bytes).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn rows_by_16<B: super::Block, A: super::Block>(
@@ -263,7 +265,7 @@ fn rows_by_16<B: super::Block, A: super::Block>(
     act: &[u8],
     out: &mut [f32],
     sixteen: impl Fn(&[B], usize, &[A]) -> [f32; 16],
-    one: impl Fn(&[B], &[A]) -> f32,
+    one: impl Fn(&[u8]) -> f32,
 ) {
     let a = as_blocks::<A>(act);
     let nrows = out.len().min(w.len() / rb.max(1));
@@ -281,7 +283,7 @@ fn rows_by_16<B: super::Block, A: super::Block>(
         g0 += 16;
     }
     for r in g0..nrows {
-        out[r] = one(as_blocks(&w[r * rb..(r + 1) * rb]), a);
+        out[r] = one(&w[r * rb..(r + 1) * rb]);
     }
 }
 
@@ -433,30 +435,6 @@ fn q5_0_quants(x: &BlockQ5_0) -> __m256i {
     _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, _mm256_set1_epi8(16))
 }
 
-/// `−16·Σ y` of a Q8_0 block, spread over 8 lanes (the start value that turns `Σ q·y` into
-/// `Σ (q − 16)·y`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn minus16_sum(y: __m256i) -> __m256i {
-    _mm256_sub_epi32(
-        _mm256_setzero_si256(),
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(16), y),
-    )
-}
-
-/// One Q5_0 row against one activation row: the float chain of `x86_avx2::gemm`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
-    let mut acc = 0f32;
-    for (x, y) in w.iter().zip(a) {
-        let yv = ld256(&y.qs);
-        // Each lane: 4 products ≤ 31·128 plus the start value: far inside i32.
-        let s = _mm256_dpbusd_epi32(minus16_sum(yv), q5_0_quants(x), yv);
-        acc = (f16_to_f32(x.d) * f16_to_f32(y.d)).mul_add(hsum256(s) as f32, acc);
-    }
-    acc
-}
-
 /// Two Q5_0 blocks' quants (as [`q5_0_quants`]), `x0`'s in the low 256 bits, `x1`'s in the
 /// high.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -473,8 +451,9 @@ fn q5_0_quants2(x0: &BlockQ5_0, x1: &BlockQ5_0) -> __m512i {
     _mm512_mask_add_epi8(q, hb, q, _mm512_set1_epi8(16))
 }
 
-/// Sixteen Q5_0 rows (`w`: their `nb` blocks each, back to back), each exactly as
-/// [`dot_q5_0`], two rows per vector and rows in lanes for the float work.
+/// Sixteen Q5_0 rows (`w`: their `nb` blocks each, back to back), each with the bits of the
+/// single-row dot (AVX2's: `acc = fma(d_w·d_a, float(Σ (q − 16)·y), acc)` per block), two rows
+/// per vector and rows in lanes for the float work.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn dot16_q5_0(w: &[BlockQ5_0], nb: usize, a: &[BlockQ8_0]) -> [f32; 16] {
     let mut acc = _mm512_setzero_ps();
