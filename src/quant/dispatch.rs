@@ -2,8 +2,8 @@
 //!
 //! A [`Kernels`] table holds one build of the hot paths: the dot products of every weight type
 //! with its activation format, and the quantizers of those activations (Q8_0, Q8_1, Q8_K). The
-//! portable scalar build is the reference; `x86_avx2` and `aarch64_neon` hold hand-vectorized
-//! builds. [`select`] takes the best table this CPU runs, detected at run time, the first time
+//! portable scalar build is the reference; `x86_avx2`, `x86_avx512` and `aarch64_neon` hold
+//! hand-vectorized builds. [`select`] takes the best table this CPU runs, detected at run time, the first time
 //! any of them is needed.
 //!
 //! Results: integer parts are exact in every build and the quantizers produce identical bytes;
@@ -156,7 +156,25 @@ fn dot_scalar(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::x86_avx2 as k;
+    use super::super::x86_avx512 as k512;
     use super::Kernels;
+
+    /// Private to this module: reachable only through [`avx512`], which checks the CPU first.
+    static AVX512: Kernels = Kernels {
+        name: "avx512",
+        dot: k512::vec_dot,
+        dot_rows: k512::vec_dot_rows,
+        gemm: k512::gemm,
+        q8_0: k512::quantize_q8_0,
+        q8_1: k512::quantize_q8_1,
+        q8_k: k512::quantize_q8_k,
+    };
+
+    /// The AVX-512 (F, BW, VL, VNNI) build, if this CPU has those and AVX2+FMA+F16C (which the
+    /// build uses for the types it does not specialise).
+    pub(super) fn avx512() -> Option<&'static Kernels> {
+        k512::detected().then_some(&AVX512)
+    }
 
     /// Private to this module: reachable only through [`avx2`], which checks the CPU first.
     static AVX2: Kernels = Kernels {
@@ -192,8 +210,12 @@ mod x86 {
         k::detected().then_some(&AVX2_128)
     }
 
-    /// The better of the two AVX2 builds for this CPU.
+    /// The fastest x86 build for this CPU: AVX-512 where present, else the better of the two
+    /// AVX2 builds.
     pub(super) fn best() -> Option<&'static Kernels> {
+        if let Some(k) = avx512() {
+            return Some(k);
+        }
         if k::splits_256() {
             avx2_128()
         } else {
@@ -251,6 +273,7 @@ fn builds() -> Vec<&'static Kernels> {
     {
         v.extend(x86::avx2());
         v.extend(x86::avx2_128());
+        v.extend(x86::avx512());
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -261,7 +284,7 @@ fn builds() -> Vec<&'static Kernels> {
 }
 
 /// The build named by the environment variable `QWEN_KERNELS` (`scalar`, `avx2`, `avx2-128`,
-/// `neon`, `neon+dotprod`) if this CPU runs it, else the fastest one. The override is for
+/// `avx512`, `neon`, `neon+dotprod`) if this CPU runs it, else the fastest one. The override is for
 /// comparing builds on a whole model (debugging, benchmarks); an unknown or unsupported name is
 /// reported on stderr and ignored.
 fn select() -> &'static Kernels {
@@ -295,7 +318,8 @@ pub(super) fn selected() -> &'static Kernels {
     SELECTED.get_or_init(select)
 }
 
-/// Which build of the kernels [`super::vec_dot`] runs on this machine: `"avx2"`, `"avx2-128"`
+/// Which build of the kernels [`super::vec_dot`] runs on this machine: `"avx512"` (AVX-512
+/// F/BW/VL/VNNI kernels for Q4_K, Q6_K, Q5_0 and Q8_0, AVX2 for the rest), `"avx2"`, `"avx2-128"`
 /// (AVX2 with 128-bit kernels for Q4_0/Q4_1/Q5_0/Q5_1, on cores that split 256-bit operations),
 /// `"neon"`, `"neon+dotprod"` or `"scalar"`.
 pub fn vec_dot_path() -> &'static str {

@@ -72,6 +72,10 @@ fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
         (mid, 16, 16),
         (long, 11, 7),
         (b, 9, 260),
+        // Around the 16-row groups of the AVX-512 panels, with an odd block count (65 blocks of
+        // the 32-element formats: a panel chunk of 64, then one).
+        (if b == 32 { 65 * b } else { mid }, 37, 6),
+        (3 * b, 16, 4),
     ]
 }
 

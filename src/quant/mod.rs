@@ -9,7 +9,8 @@
 //! layouts, dequantization and dots) and [`k_quantize`] (their reference quantizers, which only run
 //! at conversion time). [`dispatch`] picks the build of the hot kernels (dot products, activation
 //! quantizers) for the running CPU: the scalar reference here, or the hand-vectorized
-//! `x86_avx2` (AVX2+FMA+F16C) or `aarch64_neon` (NEON, +dotprod) builds.
+//! `x86_avx2` (AVX2+FMA+F16C), `x86_avx512` (AVX-512 F/BW/VL/VNNI) or `aarch64_neon` (NEON,
+//! +dotprod) builds.
 //!
 //! Bit-exactness with ggml is checked by `tests/ggml_oracle` (run by hand) and pinned for CI by the
 //! `quantizer_goldens_match_ggml` test.
@@ -33,6 +34,8 @@ mod simd_tests;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 
 use std::mem::{align_of, size_of};
 

@@ -303,7 +303,7 @@ fn simd_float_dots_are_bit_identical() {
 }
 
 /// `vec_dot_rows` gives every row the same bits as `vec_dot` (the multi-row kernels keep each
-/// row's operation order), in every build, for row counts around the 4-row grouping.
+/// row's operation order), in every build, for row counts around the 4-, 8- and 16-row groupings.
 #[test]
 fn dot_rows_match_single_row_dots_bit_for_bit() {
     let mut rng = Rng::new(0x5EED_0006);
@@ -314,7 +314,7 @@ fn dot_rows_match_single_row_dots_bit_for_bit() {
                 if ty.block_size() == QK_K { 1536 } else { 896 },
             ] {
                 let rb = ty.row_bytes(n).unwrap();
-                for rows in [1, 3, 4, 5, 8, 11] {
+                for rows in [1, 3, 4, 5, 8, 11, 16, 19, 35] {
                     let w: Vec<u8> = (0..rows)
                         .flat_map(|_| real_weights(ty, n, &mut rng))
                         .collect();
@@ -462,5 +462,41 @@ fn public_entry_points_use_the_selected_build() {
             (got as f64 - scalar as f64).abs() <= 1e-5 * mag,
             "{ty}: {got} vs {scalar}"
         );
+    }
+}
+
+/// The AVX-512 build feeds each block's exact integer into the same per-row f32 chain as the
+/// AVX2 build for Q4_K, Q6_K and Q5_0 (see `x86_avx512`), so the two must agree bit for bit, on
+/// realistic rows and on raw random bytes with the extreme activations; skipped (with a line on
+/// stderr) where the CPU lacks either build.
+#[test]
+fn avx512_matches_avx2_bit_for_bit() {
+    let builds = dispatch::all();
+    let find = |name: &str| builds.iter().copied().find(|k| k.name == name);
+    let (Some(avx2), Some(avx512)) = (find("avx2"), find("avx512")) else {
+        eprintln!("SKIP avx512_matches_avx2_bit_for_bit: this CPU lacks AVX-512 F/BW/VL/VNNI");
+        return;
+    };
+    let mut rng = Rng::new(0x5EED_0512);
+    for ty in [Q4_K, Q6_K, Q5_0] {
+        for n in lengths(ty) {
+            for rep in 0..6 {
+                let w = if rep % 2 == 0 {
+                    real_weights(ty, n, &mut rng)
+                } else {
+                    raw_weights(ty, n, &mut rng, false)
+                };
+                let a = match rep % 3 {
+                    0 => real_activations(ty, n, &mut rng),
+                    1 => activations_from_quants(ty, &sparse_quants(n, &mut rng), &mut rng, false),
+                    _ => {
+                        let q: Vec<i8> = (0..n).map(|_| rng.byte() as i8).collect();
+                        activations_from_quants(ty, &q, &mut rng, false)
+                    }
+                };
+                let (x, y) = (dot(avx2, ty, &w, &a), dot(avx512, ty, &w, &a));
+                assert_eq!(x.to_bits(), y.to_bits(), "{ty} n={n} rep={rep}: {x} vs {y}");
+            }
+        }
     }
 }

@@ -90,6 +90,11 @@ pub fn matmul(
                 // A whole row group as one fixed-size copy: a variable-length copy of 8 floats
                 // becomes a call to memcpy, a few % of a prefill. (The volatile writes of a
                 // short final group keep LLVM from merging both paths back into that call.)
+                // (The AVX-512 matrix kernels hand over 16 rows at once.)
+                if let Ok(group) = <&[f32; 2 * ROW_GROUP]>::try_from(vals) {
+                    dst.cast::<[f32; 2 * ROW_GROUP]>().write_unaligned(*group);
+                    return;
+                }
                 match <&[f32; ROW_GROUP]>::try_from(vals) {
                     Ok(group) => dst.cast::<[f32; ROW_GROUP]>().write_unaligned(*group),
                     Err(_) => {

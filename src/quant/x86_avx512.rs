@@ -1,0 +1,560 @@
+//! AVX-512 kernels (F + BW + VL + VNNI) for the weight types of the real Qwen2.5 Q4_K_M files:
+//! Q4_K and Q6_K (row and matrix kernels), Q5_0 (16-row and matrix kernels) and Q8_0 (row
+//! kernels). Every other type and path (single Q5_0 rows, which are no faster with VNNI), and the
+//! activation quantizers, run the AVX2 build: every CPU with these AVX-512 subsets also has AVX2,
+//! FMA and F16C (`detected` checks all of them), so delegating is always valid.
+//!
+//! As in `x86_avx2`, every function is a safe `#[target_feature]` function that `dispatch` calls
+//! only after `detected`; the only `unsafe` blocks are unaligned loads and stores through helpers
+//! that check the slice length first.
+//!
+//! The integer work moves to VNNI: `vpdpbusd` (u8 × s8, four products summed into each i32 lane,
+//! no saturation) takes the unsigned weight quants (0..=15, 0..=31, 0..=63) against the signed
+//! activations, and `vpdpwssd` (i16 × i16 pairs into i32) applies the K-quants' sub-block scales.
+//! Q8_0 weights are signed, so they are offset to unsigned (`x ^ 0x80` = x + 128) and `128·Σ y`
+//! is taken back out. All integer parts are exact (the bound is next to each use).
+//!
+//! The float part: for Q4_K, Q6_K and Q5_0 each block's exact integer enters the same per-row
+//! f32 chain as in the AVX2 build (`acc = fma(d_w·d_a, float(block integer), acc)`, see
+//! `x86_avx2::gemm`), so this build returns the same bits as the AVX2 one for them, and its
+//! matrix kernel returns the bits of its `vec_dot`. Q8_0 uses the same per-block chain (the AVX2
+//! build sums Q8_0 in 8 lanes instead), so its results differ from AVX2's by rounding only.
+
+use std::arch::x86_64::*;
+use std::mem::size_of;
+
+use super::as_blocks;
+use super::k_quants::{BlockQ4K, BlockQ6K};
+use super::q5::BlockQ5_0;
+use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::simd_common::k4_scales_mins;
+use super::x86_avx2 as avx2;
+use crate::gguf::GgmlType;
+
+mod gemm;
+
+/// Whether this CPU can run the kernels of this module (and the AVX2 ones they delegate to).
+pub(super) fn detected() -> bool {
+    avx2::detected()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loads and small helpers.
+
+/// One-byte element types whose slices the loads below may read (`u8`, `i8`).
+trait Byte: Copy {}
+impl Byte for u8 {}
+impl Byte for i8 {}
+
+/// The first 64 bytes of `s`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn ld512<T: Byte>(s: &[T]) -> __m512i {
+    assert!(s.len() >= 64);
+    // SAFETY: `s` has at least 64 one-byte elements; `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
+}
+
+/// The first 32 bytes of `s`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn ld256<T: Byte>(s: &[T]) -> __m256i {
+    assert!(s.len() >= 32);
+    // SAFETY: `s` has at least 32 one-byte elements; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// The first 16 bytes of `s`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn ld128<T: Byte>(s: &[T]) -> __m128i {
+    assert!(s.len() >= 16);
+    // SAFETY: `s` has at least 16 one-byte elements; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
+}
+
+/// The first 32 bytes of `s` in both 256-bit halves.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn bcast256<T: Byte>(s: &[T]) -> __m512i {
+    _mm512_broadcast_i64x4(ld256(s))
+}
+
+/// Little-endian f16 bytes to f32 (exact).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn f16_to_f32(h: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
+    ))
+}
+
+/// The sum of the 8 i32 lanes of `v`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn hsum256(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// The sum of the 16 i32 lanes of `v`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn hsum512(v: __m512i) -> i32 {
+    hsum256(_mm256_add_epi32(
+        _mm512_castsi512_si256(v),
+        _mm512_extracti64x4_epi64::<1>(v),
+    ))
+}
+
+/// Row `k` of a 16-row group whose block vector goes into the low (`false`) or high (`true`) 256
+/// bits of pair vector `p` (0..8) for [`reduce16`]: `p` < 4 pairs rows `p` and `p + 4`, `p` ≥ 4
+/// pairs rows `p + 4` and `p + 8`, so that the reduction's 128-bit lanes come out in row order.
+const fn pair_row(p: usize, high: bool) -> usize {
+    let base = if p < 4 { p } else { p + 4 };
+    if high {
+        base + 4
+    } else {
+        base
+    }
+}
+
+/// Lane `r` = the sum of the 8 i32 lanes of row `r`'s 256-bit half of `z` (paired as in
+/// [`pair_row`]). Exact: i32 additions of the callers' bounded sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn reduce16(z: &[__m512i; 8]) -> __m512i {
+    let pair = |a: __m512i, b: __m512i| {
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+    };
+    let quad = |a: __m512i, b: __m512i| {
+        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+    };
+    // Per 128-bit lane L of u0: [Σ z0, Σ z1, Σ z2, Σ z3] over the four elements of that lane.
+    let u0 = quad(pair(z[0], z[1]), pair(z[2], z[3]));
+    let u1 = quad(pair(z[4], z[5]), pair(z[6], z[7]));
+    // u0's lanes hold elements 0..4 and 4..8 of rows 0..4, then of rows 4..8; u1's the same for
+    // rows 8..12 and 12..16. Add each row group's two lanes, in row order.
+    let a = _mm512_shuffle_i32x4::<0b10_00_10_00>(u0, u1);
+    let b = _mm512_shuffle_i32x4::<0b11_01_11_01>(u0, u1);
+    _mm512_add_epi32(a, b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
+
+/// One weight row against its activations, both cut to exactly one row (see `quant::vec_dot`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
+    use GgmlType::*;
+    match ty {
+        Q4_K => dot_q4_k(as_blocks(w), as_blocks(act)),
+        Q6_K => dot_q6_k(as_blocks(w), as_blocks(act)),
+        Q8_0 => dot_q8_0(as_blocks(w), as_blocks(act)),
+        // Not specialised here: the AVX2 kernels (this CPU has AVX2, FMA and F16C). For a single
+        // Q5_0 row they are as fast as a VNNI version (measured), and their float chain is the
+        // one `dot16_q5_0` and the matrix kernel keep.
+        _ => avx2::vec_dot(ty, w, act),
+    }
+}
+
+/// `out[r]` = [`vec_dot`] of row `r` of `w` (rows of `rb` bytes back to back) against `act`, bit
+/// for bit.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    use GgmlType::*;
+    match ty {
+        Q4_K => one_by_one(w, rb, act, out, |r, a| dot_q4_k(r, a)),
+        Q6_K => one_by_one(w, rb, act, out, |r, a| dot_q6_k(r, a)),
+        Q5_0 => rows_by_16(
+            w,
+            rb,
+            act,
+            out,
+            |r, nb, a| dot16_q5_0(r, nb, a),
+            |r| avx2::vec_dot(Q5_0, r, act),
+        ),
+        Q8_0 => rows_by_16(
+            w,
+            rb,
+            act,
+            out,
+            |r, nb, a| dot16_q8_0(r, nb, a),
+            |r| dot_q8_0(as_blocks(r), as_blocks(act)),
+        ),
+        // Not specialised here: the AVX2 kernels.
+        _ => avx2::vec_dot_rows(ty, rb, w, act, out),
+    }
+}
+
+/// The matrix product (see `Kernels::gemm`): the kernels of `gemm` for Q4_K, Q6_K and Q5_0,
+/// the AVX2 ones (which exist for no other type this build specialises) otherwise.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool {
+    use GgmlType::*;
+    match ty {
+        Q4_K | Q6_K | Q5_0 => gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
+        // Q8_0 goes row by row (through `vec_dot_rows` above); the AVX2 matrix kernels cover
+        // none of the types specialised here, so they may run for the others.
+        Q8_0 => false,
+        _ => avx2::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
+    }
+}
+
+/// The AVX2 activation quantizers (no AVX-512 version: they are a small part of the work).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn quantize_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
+    avx2::quantize_q8_0(src, dst)
+}
+
+/// See [`quantize_q8_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn quantize_q8_1(src: &[f32], dst: &mut [BlockQ8_1]) {
+    avx2::quantize_q8_1(src, dst)
+}
+
+/// See [`quantize_q8_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn quantize_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
+    avx2::quantize_q8_k(src, dst)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row drivers.
+
+/// `out[r]` = `one(row r, act)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn one_by_one<B: super::Block, A: super::Block>(
+    w: &[u8],
+    rb: usize,
+    act: &[u8],
+    out: &mut [f32],
+    one: impl Fn(&[B], &[A]) -> f32,
+) {
+    let a = as_blocks::<A>(act);
+    for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
+        *o = one(as_blocks(r), a);
+    }
+}
+
+/// `out[r]` for rows `0..out.len()` of `w` against one activation row, 16 rows at a time by
+/// `sixteen` (given the 16 rows' blocks back to back and the blocks per row); the rows after the
+/// last whole group go through `one` (given the row's bytes).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn rows_by_16<B: super::Block, A: super::Block>(
+    w: &[u8],
+    rb: usize,
+    act: &[u8],
+    out: &mut [f32],
+    sixteen: impl Fn(&[B], usize, &[A]) -> [f32; 16],
+    one: impl Fn(&[u8]) -> f32,
+) {
+    let a = as_blocks::<A>(act);
+    let nrows = out.len().min(w.len() / rb.max(1));
+    let mut g0 = 0;
+    while g0 + 16 <= nrows {
+        // Sixteen interleaved row streams defeat the hardware prefetcher: fetch the next group
+        // (the bytes right after these rows) while this one computes.
+        if let Some(next) = w.get((g0 + 16) * rb..) {
+            for line in next.iter().take(16 * rb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
+            }
+        }
+        let rows = as_blocks::<B>(&w[g0 * rb..(g0 + 16) * rb]);
+        out[g0..g0 + 16].copy_from_slice(&sixteen(rows, rb / size_of::<B>(), a));
+        g0 += 16;
+    }
+    for r in g0..nrows {
+        out[r] = one(&w[r * rb..(r + 1) * rb]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_K.
+
+/// Elements `64c..64c+64` of a Q4_K block as quants 0..=15: the low nibbles of `qs[32c..32c+32]`
+/// then their high nibbles.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q4k_quants64(x: &BlockQ4K, c: usize) -> __m512i {
+    let q = bcast256(&x.qs[32 * c..]);
+    let q = _mm512_srlv_epi64(q, _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4));
+    _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
+}
+
+/// The exact integers of one Q4_K block against one Q8_K block: `(Σ_j sc_j·Σ q·y, Σ_j
+/// mn_j·bsum_j)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q4k_block(x: &BlockQ4K, y: &BlockQ8K) -> (i32, i32) {
+    let (sc, mn) = k4_scales_mins(&x.scales);
+    // Minimums: Σ_j mn_j·(the sum of sub-block j's 32 activations); |bsum| ≤ 16·128, so the
+    // pairwise sums fit i16.
+    let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+    let b = ld256(y.bsums.as_flattened());
+    let b32 = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
+    let summ = _mm_madd_epi16(mins, b32);
+    // Scale j in i32 lane j, as an i16 with a zero upper half (for `dpwssd`).
+    let sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
+    let mut sumi = _mm512_setzero_si512();
+    for c in 0..4 {
+        let (j0, j1) = (2 * c as i32, 2 * c as i32 + 1);
+        let q = q4k_quants64(x, c);
+        // Lanes 0..8: sub-block 2c, 8..16: 2c + 1; each lane ≤ 4·15·128 = 7680: fits i16.
+        let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, ld512(&y.qs[64 * c..]));
+        let idx = _mm512_setr_epi32(
+            j0, j0, j0, j0, j0, j0, j0, j0, j1, j1, j1, j1, j1, j1, j1, j1,
+        );
+        sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_permutexvar_epi32(idx, sc32));
+    }
+    let m = _mm_add_epi32(summ, _mm_shuffle_epi32::<0b01_00_11_10>(summ));
+    let m = _mm_add_epi32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
+    (hsum512(sumi), _mm_cvtsi128_si32(m))
+}
+
+/// One Q4_K row against one activation row: the float chain of `x86_avx2::gemm`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut accm) = (0f32, 0f32);
+    for (x, y) in w.iter().zip(a) {
+        let (sumi, summ) = q4k_block(x, y);
+        acc = (y.d() * f16_to_f32(x.d)).mul_add(sumi as f32, acc);
+        accm = (y.d() * f16_to_f32(x.dmin)).mul_add(summ as f32, accm);
+    }
+    acc - accm
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q6_K.
+
+/// Elements `128h..128h+64` (`hi` false) or `128h+64..128h+128` (`hi` true) of a Q6_K block as
+/// quants 0..=63 (not yet minus 32).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q6k_quants64(x: &BlockQ6K, h: usize, hi: bool) -> __m512i {
+    // Element 128h + 32k + l: low 4 bits from the low (k < 2) or high (k ≥ 2) nibble of
+    // ql[64h + 32(k % 2) + l], top 2 bits from bits 2k, 2k + 1 of qh[32h + l].
+    let ql = ld512(&x.ql[64 * h..]);
+    let qh = bcast256(&x.qh[32 * h..]);
+    let (l, top) = if hi {
+        // k = 2: bits 4, 5 in place; k = 3: bits 6, 7 shifted right by 2 (upper 256 bits).
+        let s = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+        (_mm512_srli_epi16::<4>(ql), _mm512_srlv_epi64(qh, s))
+    } else {
+        // k = 0: bits 0, 1 shifted left by 4; k = 1: bits 2, 3 shifted left by 2.
+        let s = _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2);
+        (ql, _mm512_sllv_epi64(qh, s))
+    };
+    _mm512_or_si512(
+        _mm512_and_si512(l, _mm512_set1_epi8(0x0F)),
+        _mm512_and_si512(top, _mm512_set1_epi8(0x30)),
+    )
+}
+
+/// The exact integer of one Q6_K block against one Q8_K block: `Σ_h sc_h·Σ q·y − 32·Σ_h
+/// sc_h·bsum_h`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q6k_block(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
+    let scales = ld128(&x.scales);
+    let sc16 = _mm256_cvtepi8_epi16(scales);
+    // Scale h in i32 lane h as an i16 with a zero upper half (for `dpwssd`).
+    let sc32 = _mm512_cvtepu16_epi32(sc16);
+    let mut sumi = _mm512_setzero_si512();
+    for c in 0..4 {
+        let q = q6k_quants64(x, c / 2, c % 2 == 1);
+        // Lanes 4s..4s+4: sub-block 4c + s; each lane ≤ 4·63·128 = 32256: fits i16.
+        let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, ld512(&y.qs[64 * c..]));
+        let b = 4 * c as i32;
+        let idx = _mm512_setr_epi32(
+            b,
+            b,
+            b,
+            b,
+            b + 1,
+            b + 1,
+            b + 1,
+            b + 1,
+            b + 2,
+            b + 2,
+            b + 2,
+            b + 2,
+            b + 3,
+            b + 3,
+            b + 3,
+            b + 3,
+        );
+        sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_permutexvar_epi32(idx, sc32));
+    }
+    // The quants' offset: −32·Σ_h sc_h·bsum_h.
+    let off = _mm256_madd_epi16(sc16, ld256(y.bsums.as_flattened()));
+    hsum512(sumi) - 32 * hsum256(off)
+}
+
+/// One Q6_K row against one activation row: the float chain of `x86_avx2::gemm`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        acc = (f16_to_f32(x.d) * y.d()).mul_add(q6k_block(x, y) as f32, acc);
+    }
+    acc
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q5_0.
+
+/// A Q5_0 block's 32 quants, 0..=31 (not yet minus 16), element order: nibbles, plus 16 where
+/// the block's `qh` bit is set.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q5_0_quants(x: &BlockQ5_0) -> __m256i {
+    let q = ld128(&x.qs);
+    let q = _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
+        _mm256_set1_epi8(0x0F),
+    );
+    _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, _mm256_set1_epi8(16))
+}
+
+/// Two Q5_0 blocks' quants (as [`q5_0_quants`]), `x0`'s in the low 256 bits, `x1`'s in the
+/// high.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q5_0_quants2(x0: &BlockQ5_0, x1: &BlockQ5_0) -> __m512i {
+    let q = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(ld128(&x0.qs))),
+        _mm256_broadcastsi128_si256(ld128(&x1.qs)),
+    );
+    // Low nibbles (elements 0..16) in the first 128 bits of each half, high ones in the second.
+    let q = _mm512_srlv_epi64(q, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+    let q = _mm512_and_si512(q, _mm512_set1_epi8(0x0F));
+    let hb = u32::from_le_bytes(x0.qh) as u64 | (u32::from_le_bytes(x1.qh) as u64) << 32;
+    _mm512_mask_add_epi8(q, hb, q, _mm512_set1_epi8(16))
+}
+
+/// Sixteen Q5_0 rows (`w`: their `nb` blocks each, back to back), each with the bits of the
+/// single-row dot (AVX2's: `acc = fma(d_w·d_a, float(Σ (q − 16)·y), acc)` per block), two rows
+/// per vector and rows in lanes for the float work.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot16_q5_0(w: &[BlockQ5_0], nb: usize, a: &[BlockQ8_0]) -> [f32; 16] {
+    let mut acc = _mm512_setzero_ps();
+    for (i, y) in a.iter().enumerate().take(nb) {
+        let yv = bcast256(&y.qs);
+        // −16·Σ y, spread over the 8 lanes of each half.
+        let start = _mm512_sub_epi32(
+            _mm512_setzero_si512(),
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(16), yv),
+        );
+        let mut z = [_mm512_setzero_si512(); 8];
+        for (p, z) in z.iter_mut().enumerate() {
+            let x0 = &w[pair_row(p, false) * nb + i];
+            let x1 = &w[pair_row(p, true) * nb + i];
+            *z = _mm512_dpbusd_epi32(start, q5_0_quants2(x0, x1), yv);
+        }
+        let h: [u16; 16] = std::array::from_fn(|r| u16::from_le_bytes(w[r * nb + i].d));
+        acc = fma16(h, f16_to_f32(y.d), reduce16(&z), acc);
+    }
+    let mut out = [0f32; 16];
+    // SAFETY: `out` is 16 writable f32; no alignment needed.
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
+/// `acc + (d_r·dy)·float(sumi_r)` in lane `r`, `d_r` the f16 bits `h[r]`: the per-row chain step
+/// `fma(d_w·d_a, float(block integer), acc)` for 16 rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn fma16(h: [u16; 16], dy: f32, sumi: __m512i, acc: __m512) -> __m512 {
+    // SAFETY: `h` is 16 readable u16 (32 bytes); no alignment needed.
+    let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(h.as_ptr().cast()) });
+    _mm512_fmadd_ps(
+        _mm512_mul_ps(d, _mm512_set1_ps(dy)),
+        _mm512_cvtepi32_ps(sumi),
+        acc,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q8_0.
+
+/// `−128·Σ y` of a Q8_0 block over 8 lanes: the start value that turns `Σ (x + 128)·y` into
+/// `Σ x·y`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn minus128_sum(y: __m256i) -> __m256i {
+    _mm256_sub_epi32(
+        _mm256_setzero_si256(),
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), y),
+    )
+}
+
+/// `Σ x·y` of a Q8_0 weight block (as 8 lanes) given the activations `yv` and [`minus128_sum`]:
+/// `x ^ 0x80` is `x + 128` as an unsigned byte; each lane's 4 products are ≤ 4·255·128 in
+/// magnitude, exact in i32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q8_0_lanes(x: &BlockQ8_0, yv: __m256i, start: __m256i) -> __m256i {
+    let u = _mm256_xor_si256(ld256(&x.qs), _mm256_set1_epi8(-128));
+    _mm256_dpbusd_epi32(start, u, yv)
+}
+
+/// One Q8_0 row against one activation row: `acc = fma(d_w·d_a, float(Σ x·y), acc)` per block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let yv = ld256(&y.qs);
+        let s = hsum256(q8_0_lanes(x, yv, minus128_sum(yv)));
+        acc = (f16_to_f32(x.d) * f16_to_f32(y.d)).mul_add(s as f32, acc);
+    }
+    acc
+}
+
+/// Sixteen Q8_0 rows (`w`: their `nb` blocks each, back to back), each exactly as
+/// [`dot_q8_0`], two rows per vector and rows in lanes for the float work.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot16_q8_0(w: &[BlockQ8_0], nb: usize, a: &[BlockQ8_0]) -> [f32; 16] {
+    let mut acc = _mm512_setzero_ps();
+    let flip = _mm512_set1_epi8(-128);
+    for (i, y) in a.iter().enumerate().take(nb) {
+        let yv = bcast256(&y.qs);
+        // −128·Σ y over the 8 lanes of each half (see `minus128_sum`).
+        let start = _mm512_sub_epi32(
+            _mm512_setzero_si512(),
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, yv),
+        );
+        let mut z = [_mm512_setzero_si512(); 8];
+        for (p, z) in z.iter_mut().enumerate() {
+            let x0 = &w[pair_row(p, false) * nb + i];
+            let x1 = &w[pair_row(p, true) * nb + i];
+            let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld256(&x0.qs)), ld256(&x1.qs));
+            // x ^ 0x80 = x + 128 as an unsigned byte; each lane: 4 products ≤ 255·128.
+            *z = _mm512_dpbusd_epi32(start, _mm512_xor_si512(x, flip), yv);
+        }
+        let h: [u16; 16] = std::array::from_fn(|r| u16::from_le_bytes(w[r * nb + i].d));
+        acc = fma16(h, f16_to_f32(y.d), reduce16(&z), acc);
+    }
+    let mut out = [0f32; 16];
+    // SAFETY: `out` is 16 writable f32; no alignment needed.
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}

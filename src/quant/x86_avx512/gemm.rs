@@ -1,0 +1,528 @@
+//! Matrix products for Q4_K, Q6_K and Q5_0 on AVX-512 VNNI: many weight rows against many
+//! activation rows (prefill, batched decode).
+//!
+//! The layout is the AVX2 one (`x86_avx2::gemm`) widened to 16 rows: 16 weight rows are repacked
+//! into a panel where lane `r` of each 64-byte group holds 4 consecutive quants of row `r`, so one
+//! broadcast of 4 activation bytes feeds a `vpdpbusd` for 16 rows, and each group is reused by
+//! [`NR`] activation rows. The panel covers a chunk of blocks (on the stack, sized for L1); the
+//! float accumulators carry across chunks in block order.
+//!
+//! Each block's integer is exact and enters the per-row f32 chain of the single-row kernels
+//! (`super::dot_q4_k` etc.), so every result has the bits of this build's `vec_dot`.
+
+use std::arch::x86_64::*;
+use std::mem::size_of;
+
+use super::super::k_quants::{BlockQ4K, BlockQ6K};
+use super::super::q5::BlockQ5_0;
+use super::super::q8::{BlockQ8K, BlockQ8_0};
+use super::super::simd_common::k4_scales_mins;
+use super::super::{as_blocks, Block, QK};
+use super::{q4k_quants64, q5_0_quants, q6k_quants64};
+use crate::gguf::{GgmlType, QK_K};
+
+/// Weight rows per panel group: the 16 i32 lanes of a vector.
+const MR: usize = 16;
+/// Activation rows per register tile.
+const NR: usize = 4;
+/// Activation rows whose accumulators stay live while a row group's panels stream by.
+const TC: usize = 256;
+/// Fewest activation rows the panel kernels take (below, the row kernels are faster).
+const MIN_TOKENS: usize = 4;
+/// Bytes of panel a chunk of blocks may fill (on the stack, meant to stay in L1).
+const PANEL_BYTES: usize = 32 * 1024;
+
+/// One activation row's accumulators for a group of 16 weight rows: the main chain and (Q4_K)
+/// the minimums' chain.
+type Acc = [[f32; MR]; 2];
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers.
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn ld(v: &[i32; 16]) -> __m512i {
+    // SAFETY: `v` is 64 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn st(v: &mut [i32; 16], x: __m512i) {
+    // SAFETY: `v` is 64 writable bytes, borrowed exclusively; no alignment needed.
+    unsafe { _mm512_storeu_si512(v.as_mut_ptr().cast(), x) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn ld_ps(v: &[f32; 16]) -> __m512 {
+    // SAFETY: `v` is 16 readable f32; no alignment needed.
+    unsafe { _mm512_loadu_ps(v.as_ptr()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn st_ps(v: &mut [f32; 16], x: __m512) {
+    // SAFETY: `v` is 16 writable f32, borrowed exclusively; no alignment needed.
+    unsafe { _mm512_storeu_ps(v.as_mut_ptr(), x) }
+}
+
+/// Bytes `i..i + 4` broadcast to all 16 lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn bcast4(b: &[i8], i: usize) -> __m512i {
+    let w = [b[i] as u8, b[i + 1] as u8, b[i + 2] as u8, b[i + 3] as u8];
+    _mm512_set1_epi32(i32::from_le_bytes(w))
+}
+
+/// Two i16 (`a` low, `b` high) as one i32 lane, for `vpdpwssd`.
+fn i16x2(a: i16, b: i16) -> i32 {
+    (a as u16 as u32 | (b as u16 as u32) << 16) as i32
+}
+
+/// The little-endian i16 pair `bsums[2k], bsums[2k + 1]` of a Q8_K block in every lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn bsum_pair(y: &BlockQ8K, k: usize) -> __m512i {
+    let (a, b) = (y.bsums[2 * k], y.bsums[2 * k + 1]);
+    _mm512_set1_epi32(i32::from_le_bytes([a[0], a[1], b[0], b[1]]))
+}
+
+/// Transposes 16×16 i32: lane `r` of output `c` is lane `c` of input `r`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn transpose16(a: [__m512i; 16]) -> [__m512i; 16] {
+    // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved (low and high pairs of each 128-bit lane).
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]);
+    }
+    // u[4i + k], 128-bit lane L: rows 4i..4i + 4 of column 4L + k.
+    let mut u = [_mm512_setzero_si512(); 16];
+    for i in 0..4 {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    // Column 4L + k: lane L of u[k], u[4 + k], u[8 + k], u[12 + k].
+    let mut out = [_mm512_setzero_si512(); 16];
+    for k in 0..4 {
+        let v0 = _mm512_shuffle_i32x4::<0b01_00_01_00>(u[k], u[4 + k]);
+        let v1 = _mm512_shuffle_i32x4::<0b11_10_11_10>(u[k], u[4 + k]);
+        let w0 = _mm512_shuffle_i32x4::<0b01_00_01_00>(u[8 + k], u[12 + k]);
+        let w1 = _mm512_shuffle_i32x4::<0b11_10_11_10>(u[8 + k], u[12 + k]);
+        out[k] = _mm512_shuffle_i32x4::<0b10_00_10_00>(v0, w0);
+        out[4 + k] = _mm512_shuffle_i32x4::<0b11_01_11_01>(v0, w0);
+        out[8 + k] = _mm512_shuffle_i32x4::<0b10_00_10_00>(v1, w1);
+        out[12 + k] = _mm512_shuffle_i32x4::<0b11_01_11_01>(v1, w1);
+    }
+    out
+}
+
+/// Transposes 16 rows' 64-quant vectors (element order) and stores the 16 panel groups.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn store_transposed(rows: [__m512i; 16], out: &mut [[i32; 16]]) {
+    for (o, v) in out.iter_mut().zip(transpose16(rows)) {
+        st(o, v);
+    }
+}
+
+/// The 16 rows' f16 fields as f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn f16x16(h: [[u8; 2]; 16], out: &mut [f32; 16]) {
+    let h: [u16; 16] = h.map(u16::from_le_bytes);
+    // SAFETY: `h` is 16 readable u16 (32 bytes); no alignment needed.
+    let v = unsafe { _mm256_loadu_si256(h.as_ptr().cast()) };
+    st_ps(out, _mm512_cvtph_ps(v));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_K.
+
+/// 16 rows × one Q4_K block, rows in lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct PanelQ4K {
+    /// Group `g`: elements `4g..4g+4` (0..=15) of each row.
+    q: [[i32; 16]; QK_K / 4],
+    /// Sub-block `j`'s scale of each row, an i16 with a zero upper half.
+    sc: [[i32; 16]; 8],
+    /// Sub-block `j`'s minimum of each row in both i16 halves (against the two 16-element
+    /// activation sums of sub-block `j`).
+    mn: [[i32; 16]; 8],
+    d: [f32; 16],
+    dmin: [f32; 16],
+}
+
+const ZERO_Q4K: PanelQ4K = PanelQ4K {
+    q: [[0; 16]; QK_K / 4],
+    sc: [[0; 16]; 8],
+    mn: [[0; 16]; 8],
+    d: [0.0; 16],
+    dmin: [0.0; 16],
+};
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q4k(rows: [&[BlockQ4K]; MR], b0: usize, out: &mut [PanelQ4K]) {
+    for (i, p) in out.iter_mut().enumerate() {
+        let blocks: [&BlockQ4K; MR] = std::array::from_fn(|r| &rows[r][b0 + i]);
+        for (c, groups) in p.q.chunks_exact_mut(16).enumerate() {
+            store_transposed(std::array::from_fn(|r| q4k_quants64(blocks[r], c)), groups);
+        }
+        for (r, x) in blocks.iter().enumerate() {
+            let (s, m) = k4_scales_mins(&x.scales);
+            for j in 0..8 {
+                let (s, m) = (
+                    ((s >> (8 * j)) & 0xFF) as i16,
+                    ((m >> (8 * j)) & 0xFF) as i16,
+                );
+                p.sc[j][r] = i16x2(s, 0);
+                p.mn[j][r] = i16x2(m, m);
+            }
+        }
+        f16x16(blocks.map(|x| x.d), &mut p.d);
+        f16x16(blocks.map(|x| x.dmin), &mut p.dmin);
+    }
+}
+
+/// Accumulates blocks `b0..b0 + panel.len()` of 16 rows against `NR` activation rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile_q4k(panel: &[PanelQ4K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [Acc]) {
+    let mut a0: [__m512; NR] = std::array::from_fn(|t| ld_ps(&acc[t][0]));
+    let mut a1: [__m512; NR] = std::array::from_fn(|t| ld_ps(&acc[t][1]));
+    for (i, p) in panel.iter().enumerate() {
+        let ys: [&BlockQ8K; NR] = std::array::from_fn(|t| &acts[t][b0 + i]);
+        let mut sumi = [_mm512_setzero_si512(); NR];
+        for j in 0..8 {
+            // Two chains per activation row, groups 0..4 and 4..8 of the sub-block: each lane
+            // sums 16 products ≤ 15·128, ≤ 30720: fits the i16 that `dpwssd` reads.
+            let mut sa = [_mm512_setzero_si512(); NR];
+            let mut sb = [_mm512_setzero_si512(); NR];
+            for g in 0..4 {
+                let wa = ld(&p.q[8 * j + g]);
+                let wb = ld(&p.q[8 * j + 4 + g]);
+                for t in 0..NR {
+                    sa[t] = _mm512_dpbusd_epi32(sa[t], wa, bcast4(&ys[t].qs, 32 * j + 4 * g));
+                    sb[t] = _mm512_dpbusd_epi32(sb[t], wb, bcast4(&ys[t].qs, 32 * j + 16 + 4 * g));
+                }
+            }
+            let sc = ld(&p.sc[j]);
+            for t in 0..NR {
+                sumi[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sumi[t], sa[t], sc), sb[t], sc);
+            }
+        }
+        let d = ld_ps(&p.d);
+        let dmin = ld_ps(&p.dmin);
+        for t in 0..NR {
+            let y = ys[t];
+            let mut summ = _mm512_setzero_si512();
+            for j in 0..8 {
+                summ = _mm512_dpwssd_epi32(summ, ld(&p.mn[j]), bsum_pair(y, j));
+            }
+            let yd = _mm512_set1_ps(y.d());
+            a0[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(sumi[t]), a0[t]);
+            a1[t] = _mm512_fmadd_ps(_mm512_mul_ps(dmin, yd), _mm512_cvtepi32_ps(summ), a1[t]);
+        }
+    }
+    for t in 0..NR {
+        st_ps(&mut acc[t][0], a0[t]);
+        st_ps(&mut acc[t][1], a1[t]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q6_K.
+
+/// 16 rows × one Q6_K block, rows in lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct PanelQ6K {
+    /// Group `g`: elements `4g..4g+4` (0..=63, not yet minus 32) of each row.
+    q: [[i32; 16]; QK_K / 4],
+    /// 16-element sub-block `h`'s scale of each row (sign-extended).
+    sc: [[i32; 16]; 16],
+    /// Scales of sub-blocks `2k` (low i16) and `2k + 1` (high) of each row, for the offset.
+    sc2: [[i32; 16]; 8],
+    d: [f32; 16],
+}
+
+const ZERO_Q6K: PanelQ6K = PanelQ6K {
+    q: [[0; 16]; QK_K / 4],
+    sc: [[0; 16]; 16],
+    sc2: [[0; 16]; 8],
+    d: [0.0; 16],
+};
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q6k(rows: [&[BlockQ6K]; MR], b0: usize, out: &mut [PanelQ6K]) {
+    for (i, p) in out.iter_mut().enumerate() {
+        let blocks: [&BlockQ6K; MR] = std::array::from_fn(|r| &rows[r][b0 + i]);
+        for (c, groups) in p.q.chunks_exact_mut(16).enumerate() {
+            let v = std::array::from_fn(|r| q6k_quants64(blocks[r], c / 2, c % 2 == 1));
+            store_transposed(v, groups);
+        }
+        for (r, x) in blocks.iter().enumerate() {
+            for h in 0..16 {
+                p.sc[h][r] = x.scales[h] as i32;
+            }
+            for k in 0..8 {
+                p.sc2[k][r] = i16x2(x.scales[2 * k] as i16, x.scales[2 * k + 1] as i16);
+            }
+        }
+        f16x16(blocks.map(|x| x.d), &mut p.d);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile_q6k(panel: &[PanelQ6K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [Acc]) {
+    let mut a0: [__m512; NR] = std::array::from_fn(|t| ld_ps(&acc[t][0]));
+    for (i, p) in panel.iter().enumerate() {
+        let ys: [&BlockQ8K; NR] = std::array::from_fn(|t| &acts[t][b0 + i]);
+        let mut sumi = [_mm512_setzero_si512(); NR];
+        for hp in 0..8 {
+            // Sub-blocks 2hp and 2hp + 1, one chain each per activation row: 16 products
+            // ≤ 63·128 per lane, times an i8 scale, 16 sub-blocks: < 2^29.
+            let mut sa = [_mm512_setzero_si512(); NR];
+            let mut sb = [_mm512_setzero_si512(); NR];
+            for g in 0..4 {
+                let wa = ld(&p.q[8 * hp + g]);
+                let wb = ld(&p.q[8 * hp + 4 + g]);
+                for t in 0..NR {
+                    sa[t] = _mm512_dpbusd_epi32(sa[t], wa, bcast4(&ys[t].qs, 32 * hp + 4 * g));
+                    sb[t] = _mm512_dpbusd_epi32(sb[t], wb, bcast4(&ys[t].qs, 32 * hp + 16 + 4 * g));
+                }
+            }
+            let (sca, scb) = (ld(&p.sc[2 * hp]), ld(&p.sc[2 * hp + 1]));
+            for t in 0..NR {
+                let s = _mm512_add_epi32(
+                    _mm512_mullo_epi32(sa[t], sca),
+                    _mm512_mullo_epi32(sb[t], scb),
+                );
+                sumi[t] = _mm512_add_epi32(sumi[t], s);
+            }
+        }
+        let d = ld_ps(&p.d);
+        for t in 0..NR {
+            let y = ys[t];
+            // −32·Σ_h sc_h·bsum_h, the quants' offset.
+            let mut off = _mm512_setzero_si512();
+            for k in 0..8 {
+                off = _mm512_dpwssd_epi32(off, ld(&p.sc2[k]), bsum_pair(y, k));
+            }
+            let s = _mm512_sub_epi32(sumi[t], _mm512_slli_epi32::<5>(off));
+            let yd = _mm512_set1_ps(y.d());
+            a0[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(s), a0[t]);
+        }
+    }
+    for t in 0..NR {
+        st_ps(&mut acc[t][0], a0[t]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q5_0.
+
+/// 16 rows × one Q5_0 block, rows in lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct PanelQ5_0 {
+    /// Group `g`: elements `4g..4g+4` (0..=31, not yet minus 16) of each row.
+    q: [[i32; 16]; QK / 4],
+    d: [f32; 16],
+}
+
+const ZERO_Q5_0: PanelQ5_0 = PanelQ5_0 {
+    q: [[0; 16]; QK / 4],
+    d: [0.0; 16],
+};
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q5_0(rows: [&[BlockQ5_0]; MR], b0: usize, out: &mut [PanelQ5_0]) {
+    // Two blocks per transposition: block i in the low 256 bits of each row's vector, block
+    // i + 1 (or block i again, unused, at the end) in the high 256 bits.
+    let n = out.len();
+    for i in (0..n).step_by(2) {
+        let j = (i + 1).min(n - 1);
+        let v = std::array::from_fn(|r| {
+            let (x0, x1) = (&rows[r][b0 + i], &rows[r][b0 + j]);
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q5_0_quants(x0)), q5_0_quants(x1))
+        });
+        let tr = transpose16(v);
+        for (o, v) in out[i].q.iter_mut().zip(&tr[..8]) {
+            st(o, *v);
+        }
+        f16x16(std::array::from_fn(|r| rows[r][b0 + i].d), &mut out[i].d);
+        if j != i {
+            for (o, v) in out[j].q.iter_mut().zip(&tr[8..]) {
+                st(o, *v);
+            }
+            f16x16(std::array::from_fn(|r| rows[r][b0 + j].d), &mut out[j].d);
+        }
+    }
+}
+
+/// The activation side data of block `b` of a Q8_0 row (see `quant::fill_gemm_aux`): (d as
+/// f32, Σ q).
+#[inline(always)]
+fn aux_of(aux: &[u8], b: usize) -> (f32, i32) {
+    let e = &aux[8 * b..8 * b + 8];
+    (
+        f32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+        i32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+    )
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile_q5_0(panel: &[PanelQ5_0], b0: usize, acts: [(&[BlockQ8_0], &[u8]); NR], acc: &mut [Acc]) {
+    let mut a0: [__m512; NR] = std::array::from_fn(|t| ld_ps(&acc[t][0]));
+    for (i, p) in panel.iter().enumerate() {
+        let b = b0 + i;
+        let ys: [&BlockQ8_0; NR] = std::array::from_fn(|t| &acts[t].0[b]);
+        let aux: [(f32, i32); NR] = std::array::from_fn(|t| aux_of(acts[t].1, b));
+        // Σ (q − 16)·y = Σ q·y − 16·Σ y: one chain starts at −16·Σ y. Each lane: 32 products
+        // ≤ 31·128 plus 16·32·128: far inside i32.
+        let mut sa: [__m512i; NR] = std::array::from_fn(|t| _mm512_set1_epi32(-16 * aux[t].1));
+        let mut sb = [_mm512_setzero_si512(); NR];
+        for g in 0..4 {
+            let wa = ld(&p.q[g]);
+            let wb = ld(&p.q[4 + g]);
+            for t in 0..NR {
+                sa[t] = _mm512_dpbusd_epi32(sa[t], wa, bcast4(&ys[t].qs, 4 * g));
+                sb[t] = _mm512_dpbusd_epi32(sb[t], wb, bcast4(&ys[t].qs, 16 + 4 * g));
+            }
+        }
+        let d = ld_ps(&p.d);
+        for t in 0..NR {
+            let s = _mm512_add_epi32(sa[t], sb[t]);
+            let dd = _mm512_mul_ps(d, _mm512_set1_ps(aux[t].0));
+            a0[t] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(s), a0[t]);
+        }
+    }
+    for t in 0..NR {
+        st_ps(&mut acc[t][0], a0[t]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers.
+
+/// Rows `g0..g0 + 16` of `w` (rows of `rb` bytes), clamped to the last row: a short final group
+/// repeats its last row (whose extra results are dropped).
+fn group_rows<B: Block>(w: &[u8], rb: usize, nrows: usize, g0: usize) -> [&[B]; MR] {
+    std::array::from_fn(|r| {
+        let row = (g0 + r).min(nrows - 1);
+        as_blocks(&w[row * rb..(row + 1) * rb])
+    })
+}
+
+/// The matrix product for Q4_K, Q6_K and Q5_0 (see `Kernels::gemm`); false (nothing done) for
+/// other types and for fewer than [`MIN_TOKENS`] activation rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) -> bool {
+    if rb == 0 || n_tok < MIN_TOKENS {
+        return false;
+    }
+    let nrows = w.len() / rb;
+    if nrows == 0 {
+        return matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::Q5_0);
+    }
+    let act_row = |t: usize| &act[t * arb..t * arb + qrb];
+    let aux_row = |t: usize| &act[t * arb + qrb..(t + 1) * arb];
+    let n_blocks = |block: usize| rb / block;
+    match ty {
+        GgmlType::Q4_K => panels::<PanelQ4K, { PANEL_BYTES / size_of::<PanelQ4K>() }>(
+            n_blocks(size_of::<BlockQ4K>()),
+            nrows,
+            n_tok,
+            out,
+            ZERO_Q4K,
+            true,
+            |g0, b0, p| pack_q4k(group_rows(w, rb, nrows, g0), b0, p),
+            |p, b0, ts, acc| tile_q4k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+        ),
+        GgmlType::Q6_K => panels::<PanelQ6K, { PANEL_BYTES / size_of::<PanelQ6K>() }>(
+            n_blocks(size_of::<BlockQ6K>()),
+            nrows,
+            n_tok,
+            out,
+            ZERO_Q6K,
+            false,
+            |g0, b0, p| pack_q6k(group_rows(w, rb, nrows, g0), b0, p),
+            |p, b0, ts, acc| tile_q6k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+        ),
+        // Q5_0 panels are small: 64 blocks (2048 elements) per chunk.
+        GgmlType::Q5_0 => panels::<PanelQ5_0, 64>(
+            n_blocks(size_of::<BlockQ5_0>()),
+            nrows,
+            n_tok,
+            out,
+            ZERO_Q5_0,
+            false,
+            |g0, b0, p| pack_q5_0(group_rows(w, rb, nrows, g0), b0, p),
+            |p, b0, ts, acc| tile_q5_0(p, b0, ts.map(|t| (as_blocks(act_row(t)), aux_row(t))), acc),
+        ),
+        _ => return false,
+    }
+    true
+}
+
+/// The blocking of the matrix product, shared by the types: for each chunk of up to [`TC`]
+/// activation rows, each group of 16 weight rows, each chunk of blocks that fits
+/// [`PANEL_BYTES`]: pack the panel, then run the register tile over the activation rows. With
+/// `mins`, a row's result is its main chain minus its minimums' chain (Q4_K), else the main
+/// chain itself.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn panels<P: Copy, const CHUNK: usize>(
+    n_blocks: usize,
+    nrows: usize,
+    n_tok: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+    zero: P,
+    mins: bool,
+    pack: impl Fn(usize, usize, &mut [P]),
+    tile: impl Fn(&[P], usize, [usize; NR], &mut [Acc]),
+) {
+    let mut panel = [zero; CHUNK];
+    // Accumulators of the chunk's activation rows, plus room for the padding rows of a short
+    // final tile (which repeat the last row and whose results are dropped).
+    let mut acc = [[[0f32; MR]; 2]; TC + NR];
+    for t0 in (0..n_tok).step_by(TC) {
+        let tn = TC.min(n_tok - t0);
+        for g0 in (0..nrows).step_by(MR) {
+            acc[..tn + NR].iter_mut().for_each(|a| *a = [[0.0; MR]; 2]);
+            for b0 in (0..n_blocks).step_by(CHUNK) {
+                let bn = CHUNK.min(n_blocks - b0);
+                pack(g0, b0, &mut panel[..bn]);
+                for tt in (0..tn).step_by(NR) {
+                    let ts = std::array::from_fn(|j| t0 + (tt + j).min(tn - 1));
+                    tile(&panel[..bn], b0, ts, &mut acc[tt..tt + NR]);
+                }
+            }
+            let rows = MR.min(nrows - g0);
+            for (t, a) in acc[..tn].iter().enumerate() {
+                if mins {
+                    let v: [f32; MR] = std::array::from_fn(|r| a[0][r] - a[1][r]);
+                    out(t0 + t, g0, &v[..rows]);
+                } else {
+                    out(t0 + t, g0, &a[0][..rows]);
+                }
+            }
+        }
+    }
+}
