@@ -36,18 +36,36 @@ fn run(k: &Kernels, ty: GgmlType, n: usize, w: &[u8], acts: &[u8], n_tok: usize)
     let qrb = vec_dot_type(ty).row_bytes(n).unwrap();
     let mut out = vec![f32::NAN; n_tok * rows];
     let mut seen = vec![false; n_tok * rows];
-    gemm_with(k, ty, rb, w, qrb, acts, arb, n_tok, &mut |t, r, vals| {
-        assert!(
-            t < n_tok && r + vals.len() <= rows,
-            "{ty}: output ({t}, {r}) outside"
-        );
-        for (i, &v) in vals.iter().enumerate() {
-            let at = t * rows + r + i;
-            assert!(!seen[at], "{ty}: ({t}, {}) written twice", r + i);
-            seen[at] = true;
-            out[at] = v;
-        }
-    });
+    gemm_with(
+        k,
+        ty,
+        rb,
+        w,
+        qrb,
+        acts,
+        arb,
+        n_tok,
+        &mut |t0, r, width, vals| {
+            assert!(
+                width > 0 && vals.len() % width == 0,
+                "{ty}: {} values of width {width}",
+                vals.len()
+            );
+            for (j, row) in vals.chunks_exact(width).enumerate() {
+                let t = t0 + j;
+                assert!(
+                    t < n_tok && r + width <= rows,
+                    "{ty}: output ({t}, {r}) outside"
+                );
+                for (i, &v) in row.iter().enumerate() {
+                    let at = t * rows + r + i;
+                    assert!(!seen[at], "{ty}: ({t}, {}) written twice", r + i);
+                    seen[at] = true;
+                    out[at] = v;
+                }
+            }
+        },
+    );
     assert!(
         seen.iter().all(|&s| s),
         "{ty}: some results were never written"
@@ -147,8 +165,11 @@ fn public_gemm_matches_vec_dot() {
         }
         assert!(quantize_gemm_act(ty, &xs[0], &mut act[..arb - 1]).is_err());
         let mut out = vec![f32::NAN; rows * n_tok];
-        super::gemm(ty, n, &w, &act, n_tok, &mut |t, r, v| {
-            out[t * rows + r..t * rows + r + v.len()].copy_from_slice(v)
+        super::gemm(ty, n, &w, &act, n_tok, &mut |t0, r, width, v| {
+            for (j, row) in v.chunks_exact(width).enumerate() {
+                let t = t0 + j;
+                out[t * rows + r..t * rows + r + width].copy_from_slice(row)
+            }
         });
         let rb = ty.row_bytes(n).unwrap();
         for t in 0..n_tok {

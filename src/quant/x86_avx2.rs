@@ -28,7 +28,7 @@ use super::q4::{BlockQ4_0, BlockQ4_1};
 use super::q5::{BlockQ5_0, BlockQ5_1};
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::simd_common::{k4_scales_mins, q3_k_scale_words};
-use super::{as_blocks, QK};
+use super::{as_blocks, GemmOut, QK};
 use crate::gguf::{GgmlType, QK_K};
 
 mod gemm;
@@ -581,7 +581,7 @@ pub(super) fn gemm(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) -> bool {
     gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out)
 }
@@ -598,7 +598,7 @@ pub(super) fn gemm_128(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) -> bool {
     use GgmlType::*;
     !matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1) && gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out)

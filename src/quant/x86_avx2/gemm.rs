@@ -35,7 +35,7 @@ use super::super::k_quants::{BlockQ4K, BlockQ6K};
 use super::super::q5::BlockQ5_0;
 use super::super::q8::{BlockQ8K, BlockQ8_0};
 use super::super::simd_common::k4_scales_mins;
-use super::super::{as_blocks, QK};
+use super::super::{as_blocks, GemmOut, QK};
 use super::{bits_set_32, f16_to_f32, load128, load256, mul_small_i8, nibbles_32, sum_i16_pairs};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -704,8 +704,8 @@ pub(super) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut 
 }
 
 /// The matrix product for the types of this module (see [`super::super::gemm`]): the weight
-/// rows of `w` (`rb` bytes each) against `n_tok` activation rows of `arb` bytes (quantized row,
-/// then the side data of [`act_aux_bytes`]), results handed to `out(token, first_row, values)`.
+/// rows of `w` (`rb` bytes each) against `n_tok` activation rows of `arb` bytes (quantized row
+/// of `qrb` bytes, then side data), results handed to `out` (see [`GemmOut`]).
 /// Returns false (having done nothing) for other types.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -717,7 +717,7 @@ pub(super) fn gemm(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) -> bool {
     // Below a few activation rows, packing costs more than it saves: the 8-row kernels of
     // `dot_rows` (through the generic path) do those.
@@ -774,7 +774,7 @@ fn panels<P: Copy, const CHUNK: usize>(
     n_blocks: usize,
     nrows: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
     zero: P,
     pack: impl Fn(usize, usize, &mut [P]),
     tile: impl Fn(&[P], usize, [usize; NR], &mut [[[f32; 8]; 2]]),
@@ -783,6 +783,8 @@ fn panels<P: Copy, const CHUNK: usize>(
     // Accumulators of the chunk's activation rows, plus room for the padding rows of a short
     // final tile (which repeat the last row and whose results are dropped).
     let mut acc = [[[0f32; 8]; 2]; TC + NR];
+    // A row group's results for the chunk's activation rows, handed out in one call.
+    let mut vals = [0f32; TC * MR];
     for t0 in (0..n_tok).step_by(TC) {
         let tn = TC.min(n_tok - t0);
         for g0 in (0..nrows).step_by(MR) {
@@ -796,10 +798,12 @@ fn panels<P: Copy, const CHUNK: usize>(
                 }
             }
             let rows = MR.min(nrows - g0);
-            for (t, a) in acc[..tn].iter().enumerate() {
-                let v: [f32; 8] = std::array::from_fn(|r| a[0][r] - a[1][r]);
-                out(t0 + t, g0, &v[..rows]);
+            for (v, a) in vals.chunks_exact_mut(rows).zip(&acc[..tn]) {
+                for (r, x) in v.iter_mut().enumerate() {
+                    *x = a[0][r] - a[1][r];
+                }
             }
+            out(t0, g0, rows, &vals[..tn * rows]);
         }
     }
 }
