@@ -673,10 +673,10 @@ int32_t qwen_session_perplexity(qwen_session *session,
                                 double *out_ppl);
 
 /**
- * Saves the session's state (the tokens in the cache, system prompt and chat history) to
- * `buf`: returns the number of bytes needed and writes them only if `capacity` is at least
- * that (ask with NULL and 0 first). Negative status on failure. The format is versioned and
- * tied to the model's shape; the KV cache itself is not stored (restoring recomputes it).
+ * Saves the session's state to `buf`: the tokens and KV cache contents of the sequence, the
+ * last logits, the system prompt and chat history, in libqwen's versioned, checksummed session
+ * state format tied to the model file. Returns the number of bytes needed and writes them only
+ * if `capacity` is at least that (ask with NULL and 0 first). Negative status on failure.
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */
@@ -684,10 +684,11 @@ int32_t qwen_session_save_state(const qwen_session *session, uint8_t *buf, size_
 
 /**
  * Restores a state saved by `qwen_session_save_state` (`len` bytes), from this or another
- * session over a model of the same shape: the cache is recomputed from the saved tokens (one
- * prefill; abortable), and a generation starts from the last of them. Sampling parameters and
- * stop strings are the session's own. Returns `QWEN_OK` or a negative status
- * (`QWEN_ERR_FORMAT` for data that is not a state of this model).
+ * session over the same model file: the KV cache is copied back (no prefill), and a generation
+ * starts from the last saved token. Sampling parameters and stop strings are the
+ * session's own. Returns `QWEN_OK` or a negative status (`QWEN_ERR_FORMAT` for data that is
+ * not a valid state of this model, `QWEN_ERR_CONTEXT_FULL` when it does not fit the context;
+ * after either the session is unchanged).
  *
  * Not for concurrent use on one session (`QWEN_ERR_BUSY`).
  */

@@ -72,13 +72,25 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 pub fn run(path: &Path, p: &BenchParams) -> Result<BenchResult> {
+    run_with(path, p, |_| Ok(()))
+}
+
+/// [`run`] with `configure` applied to the model's hyperparameters after loading (the CLI's
+/// RoPE scaling overrides).
+pub fn run_with(
+    path: &Path,
+    p: &BenchParams,
+    configure: impl FnOnce(&mut crate::model::ModelConfig) -> Result<()>,
+) -> Result<BenchResult> {
     if p.reps == 0 || (p.n_prompt == 0 && p.n_gen == 0) {
         return Err(Error::InvalidArgument(
             "bench needs -r >= 1 and -p or -n > 0".into(),
         ));
     }
     let t0 = Instant::now();
-    let model = Arc::new(Model::load(path)?);
+    let mut model = Model::load(path)?;
+    configure(&mut model.config)?;
+    let model = Arc::new(model);
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let params = SessionParams {
         n_ctx: (p.n_prompt.max(1) + p.n_gen + 1).max(16),

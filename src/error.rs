@@ -29,6 +29,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A saved session state that is malformed, corrupt, or does not fit this model/session.
+    #[error("session state: {0}")]
+    State(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -16,6 +16,8 @@ pub mod model;
 pub mod perplexity;
 pub mod quant;
 pub mod sampler;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod session;
 pub mod tokenizer;
 

@@ -52,6 +52,17 @@ impl Rng {
         }
     }
 
+    /// The generator's state, to save it (see [`from_state`](Self::from_state)).
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// A generator that continues from a saved [`state`](Self::state); `None` for the all-zero
+    /// state, which no seed produces and which would only ever yield zeros.
+    pub fn from_state(s: [u64; 4]) -> Option<Rng> {
+        (s != [0; 4]).then_some(Rng { s })
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = self.s[1] << 17;
@@ -95,6 +106,22 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = Rng::new(params.seed);
+        Sampler {
+            params,
+            rng,
+            candidates: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The random generator (its state advances with every non-greedy draw).
+    pub fn rng(&self) -> &Rng {
+        &self.rng
+    }
+
+    /// A sampler with `params` whose draws continue from `rng` (a restored session's), instead
+    /// of starting from `params.seed`.
+    pub fn with_rng(params: SamplingParams, rng: Rng) -> Self {
         Sampler {
             params,
             rng,
@@ -256,6 +283,29 @@ mod tests {
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
+    }
+
+    #[test]
+    fn a_restored_generator_continues_the_stream() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 13) % 7) as f32 * 0.4).collect();
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: 9,
+            ..Default::default()
+        };
+        let mut a = Sampler::new(params.clone());
+        for _ in 0..5 {
+            a.sample(&mut logits.clone(), &[]);
+        }
+        let rng = Rng::from_state(a.rng().state()).unwrap();
+        let mut b = Sampler::with_rng(params, rng);
+        for _ in 0..20 {
+            assert_eq!(
+                a.sample(&mut logits.clone(), &[]),
+                b.sample(&mut logits.clone(), &[])
+            );
+        }
+        assert!(Rng::from_state([0; 4]).is_none());
     }
 
     #[test]

@@ -7,6 +7,15 @@
 //! own, then every decode step sends one token of each live sequence through one forward pass
 //! ([`decode_batch`](Session::decode_batch), [`generate_batch`](Session::generate_batch)), so
 //! the weights are read once per step for all of them (matrix-matrix products).
+//!
+//! [`save_state`](Session::save_state) / [`load_state`](Session::load_state) write and restore
+//! the whole state (tokens, KV cache contents, last logits, NTK alphas, optionally a sampler's
+//! random state) in a versioned, checksummed format ([`SessionState`]); a restored session
+//! continues exactly as the saved one would.
+
+mod state;
+
+pub use state::{SessionState, MAX_USER_DATA, STATE_VERSION};
 
 use crate::backend::cpu::{default_threads, ThreadPool};
 use crate::error::{Error, Result};
@@ -128,6 +137,7 @@ impl Session {
         opts: &SessionOptions,
     ) -> Result<Session> {
         let c = &model.config;
+        c.check_rope()?;
         let n_ctx = match params.n_ctx {
             0 => c.n_ctx_train.clamp(1, 4096),
             n => n,
@@ -150,6 +160,13 @@ impl Session {
         let max_batch = params.max_batch.clamp(1, n_ctx.max(opts.n_seq));
         let scratch = Scratch::new(&model, max_batch, n_ctx, n_threads);
         let half = c.head_dim / 2;
+        // Only a Q8 cache uses the key bias (see kv_cache's docs).
+        let key_bias: Option<Vec<f32>> = (0..c.n_layer)
+            .filter(|_| opts.kv_cache == KvCacheType::Q8)
+            .map(|l| model.key_bias(l).map(<[f32]>::to_vec))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat())
+            .filter(|v| !v.is_empty());
         let mut s = Session {
             kv: KvCache::with_type(
                 opts.kv_cache,
@@ -170,6 +187,9 @@ impl Session {
             n_evaluated: 0,
             model,
         };
+        if let Some(bias) = key_bias {
+            s.kv.set_key_bias(bias)?;
+        }
         for seq in 0..opts.n_seq {
             s.set_ntk_alpha(seq, 1.0);
         }
@@ -248,6 +268,18 @@ impl Session {
     /// Forgets sequence `seq`.
     pub fn reset_seq(&mut self, seq: usize) {
         self.seqs[seq].clear();
+    }
+
+    /// Drops the cached tokens of sequence `seq` after the first `n` (a server reuses the
+    /// prefix a new request shares with what the sequence held).
+    pub fn truncate_seq(&mut self, seq: usize, n: usize) {
+        self.seqs[seq].truncate(n);
+    }
+
+    /// The NTK alpha sequence `seq` was built with (1 unless a Qwen-1 prefill went past
+    /// `seq_length`); a cached prefix is only valid for a prompt that would get the same.
+    pub fn seq_ntk_alpha(&self, seq: usize) -> f64 {
+        self.ntk_alpha[seq]
     }
 
     fn set_ntk_alpha(&mut self, seq: usize, alpha: f64) {

@@ -281,7 +281,7 @@ fn requantize_f32_gguf_equals_direct_conversion() {
     std::fs::remove_file(&again).unwrap();
 }
 
-/// Qwen2.5's optional YaRN settings are recorded under llama.cpp's keys, with a warning.
+/// Qwen2.5's optional YaRN settings are recorded under llama.cpp's keys (and reported).
 #[test]
 fn rope_scaling_is_recorded() {
     let dir = common::unique_path("synthetic-yarn", "d");
@@ -293,9 +293,9 @@ fn rope_scaling_is_recorded() {
     let out = common::unique_path("synthetic-yarn", "gguf");
     let report = convert(&ConvertOptions::new(&dir, &out), &mut |_| {}).unwrap();
     assert!(
-        report.warnings.iter().any(|w| w.contains("yarn")),
+        report.info.iter().any(|w| w.contains("yarn")),
         "{:?}",
-        report.warnings
+        report.info
     );
     let f = GgufFile::open(&out).unwrap();
     assert_eq!(f.get_str("qwen2.rope.scaling.type").unwrap(), "yarn");

@@ -1,4 +1,7 @@
-//! `qwen`: the command line over the libqwen API (run, chat, tokenize, logits, info).
+//! `qwen`: the command line over the libqwen API (run, chat, serve, tokenize, logits, info).
+
+#[path = "qwen/tools.rs"]
+mod tools;
 
 use clap::{Args, Parser, Subcommand};
 use qwen::chat::{
@@ -8,7 +11,7 @@ use qwen::chat::{
 use qwen::kv_cache::KvCacheType;
 use qwen::model::Model;
 use qwen::sampler::{Sampler, SamplingParams};
-use qwen::session::{Session, SessionOptions, SessionParams};
+use qwen::session::{FinishReason, Session, SessionOptions, SessionParams, SessionState};
 use qwen::tokenizer::{EncodeMode, StreamDecoder, Tokenizer};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -42,6 +45,9 @@ enum Command {
     Perplexity(PerplexityArgs),
     /// Measure prefill and decode speed (like llama-bench).
     Bench(BenchArgs),
+    /// OpenAI-compatible HTTP server with continuous batching and a web chat page.
+    #[cfg(feature = "server")]
+    Serve(qwen::server::ServeArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +80,8 @@ struct BenchArgs {
     reps: usize,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    rope: RopeArgs,
 }
 
 #[derive(Args)]
@@ -97,6 +105,56 @@ struct ModelArgs {
     /// model file (exact), f16 otherwise.
     #[arg(long = "kv-cache")]
     kv_cache: Option<String>,
+    #[command(flatten)]
+    rope: RopeArgs,
+}
+
+/// RoPE scaling overrides (for a model whose file does not ask for the scaling it needs).
+#[derive(Args)]
+struct RopeArgs {
+    /// RoPE scaling instead of the file's: yarn, linear or none. Qwen2.5 documents
+    /// `--rope-scaling yarn --rope-scale 4 --yarn-orig-ctx 32768` for contexts past 32K.
+    #[arg(long = "rope-scaling")]
+    rope_scaling: Option<String>,
+    /// Scaling factor for --rope-scaling (how many times the original context to reach).
+    #[arg(long = "rope-scale", requires = "rope_scaling")]
+    rope_scale: Option<f64>,
+    /// YaRN: the context length the model was trained with (default: the file's
+    /// rope.scaling.original_context_length, else its context_length).
+    #[arg(long = "yarn-orig-ctx", requires = "rope_scaling")]
+    yarn_orig_ctx: Option<usize>,
+}
+
+impl RopeArgs {
+    /// Replaces the model's RoPE scaling when --rope-scaling is given.
+    fn apply(&self, config: &mut qwen::model::ModelConfig) -> Result<(), qwen::Error> {
+        use qwen::model::RopeScaling;
+        let Some(kind) = &self.rope_scaling else {
+            return Ok(());
+        };
+        let kind = kind.to_ascii_lowercase();
+        let (file_factor, file_orig) = match &config.rope_scaling {
+            RopeScaling::Yarn(y) => (Some(y.factor), Some(y.original_context)),
+            RopeScaling::Linear { factor } => (Some(*factor), None),
+            RopeScaling::None => (None, None),
+        };
+        let factor = match (self.rope_scale, file_factor) {
+            (Some(f), _) => f,
+            (None, Some(f)) if kind != "none" => f,
+            (None, _) if kind == "none" => 1.0,
+            (None, _) => {
+                return Err(qwen::Error::InvalidArgument(format!(
+                    "--rope-scaling {kind} needs --rope-scale (the file has no factor)"
+                )))
+            }
+        };
+        let orig = self
+            .yarn_orig_ctx
+            .or(file_orig)
+            .unwrap_or(config.n_ctx_train);
+        config.rope_scaling = RopeScaling::from_parts(&kind, factor, orig)?;
+        config.check_rope()
+    }
 }
 
 #[derive(Args)]
@@ -158,7 +216,7 @@ struct RunArgs {
     #[arg(
         short = 'p',
         long = "prompt",
-        required_unless_present = "batch_file",
+        required_unless_present_any = ["batch_file", "messages", "load_session"],
         conflicts_with = "batch_file",
         default_value = ""
     )]
@@ -178,7 +236,7 @@ struct RunArgs {
     /// Treat the prompt as one user turn of a ChatML conversation.
     #[arg(long)]
     chat: bool,
-    /// System prompt for --chat.
+    /// System prompt for --chat (with --load-session, the saved conversation's is kept).
     #[arg(long, default_value = DEFAULT_SYSTEM_PROMPT)]
     system: String,
     /// Earlier turns for --chat: a JSON file `[["user", "assistant"], ...]`.
@@ -190,10 +248,34 @@ struct RunArgs {
     /// Stop before this string (may be given several times); it never appears in the output.
     #[arg(long = "stop")]
     stop: Vec<String>,
-    /// Print one JSON object at the end instead of streaming text. With -n 0 nothing is
-    /// evaluated: it shows the prompt ids that would be prefilled.
+    /// --chat: functions the model may call (OpenAI `functions` or `tools` JSON); the reply is
+    /// parsed into content and tool calls. With -n 0 the prompt is printed instead (with
+    /// --json: its text, ids and stop strings).
+    #[arg(long, requires = "chat", conflicts_with_all = ["batch_file", "history"])]
+    tools: Option<PathBuf>,
+    /// With --tools: the conversation as an OpenAI message list, results of calls included
+    /// (instead of -p and --system).
+    #[arg(long, requires = "tools", conflicts_with = "prompt")]
+    messages: Option<PathBuf>,
+    /// With --tools: `react` (Qwen-1) or `qwen25` (`<tool_call>`); default: from the model.
+    #[arg(long = "tool-format", requires = "tools")]
+    tool_format: Option<String>,
+    /// Print one JSON object at the end instead of streaming text. With -n 0 (and no
+    /// --save-session) nothing is evaluated: it shows the prompt ids that would be prefilled.
     #[arg(long)]
     json: bool,
+    /// After the run, save the session to this file: the prompt and every generated token
+    /// (their KV cache, not just their ids), the sampler's random state and, with --chat, the
+    /// conversation. With -n 0 the prompt is evaluated and saved without generating.
+    #[arg(long = "save-session", conflicts_with = "batch_file")]
+    save_session: Option<PathBuf>,
+    /// Start from a session saved by --save-session (same model file): -p is appended after
+    /// the saved tokens (tokenized on its own; it may be empty to just continue generating),
+    /// or with --chat is the next user turn of the saved conversation. The context length and
+    /// KV cache type default to the saved session's; the random stream continues unless --seed
+    /// names a different seed.
+    #[arg(long = "load-session", conflicts_with_all = ["batch_file", "history"])]
+    load_session: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -266,6 +348,8 @@ fn main() {
         Command::Info(a) => info(a),
         Command::Perplexity(a) => perplexity(a),
         Command::Bench(a) => bench(a),
+        #[cfg(feature = "server")]
+        Command::Serve(a) => qwen::server::run(a).map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -279,6 +363,13 @@ fn load(args: &ModelArgs) -> Result<(Arc<Model>, Session), qwen::Error> {
 
 /// Loads the model and a session holding `n_seq` sequences.
 fn load_seqs(args: &ModelArgs, n_seq: usize) -> Result<(Arc<Model>, Session), qwen::Error> {
+    let model = load_model(args)?;
+    let session = new_session(args, &model, n_seq, None)?;
+    Ok((model, session))
+}
+
+/// Loads the model with the command line's overrides of its settings.
+fn load_model(args: &ModelArgs) -> Result<Arc<Model>, qwen::Error> {
     let mut model = Model::load(&args.model)?;
     if args.no_dynamic_ntk {
         model.config.use_dynamic_ntk = false;
@@ -286,21 +377,83 @@ fn load_seqs(args: &ModelArgs, n_seq: usize) -> Result<(Arc<Model>, Session), qw
     if args.no_logn {
         model.config.use_logn_attn = false;
     }
-    let model = Arc::new(model);
+    args.rope.apply(&mut model.config)?;
+    Ok(Arc::new(model))
+}
+
+/// A session of `n_seq` sequences. For a saved state about to be restored, the context length
+/// and KV cache type default to the state's (-c and --kv-cache still win).
+fn new_session(
+    args: &ModelArgs,
+    model: &Arc<Model>,
+    n_seq: usize,
+    state: Option<&SessionState>,
+) -> Result<Session, qwen::Error> {
     let params = SessionParams {
-        n_ctx: args.ctx,
+        n_ctx: match (args.ctx, state) {
+            (0, Some(st)) => st.n_ctx(),
+            (c, _) => c,
+        },
         n_threads: args.threads,
         ..Default::default()
     };
     let opts = SessionOptions {
-        kv_cache: match &args.kv_cache {
-            Some(s) => KvCacheType::parse(s)?,
-            None => SessionOptions::auto_kv_cache(&model),
+        kv_cache: match (&args.kv_cache, state) {
+            (Some(s), _) => KvCacheType::parse(s)?,
+            (None, Some(st)) => st.kv_cache_type(),
+            (None, None) => SessionOptions::auto_kv_cache(model),
         },
         n_seq,
     };
-    let session = Session::with_options(Arc::clone(&model), &params, &opts)?;
-    Ok((model, session))
+    Session::with_options(Arc::clone(model), &params, &opts)
+}
+
+/// What `qwen run` stores beside the cache in a session file: whether it was a chat, and the
+/// conversation (system prompt and finished turns) a chat continues from.
+fn session_user_data(chat: Option<&ChatSession>) -> Vec<u8> {
+    let json = match chat {
+        None => serde_json::json!({"mode": "raw"}),
+        Some(c) => {
+            let conv = &c.conversation;
+            serde_json::json!({
+                "mode": "chat",
+                "system": conv.system,
+                "history": conv.history.iter().map(|t| [&t.user, &t.assistant]).collect::<Vec<_>>(),
+            })
+        }
+    };
+    json.to_string().into_bytes()
+}
+
+/// The conversation saved by a `--chat` run (`None` for a raw one); an error when the file's
+/// mode is not `chat` (`want_chat`) or raw as asked.
+fn saved_conversation(
+    st: &SessionState,
+    path: &std::path::Path,
+    want_chat: bool,
+) -> Result<Option<Conversation>, String> {
+    let bad = |m: &str| format!("{}: {m}", path.display());
+    let v: serde_json::Value = serde_json::from_slice(st.user_data())
+        .map_err(|_| bad("not a session saved by `qwen run` (no run data)"))?;
+    let chat = match v["mode"].as_str() {
+        Some("chat") => true,
+        Some("raw") => false,
+        _ => return Err(bad("not a session saved by `qwen run` (unknown mode)")),
+    };
+    if chat != want_chat {
+        return Err(bad(if chat {
+            "saved by a --chat run: load it with --chat"
+        } else {
+            "saved by a run without --chat: load it without --chat"
+        }));
+    }
+    if !chat {
+        return Ok(None);
+    }
+    let mut conv = Conversation::new(v["system"].as_str().unwrap_or_default());
+    conv.history = Conversation::history_from_json(&v["history"].to_string())
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok(Some(conv))
 }
 
 /// Writes streamed text to stdout; a closed stdout (e.g. `| head`) cancels generation instead
@@ -315,45 +468,98 @@ fn run(a: RunArgs) -> CliResult {
     if a.batch_file.is_some() {
         return run_batch(a);
     }
+    if let Some(path) = &a.tools {
+        return tools::run(&a, path);
+    }
     let sampling = a.sampling.params()?;
-    let (model, session) = load(&a.model)?;
+    let model = load_model(&a.model)?;
+    // A saved session: read and checked before the session exists, so the session can take
+    // its context length and cache type.
+    let saved = match &a.load_session {
+        Some(path) => {
+            let t = Instant::now();
+            let st = SessionState::read_file(&model, path)?;
+            Some((st, path.as_path(), t.elapsed()))
+        }
+        None => None,
+    };
+    let mut session = new_session(&a.model, &model, 1, saved.as_ref().map(|s| &s.0))?;
+    let mut saved_conv = None;
+    let mut sampler = Sampler::new(sampling.clone());
+    if let Some((st, path, read_time)) = &saved {
+        saved_conv = saved_conversation(st, path, a.chat)?;
+        let t = Instant::now();
+        session.restore_state(st)?;
+        let load_time = *read_time + t.elapsed();
+        // The random stream continues where the saved run left it, unless --seed asks for
+        // another one.
+        if let Some(saved_sampler) = st.sampler() {
+            let seed = saved_sampler.params.seed;
+            if a.sampling.seed.is_none_or(|s| s == seed) {
+                let rng = saved_sampler.rng().clone();
+                sampler = Sampler::with_rng(SamplingParams { seed, ..sampling }, rng);
+            }
+        }
+        eprintln!(
+            "loaded session {}: {} tokens, {} bytes, {:.1} ms",
+            path.display(),
+            session.tokens().len(),
+            st.n_bytes(),
+            load_time.as_secs_f64() * 1e3
+        );
+    }
+    drop(saved);
     let tok = model.tokenizer()?;
     let ct = ChatTokens::from_tokenizer(tok)?;
-    let mut sampler = Sampler::new(sampling);
     let mut stdout = std::io::stdout().lock();
     let stream = !a.json;
 
-    // The prompt: one chat turn after the history, or raw text.
+    // The prompt: one chat turn after the history, or raw text (after the loaded tokens).
     let mut chat = None;
     let mut raw_session = None;
     let (prompt_ids, turns_kept) = if a.chat {
-        let mut conv = Conversation::new(a.system.clone());
-        conv.max_window_size = a.max_window_size;
-        if let Some(path) = &a.history {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            conv.history = Conversation::history_from_json(&text)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
+        let conv = match saved_conv {
+            Some(conv) => conv,
+            None => {
+                let mut conv = Conversation::new(a.system.clone());
+                if let Some(path) = &a.history {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    conv.history = Conversation::history_from_json(&text)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+                conv
+            }
+        };
         let mut c = ChatSession::new(session, conv)?;
+        c.conversation.max_window_size = a.max_window_size;
         c.stop_strings = a.stop.clone();
         let ctx = c.context(&a.prompt, a.n_predict)?;
         chat = Some(c);
         (ctx.ids, Some(ctx.turns_kept))
     } else {
         let ids = tok.encode(&a.prompt, EncodeMode::Trusted);
-        if ids.len() > session.n_ctx() {
+        let cached = session.tokens().len();
+        if cached + ids.len() > session.n_ctx() {
             return Err(format!(
-                "the prompt has {} tokens, more than the context of {} (-c)",
+                "the prompt has {} tokens{}, more than the context of {} (-c)",
                 ids.len(),
+                if cached > 0 {
+                    format!(" after {cached} loaded ones")
+                } else {
+                    String::new()
+                },
                 session.n_ctx()
             )
             .into());
         }
+        if ids.is_empty() && cached == 0 {
+            return Err("nothing to complete: give a prompt (-p)".into());
+        }
         raw_session = Some(session);
         (ids, None)
     };
-    if a.n_predict == 0 {
+    if a.n_predict == 0 && a.save_session.is_none() {
         if a.json {
             let json = serde_json::json!({
                 "prompt_ids": prompt_ids,
@@ -373,18 +579,31 @@ fn run(a: RunArgs) -> CliResult {
         let turn = chat.prefill(&a.prompt, a.n_predict)?;
         let prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let reply = chat.generate(turn, &mut sampler, &mut on_text)?;
-        let gen_secs = t1.elapsed().as_secs_f64();
-        (
-            reply.generated_ids,
-            reply.text,
-            reply.finish_reason,
-            prompt_secs,
-            gen_secs,
-        )
+        if a.n_predict == 0 {
+            // Only the context is wanted (to save it): no reply, no history turn.
+            (
+                Vec::new(),
+                String::new(),
+                FinishReason::Length,
+                prompt_secs,
+                0.0,
+            )
+        } else {
+            let reply = chat.generate(turn, &mut sampler, &mut on_text)?;
+            let gen_secs = t1.elapsed().as_secs_f64();
+            (
+                reply.generated_ids,
+                reply.text,
+                reply.finish_reason,
+                prompt_secs,
+                gen_secs,
+            )
+        }
     } else {
         let session = raw_session.as_mut().expect("set above");
-        session.eval(&prompt_ids)?;
+        if !prompt_ids.is_empty() {
+            session.eval(&prompt_ids)?;
+        }
         let prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let opts = GenerateOptions {
@@ -415,6 +634,37 @@ fn run(a: RunArgs) -> CliResult {
             "gen_tps": generated.len().saturating_sub(1) as f64 / gen_secs.max(1e-9),
         });
         writeln!(stdout, "{json}")?;
+    }
+    if let Some(path) = &a.save_session {
+        let user_data = session_user_data(chat.as_ref());
+        let session = match (&mut chat, &mut raw_session) {
+            (Some(c), _) => c.session_mut(),
+            (None, Some(s)) => {
+                // The last sampled token is not evaluated by generation; a raw run's cache
+                // should hold everything it produced, so a load continues right after it.
+                if let Some(&last) = generated.last() {
+                    if s.tokens().len() < s.n_ctx() {
+                        s.eval(&[last])?;
+                    } else {
+                        eprintln!(
+                            "warning: the context is full; the last generated token is not in \
+                             the saved session"
+                        );
+                    }
+                }
+                s
+            }
+            (None, None) => unreachable!("one of them is set"),
+        };
+        let t = Instant::now();
+        let n = session.save_state_file(path, Some(&sampler), &user_data)?;
+        eprintln!(
+            "saved session {}: {} tokens, {} bytes, {:.1} ms",
+            path.display(),
+            session.tokens().len(),
+            n,
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }
@@ -740,6 +990,8 @@ fn info(a: InfoArgs) -> CliResult {
         "seq_length": c.seq_length,
         "use_dynamic_ntk": c.use_dynamic_ntk,
         "use_logn_attn": c.use_logn_attn,
+        "rope_scaling": c.rope_scaling.name(),
+        "rope_attn_factor": c.rope_attn_factor(),
         "tokenizer_tokens": model.tokenizer.as_ref().map(|t| t.n_vocab()),
         "n_params": f.tensor_infos().iter().map(|t| t.n_elements()).sum::<usize>(),
         "weight_bytes": f.tensor_infos().iter().map(|t| t.n_bytes()).sum::<usize>(),
@@ -760,7 +1012,7 @@ fn bench(a: BenchArgs) -> CliResult {
         reps: a.reps,
         n_threads: a.threads,
     };
-    let r = qwen::bench::run(&a.model, &params)?;
+    let r = qwen::bench::run_with(&a.model, &params, |c| a.rope.apply(c))?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

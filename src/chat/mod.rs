@@ -7,13 +7,19 @@
 //! - [`Conversation`] / [`ChatSession`]: a conversation over a [`Session`](crate::session::Session)
 //!   that keeps its KV cache between turns;
 //! - [`stop`]: stop strings matched across token boundaries, with streamed text held back so a
-//!   stop string never leaks.
+//!   stop string never leaks;
+//! - [`tools`]: function calling in Qwen-1's ReAct and Qwen2.5's `<tool_call>` formats.
 
 pub mod conversation;
 pub mod stop;
+pub mod tools;
 
 pub use conversation::{ChatSession, Conversation, PendingTurn, Reply, DEFAULT_MAX_WINDOW_SIZE};
 pub use stop::{generate_text, GenerateOptions, Generation, StopMatcher};
+pub use tools::{
+    ChatMessage, FinishKind, FunctionSpec, ParsedReply, Role, ToolCall, ToolChat, ToolFormat,
+    ToolPrompt,
+};
 
 use crate::error::{Error, Result};
 use crate::tokenizer::{EncodeMode, Tokenizer};

@@ -2,7 +2,7 @@
 //! safetensors shards (memory-mapped; nothing is read until a tensor is converted).
 
 use crate::error::{Error, Result};
-use crate::model::config::Arch;
+use crate::model::config::{Arch, RopeScaling};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
@@ -100,19 +100,15 @@ pub struct HfConfig {
     pub use_logn_attn: bool,
     /// The `quantization_config` object, if the checkpoint has one (GPTQ).
     pub quantization_config: Option<Value>,
-    /// Qwen-2's optional `rope_scaling` (e.g. YaRN for long contexts).
+    /// Qwen-2's optional `rope_scaling` (YaRN or linear, for long contexts).
     pub rope_scaling: Option<RopeScaling>,
 }
 
-/// `rope_scaling` from config.json, recorded under llama.cpp's `{arch}.rope.scaling.*` keys.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RopeScaling {
-    pub kind: String,
-    pub factor: f64,
-    pub original_context_length: Option<usize>,
-}
-
-fn rope_scaling(c: &JsonObj) -> Result<Option<RopeScaling>> {
+/// `rope_scaling` from config.json (Qwen2.5's long-context setting is
+/// `{"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}`), checked as the
+/// runtime will apply it and recorded under llama.cpp's `{arch}.rope.scaling.*` keys.
+/// `max_position_embeddings` stands in for a missing original context (HF's fallback).
+fn rope_scaling(c: &JsonObj, max_position_embeddings: usize) -> Result<Option<RopeScaling>> {
     let Some(v) = c.opt("rope_scaling") else {
         return Ok(None);
     };
@@ -121,15 +117,54 @@ fn rope_scaling(c: &JsonObj) -> Result<Option<RopeScaling>> {
         file: &file,
         value: v,
     };
-    let kind = r.opt_str("type").or_else(|| r.opt_str("rope_type"));
-    match kind {
-        None | Some("default") => Ok(None),
-        Some(kind) => Ok(Some(RopeScaling {
-            kind: kind.to_string(),
-            factor: r.opt_f64("factor")?.unwrap_or(1.0),
-            original_context_length: r.opt_usize("original_max_position_embeddings")?,
-        })),
+    if !v.is_object() {
+        return Err(Error::Checkpoint(format!("{file}: not a JSON object")));
     }
+    let kind = r.opt_str("type").or_else(|| r.opt_str("rope_type"));
+    let kind = match kind {
+        None | Some("default") | Some("none") => return Ok(None),
+        Some(k @ ("linear" | "yarn")) => k,
+        Some(other) => {
+            return Err(Error::Checkpoint(format!(
+                "{file}: type `{other}` is not supported (libqwen runs linear and yarn)"
+            )))
+        }
+    };
+    let factor = r
+        .opt_f64("factor")?
+        .ok_or_else(|| r.err("factor", &format!("is missing (type `{kind}`)")))?;
+    let original = r
+        .opt_usize("original_max_position_embeddings")?
+        .unwrap_or(max_position_embeddings);
+    for key in ["mscale", "mscale_all_dim"] {
+        if r.opt_f64(key)?.is_some_and(|x| x != 0.0 && x != 1.0) {
+            return Err(r.err(key, "(DeepSeek's YaRN variant) is not supported"));
+        }
+    }
+    if r.opt("truncate").is_some_and(|t| t == &Value::Bool(false)) {
+        return Err(r.err("truncate", "false is not supported"));
+    }
+    let mut scaling = RopeScaling::from_parts(kind, factor, original)
+        .map_err(|e| Error::Checkpoint(format!("{file}: {e}")))?;
+    if let RopeScaling::Yarn(y) = &mut scaling {
+        if let Some(b) = r.opt_f64("beta_fast")? {
+            y.beta_fast = b;
+        }
+        if let Some(b) = r.opt_f64("beta_slow")? {
+            y.beta_slow = b;
+        }
+        if let Some(e) = r.opt_f64("extrapolation_factor")? {
+            y.ext_factor = e;
+        }
+        y.attn_factor = match r.opt_f64("attention_factor")? {
+            Some(a) => Some(a),
+            None => r.opt_f64("attn_factor")?,
+        };
+        scaling
+            .check()
+            .map_err(|e| Error::Checkpoint(format!("{file}: {e}")))?;
+    }
+    Ok(Some(scaling))
 }
 
 impl HfConfig {
@@ -207,6 +242,8 @@ impl HfConfig {
                         &format!("({n_head_kv}) must divide num_attention_heads ({n_head})"),
                     ));
                 }
+                let max_position_embeddings =
+                    c.opt_usize("max_position_embeddings")?.unwrap_or(32768);
                 HfConfig {
                     arch,
                     vocab_size,
@@ -216,9 +253,7 @@ impl HfConfig {
                     n_head_kv,
                     head_dim,
                     n_ff: c.usize("intermediate_size")?,
-                    max_position_embeddings: c
-                        .opt_usize("max_position_embeddings")?
-                        .unwrap_or(32768),
+                    max_position_embeddings,
                     rope_base: c.opt_f64("rope_theta")?.unwrap_or(10000.0),
                     rope_dims: head_dim,
                     rms_eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
@@ -227,7 +262,7 @@ impl HfConfig {
                     use_dynamic_ntk: false,
                     use_logn_attn: false,
                     quantization_config,
-                    rope_scaling: rope_scaling(&c)?,
+                    rope_scaling: rope_scaling(&c, max_position_embeddings)?,
                 }
             }
         };

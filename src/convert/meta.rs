@@ -4,7 +4,7 @@
 use super::hf::{GenerationConfig, HfConfig};
 use super::vocab::{Vocab, CHATML_TEMPLATE};
 use crate::gguf::MetadataValue as V;
-use crate::model::config::{qwen1_keys, Arch};
+use crate::model::config::{qwen1_keys, Arch, RopeScaling, Yarn};
 
 /// Generation defaults from `generation_config.json`, stored so a runtime can use the sampling
 /// the model was published with. Only keys present in the checkpoint are written.
@@ -67,10 +67,30 @@ pub fn model_metadata(c: &HfConfig, name: &str, file_type: u32, quantized: bool)
         ),
     ]);
     if let Some(r) = &c.rope_scaling {
-        kv.push((k("rope.scaling.type"), V::String(r.kind.clone())));
-        kv.push((k("rope.scaling.factor"), V::F32(r.factor as f32)));
-        if let Some(n) = r.original_context_length {
-            kv.push((k("rope.scaling.original_context_length"), u32v(n)));
+        use crate::model::config::rope_scaling_keys as rk;
+        kv.push((k(rk::TYPE), V::String(r.name().into())));
+        match r {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => kv.push((k(rk::FACTOR), V::F32(*factor as f32))),
+            RopeScaling::Yarn(y) => {
+                kv.push((k(rk::FACTOR), V::F32(y.factor as f32)));
+                kv.push((k(rk::ORIGINAL_CONTEXT_LENGTH), u32v(y.original_context)));
+                // Like llama.cpp's converter, only what departs from the paper's defaults.
+                let defaults = Yarn::new(y.factor, y.original_context);
+                let extras = [
+                    (rk::YARN_BETA_FAST, y.beta_fast, defaults.beta_fast),
+                    (rk::YARN_BETA_SLOW, y.beta_slow, defaults.beta_slow),
+                    (rk::YARN_EXT_FACTOR, y.ext_factor, defaults.ext_factor),
+                ];
+                for (key, v, default) in extras {
+                    if v != default {
+                        kv.push((k(key), V::F32(v as f32)));
+                    }
+                }
+                if let Some(a) = y.attn_factor {
+                    kv.push((k(rk::YARN_ATTN_FACTOR), V::F32(a as f32)));
+                }
+            }
         }
     }
     if c.arch == Arch::Qwen {

@@ -318,14 +318,13 @@ impl HfInput {
             )));
         }
         if let Some(r) = &cfg.rope_scaling {
-            warnings.push(format!(
-                "rope_scaling `{}` (factor {}) is recorded in the file, but libqwen's runtime \
-                 does not apply it: contexts beyond {} tokens will degrade",
-                r.kind,
-                r.factor,
-                r.original_context_length
-                    .unwrap_or(cfg.max_position_embeddings)
-            ));
+            info.push(match r {
+                crate::model::RopeScaling::Yarn(y) => format!(
+                    "RoPE scaling yarn: factor {} over an original context of {} tokens",
+                    y.factor, y.original_context
+                ),
+                other => format!("RoPE scaling {}", other.name()),
+            });
         }
         warnings.extend(summarize_fallbacks(&jobs));
         summarize_gptq(&jobs, &mut info, &mut warnings);

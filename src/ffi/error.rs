@@ -59,7 +59,7 @@ impl From<crate::Error> for FfiError {
         use crate::Error as E;
         let code = match &e {
             E::Io { .. } => QWEN_ERR_IO,
-            E::Gguf(_) | E::Metadata { .. } | E::Tensor { .. } | E::Checkpoint(_) => {
+            E::Gguf(_) | E::Metadata { .. } | E::Tensor { .. } | E::Checkpoint(_) | E::State(_) => {
                 QWEN_ERR_FORMAT
             }
             E::Unsupported(_) => QWEN_ERR_UNSUPPORTED,

@@ -6,7 +6,7 @@ use super::error::*;
 use crate::chat::{make_context, ChatTokens, Turn, DEFAULT_SYSTEM_PROMPT};
 use crate::model::Model;
 use crate::sampler::{Sampler, SamplingParams};
-use crate::session::Session;
+use crate::session::{Session, SessionState};
 use crate::tokenizer::StreamDecoder;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -123,11 +123,9 @@ impl State {
         self.session.reset();
     }
 
-    /// Tokens of the cache plus a handed-out token not evaluated yet.
-    pub fn all_tokens(&self) -> Vec<u32> {
-        let mut t = self.session.tokens().to_vec();
-        t.extend(self.gen.pending);
-        t
+    /// The token the generation handed out last, not yet evaluated.
+    pub fn pending(&self) -> Option<u32> {
+        self.gen.pending
     }
 
     /// Evaluates `ids` after the cache in chunks, checking `abort` between them.
@@ -240,14 +238,19 @@ impl State {
         r
     }
 
-    /// Restores the cache to hold `tokens` (recomputed) and starts a generation from there.
-    pub fn restore(&mut self, tokens: &[u32], abort: &AtomicBool) -> FfiResult<()> {
+    /// Restores a saved state (copying its KV cache back), evaluates `pending` (the token its
+    /// generation had handed out) and starts a generation from there.
+    pub fn restore_saved(
+        &mut self,
+        saved: &SessionState,
+        pending: Option<u32>,
+        abort: &AtomicBool,
+    ) -> FfiResult<()> {
+        self.session.restore_state(saved)?;
         self.gen = Generation::idle();
-        self.session.reset();
-        let r = if tokens.is_empty() {
-            Ok(())
-        } else {
-            self.eval_chunks(tokens, abort)
+        let r = match pending {
+            Some(p) => self.eval_chunks(&[p], abort),
+            None => Ok(()),
         };
         self.start_if_ok(&r, None);
         r

@@ -628,10 +628,10 @@ pub extern "C" fn qwen_session_perplexity(
     })
 }
 
-/// Saves the session's state (the tokens in the cache, system prompt and chat history) to
-/// `buf`: returns the number of bytes needed and writes them only if `capacity` is at least
-/// that (ask with NULL and 0 first). Negative status on failure. The format is versioned and
-/// tied to the model's shape; the KV cache itself is not stored (restoring recomputes it).
+/// Saves the session's state to `buf`: the tokens and KV cache contents of the sequence, the
+/// last logits, the system prompt and chat history, in libqwen's versioned, checksummed session
+/// state format tied to the model file. Returns the number of bytes needed and writes them only
+/// if `capacity` is at least that (ask with NULL and 0 first). Negative status on failure.
 ///
 /// Not for concurrent use on one session (`QWEN_ERR_BUSY`).
 #[no_mangle]
@@ -641,7 +641,7 @@ pub extern "C" fn qwen_session_save_state(
     capacity: usize,
 ) -> i32 {
     session_call(session, |_, st| {
-        let bytes = super::state::save(st);
+        let bytes = super::state::save(st)?;
         let n = count_i32(bytes.len(), "state size")?;
         if capacity >= bytes.len() {
             let out = out_slice(buf, bytes.len(), "buf")?;
@@ -652,10 +652,11 @@ pub extern "C" fn qwen_session_save_state(
 }
 
 /// Restores a state saved by `qwen_session_save_state` (`len` bytes), from this or another
-/// session over a model of the same shape: the cache is recomputed from the saved tokens (one
-/// prefill; abortable), and a generation starts from the last of them. Sampling parameters and
-/// stop strings are the session's own. Returns `QWEN_OK` or a negative status
-/// (`QWEN_ERR_FORMAT` for data that is not a state of this model).
+/// session over the same model file: the KV cache is copied back (no prefill), and a generation
+/// starts from the last saved token. Sampling parameters and stop strings are the
+/// session's own. Returns `QWEN_OK` or a negative status (`QWEN_ERR_FORMAT` for data that is
+/// not a valid state of this model, `QWEN_ERR_CONTEXT_FULL` when it does not fit the context;
+/// after either the session is unchanged).
 ///
 /// Not for concurrent use on one session (`QWEN_ERR_BUSY`).
 #[no_mangle]
@@ -666,20 +667,28 @@ pub extern "C" fn qwen_session_load_state(
 ) -> i32 {
     session_call(session, |s, st| {
         let bytes = in_slice(buf, len, "buf")?;
-        let saved = super::state::parse(bytes, &st.session.model().config)?;
-        if saved.tokens.len() > st.session.n_ctx() {
+        let model = std::sync::Arc::clone(st.session.model());
+        let saved = crate::session::SessionState::read(&model, bytes)?;
+        let extra = super::state::parse_extra(saved.user_data(), model.config.n_vocab)?;
+        let n_tokens = saved.max_seq_len() + usize::from(extra.pending.is_some());
+        if saved.n_seq() > 1 {
+            return fail(
+                QWEN_ERR_FORMAT,
+                "session state holds several sequences; a C session holds one",
+            );
+        }
+        if n_tokens > st.session.n_ctx() {
             return fail(
                 QWEN_ERR_CONTEXT_FULL,
                 format!(
-                    "the state holds {} tokens; the context holds {}",
-                    saved.tokens.len(),
+                    "the state holds {n_tokens} tokens; the context holds {}",
                     st.session.n_ctx()
                 ),
             );
         }
-        st.system = saved.system;
-        st.history = saved.history;
-        st.restore(&saved.tokens, s.fresh_abort())?;
+        st.restore_saved(&saved, extra.pending, s.fresh_abort())?;
+        st.system = extra.system;
+        st.history = extra.history;
         Ok(QWEN_OK)
     })
 }

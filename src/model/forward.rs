@@ -132,18 +132,18 @@ pub fn forward(
             .expect("embedding row size is checked at load");
     }
 
-    // RoPE angles for each token's position (with its sequence's frequencies), for all layers.
+    // RoPE angles for each token's position (with its sequence's frequencies), for all layers;
+    // YaRN scales cos and sin by its attention factor (1 otherwise).
     let half = hd / 2;
+    let mscale = c.rope_attn_factor();
     for t in 0..t_len {
-        let p = pos[t] as f32;
-        let freqs = &inv_freq[seq[t] * half..(seq[t] + 1) * half];
-        let cos = &mut s.cos[t * half..(t + 1) * half];
-        let sin = &mut s.sin[t * half..(t + 1) * half];
-        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(freqs) {
-            let angle = p * f;
-            *c = angle.cos();
-            *s = angle.sin();
-        }
+        ops::rope_table(
+            pos[t],
+            &inv_freq[seq[t] * half..(seq[t] + 1) * half],
+            mscale,
+            &mut s.cos[t * half..(t + 1) * half],
+            &mut s.sin[t * half..(t + 1) * half],
+        );
     }
 
     for (li, layer) in w.layers.iter().enumerate() {
@@ -221,7 +221,11 @@ pub fn forward(
                 &s.k[t * kv_dim..(t + 1) * kv_dim],
                 &s.v[t * kv_dim..(t + 1) * kv_dim],
             );
-            kv.store_seq(li, seq[t], pos[t], k, v);
+            let (cos, sin) = (
+                &s.cos[t * half..(t + 1) * half],
+                &s.sin[t * half..(t + 1) * half],
+            );
+            kv.store_rotated(li, seq[t], pos[t], k, v, cos, sin);
         }
         attention(pool, kv, li, s, batch, n_head, hd);
 

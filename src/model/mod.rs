@@ -5,7 +5,7 @@ pub mod config;
 pub mod forward;
 pub mod weights;
 
-pub use config::{Arch, ModelConfig};
+pub use config::{Arch, ModelConfig, RopeScaling, Yarn};
 pub use weights::{Tensor, Weights};
 
 use crate::backend::cpu::WeightMatrix;
@@ -97,5 +97,19 @@ impl Model {
             .map(|t| t.bytes.len())
             .sum::<usize>()
             + embd_row
+    }
+}
+
+impl Model {
+    /// The key projection's bias of layer `layer` (`[n_head_kv * head_dim]`), if the model has one.
+    pub fn key_bias(&self, layer: usize) -> Option<&[f32]> {
+        let kv_dim = self.config.n_head_kv * self.config.head_dim;
+        match &self.weights.layers.get(layer)?.attn {
+            weights::Attention::Fused { qkv_bias, .. } => {
+                let d = self.config.n_embd;
+                self.vector(qkv_bias).get(d..d + kv_dim)
+            }
+            weights::Attention::Split { k_bias, .. } => Some(self.vector(k_bias)),
+        }
     }
 }

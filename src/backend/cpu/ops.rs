@@ -9,6 +9,17 @@ pub fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
+/// RoPE's cos and sin at position `pos` for each inverse frequency, times `mscale` (YaRN's
+/// attention factor; exactly 1 leaves them untouched).
+pub fn rope_table(pos: usize, inv_freq: &[f32], mscale: f32, cos: &mut [f32], sin: &mut [f32]) {
+    let p = pos as f32;
+    for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
+        let angle = p * f;
+        *c = angle.cos() * mscale;
+        *s = angle.sin() * mscale;
+    }
+}
+
 /// NeoX / "rotate-half" RoPE on one head: pairs are (i, i + D/2).
 pub fn rope_neox(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = head.len() / 2;
