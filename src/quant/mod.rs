@@ -315,7 +315,8 @@ fn fill_gemm_aux(at: GgmlType, q: &[u8], aux: &mut [u8]) {
 /// row) pair exactly once.
 ///
 /// Every value has the bits [`vec_dot`] gives for that pair. The build for this CPU runs a
-/// matrix kernel where it has one (AVX2: Q4_K, Q6_K, Q5_0 with 4 or more activation rows),
+/// matrix kernel where it has one (AVX2: Q4_K, Q6_K, Q5_0 with 4 or more activation rows,
+/// Q8_0, Q4_0, Q4_1, Q5_1 with 2 or more),
 /// which reuses each unpacked weight block across several activation rows; other types and
 /// builds go row by row through [`vec_dot_rows`].
 ///
