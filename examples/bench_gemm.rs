@@ -140,7 +140,12 @@ fn main() {
                 black_box(&w),
                 black_box(&act),
                 tokens,
-                &mut |t, r, v| out[t * rows + r..t * rows + r + v.len()].copy_from_slice(v),
+                &mut |t0, r, width, v| {
+                    for (j, row) in v.chunks_exact(width).enumerate() {
+                        let t = t0 + j;
+                        out[t * rows + r..t * rows + r + width].copy_from_slice(row)
+                    }
+                },
             );
             black_box(&out);
         });

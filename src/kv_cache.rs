@@ -518,6 +518,12 @@ pub trait KvRows: Sync {
     fn axpy_v(&self, seq: usize, pos: usize, head: usize, p: f32, out: &mut [f32]);
     /// The key and value rows as f32.
     fn decode(&self, seq: usize, pos: usize, head: usize, k: &mut [f32], v: &mut [f32]);
+    /// Where the rows are stored as f32: the key and value rows of (`seq`, `head`) in place,
+    /// from position 0 on (position `j` at `j * stride`), and `stride`. `None` for the other
+    /// storage types, which are read through `decode`.
+    fn f32_rows(&self, _seq: usize, _head: usize) -> Option<(&[f32], &[f32], usize)> {
+        None
+    }
 }
 
 pub struct RowsF32<'a> {
@@ -596,6 +602,12 @@ fn dot_with(q: &[f32], n: usize, x: impl Fn(usize) -> f32) -> f32 {
 }
 
 impl KvRows for RowsF32<'_> {
+    fn f32_rows(&self, seq: usize, head: usize) -> Option<(&[f32], &[f32], usize)> {
+        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
+        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        Some((&self.k[at..], &self.v[at..], stride))
+    }
+
     #[inline]
     fn dot_k(&self, seq: usize, pos: usize, head: usize, q: &[f32]) -> f32 {
         let hd = self.geo.head_dim;

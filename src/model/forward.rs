@@ -565,18 +565,21 @@ fn attend_block<R: KvRows>(
     mb[..n_rows].fill(f32::NEG_INFINITY);
     lb[..n_rows].fill(0.0);
     let last = pos[t1 - 1];
+    // An f32 cache is read in place; the others are decoded key by key.
+    let in_place = rows.f32_rows(sq, kvh);
     for j0 in (0..=last).step_by(ATT_KEYS) {
         let kn = ATT_KEYS.min(last + 1 - j0);
-        for jj in 0..ATT_KEYS {
-            let v = &mut vb[jj * hd..(jj + 1) * hd];
-            if jj < kn {
-                rows.decode(sq, j0 + jj, kvh, kb, v);
-            } else {
-                // Past the last key: zeros (their weights are zero too).
-                kb.fill(0.0);
-                v.fill(0.0);
-            }
-            for (dd, &x) in kb.iter().enumerate() {
+        // The chunk's keys, transposed into [hd, ATT_KEYS]. (Columns past `kn` keep whatever
+        // they held: their scores are masked to zero weight below.)
+        for jj in 0..kn {
+            let k: &[f32] = match in_place {
+                Some((k, _, stride)) => &k[(j0 + jj) * stride..][..hd],
+                None => {
+                    rows.decode(sq, j0 + jj, kvh, kb, &mut vb[jj * hd..(jj + 1) * hd]);
+                    kb
+                }
+            };
+            for (dd, &x) in k.iter().enumerate() {
                 ktb[dd * ATT_KEYS + jj] = x;
             }
         }
@@ -615,8 +618,12 @@ fn attend_block<R: KvRows>(
                 mb[row] = m_new;
             }
         }
-        // Weighted values: [rows, ATT_KEYS] · [ATT_KEYS, hd], added to the outputs.
-        ops::gemm_f32((n_rows, hd, ATT_KEYS), sb, ATT_KEYS, vb, hd, ob, hd, true);
+        // Weighted values: [rows, kn] · [kn, hd], added to the outputs.
+        let (v, ldv): (&[f32], usize) = match in_place {
+            Some((_, v, stride)) => (&v[j0 * stride..], stride),
+            None => (vb, hd),
+        };
+        ops::gemm_f32((n_rows, hd, kn), sb, ATT_KEYS, v, ldv, ob, hd, true);
     }
 }
 

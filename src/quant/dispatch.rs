@@ -13,22 +13,13 @@
 use std::sync::OnceLock;
 
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::{as_blocks, as_blocks_mut, float, k_quants, q4, q5, q8};
+use super::{as_blocks, as_blocks_mut, float, k_quants, q4, q5, q8, GemmOut};
 use crate::gguf::GgmlType;
 
 /// A build's matrix kernel: `(type, weight row bytes, weight rows, quantized activation row
 /// bytes, activation rows, activation row stride, activation row count, sink)`; returns false,
 /// having done nothing, for a type it has no kernel for.
-type GemmFn = unsafe fn(
-    GgmlType,
-    usize,
-    &[u8],
-    usize,
-    &[u8],
-    usize,
-    usize,
-    &mut dyn FnMut(usize, usize, &[f32]),
-) -> bool;
+type GemmFn = unsafe fn(GgmlType, usize, &[u8], usize, &[u8], usize, usize, &mut GemmOut) -> bool;
 
 /// One build of the kernels.
 ///
@@ -66,8 +57,8 @@ impl Kernels {
 
     /// The weight rows of `w` (`rb` bytes each) against `n_tok` activation rows of `arb` bytes
     /// in `act` (the first `qrb` of them the quantized row, then the side data of
-    /// `gemm_act_row_bytes`), each result handed to `out(token, first_row, values)` with, for
-    /// every row, the bits [`Self::vec_dot`] gives; false (nothing done) when this build has no
+    /// `gemm_act_row_bytes`), the results handed to `out` (see `GemmOut`) with, for every row,
+    /// the bits [`Self::vec_dot`] gives; false (nothing done) when this build has no
     /// matrix kernel for `ty` (or prefers the row kernels for this many activation rows).
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -80,7 +71,7 @@ impl Kernels {
         act: &[u8],
         arb: usize,
         n_tok: usize,
-        out: &mut dyn FnMut(usize, usize, &[f32]),
+        out: &mut GemmOut,
     ) -> bool {
         // SAFETY: this table was handed out only for a CPU that runs it (see the type's docs).
         unsafe { (self.gemm)(ty, rb, w, qrb, act, arb, n_tok, out) }
@@ -121,7 +112,7 @@ fn no_gemm(
     _: &[u8],
     _: usize,
     _: usize,
-    _: &mut dyn FnMut(usize, usize, &[f32]),
+    _: &mut GemmOut,
 ) -> bool {
     false
 }

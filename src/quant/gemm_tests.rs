@@ -36,18 +36,36 @@ fn run(k: &Kernels, ty: GgmlType, n: usize, w: &[u8], acts: &[u8], n_tok: usize)
     let qrb = vec_dot_type(ty).row_bytes(n).unwrap();
     let mut out = vec![f32::NAN; n_tok * rows];
     let mut seen = vec![false; n_tok * rows];
-    gemm_with(k, ty, rb, w, qrb, acts, arb, n_tok, &mut |t, r, vals| {
-        assert!(
-            t < n_tok && r + vals.len() <= rows,
-            "{ty}: output ({t}, {r}) outside"
-        );
-        for (i, &v) in vals.iter().enumerate() {
-            let at = t * rows + r + i;
-            assert!(!seen[at], "{ty}: ({t}, {}) written twice", r + i);
-            seen[at] = true;
-            out[at] = v;
-        }
-    });
+    gemm_with(
+        k,
+        ty,
+        rb,
+        w,
+        qrb,
+        acts,
+        arb,
+        n_tok,
+        &mut |t0, r, width, vals| {
+            assert!(
+                width > 0 && vals.len() % width == 0,
+                "{ty}: {} values of width {width}",
+                vals.len()
+            );
+            for (j, row) in vals.chunks_exact(width).enumerate() {
+                let t = t0 + j;
+                assert!(
+                    t < n_tok && r + width <= rows,
+                    "{ty}: output ({t}, {r}) outside"
+                );
+                for (i, &v) in row.iter().enumerate() {
+                    let at = t * rows + r + i;
+                    assert!(!seen[at], "{ty}: ({t}, {}) written twice", r + i);
+                    seen[at] = true;
+                    out[at] = v;
+                }
+            }
+        },
+    );
     assert!(
         seen.iter().all(|&s| s),
         "{ty}: some results were never written"
@@ -217,8 +235,11 @@ fn public_gemm_matches_vec_dot() {
         }
         assert!(quantize_gemm_act(ty, &xs[0], &mut act[..arb - 1]).is_err());
         let mut out = vec![f32::NAN; rows * n_tok];
-        super::gemm(ty, n, &w, &act, n_tok, &mut |t, r, v| {
-            out[t * rows + r..t * rows + r + v.len()].copy_from_slice(v)
+        super::gemm(ty, n, &w, &act, n_tok, &mut |t0, r, width, v| {
+            for (j, row) in v.chunks_exact(width).enumerate() {
+                let t = t0 + j;
+                out[t * rows + r..t * rows + r + width].copy_from_slice(row)
+            }
         });
         let rb = ty.row_bytes(n).unwrap();
         for t in 0..n_tok {
@@ -229,6 +250,63 @@ fn public_gemm_matches_vec_dot() {
                     want.to_bits(),
                     "{ty} ({t}, {r})"
                 );
+            }
+        }
+    }
+}
+
+/// Every activation row count from 1 to 12 (below, at and above each build's threshold for its
+/// matrix kernels, and around the register tiles), against weight row counts that leave every
+/// tail of an 8-row group (1, 6, 7: 9 and 15 rows), odd block counts, and rows longer than one panel chunk.
+/// Every weight type with more than one element per block, in every build.
+#[test]
+fn gemm_matches_vec_dot_for_every_activation_row_count() {
+    let mut rng = Rng::new(0x6E33_0003);
+    for k in dispatch::all() {
+        for ty in WEIGHT_TYPES.into_iter().filter(|t| t.block_size() > 1) {
+            let b = ty.block_size();
+            // Q8_0-sized blocks: 3 and 61 blocks (odd; 61 spans two panel chunks of Q8_0).
+            let lengths = if b == QK_K {
+                [b, 5 * b]
+            } else {
+                [3 * b, 61 * b]
+            };
+            for (n, rows) in lengths
+                .into_iter()
+                .flat_map(|n| [1, 6, 9, 15].map(|rows| (n, rows)))
+            {
+                let w: Vec<u8> = (0..rows)
+                    .flat_map(|r| match r % 4 {
+                        3 => raw_weights(ty, n, &mut rng, false),
+                        _ => real_weights(ty, n, &mut rng),
+                    })
+                    .collect();
+                for n_tok in 1..=12 {
+                    let acts: Vec<Vec<u8>> = (0..n_tok)
+                        .map(|t| match t % 3 {
+                            2 => {
+                                let q: Vec<i8> = (0..n).map(|_| rng.byte() as i8).collect();
+                                activations_from_quants(ty, &q, &mut rng, false)
+                            }
+                            _ => real_activations(ty, n, &mut rng),
+                        })
+                        .collect();
+                    let got = run(k, ty, n, &w, &gemm_acts(ty, n, &acts), n_tok);
+                    let rb = ty.row_bytes(n).unwrap();
+                    for (t, a) in acts.iter().enumerate() {
+                        for r in 0..rows {
+                            let want = k.vec_dot(ty, &w[r * rb..(r + 1) * rb], a);
+                            let g = got[t * rows + r];
+                            assert_eq!(
+                                g.to_bits(),
+                                want.to_bits(),
+                                "{} {ty} n={n} rows={rows} n_tok={n_tok}: ({t}, {r}) gemm {g} \
+                                 vec_dot {want}",
+                                k.name
+                            );
+                        }
+                    }
+                }
             }
         }
     }

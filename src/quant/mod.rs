@@ -253,6 +253,11 @@ pub fn vec_dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32
     }
 }
 
+/// Where [`gemm`] hands its results: `out(t, r, width, values)` gives the results of activation
+/// rows `t..t + values.len() / width` (one after the other, `width` values each) for the weight
+/// rows `r..r + width`.
+pub type GemmOut<'a> = dyn FnMut(usize, usize, usize, &[f32]) + 'a;
+
 /// Bytes of one activation row in the format of [`gemm`] for weights of type `ty` with `n`
 /// columns: the row quantized to [`vec_dot_type`]`(ty)` (the bytes [`vec_dot`] takes), then side
 /// data the matrix kernels use (for Q8_0 activations: each block's scale as f32 and the sum of
@@ -309,25 +314,18 @@ fn fill_gemm_aux(at: GgmlType, q: &[u8], aux: &mut [u8]) {
 
 /// The weight rows of `w` (type `ty`, `n` columns, `ty.row_bytes(n)` bytes each, back to back)
 /// against `n_tok` activation rows in `act` (each [`gemm_act_row_bytes`]`(ty, n)` bytes, from
-/// [`quantize_gemm_act`]): calls `out(t, r, values)` with the results of activation row `t`
-/// for the weight rows `r..r + values.len()`, every (row, activation row) pair exactly once.
+/// [`quantize_gemm_act`]): hands the results to `out` (see [`GemmOut`]), every (row, activation
+/// row) pair exactly once.
 ///
 /// Every value has the bits [`vec_dot`] gives for that pair. The build for this CPU runs a
-/// matrix kernel where it has one (AVX2: Q4_K, Q6_K, Q5_0 with 4 or more activation rows;
-/// NEON and NEON+dotprod: Q4_K, Q6_K, Q5_0, Q8_0), which reuses each unpacked weight block
-/// across several activation rows; other types and builds go row by row through
-/// [`vec_dot_rows`].
+/// matrix kernel where it has one (AVX2: Q4_K, Q6_K, Q5_0 with 4 or more activation rows,
+/// Q8_0, Q4_0, Q4_1, Q5_1 with 2 or more; AVX-512: Q4_K, Q6_K, Q5_0; NEON and NEON+dotprod:
+/// Q4_K, Q6_K, Q5_0, Q8_0), which reuses each unpacked weight block across several activation
+/// rows; other types and builds go row by row through [`vec_dot_rows`].
 ///
 /// Sizes are the caller's to get right: a mismatch is a bug caught by a debug assertion, and in
 /// release produces no output for the rows that do not fit (never reads out of bounds).
-pub fn gemm(
-    ty: GgmlType,
-    n: usize,
-    w: &[u8],
-    act: &[u8],
-    n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
-) {
+pub fn gemm(ty: GgmlType, n: usize, w: &[u8], act: &[u8], n_tok: usize, out: &mut GemmOut) {
     let (Some(rb), Some(arb)) = (ty.row_bytes(n), gemm_act_row_bytes(ty, n)) else {
         debug_assert!(false, "gemm({ty}, n={n}): not a whole number of blocks");
         return;
@@ -367,7 +365,7 @@ fn gemm_with(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) {
     if !k.gemm(ty, rb, w, qrb, act, arb, n_tok, out) {
         gemm_by_rows(k, ty, rb, w, qrb, act, arb, n_tok, out);
@@ -385,7 +383,7 @@ fn gemm_by_rows(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) {
     const ROWS: usize = 64;
     let mut buf = [0f32; ROWS];
@@ -394,7 +392,7 @@ fn gemm_by_rows(
         for t in 0..n_tok {
             let a = &act[t * arb..t * arb + qrb];
             k.vec_dot_rows(ty, rb, rows, a, &mut buf[..nr]);
-            out(t, i * ROWS, &buf[..nr]);
+            out(t, i * ROWS, nr, &buf[..nr]);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! AVX-512 kernels (F + BW + VL + VNNI) for the weight types of the real Qwen2.5 Q4_K_M files:
-//! Q4_K and Q6_K (row and matrix kernels), Q5_0 (16-row and matrix kernels) and Q8_0 (row
-//! kernels). Every other type and path (single Q5_0 rows, which are no faster with VNNI), and the
-//! activation quantizers, run the AVX2 build: every CPU with these AVX-512 subsets also has AVX2,
+//! Q4_K and Q6_K (row and matrix kernels) and Q5_0 (16-row and matrix kernels). Every other type
+//! and path (single Q5_0 rows, which are no faster with VNNI; Q8_0, whose AVX2 row and matrix
+//! kernels share one float chain, so batched and single-sequence results stay bit-identical), and
+//! the activation quantizers, run the AVX2 build: every CPU with these AVX-512 subsets also has AVX2,
 //! FMA and F16C (`detected` checks all of them), so delegating is always valid.
 //!
 //! As in `x86_avx2`, every function is a safe `#[target_feature]` function that `dispatch` calls
@@ -11,24 +12,22 @@
 //! The integer work moves to VNNI: `vpdpbusd` (u8 × s8, four products summed into each i32 lane,
 //! no saturation) takes the unsigned weight quants (0..=15, 0..=31, 0..=63) against the signed
 //! activations, and `vpdpwssd` (i16 × i16 pairs into i32) applies the K-quants' sub-block scales.
-//! Q8_0 weights are signed, so they are offset to unsigned (`x ^ 0x80` = x + 128) and `128·Σ y`
-//! is taken back out. All integer parts are exact (the bound is next to each use).
+//! All integer parts are exact (the bound is next to each use).
 //!
 //! The float part: for Q4_K, Q6_K and Q5_0 each block's exact integer enters the same per-row
 //! f32 chain as in the AVX2 build (`acc = fma(d_w·d_a, float(block integer), acc)`, see
 //! `x86_avx2::gemm`), so this build returns the same bits as the AVX2 one for them, and its
-//! matrix kernel returns the bits of its `vec_dot`. Q8_0 uses the same per-block chain (the AVX2
-//! build sums Q8_0 in 8 lanes instead), so its results differ from AVX2's by rounding only.
+//! matrix kernel returns the bits of its `vec_dot`.
 
 use std::arch::x86_64::*;
 use std::mem::size_of;
 
-use super::as_blocks;
 use super::k_quants::{BlockQ4K, BlockQ6K};
 use super::q5::BlockQ5_0;
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::simd_common::k4_scales_mins;
 use super::x86_avx2 as avx2;
+use super::{as_blocks, GemmOut};
 use crate::gguf::GgmlType;
 
 mod gemm;
@@ -156,7 +155,6 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     match ty {
         Q4_K => dot_q4_k(as_blocks(w), as_blocks(act)),
         Q6_K => dot_q6_k(as_blocks(w), as_blocks(act)),
-        Q8_0 => dot_q8_0(as_blocks(w), as_blocks(act)),
         // Not specialised here: the AVX2 kernels (this CPU has AVX2, FMA and F16C). For a single
         // Q5_0 row they are as fast as a VNNI version (measured), and their float chain is the
         // one `dot16_q5_0` and the matrix kernel keep.
@@ -180,14 +178,6 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             |r, nb, a| dot16_q5_0(r, nb, a),
             |r| avx2::vec_dot(Q5_0, r, act),
         ),
-        Q8_0 => rows_by_16(
-            w,
-            rb,
-            act,
-            out,
-            |r, nb, a| dot16_q8_0(r, nb, a),
-            |r| dot_q8_0(as_blocks(r), as_blocks(act)),
-        ),
         // Not specialised here: the AVX2 kernels.
         _ => avx2::vec_dot_rows(ty, rb, w, act, out),
     }
@@ -205,14 +195,13 @@ pub(super) fn gemm(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) -> bool {
     use GgmlType::*;
     match ty {
         Q4_K | Q6_K | Q5_0 => gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
-        // Q8_0 goes row by row (through `vec_dot_rows` above); the AVX2 matrix kernels cover
-        // none of the types specialised here, so they may run for the others.
-        Q8_0 => false,
+        // Every other type runs AVX2's row kernels (above), so AVX2's matrix kernels, which
+        // give their bits, may run for them.
         _ => avx2::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
     }
 }
@@ -491,70 +480,4 @@ fn fma16(h: [u16; 16], dy: f32, sumi: __m512i, acc: __m512) -> __m512 {
         _mm512_cvtepi32_ps(sumi),
         acc,
     )
-}
-
-// ---------------------------------------------------------------------------------------------
-// Q8_0.
-
-/// `−128·Σ y` of a Q8_0 block over 8 lanes: the start value that turns `Σ (x + 128)·y` into
-/// `Σ x·y`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn minus128_sum(y: __m256i) -> __m256i {
-    _mm256_sub_epi32(
-        _mm256_setzero_si256(),
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), y),
-    )
-}
-
-/// `Σ x·y` of a Q8_0 weight block (as 8 lanes) given the activations `yv` and [`minus128_sum`]:
-/// `x ^ 0x80` is `x + 128` as an unsigned byte; each lane's 4 products are ≤ 4·255·128 in
-/// magnitude, exact in i32.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn q8_0_lanes(x: &BlockQ8_0, yv: __m256i, start: __m256i) -> __m256i {
-    let u = _mm256_xor_si256(ld256(&x.qs), _mm256_set1_epi8(-128));
-    _mm256_dpbusd_epi32(start, u, yv)
-}
-
-/// One Q8_0 row against one activation row: `acc = fma(d_w·d_a, float(Σ x·y), acc)` per block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let mut acc = 0f32;
-    for (x, y) in w.iter().zip(a) {
-        let yv = ld256(&y.qs);
-        let s = hsum256(q8_0_lanes(x, yv, minus128_sum(yv)));
-        acc = (f16_to_f32(x.d) * f16_to_f32(y.d)).mul_add(s as f32, acc);
-    }
-    acc
-}
-
-/// Sixteen Q8_0 rows (`w`: their `nb` blocks each, back to back), each exactly as
-/// [`dot_q8_0`], two rows per vector and rows in lanes for the float work.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot16_q8_0(w: &[BlockQ8_0], nb: usize, a: &[BlockQ8_0]) -> [f32; 16] {
-    let mut acc = _mm512_setzero_ps();
-    let flip = _mm512_set1_epi8(-128);
-    for (i, y) in a.iter().enumerate().take(nb) {
-        let yv = bcast256(&y.qs);
-        // −128·Σ y over the 8 lanes of each half (see `minus128_sum`).
-        let start = _mm512_sub_epi32(
-            _mm512_setzero_si512(),
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, yv),
-        );
-        let mut z = [_mm512_setzero_si512(); 8];
-        for (p, z) in z.iter_mut().enumerate() {
-            let x0 = &w[pair_row(p, false) * nb + i];
-            let x1 = &w[pair_row(p, true) * nb + i];
-            let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld256(&x0.qs)), ld256(&x1.qs));
-            // x ^ 0x80 = x + 128 as an unsigned byte; each lane: 4 products ≤ 255·128.
-            *z = _mm512_dpbusd_epi32(start, _mm512_xor_si512(x, flip), yv);
-        }
-        let h: [u16; 16] = std::array::from_fn(|r| u16::from_le_bytes(w[r * nb + i].d));
-        acc = fma16(h, f16_to_f32(y.d), reduce16(&z), acc);
-    }
-    let mut out = [0f32; 16];
-    // SAFETY: `out` is 16 writable f32; no alignment needed.
-    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
-    out
 }

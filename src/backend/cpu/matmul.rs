@@ -41,6 +41,26 @@ pub fn activation_row_bytes(ty: GgmlType, cols: usize) -> usize {
 /// Weight rows per unit of work handed to a thread: the matrix kernels' row group.
 const ROW_GROUP: usize = 8;
 
+/// Writes `v` at `dst`: a whole row group (8 values; 16 from the AVX-512 matrix kernels) as one
+/// fixed-size copy, anything else element by element. (Volatile writes: LLVM turns any
+/// variable-length copy loop into a call to memcpy, which for the 8 floats of a row group cost a
+/// few % of a prefill.)
+///
+/// # Safety
+/// `dst..dst + v.len()` must be valid for writes and not aliased.
+unsafe fn store_row(dst: *mut f32, v: &[f32]) {
+    // SAFETY (all three writes): inside the destination, of v.len() values (the caller's contract).
+    if let Ok(group) = <&[f32; 2 * ROW_GROUP]>::try_from(v) {
+        unsafe { dst.cast::<[f32; 2 * ROW_GROUP]>().write_unaligned(*group) };
+    } else if let Ok(group) = <&[f32; ROW_GROUP]>::try_from(v) {
+        unsafe { dst.cast::<[f32; ROW_GROUP]>().write_unaligned(*group) };
+    } else {
+        for (i, &x) in v.iter().enumerate() {
+            unsafe { dst.add(i).write_volatile(x) };
+        }
+    }
+}
+
 /// `out[t][r] = sum_c w[r][c] * x[t][c]` for `n_tokens` rows of `x` (row-major, `cols` wide) and
 /// `out` (row-major, `w.rows` wide). `xq` is scratch with room for the quantized activations.
 pub fn matmul(
@@ -78,31 +98,17 @@ pub fn matmul(
     pool.for_ranges(rows.div_ceil(ROW_GROUP), &|groups| {
         let r0 = groups.start * ROW_GROUP;
         let r1 = (groups.end * ROW_GROUP).min(rows);
-        let mut store = |t: usize, r: usize, vals: &[f32]| {
+        let mut store = |t0: usize, r: usize, width: usize, vals: &[f32]| {
+            let n_t = vals.len() / width.max(1);
             assert!(
-                t < n_tokens && r0 + r + vals.len() <= r1,
+                t0 + n_t <= n_tokens && r0 + r + width <= r1,
                 "gemm output out of range"
             );
-            // SAFETY: t < n_tokens and r0 + r + vals.len() <= r1 <= rows (just checked), so the
-            // destination lies inside `out` (n_tokens * rows); threads own disjoint row ranges.
-            unsafe {
-                let dst = out_ptr.get().add(t * rows + r0 + r);
-                // A whole row group as one fixed-size copy: a variable-length copy of 8 floats
-                // becomes a call to memcpy, a few % of a prefill. (The volatile writes of a
-                // short final group keep LLVM from merging both paths back into that call.)
-                // (The AVX-512 matrix kernels hand over 16 rows at once.)
-                if let Ok(group) = <&[f32; 2 * ROW_GROUP]>::try_from(vals) {
-                    dst.cast::<[f32; 2 * ROW_GROUP]>().write_unaligned(*group);
-                    return;
-                }
-                match <&[f32; ROW_GROUP]>::try_from(vals) {
-                    Ok(group) => dst.cast::<[f32; ROW_GROUP]>().write_unaligned(*group),
-                    Err(_) => {
-                        for (i, &v) in vals.iter().enumerate() {
-                            dst.add(i).write_volatile(v);
-                        }
-                    }
-                }
+            for (k, v) in vals.chunks_exact(width).enumerate() {
+                // SAFETY: t0 + k < n_tokens and r0 + r + width <= r1 <= rows (checked above),
+                // so the destination lies inside `out` (n_tokens * rows); threads own disjoint
+                // row ranges.
+                unsafe { store_row(out_ptr.get().add((t0 + k) * rows + r0 + r), v) };
             }
         };
         quant::gemm(

@@ -1,8 +1,15 @@
 //! A persistent worker pool: threads are spawned once and woken for each parallel op, so the
 //! decode loop neither spawns threads nor allocates.
+//!
+//! A decode step runs a few hundred short parallel ops back to back. Handing each one over
+//! through a condition variable alone cost a futex wake-up on the critical path twice per op
+//! (the workers waking for the job, the caller waking when they finish). Both sides now first
+//! spin on an atomic for a bounded time ([`SPIN`], tens of microseconds: longer than the gap
+//! between two ops of a step, short enough not to matter to other processes when idle), and
+//! only then park on the condition variable.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -14,18 +21,55 @@ struct JobPtr(*const Job);
 // SAFETY: the pointee is `Sync` and outlives every use (see `ThreadPool::run`).
 unsafe impl Send for JobPtr {}
 
-struct State {
-    job: Option<JobPtr>,
-    generation: u64,
-    pending: usize,
-    shutdown: bool,
-}
+/// Iterations of the spin-wait before parking (a `spin_loop` hint each, ~10-50 ns).
+const SPIN: u32 = 2000;
 
 struct Shared {
-    state: Mutex<State>,
+    /// The current job; set before `generation` is bumped, cleared after `pending` reaches 0.
+    job: Mutex<Option<JobPtr>>,
+    /// Bumped once per `run` (under `lock`, so a worker about to park cannot miss it).
+    generation: AtomicU64,
+    /// Workers still running the current job.
+    pending: AtomicUsize,
+    shutdown: AtomicBool,
+    /// Threads parked (or about to park) on `work` or `done`: notifications are skipped when 0.
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
     work: Condvar,
     done: Condvar,
     panicked: AtomicBool,
+}
+
+impl Shared {
+    /// Spins until `ready()`, then parks on `cv` until it holds.
+    fn wait_until(&self, cv: &Condvar, ready: impl Fn() -> bool) {
+        for _ in 0..SPIN {
+            if ready() {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        while !ready() {
+            guard = cv.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wakes the threads parked on `cv`, if any. The caller changed what they wait for first.
+    fn wake(&self, cv: &Condvar, all: bool) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            // Taking the lock orders this after a parker's check of its condition (made under
+            // the lock), so the wake-up cannot fall between its check and its wait.
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            if all {
+                cv.notify_all();
+            } else {
+                cv.notify_one();
+            }
+        }
+    }
 }
 
 pub struct ThreadPool {
@@ -40,12 +84,12 @@ impl ThreadPool {
     pub fn new(n_threads: usize) -> Self {
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                job: None,
-                generation: 0,
-                pending: 0,
-                shutdown: false,
-            }),
+            job: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
             work: Condvar::new(),
             done: Condvar::new(),
             panicked: AtomicBool::new(false),
@@ -79,27 +123,24 @@ impl ThreadPool {
             return;
         }
         let _guard = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let sh = &*self.shared;
         // SAFETY: erase the lifetime; we wait below until no worker holds the pointer.
         let ptr: *const Job =
             unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static Job>(job) };
+        *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(JobPtr(ptr));
+        sh.pending.store(n - 1, Ordering::SeqCst);
         {
-            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.job = Some(JobPtr(ptr));
-            st.generation = st.generation.wrapping_add(1);
-            st.pending = n - 1;
+            let _g = sh.lock.lock().unwrap_or_else(|e| e.into_inner());
+            sh.generation.fetch_add(1, Ordering::SeqCst);
         }
-        self.shared.work.notify_all();
+        sh.wake(&sh.work, true);
         let mine = catch_unwind(AssertUnwindSafe(|| job(0, n)));
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        while st.pending > 0 {
-            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        st.job = None;
-        drop(st);
+        sh.wait_until(&sh.done, || sh.pending.load(Ordering::SeqCst) == 0);
+        *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
         }
-        if self.shared.panicked.swap(false, Ordering::SeqCst) {
+        if sh.panicked.swap(false, Ordering::SeqCst) {
             panic!("a worker thread panicked");
         }
     }
@@ -124,31 +165,26 @@ pub fn split_range(n: usize, tid: usize, nth: usize) -> std::ops::Range<usize> {
     start..start + len
 }
 
-fn worker_loop(shared: &Shared, tid: usize, n_threads: usize) {
+fn worker_loop(sh: &Shared, tid: usize, n_threads: usize) {
     let mut seen = 0u64;
     loop {
-        let job = {
-            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            while st.generation == seen && !st.shutdown {
-                st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-            if st.shutdown {
-                return;
-            }
-            seen = st.generation;
-            st.job
-        };
+        sh.wait_until(&sh.work, || {
+            sh.generation.load(Ordering::SeqCst) != seen || sh.shutdown.load(Ordering::SeqCst)
+        });
+        if sh.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        seen = sh.generation.load(Ordering::SeqCst);
+        let job = *sh.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(JobPtr(ptr)) = job {
             // SAFETY: `run` keeps the job alive until `pending` reaches zero.
             let f = unsafe { &*ptr };
             if catch_unwind(AssertUnwindSafe(|| f(tid, n_threads))).is_err() {
-                shared.panicked.store(true, Ordering::SeqCst);
+                sh.panicked.store(true, Ordering::SeqCst);
             }
         }
-        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.pending -= 1;
-        if st.pending == 0 {
-            shared.done.notify_one();
+        if sh.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            sh.wake(&sh.done, false);
         }
     }
 }
@@ -156,10 +192,13 @@ fn worker_loop(shared: &Shared, tid: usize, n_threads: usize) {
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         {
-            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.shutdown = true;
+            let _g = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.shutdown.store(true, Ordering::SeqCst);
         }
-        self.shared.work.notify_all();
+        {
+            let _g = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.work.notify_all();
+        }
         for w in self.workers.drain(..) {
             let _ = w.join();
         }

@@ -40,7 +40,7 @@ use super::super::k_quants::{BlockQ4K, BlockQ6K};
 use super::super::q5::BlockQ5_0;
 use super::super::q8::{BlockQ8K, BlockQ8_0};
 use super::super::simd_common::k4_scales_mins;
-use super::super::{as_blocks, f16_to_f32, Block};
+use super::super::{as_blocks, f16_to_f32, Block, GemmOut};
 use super::{dot16, fifth_bits, ld_i16_bytes, ld_i8, ld_u8, nibbles, signed};
 use crate::gguf::GgmlType;
 
@@ -69,7 +69,7 @@ pub(in super::super) fn gemm(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) -> bool {
     gemm_impl::<false>(ty, rb, w, qrb, act, arb, n_tok, out)
 }
@@ -85,7 +85,7 @@ pub(in super::super) fn gemm_dotprod(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) -> bool {
     gemm_impl::<true>(ty, rb, w, qrb, act, arb, n_tok, out)
 }
@@ -101,7 +101,7 @@ fn gemm_impl<const SDOT: bool>(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) -> bool {
     let m = Mat {
         w,
@@ -157,7 +157,7 @@ trait Kind {
 /// The blocking around the register tiles (see the module docs). False (nothing done) when the
 /// sizes do not describe whole blocks with the side data the tile needs.
 #[inline]
-fn run<K: Kind, const SDOT: bool>(m: Mat, out: &mut dyn FnMut(usize, usize, &[f32])) -> bool {
+fn run<K: Kind, const SDOT: bool>(m: Mat, out: &mut GemmOut) -> bool {
     let (wb, ab) = (size_of::<K::W>(), size_of::<K::A>());
     if m.rb == 0 || !m.rb.is_multiple_of(wb) {
         return false;
@@ -222,7 +222,7 @@ fn run<K: Kind, const SDOT: bool>(m: Mat, out: &mut dyn FnMut(usize, usize, &[f3
                 }
             }
             for (t, v) in buf[..tn].iter().enumerate() {
-                out(t0 + t, r0, &v[..rn]);
+                out(t0 + t, r0, rn, &v[..rn]);
             }
         }
     }

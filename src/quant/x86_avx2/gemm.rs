@@ -1,5 +1,6 @@
-//! Matrix products for the weight types of the real models (Q4_K, Q6_K, Q5_0) on AVX2: many
-//! weight rows against many activation rows, and the 8-row kernels decode and `vec_dot` use.
+//! Matrix products on AVX2 for the weight types of the real models (Q4_K, Q6_K, Q5_0, Q8_0) and
+//! the other 32-element formats (Q4_0, Q4_1, Q5_1): many weight rows against many activation
+//! rows, and the 8-row kernels decode and `vec_dot` use.
 //!
 //! # The arithmetic every path shares
 //!
@@ -10,7 +11,8 @@
 //! - Q6_K: `acc = fma(d_w·d_a, float(Σ_h sc_h·Σ q·y − 32·Σ_h sc_h·bsum_h), acc)` (q in 0..=63,
 //!   `bsum_h` the activation's sum over sub-block `h`, which the quantizer stores);
 //! - Q4_K: `acc = fma(d_a·d, float(Σ_j sc_j·Σ q·y), acc)`, `accm = fma(d_a·dmin,
-//!   float(Σ_j mn_j·bsum_j), accm)`, result `acc − accm`.
+//!   float(Σ_j mn_j·bsum_j), accm)`, result `acc − accm`;
+//! - Q8_0, Q4_0, Q4_1, Q5_1: per lane, as their `vec_dot`s (see the section on them below).
 //!
 //! Integer sums are exact in any order, so a kernel is free to lay the work out as it likes;
 //! the float chain is the same in all of them, so the matrix kernel, the 8-row kernel and the
@@ -32,11 +34,15 @@ use std::arch::x86_64::*;
 use std::mem::size_of;
 
 use super::super::k_quants::{BlockQ4K, BlockQ6K};
-use super::super::q5::BlockQ5_0;
-use super::super::q8::{BlockQ8K, BlockQ8_0};
+use super::super::q4::{BlockQ4_0, BlockQ4_1};
+use super::super::q5::{BlockQ5_0, BlockQ5_1};
+use super::super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::super::simd_common::k4_scales_mins;
-use super::super::{as_blocks, QK};
-use super::{bits_set_32, f16_to_f32, load128, load256, mul_small_i8, nibbles_32, sum_i16_pairs};
+use super::super::{as_blocks, GemmOut, QK};
+use super::{
+    bits_set_32, f16_to_f32, fifth_bits_32, load128, load256, mul_small_i8, nibbles_32,
+    sum_i16_pairs,
+};
 use crate::gguf::{GgmlType, QK_K};
 
 /// Weight rows per panel group and per decode group: the 8 i32 lanes of a vector.
@@ -45,14 +51,26 @@ const MR: usize = 8;
 const NR: usize = 4;
 /// Activation rows whose accumulators stay live while a row group's panels stream by.
 const TC: usize = 256;
-/// Fewest activation rows the panel kernels take.
+/// How far ahead of the row being computed the row kernels prefetch, in bytes.
+const PREFETCH_AHEAD: usize = 4096;
+/// Fewest activation rows the panel kernels take (the 32-element formats' packing is cheaper,
+/// see [`min_tokens`]).
 const MIN_TOKENS: usize = 4;
+
+/// Fewest activation rows the matrix kernel of `ty` takes; fewer go through the row kernels.
+fn min_tokens(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_1 => 2,
+        _ => MIN_TOKENS,
+    }
+}
 /// Bytes of panel a chunk of blocks may fill (on the stack, meant to stay in L1).
 const PANEL_BYTES: usize = 32 * 1024;
 
 /// The weight types with kernels here.
 fn has_gemm(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::Q5_0)
+    use GgmlType::*;
+    matches!(ty, Q4_K | Q6_K | Q5_0 | Q8_0 | Q4_0 | Q4_1 | Q5_1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,6 +558,20 @@ fn aux_of(aux: &[u8], b: usize) -> (f32, i32) {
     )
 }
 
+/// Block `b` of a Q8_0 activation row with its side data: (quants, d, unused).
+#[inline(always)]
+fn q8_0_act<'a>(row: &'a [u8], aux: &[u8], b: usize) -> (&'a [i8; 32], f32, f32) {
+    (&as_blocks::<BlockQ8_0>(row)[b].qs, aux_of(aux, b).0, 0.0)
+}
+
+/// Block `b` of a Q8_1 activation row: (quants, d, s).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q8_1_act(row: &[u8], b: usize) -> (&[i8; 32], f32, f32) {
+    let y = &as_blocks::<BlockQ8_1>(row)[b];
+    (&y.qs, f16_to_f32(y.d), f16_to_f32(y.s))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn tile_q5_0(
     panel: &[PanelQ5_0],
@@ -590,6 +622,38 @@ fn q5_0_block_lanes(x: &BlockQ5_0, y: &BlockQ8_0) -> __m256i {
     sum_i16_pairs(mul_small_i8(q, load256(&y.qs)))
 }
 
+/// A Q5_0 block's 32 quants, 0..=31, element order, with the 16 nibble bytes and the 4 high-bit
+/// bytes broadcast from memory (load ports) and split by a per-lane variable shift, so that the
+/// only shuffle-port operation is the byte spread of the high bits. (The decode kernel is
+/// bound by that port.)
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q5_0_quants_lean(x: &BlockQ5_0) -> __m256i {
+    // SAFETY: `x.qs` is 16 readable bytes, `x.qh` 4; broadcasts have no alignment requirement.
+    let (qs, qh) = unsafe {
+        (
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(x.qs.as_ptr().cast())),
+            _mm256_castps_si256(_mm256_broadcast_ss(&*x.qh.as_ptr().cast::<f32>())),
+        )
+    };
+    // Low lane: low nibbles (elements 0..16); high lane: high nibbles (16..32).
+    let nib = _mm256_and_si256(
+        _mm256_srlv_epi32(qs, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+        _mm256_set1_epi8(0x0F),
+    );
+    // Byte i takes byte i / 8 of qh, then tests bit i % 8.
+    let spread = _mm256_shuffle_epi8(
+        qh,
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
     let mut acc = 0f32;
@@ -602,23 +666,255 @@ pub(super) fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot8_q5_0(w: [&[BlockQ5_0]; 8], a: &[BlockQ8_0]) -> [f32; 8] {
+    let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
     for (i, y) in a.iter().enumerate() {
+        let yv = load256(&y.qs);
+        // 16·(the activations' sums over each lane's 4 elements), subtracted from every row's
+        // lanes: Σ (q − 16)·y = Σ q·y − 16·Σ y, with q in 0..=31 (pairs ≤ 2·31·128 in i16).
+        let y16 = _mm256_slli_epi32::<4>(_mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_set1_epi8(1), yv),
+            ones,
+        ));
         let mut s = [_mm256_setzero_si256(); 8];
-        let mut h = [0u16; 8];
         for r in 0..8 {
-            let x = &w[r][i];
-            s[r] = q5_0_block_lanes(x, y);
-            h[r] = u16::from_le_bytes(x.d);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q5_0_quants_lean(&w[r][i]), yv), ones);
+            s[r] = _mm256_sub_epi32(p, y16);
         }
-        // SAFETY: `h` is 8 readable u16 (16 bytes); no alignment needed.
-        let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) });
+        // The 8 rows' f16 scales, put together in general registers (inserting them one by one
+        // into a vector took ~16 shuffle-port operations per block, this kernel's bottleneck).
+        let h = |r: usize| u16::from_le_bytes(w[r][i].d) as u64;
+        let lo = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
+        let hi = h(4) | h(5) << 16 | h(6) << 32 | h(7) << 48;
+        let d = _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64));
         let sumi = _mm256_cvtepi32_ps(reduce8(&s));
         acc = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(f16_to_f32(y.d))), sumi, acc);
     }
     let mut out = [0f32; 8];
     st_ps(&mut out, acc);
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 32-element formats with lane sums: Q8_0, Q4_0 (against Q8_0), Q4_1, Q5_1 (against Q8_1).
+//
+// Their `vec_dot`s (in `x86_avx2.rs`) keep the float sums in lanes: block `b`'s 8 exact lane
+// integers are scaled into one of two vector accumulators, `b & 1` picking which, the two are
+// added and reduced at the end (`hsum_ps`), and Q4_1/Q5_1 add `Σ_b m·s` (one float chain in
+// block order). A lane holds 4 elements: for Q8_0 elements 2l, 2l + 1, 16 + 2l, 17 + 2l
+// ("halves"), for the nibble formats 4l..4l + 4 ("quads"). The matrix kernel keeps that layout
+// (K in lanes, two chains per pair of rows) and reuses instead each sign-extended weight block
+// across the activation rows, and each activation block across the 8 rows of the group.
+
+/// 8 rows × one 32-element block: each row's quants as two i16 vectors whose `madd` with the
+/// activations' (laid out alike, see [`lanes_i16`]) add up to `vec_dot`'s lane integers.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct PanelL32 {
+    q: [[[u8; 32]; 2]; MR],
+    d: [f32; 8],
+    /// Q4_1/Q5_1: each row's minimum `m`.
+    m: [f32; 8],
+}
+
+const ZERO_L32: PanelL32 = PanelL32 {
+    q: [[[0; 32]; 2]; MR],
+    d: [0.0; 8],
+    m: [0.0; 8],
+};
+
+/// One activation row's accumulators for a row group: `v[b & 1][r]` the lane accumulator of
+/// row `r` over the blocks `b` of that parity, `summs[r]` the `Σ m·s` chain.
+#[derive(Clone, Copy)]
+struct AccL32 {
+    v: [[[f32; 8]; MR]; 2],
+    summs: [f32; 8],
+}
+
+const ZERO_ACC_L32: AccL32 = AccL32 {
+    v: [[[0.0; 8]; MR]; 2],
+    summs: [0.0; 8],
+};
+
+/// Activation rows whose accumulators a row group keeps (in memory).
+const TL32: usize = 32;
+
+/// 32 quants (i8, element order) as two i16 vectors whose `madd`s with another block's (laid
+/// out alike) add up, in position `j`, to the integer of lane `LANE[j]` of `vec_dot`, where
+/// `LANE` is the identity for halves and `[0, 1, 4, 5, 2, 3, 6, 7]` for quads.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lanes_i16<const QUADS: bool>(v: __m256i) -> [__m256i; 2] {
+    let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
+    let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v));
+    if !QUADS {
+        return [lo, hi];
+    }
+    // Per 128-bit half, i32 units (element pairs): [lo0, lo2, hi0, hi2] and [lo1, lo3, hi1,
+    // hi3], so position j gets pairs 2j' and 2j' + 1 of one half: 4 consecutive elements.
+    let (lo, hi) = (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi));
+    [
+        _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(lo, hi)),
+        _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(lo, hi)),
+    ]
+}
+
+/// The 8 f16 values `h(0..8)` as f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16x8(h: impl Fn(usize) -> [u8; 2]) -> __m256 {
+    let h = |r: usize| u16::from_le_bytes(h(r)) as u64;
+    let lo = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
+    let hi = h(4) | h(5) << 16 | h(6) << 32 | h(7) << 48;
+    _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64))
+}
+
+/// Packs blocks `b0..b0 + out.len()` of 8 rows: `parts(block)` gives its 32 quants (i8,
+/// element order), `d` and `m`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pack_l32<B, const QUADS: bool>(
+    rows: [&[B]; 8],
+    b0: usize,
+    out: &mut [PanelL32],
+    parts: impl Fn(&B) -> (__m256i, [u8; 2], [u8; 2]),
+) {
+    for (i, p) in out.iter_mut().enumerate() {
+        for (r, q) in p.q.iter_mut().enumerate() {
+            let [lo, hi] = lanes_i16::<QUADS>(parts(&rows[r][b0 + i]).0);
+            st(&mut q[0], lo);
+            st(&mut q[1], hi);
+        }
+        st_ps(&mut p.d, f16x8(|r| parts(&rows[r][b0 + i]).1));
+        st_ps(&mut p.m, f16x8(|r| parts(&rows[r][b0 + i]).2));
+    }
+}
+
+/// Blocks `b0..b0 + panel.len()` of 8 rows against one activation row, `act(b)` giving block
+/// `b`'s 32 quants, `d` and `s` (Q8_1's sum; read only when `MIN`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn tile_l32<'a, const QUADS: bool, const MIN: bool>(
+    panel: &[PanelL32],
+    b0: usize,
+    act: impl Fn(usize) -> (&'a [i8; 32], f32, f32),
+    acc: &mut AccL32,
+) {
+    // One parity at a time: 8 accumulators live instead of 16.
+    for (parity, acc) in acc.v.iter_mut().enumerate() {
+        let mut a: [__m256; MR] = std::array::from_fn(|r| ld_ps(&acc[r]));
+        let mut i = (parity ^ (b0 & 1)) & 1;
+        while i < panel.len() {
+            let p = &panel[i];
+            let (yq, dy, _) = act(b0 + i);
+            // SAFETY: `yq` is 32 readable bytes; no alignment needed.
+            let [y0, y1] = lanes_i16::<QUADS>(unsafe { _mm256_loadu_si256(yq.as_ptr().cast()) });
+            // d_w·d_a of each row, as `vec_dot`'s scalar product.
+            let mut d = [0f32; 8];
+            st_ps(&mut d, _mm256_mul_ps(ld_ps(&p.d), _mm256_set1_ps(dy)));
+            for r in 0..MR {
+                let s = _mm256_add_epi32(
+                    _mm256_madd_epi16(ld(&p.q[r][0]), y0),
+                    _mm256_madd_epi16(ld(&p.q[r][1]), y1),
+                );
+                a[r] = _mm256_fmadd_ps(_mm256_set1_ps(d[r]), _mm256_cvtepi32_ps(s), a[r]);
+            }
+            i += 2;
+        }
+        for (dst, v) in acc.iter_mut().zip(a) {
+            st_ps(dst, v);
+        }
+    }
+    if MIN {
+        // Σ m·s, rows in lanes, in block order.
+        let mut summs = ld_ps(&acc.summs);
+        for (i, p) in panel.iter().enumerate() {
+            let s = act(b0 + i).2;
+            summs = _mm256_add_ps(summs, _mm256_mul_ps(ld_ps(&p.m), _mm256_set1_ps(s)));
+        }
+        st_ps(&mut acc.summs, summs);
+    }
+}
+
+/// The 8 rows' results from their accumulators: `hsum_ps(acc0 + acc1)` of `vec_dot` for each
+/// (plus `summs` when `MIN`), done on the transposed vectors with the same additions.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn finish_l32<const QUADS: bool, const MIN: bool>(acc: &AccL32) -> [f32; 8] {
+    let v: [__m256i; 8] = std::array::from_fn(|r| {
+        _mm256_castps_si256(_mm256_add_ps(ld_ps(&acc.v[0][r]), ld_ps(&acc.v[1][r])))
+    });
+    // Lane r of t[j] = position j of row r's vector; l(k) = `vec_dot`'s lane k.
+    let t = transpose8(v).map(|x| _mm256_castsi256_ps(x));
+    let l = |k: usize| {
+        t[if QUADS {
+            [0, 1, 4, 5, 2, 3, 6, 7][k]
+        } else {
+            k
+        }]
+    };
+    // hsum_ps: s_k = l_k + l_(k+4); (s_0 + s_2) + (s_1 + s_3).
+    let s: [__m256; 4] = std::array::from_fn(|k| _mm256_add_ps(l(k), l(k + 4)));
+    let mut sum = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+    if MIN {
+        sum = _mm256_add_ps(sum, ld_ps(&acc.summs));
+    }
+    let mut out = [0f32; 8];
+    st_ps(&mut out, sum);
+    out
+}
+
+/// The matrix product of a 32-element format: for each group of 8 weight rows, each tile of
+/// [`TL32`] activation rows, each chunk of blocks: pack the panel (once per group when the row
+/// fits one chunk), then run every activation row of the tile over it.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn gemm_l32<'a, B: super::super::Block, const QUADS: bool, const MIN: bool>(
+    w: &[u8],
+    rb: usize,
+    nrows: usize,
+    n_tok: usize,
+    out: &mut GemmOut,
+    parts: impl Fn(&B) -> (__m256i, [u8; 2], [u8; 2]),
+    act: impl Fn(usize, usize) -> (&'a [i8; 32], f32, f32),
+) {
+    const CHUNK: usize = PANEL_BYTES / size_of::<PanelL32>();
+    let nb = rb / size_of::<B>();
+    let mut panel = [ZERO_L32; CHUNK];
+    let mut acc = [ZERO_ACC_L32; TL32];
+    let mut vals = [0f32; TL32 * MR];
+    let one_chunk = nb <= CHUNK;
+    for g0 in (0..nrows).step_by(MR) {
+        // The next group's rows (the bytes right after these) while this one computes.
+        if let Some(next) = w.get((g0 + MR) * rb..) {
+            for line in next.iter().take(MR * rb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
+            }
+        }
+        let rows = MR.min(nrows - g0);
+        let group = group_rows::<B>(w, rb, nrows, g0);
+        if one_chunk {
+            pack_l32::<B, QUADS>(group, 0, &mut panel[..nb], &parts);
+        }
+        for t0 in (0..n_tok).step_by(TL32) {
+            let tn = TL32.min(n_tok - t0);
+            acc[..tn].iter_mut().for_each(|a| *a = ZERO_ACC_L32);
+            for b0 in (0..nb).step_by(CHUNK) {
+                let bn = CHUNK.min(nb - b0);
+                if !one_chunk {
+                    pack_l32::<B, QUADS>(group, b0, &mut panel[..bn], &parts);
+                }
+                for (t, a) in acc[..tn].iter_mut().enumerate() {
+                    tile_l32::<QUADS, MIN>(&panel[..bn], b0, |b| act(t0 + t, b), a);
+                }
+            }
+            for (v, a) in vals.chunks_exact_mut(rows).zip(&acc[..tn]) {
+                v.copy_from_slice(&finish_l32::<QUADS, MIN>(a)[..rows]);
+            }
+            out(t0, g0, rows, &vals[..tn * rows]);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -676,7 +972,17 @@ fn one_by_one<B: super::super::Block, A: super::super::Block>(
     one: impl Fn(&[B], &[A]) -> f32,
 ) {
     let a = as_blocks::<A>(act);
-    for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
+    let rb = rb.max(1);
+    for (i, (o, r)) in out.iter_mut().zip(w.chunks_exact(rb)).enumerate() {
+        // Fetch the bytes PREFETCH_AHEAD past this row while it computes: the hardware
+        // prefetcher alone does not run far enough ahead to hide DRAM latency at this compute
+        // rate (from DRAM, one thread, 1536-wide rows: Q4_K ~12 -> ~20, Q6_K ~6.5 -> ~11 MAC/ns).
+        let ahead = i * rb + PREFETCH_AHEAD;
+        if let Some(next) = w.get(ahead..(ahead + rb).min(w.len())) {
+            for line in next.iter().step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
+            }
+        }
         *o = one(as_blocks(r), a);
     }
 }
@@ -704,8 +1010,8 @@ pub(super) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut 
 }
 
 /// The matrix product for the types of this module (see [`super::super::gemm`]): the weight
-/// rows of `w` (`rb` bytes each) against `n_tok` activation rows of `arb` bytes (quantized row,
-/// then the side data of [`act_aux_bytes`]), results handed to `out(token, first_row, values)`.
+/// rows of `w` (`rb` bytes each) against `n_tok` activation rows of `arb` bytes (quantized row
+/// of `qrb` bytes, then side data), results handed to `out` (see [`GemmOut`]).
 /// Returns false (having done nothing) for other types.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -717,11 +1023,11 @@ pub(super) fn gemm(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) -> bool {
     // Below a few activation rows, packing costs more than it saves: the 8-row kernels of
     // `dot_rows` (through the generic path) do those.
-    if !has_gemm(ty) || rb == 0 || n_tok < MIN_TOKENS {
+    if !has_gemm(ty) || rb == 0 || n_tok < min_tokens(ty) {
         return false;
     }
     let nrows = w.len() / rb;
@@ -760,6 +1066,51 @@ pub(super) fn gemm(
             |g0, b0, p| pack_q5_0(group_rows(w, rb, nrows, g0), b0, p),
             |p, b0, ts, acc| tile_q5_0(p, b0, ts.map(|t| (as_blocks(act_row(t)), aux_row(t))), acc),
         ),
+        GgmlType::Q8_0 => gemm_l32::<BlockQ8_0, false, false>(
+            w,
+            rb,
+            nrows,
+            n_tok,
+            out,
+            |x| (load256(&x.qs), x.d, [0; 2]),
+            |t, b| q8_0_act(act_row(t), aux_row(t), b),
+        ),
+        GgmlType::Q4_0 => gemm_l32::<BlockQ4_0, true, false>(
+            w,
+            rb,
+            nrows,
+            n_tok,
+            out,
+            |x| {
+                let q = _mm256_sub_epi8(nibbles_32(&x.qs), _mm256_set1_epi8(8));
+                (q, x.d, [0; 2])
+            },
+            |t, b| q8_0_act(act_row(t), aux_row(t), b),
+        ),
+        GgmlType::Q4_1 => gemm_l32::<BlockQ4_1, true, true>(
+            w,
+            rb,
+            nrows,
+            n_tok,
+            out,
+            |x| (nibbles_32(&x.qs), x.d, x.m),
+            |t, b| q8_1_act(act_row(t), b),
+        ),
+        GgmlType::Q5_1 => gemm_l32::<BlockQ5_1, true, true>(
+            w,
+            rb,
+            nrows,
+            n_tok,
+            out,
+            |x| {
+                (
+                    _mm256_or_si256(nibbles_32(&x.qs), fifth_bits_32(x.qh)),
+                    x.d,
+                    x.m,
+                )
+            },
+            |t, b| q8_1_act(act_row(t), b),
+        ),
         _ => return false,
     }
     true
@@ -774,7 +1125,7 @@ fn panels<P: Copy, const CHUNK: usize>(
     n_blocks: usize,
     nrows: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
     zero: P,
     pack: impl Fn(usize, usize, &mut [P]),
     tile: impl Fn(&[P], usize, [usize; NR], &mut [[[f32; 8]; 2]]),
@@ -783,6 +1134,8 @@ fn panels<P: Copy, const CHUNK: usize>(
     // Accumulators of the chunk's activation rows, plus room for the padding rows of a short
     // final tile (which repeat the last row and whose results are dropped).
     let mut acc = [[[0f32; 8]; 2]; TC + NR];
+    // A row group's results for the chunk's activation rows, handed out in one call.
+    let mut vals = [0f32; TC * MR];
     for t0 in (0..n_tok).step_by(TC) {
         let tn = TC.min(n_tok - t0);
         for g0 in (0..nrows).step_by(MR) {
@@ -796,10 +1149,12 @@ fn panels<P: Copy, const CHUNK: usize>(
                 }
             }
             let rows = MR.min(nrows - g0);
-            for (t, a) in acc[..tn].iter().enumerate() {
-                let v: [f32; 8] = std::array::from_fn(|r| a[0][r] - a[1][r]);
-                out(t0 + t, g0, &v[..rows]);
+            for (v, a) in vals.chunks_exact_mut(rows).zip(&acc[..tn]) {
+                for (r, x) in v.iter_mut().enumerate() {
+                    *x = a[0][r] - a[1][r];
+                }
             }
+            out(t0, g0, rows, &vals[..tn * rows]);
         }
     }
 }

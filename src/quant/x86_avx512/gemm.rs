@@ -17,7 +17,7 @@ use super::super::k_quants::{BlockQ4K, BlockQ6K};
 use super::super::q5::BlockQ5_0;
 use super::super::q8::{BlockQ8K, BlockQ8_0};
 use super::super::simd_common::k4_scales_mins;
-use super::super::{as_blocks, Block, QK};
+use super::super::{as_blocks, Block, GemmOut, QK};
 use super::{q4k_quants64, q5_0_quants, q6k_quants64};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -431,7 +431,7 @@ pub(super) fn gemm(
     act: &[u8],
     arb: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
 ) -> bool {
     if rb == 0 || n_tok < MIN_TOKENS {
         return false;
@@ -492,7 +492,7 @@ fn panels<P: Copy, const CHUNK: usize>(
     n_blocks: usize,
     nrows: usize,
     n_tok: usize,
-    out: &mut dyn FnMut(usize, usize, &[f32]),
+    out: &mut GemmOut,
     zero: P,
     mins: bool,
     pack: impl Fn(usize, usize, &mut [P]),
@@ -518,9 +518,9 @@ fn panels<P: Copy, const CHUNK: usize>(
             for (t, a) in acc[..tn].iter().enumerate() {
                 if mins {
                     let v: [f32; MR] = std::array::from_fn(|r| a[0][r] - a[1][r]);
-                    out(t0 + t, g0, &v[..rows]);
+                    out(t0 + t, g0, rows, &v[..rows]);
                 } else {
-                    out(t0 + t, g0, &a[0][..rows]);
+                    out(t0 + t, g0, rows, &a[0][..rows]);
                 }
             }
         }
