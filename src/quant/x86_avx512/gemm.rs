@@ -171,7 +171,13 @@ fn pack_q4k(rows: [&[BlockQ4K]; MR], b0: usize, out: &mut [PanelQ4K]) {
     for (i, p) in out.iter_mut().enumerate() {
         let blocks: [&BlockQ4K; MR] = std::array::from_fn(|r| &rows[r][b0 + i]);
         for (c, groups) in p.q.chunks_exact_mut(16).enumerate() {
-            store_transposed(std::array::from_fn(|r| q4k_quants64(blocks[r], c)), groups);
+            // A loop, not `array::from_fn`: a closure does not inherit this function's target
+            // features, so the per-row unpacking became an out-of-line call (5% of a batch).
+            let mut v = [_mm512_setzero_si512(); MR];
+            for (v, x) in v.iter_mut().zip(blocks) {
+                *v = q4k_quants64(x, c);
+            }
+            store_transposed(v, groups);
         }
         for (r, x) in blocks.iter().enumerate() {
             let (s, m) = k4_scales_mins(&x.scales);
@@ -192,10 +198,15 @@ fn pack_q4k(rows: [&[BlockQ4K]; MR], b0: usize, out: &mut [PanelQ4K]) {
 /// Accumulates blocks `b0..b0 + panel.len()` of 16 rows against `NR` activation rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn tile_q4k(panel: &[PanelQ4K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [Acc]) {
-    let mut a0: [__m512; NR] = std::array::from_fn(|t| ld_ps(&acc[t][0]));
-    let mut a1: [__m512; NR] = std::array::from_fn(|t| ld_ps(&acc[t][1]));
+    let (mut a0, mut a1) = ([_mm512_setzero_ps(); NR], [_mm512_setzero_ps(); NR]);
+    for t in 0..NR {
+        (a0[t], a1[t]) = (ld_ps(&acc[t][0]), ld_ps(&acc[t][1]));
+    }
     for (i, p) in panel.iter().enumerate() {
-        let ys: [&BlockQ8K; NR] = std::array::from_fn(|t| &acts[t][b0 + i]);
+        let mut ys = [&acts[0][b0 + i]; NR];
+        for (y, a) in ys.iter_mut().zip(&acts) {
+            *y = &a[b0 + i];
+        }
         let mut sumi = [_mm512_setzero_si512(); NR];
         for j in 0..8 {
             // Two chains per activation row, groups 0..4 and 4..8 of the sub-block: each lane
@@ -262,7 +273,11 @@ fn pack_q6k(rows: [&[BlockQ6K]; MR], b0: usize, out: &mut [PanelQ6K]) {
     for (i, p) in out.iter_mut().enumerate() {
         let blocks: [&BlockQ6K; MR] = std::array::from_fn(|r| &rows[r][b0 + i]);
         for (c, groups) in p.q.chunks_exact_mut(16).enumerate() {
-            let v = std::array::from_fn(|r| q6k_quants64(blocks[r], c / 2, c % 2 == 1));
+            // A loop, not `array::from_fn` (see `pack_q4k`).
+            let mut v = [_mm512_setzero_si512(); MR];
+            for (v, x) in v.iter_mut().zip(blocks) {
+                *v = q6k_quants64(x, c / 2, c % 2 == 1);
+            }
             store_transposed(v, groups);
         }
         for (r, x) in blocks.iter().enumerate() {
@@ -279,9 +294,15 @@ fn pack_q6k(rows: [&[BlockQ6K]; MR], b0: usize, out: &mut [PanelQ6K]) {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn tile_q6k(panel: &[PanelQ6K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [Acc]) {
-    let mut a0: [__m512; NR] = std::array::from_fn(|t| ld_ps(&acc[t][0]));
+    let mut a0 = [_mm512_setzero_ps(); NR];
+    for t in 0..NR {
+        a0[t] = ld_ps(&acc[t][0]);
+    }
     for (i, p) in panel.iter().enumerate() {
-        let ys: [&BlockQ8K; NR] = std::array::from_fn(|t| &acts[t][b0 + i]);
+        let mut ys = [&acts[0][b0 + i]; NR];
+        for (y, a) in ys.iter_mut().zip(&acts) {
+            *y = &a[b0 + i];
+        }
         let mut sumi = [_mm512_setzero_si512(); NR];
         for hp in 0..8 {
             // Sub-blocks 2hp and 2hp + 1, one chain each per activation row: 16 products
@@ -347,10 +368,12 @@ fn pack_q5_0(rows: [&[BlockQ5_0]; MR], b0: usize, out: &mut [PanelQ5_0]) {
     let n = out.len();
     for i in (0..n).step_by(2) {
         let j = (i + 1).min(n - 1);
-        let v = std::array::from_fn(|r| {
-            let (x0, x1) = (&rows[r][b0 + i], &rows[r][b0 + j]);
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q5_0_quants(x0)), q5_0_quants(x1))
-        });
+        // A loop, not `array::from_fn` (see `pack_q4k`).
+        let mut v = [_mm512_setzero_si512(); MR];
+        for (v, row) in v.iter_mut().zip(rows) {
+            let (x0, x1) = (&row[b0 + i], &row[b0 + j]);
+            *v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q5_0_quants(x0)), q5_0_quants(x1));
+        }
         let tr = transpose16(v);
         for (o, v) in out[i].q.iter_mut().zip(&tr[..8]) {
             st(o, *v);
@@ -378,14 +401,24 @@ fn aux_of(aux: &[u8], b: usize) -> (f32, i32) {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn tile_q5_0(panel: &[PanelQ5_0], b0: usize, acts: [(&[BlockQ8_0], &[u8]); NR], acc: &mut [Acc]) {
-    let mut a0: [__m512; NR] = std::array::from_fn(|t| ld_ps(&acc[t][0]));
+    let mut a0 = [_mm512_setzero_ps(); NR];
+    for t in 0..NR {
+        a0[t] = ld_ps(&acc[t][0]);
+    }
     for (i, p) in panel.iter().enumerate() {
         let b = b0 + i;
-        let ys: [&BlockQ8_0; NR] = std::array::from_fn(|t| &acts[t].0[b]);
-        let aux: [(f32, i32); NR] = std::array::from_fn(|t| aux_of(acts[t].1, b));
+        // Loops, not `array::from_fn`: its closures stayed out-of-line calls (5% of a batch).
+        let mut ys = [&acts[0].0[b]; NR];
+        let mut aux = [(0f32, 0i32); NR];
+        for ((y, x), a) in ys.iter_mut().zip(&mut aux).zip(&acts) {
+            (*y, *x) = (&a.0[b], aux_of(a.1, b));
+        }
         // Σ (q − 16)·y = Σ q·y − 16·Σ y: one chain starts at −16·Σ y. Each lane: 32 products
         // ≤ 31·128 plus 16·32·128: far inside i32.
-        let mut sa: [__m512i; NR] = std::array::from_fn(|t| _mm512_set1_epi32(-16 * aux[t].1));
+        let mut sa = [_mm512_setzero_si512(); NR];
+        for (sa, aux) in sa.iter_mut().zip(&aux) {
+            *sa = _mm512_set1_epi32(-16 * aux.1);
+        }
         let mut sb = [_mm512_setzero_si512(); NR];
         for g in 0..4 {
             let wa = ld(&p.q[g]);
