@@ -1,6 +1,24 @@
 //! Scalar helpers shared by the SIMD builds: unpacking the packed 6-bit sub-block scales of the
 //! K-quants with a few word operations instead of a byte loop (the results are those of
-//! `k_quants::scale_min_k4` and `k_quants::q3_k_scales`; the parity tests cover them).
+//! `k_quants::scale_min_k4` and `k_quants::q3_k_scales`; the parity tests cover them), and
+//! cutting a matrix kernel's group of weight rows out of the row-major bytes.
+
+use super::{as_blocks, Block};
+
+/// Rows `g0..g0 + N` of `w` (`nrows` rows of `rb` bytes) as blocks, clamped to the last row: a
+/// short final group repeats its last row, whose extra results the matrix kernels drop.
+#[inline(always)]
+pub(super) fn group_rows<B: Block, const N: usize>(
+    w: &[u8],
+    rb: usize,
+    nrows: usize,
+    g0: usize,
+) -> [&[B]; N] {
+    std::array::from_fn(|r| {
+        let row = (g0 + r).min(nrows - 1);
+        as_blocks(&w[row * rb..(row + 1) * rb])
+    })
+}
 
 /// Little-endian u32 `i` of 12 packed scale bytes.
 #[inline(always)]

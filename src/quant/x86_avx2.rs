@@ -46,7 +46,7 @@ pub(super) fn detected() -> bool {
 /// The first 32 bytes of `s` (bytes or i8s).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load256<T: Byte>(s: &[T]) -> __m256i {
+pub(super) fn load256<T: Byte>(s: &[T]) -> __m256i {
     assert!(s.len() >= 32);
     // SAFETY: `s` has at least 32 one-byte elements; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
@@ -55,7 +55,7 @@ fn load256<T: Byte>(s: &[T]) -> __m256i {
 /// The first 16 bytes of `s`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load128<T: Byte>(s: &[T]) -> __m128i {
+pub(super) fn load128<T: Byte>(s: &[T]) -> __m128i {
     assert!(s.len() >= 16);
     // SAFETY: `s` has at least 16 one-byte elements; `loadu` has no alignment requirement.
     unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
@@ -90,14 +90,14 @@ fn store256<T: Byte>(d: &mut [T], v: __m256i) {
 }
 
 /// One-byte element types whose slices the loads above may read (`u8`, `i8`).
-trait Byte: Copy {}
+pub(super) trait Byte: Copy {}
 impl Byte for u8 {}
 impl Byte for i8 {}
 
 /// Little-endian f16 bytes to f32 (exact).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn f16_to_f32(h: [u8; 2]) -> f32 {
+pub(super) fn f16_to_f32(h: [u8; 2]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(
         _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
     ))
@@ -131,7 +131,7 @@ fn hsum_ps128(s: __m128) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn hsum_epi32(v: __m256i) -> i32 {
+pub(super) fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));

@@ -26,7 +26,7 @@ use super::k_quants::{BlockQ4K, BlockQ6K};
 use super::q5::BlockQ5_0;
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::simd_common::k4_scales_mins;
-use super::x86_avx2 as avx2;
+use super::x86_avx2::{self as avx2, f16_to_f32, hsum_epi32, load128, load256, Byte};
 use super::{as_blocks, GemmOut};
 use crate::gguf::GgmlType;
 
@@ -44,11 +44,6 @@ pub(super) fn detected() -> bool {
 // ---------------------------------------------------------------------------------------------
 // Loads and small helpers.
 
-/// One-byte element types whose slices the loads below may read (`u8`, `i8`).
-trait Byte: Copy {}
-impl Byte for u8 {}
-impl Byte for i8 {}
-
 /// The first 64 bytes of `s`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
@@ -58,55 +53,18 @@ fn ld512<T: Byte>(s: &[T]) -> __m512i {
     unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
 }
 
-/// The first 32 bytes of `s`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn ld256<T: Byte>(s: &[T]) -> __m256i {
-    assert!(s.len() >= 32);
-    // SAFETY: `s` has at least 32 one-byte elements; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
-}
-
-/// The first 16 bytes of `s`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn ld128<T: Byte>(s: &[T]) -> __m128i {
-    assert!(s.len() >= 16);
-    // SAFETY: `s` has at least 16 one-byte elements; `loadu` has no alignment requirement.
-    unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
-}
-
 /// The first 32 bytes of `s` in both 256-bit halves.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn bcast256<T: Byte>(s: &[T]) -> __m512i {
-    _mm512_broadcast_i64x4(ld256(s))
-}
-
-/// Little-endian f16 bytes to f32 (exact).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn f16_to_f32(h: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(
-        _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
-    ))
-}
-
-/// The sum of the 8 i32 lanes of `v`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn hsum256(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
+    _mm512_broadcast_i64x4(load256(s))
 }
 
 /// The sum of the 16 i32 lanes of `v`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn hsum512(v: __m512i) -> i32 {
-    hsum256(_mm256_add_epi32(
+    hsum_epi32(_mm256_add_epi32(
         _mm512_castsi512_si256(v),
         _mm512_extracti64x4_epi64::<1>(v),
     ))
@@ -298,7 +256,7 @@ fn q4k_block(x: &BlockQ4K, y: &BlockQ8K) -> (i32, i32) {
     // Minimums: Σ_j mn_j·(the sum of sub-block j's 32 activations); |bsum| ≤ 16·128, so the
     // pairwise sums fit i16.
     let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
-    let b = ld256(y.bsums.as_flattened());
+    let b = load256(y.bsums.as_flattened());
     let b32 = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
     let summ = _mm_madd_epi16(mins, b32);
     // Scale j in i32 lane j, as an i16 with a zero upper half (for `dpwssd`).
@@ -363,7 +321,7 @@ fn q6k_quants64(x: &BlockQ6K, h: usize, hi: bool) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn q6k_block(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
-    let scales = ld128(&x.scales);
+    let scales = load128(&x.scales);
     let sc16 = _mm256_cvtepi8_epi16(scales);
     // Scale h in i32 lane h as an i16 with a zero upper half (for `dpwssd`).
     let sc32 = _mm512_cvtepu16_epi32(sc16);
@@ -394,8 +352,8 @@ fn q6k_block(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
         sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_permutexvar_epi32(idx, sc32));
     }
     // The quants' offset: −32·Σ_h sc_h·bsum_h.
-    let off = _mm256_madd_epi16(sc16, ld256(y.bsums.as_flattened()));
-    hsum512(sumi) - 32 * hsum256(off)
+    let off = _mm256_madd_epi16(sc16, load256(y.bsums.as_flattened()));
+    hsum512(sumi) - 32 * hsum_epi32(off)
 }
 
 /// One Q6_K row against one activation row: the float chain of `x86_avx2::gemm`.
@@ -416,7 +374,7 @@ fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn q5_0_quants(x: &BlockQ5_0) -> __m256i {
-    let q = ld128(&x.qs);
+    let q = load128(&x.qs);
     let q = _mm256_and_si256(
         _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
         _mm256_set1_epi8(0x0F),
@@ -430,8 +388,8 @@ fn q5_0_quants(x: &BlockQ5_0) -> __m256i {
 #[inline]
 fn q5_0_quants2(x0: &BlockQ5_0, x1: &BlockQ5_0) -> __m512i {
     let q = _mm512_inserti64x4::<1>(
-        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(ld128(&x0.qs))),
-        _mm256_broadcastsi128_si256(ld128(&x1.qs)),
+        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(load128(&x0.qs))),
+        _mm256_broadcastsi128_si256(load128(&x1.qs)),
     );
     // Low nibbles (elements 0..16) in the first 128 bits of each half, high ones in the second.
     let q = _mm512_srlv_epi64(q, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));

@@ -39,7 +39,7 @@ use std::mem::size_of;
 use super::super::k_quants::{BlockQ4K, BlockQ6K};
 use super::super::q5::BlockQ5_0;
 use super::super::q8::{BlockQ8K, BlockQ8_0};
-use super::super::simd_common::k4_scales_mins;
+use super::super::simd_common::{group_rows, k4_scales_mins};
 use super::super::{as_blocks, f16_to_f32, Block, GemmOut};
 use super::{dot16, fifth_bits, ld_i16_bytes, ld_i8, ld_u8, nibbles, signed};
 use crate::gguf::GgmlType;
@@ -168,13 +168,8 @@ fn run<K: Kind, const SDOT: bool>(m: Mat, out: &mut GemmOut) -> bool {
         return false;
     }
     let nrows = m.w.len() / m.rb;
-    let rows = |first: usize| -> [&[K::W]; MR] {
-        std::array::from_fn(|i| {
-            // Past the last row (only in a 1-row tile, whose second entry is never used).
-            let r = (first + i).min(nrows - 1);
-            as_blocks(&m.w[r * m.rb..(r + 1) * m.rb])
-        })
-    };
+    // Past the last row (only in a 1-row tile, whose second entry is never used).
+    let rows = |first: usize| -> [&[K::W]; MR] { group_rows(m.w, m.rb, nrows, first) };
     let acts = |first: usize| -> [(&[K::A], &[u8]); NR] {
         std::array::from_fn(|i| {
             // Past the last activation row: never used (the tile takes the first `nt`).

@@ -37,10 +37,10 @@ use super::super::k_quants::{BlockQ4K, BlockQ6K};
 use super::super::q4::{BlockQ4_0, BlockQ4_1};
 use super::super::q5::{BlockQ5_0, BlockQ5_1};
 use super::super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::super::simd_common::k4_scales_mins;
+use super::super::simd_common::{group_rows, k4_scales_mins};
 use super::super::{as_blocks, GemmOut, QK};
 use super::{
-    bits_set_32, f16_to_f32, fifth_bits_32, load128, load256, mul_small_i8, nibbles_32,
+    bits_set_32, f16_to_f32, fifth_bits_32, hsum_epi32, load128, load256, mul_small_i8, nibbles_32,
     sum_i16_pairs,
 };
 use crate::gguf::{GgmlType, QK_K};
@@ -128,17 +128,6 @@ fn reduce8(v: &[__m256i; 8]) -> __m256i {
     let lo = _mm256_permute2x128_si256::<0x20>(b0, b1);
     let hi = _mm256_permute2x128_si256::<0x31>(b0, b1);
     _mm256_add_epi32(lo, hi)
-}
-
-/// The sum of the 8 lanes of `v`, with the same additions as one lane of [`reduce8`] (integer
-/// additions are exact, so any order gives the same value).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
 }
 
 /// Transposes 8×8 i32: lane `r` of output `g` is lane `g` of input `r`.
@@ -356,8 +345,8 @@ pub(super) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     let (mut acc, mut accm) = (0f32, 0f32);
     for (x, y) in w.iter().zip(a) {
         let (sumi, summ) = q4k_block_lanes(x, y);
-        acc = (y.d() * f16_to_f32(x.d)).mul_add(hsum_i32(sumi) as f32, acc);
-        accm = (y.d() * f16_to_f32(x.dmin)).mul_add(hsum_i32(summ) as f32, accm);
+        acc = (y.d() * f16_to_f32(x.d)).mul_add(hsum_epi32(sumi) as f32, acc);
+        accm = (y.d() * f16_to_f32(x.dmin)).mul_add(hsum_epi32(summ) as f32, accm);
     }
     acc - accm
 }
@@ -503,7 +492,7 @@ fn q6k_block_lanes(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
 pub(super) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let mut acc = 0f32;
     for (x, y) in w.iter().zip(a) {
-        let s = hsum_i32(q6k_block_lanes(x, y));
+        let s = hsum_epi32(q6k_block_lanes(x, y));
         acc = (f16_to_f32(x.d) * y.d()).mul_add(s as f32, acc);
     }
     acc
@@ -658,7 +647,7 @@ fn q5_0_quants_lean(x: &BlockQ5_0) -> __m256i {
 pub(super) fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
     let mut acc = 0f32;
     for (x, y) in w.iter().zip(a) {
-        let s = hsum_i32(q5_0_block_lanes(x, y));
+        let s = hsum_epi32(q5_0_block_lanes(x, y));
         acc = (f16_to_f32(x.d) * f16_to_f32(y.d)).mul_add(s as f32, acc);
     }
     acc
@@ -893,7 +882,7 @@ fn gemm_l32<'a, B: super::super::Block, const QUADS: bool, const MIN: bool>(
             }
         }
         let rows = MR.min(nrows - g0);
-        let group = group_rows::<B>(w, rb, nrows, g0);
+        let group = group_rows::<B, MR>(w, rb, nrows, g0);
         if one_chunk {
             pack_l32::<B, QUADS>(group, 0, &mut panel[..nb], &parts);
         }
@@ -919,15 +908,6 @@ fn gemm_l32<'a, B: super::super::Block, const QUADS: bool, const MIN: bool>(
 
 // ---------------------------------------------------------------------------------------------
 // Drivers.
-
-/// Rows `r` of `w` (rows of `rb` bytes), clamped to the last row: a short final group repeats
-/// its last row (whose extra results are dropped).
-fn group_rows<B: super::super::Block>(w: &[u8], rb: usize, nrows: usize, g0: usize) -> [&[B]; 8] {
-    std::array::from_fn(|r| {
-        let row = (g0 + r).min(nrows - 1);
-        as_blocks(&w[row * rb..(row + 1) * rb])
-    })
-}
 
 /// `out[r]` for rows `0..out.len()` of `w` against one activation row, 8 rows at a time; rows
 /// past the last whole group go through `one`. Returns through `out`.

@@ -16,8 +16,8 @@ use std::mem::size_of;
 use super::super::k_quants::{BlockQ4K, BlockQ6K};
 use super::super::q5::BlockQ5_0;
 use super::super::q8::{BlockQ8K, BlockQ8_0};
-use super::super::simd_common::k4_scales_mins;
-use super::super::{as_blocks, Block, GemmOut, QK};
+use super::super::simd_common::{group_rows, k4_scales_mins};
+use super::super::{as_blocks, GemmOut, QK};
 use super::{q4k_quants64, q5_0_quants, q6k_quants64};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -442,15 +442,6 @@ fn tile_q5_0(panel: &[PanelQ5_0], b0: usize, acts: [(&[BlockQ8_0], &[u8]); NR], 
 
 // ---------------------------------------------------------------------------------------------
 // Drivers.
-
-/// Rows `g0..g0 + 16` of `w` (rows of `rb` bytes), clamped to the last row: a short final group
-/// repeats its last row (whose extra results are dropped).
-fn group_rows<B: Block>(w: &[u8], rb: usize, nrows: usize, g0: usize) -> [&[B]; MR] {
-    std::array::from_fn(|r| {
-        let row = (g0 + r).min(nrows - 1);
-        as_blocks(&w[row * rb..(row + 1) * rb])
-    })
-}
 
 /// The matrix product for Q4_K, Q6_K and Q5_0 (see `Kernels::gemm`); false (nothing done) for
 /// other types and for fewer than [`MIN_TOKENS`] activation rows.
