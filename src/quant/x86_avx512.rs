@@ -126,8 +126,8 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
 pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     use GgmlType::*;
     match ty {
-        Q4_K => one_by_one(w, rb, act, out, |r, a| dot_q4_k(r, a)),
-        Q6_K => one_by_one(w, rb, act, out, |r, a| dot_q6_k(r, a)),
+        Q4_K => avx2::one_by_one(w, rb, act, out, |r, a| dot_q4_k(r, a)),
+        Q6_K => avx2::one_by_one(w, rb, act, out, |r, a| dot_q6_k(r, a)),
         Q5_0 => rows_by_16(
             w,
             rb,
@@ -185,22 +185,6 @@ pub(super) fn quantize_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
 // ---------------------------------------------------------------------------------------------
 // Row drivers.
 
-/// `out[r]` = `one(row r, act)`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn one_by_one<B: super::Block, A: super::Block>(
-    w: &[u8],
-    rb: usize,
-    act: &[u8],
-    out: &mut [f32],
-    one: impl Fn(&[B], &[A]) -> f32,
-) {
-    let a = as_blocks::<A>(act);
-    for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
-        *o = one(as_blocks(r), a);
-    }
-}
-
 /// `out[r]` for rows `0..out.len()` of `w` against one activation row, 16 rows at a time by
 /// `sixteen` (given the 16 rows' blocks back to back and the blocks per row); the rows after the
 /// last whole group go through `one` (given the row's bytes).
@@ -220,11 +204,7 @@ fn rows_by_16<B: super::Block, A: super::Block>(
     while g0 + 16 <= nrows {
         // Sixteen interleaved row streams defeat the hardware prefetcher: fetch the next group
         // (the bytes right after these rows) while this one computes.
-        if let Some(next) = w.get((g0 + 16) * rb..) {
-            for line in next.iter().take(16 * rb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
-            }
-        }
+        avx2::prefetch(w, (g0 + 16) * rb, 16 * rb);
         let rows = as_blocks::<B>(&w[g0 * rb..(g0 + 16) * rb]);
         out[g0..g0 + 16].copy_from_slice(&sixteen(rows, rb / size_of::<B>(), a));
         g0 += 16;

@@ -41,7 +41,7 @@ use super::super::simd_common::{group_rows, k4_scales_mins};
 use super::super::{as_blocks, GemmOut, QK};
 use super::{
     bits_set_32, f16_to_f32, fifth_bits_32, hsum_epi32, load128, load256, mul_small_i8, nibbles_32,
-    sum_i16_pairs,
+    prefetch, sum_i16_pairs, PREFETCH_AHEAD,
 };
 use crate::gguf::{GgmlType, QK_K};
 
@@ -51,8 +51,6 @@ const MR: usize = 8;
 const NR: usize = 4;
 /// Activation rows whose accumulators stay live while a row group's panels stream by.
 const TC: usize = 256;
-/// How far ahead of the row being computed the row kernels prefetch, in bytes.
-const PREFETCH_AHEAD: usize = 4096;
 /// Fewest activation rows the panel kernels take (the 32-element formats' packing is cheaper,
 /// see [`min_tokens`]).
 const MIN_TOKENS: usize = 4;
@@ -876,11 +874,7 @@ fn gemm_l32<'a, B: super::super::Block, const QUADS: bool, const MIN: bool>(
     let one_chunk = nb <= CHUNK;
     for g0 in (0..nrows).step_by(MR) {
         // The next group's rows (the bytes right after these) while this one computes.
-        if let Some(next) = w.get((g0 + MR) * rb..) {
-            for line in next.iter().take(MR * rb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
-            }
-        }
+        prefetch(w, (g0 + MR) * rb, MR * rb);
         let rows = MR.min(nrows - g0);
         let group = group_rows::<B, MR>(w, rb, nrows, g0);
         if one_chunk {
@@ -927,11 +921,7 @@ fn rows_by_8<B: super::super::Block, A: super::super::Block>(
     while g0 + MR <= nrows {
         // Eight interleaved row streams defeat the hardware prefetcher: fetch the next group
         // (the bytes right after these rows) while this one computes.
-        if let Some(next) = w.get((g0 + MR) * rb..) {
-            for line in next.iter().take(MR * rb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
-            }
-        }
+        prefetch(w, (g0 + MR) * rb, MR * rb);
         let v = eight(group_rows(w, rb, nrows, g0), a);
         out[g0..g0 + MR].copy_from_slice(&v);
         g0 += MR;
@@ -941,10 +931,10 @@ fn rows_by_8<B: super::super::Block, A: super::super::Block>(
     }
 }
 
-/// `out[r]` = `one(row r, act)`.
+/// `out[r]` = `one(row r, act)` (also the AVX-512 build's driver for its one-row kernels).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn one_by_one<B: super::super::Block, A: super::super::Block>(
+pub(in crate::quant) fn one_by_one<B: super::super::Block, A: super::super::Block>(
     w: &[u8],
     rb: usize,
     act: &[u8],
@@ -957,12 +947,7 @@ fn one_by_one<B: super::super::Block, A: super::super::Block>(
         // Fetch the bytes PREFETCH_AHEAD past this row while it computes: the hardware
         // prefetcher alone does not run far enough ahead to hide DRAM latency at this compute
         // rate (from DRAM, one thread, 1536-wide rows: Q4_K ~12 -> ~20, Q6_K ~6.5 -> ~11 MAC/ns).
-        let ahead = i * rb + PREFETCH_AHEAD;
-        if let Some(next) = w.get(ahead..(ahead + rb).min(w.len())) {
-            for line in next.iter().step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>((line as *const u8).cast());
-            }
-        }
+        prefetch(w, i * rb + PREFETCH_AHEAD, rb);
         *o = one(as_blocks(r), a);
     }
 }
