@@ -1,9 +1,11 @@
 //! AVX-512 kernels (F + BW + VL + VNNI) for the weight types of the real Qwen2.5 Q4_K_M files:
-//! Q4_K and Q6_K (row and matrix kernels) and Q5_0 (16-row and matrix kernels). Every other type
-//! and path (single Q5_0 rows, which are no faster with VNNI; Q8_0, whose AVX2 row and matrix
-//! kernels share one float chain, so batched and single-sequence results stay bit-identical), and
-//! the activation quantizers, run the AVX2 build: every CPU with these AVX-512 subsets also has AVX2,
-//! FMA and F16C (`detected` checks all of them), so delegating is always valid.
+//! Q4_K and Q6_K (row and matrix kernels) and Q5_0 (16-row and matrix kernels), and a wider tile
+//! for AVX2's matrix kernel of Q8_0, Q4_0, Q4_1 and Q5_1 (`gemm::tile_l32`, AVX2's bits). Every
+//! other type and path (single Q5_0 rows, which are no faster with VNNI; the row kernels of Q8_0
+//! and the other 32-element formats, whose float chain in 8 lanes the matrix tile keeps, so
+//! batched and single-sequence results stay bit-identical), and the activation quantizers, run the
+//! AVX2 build: every CPU with these AVX-512 subsets also has AVX2, FMA and F16C (`detected` checks
+//! all of them), so delegating is always valid.
 //!
 //! As in `x86_avx2`, every function is a safe `#[target_feature]` function that `dispatch` calls
 //! only after `detected`; the only `unsafe` blocks are unaligned loads and stores through helpers
@@ -30,7 +32,7 @@ use super::x86_avx2::{self as avx2, f16_to_f32, hsum_epi32, load128, load256, By
 use super::{as_blocks, GemmOut};
 use crate::gguf::GgmlType;
 
-mod gemm;
+pub(super) mod gemm;
 
 /// Whether this CPU can run the kernels of this module (and the AVX2 ones they delegate to).
 pub(super) fn detected() -> bool {
@@ -158,6 +160,12 @@ pub(super) fn gemm(
     use GgmlType::*;
     match ty {
         Q4_K | Q6_K | Q5_0 => gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
+        // These run AVX2's row kernels (above): AVX2's matrix kernel with this build's tile
+        // (`gemm::tile_l32`), which keeps its bits.
+        Q8_0 | Q4_0 | Q4_1 | Q5_1 => {
+            // SAFETY: this function's features are the ones `gemm_l32_formats` needs for WIDE.
+            unsafe { avx2::gemm_l32_formats::<true>(ty, rb, w, qrb, act, arb, n_tok, out) }
+        }
         // Every other type runs AVX2's row kernels (above), so AVX2's matrix kernels, which
         // give their bits, may run for them.
         _ => avx2::gemm(ty, rb, w, qrb, act, arb, n_tok, out),

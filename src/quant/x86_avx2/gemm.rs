@@ -38,6 +38,7 @@ use super::super::q4::{BlockQ4_0, BlockQ4_1};
 use super::super::q5::{BlockQ5_0, BlockQ5_1};
 use super::super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::super::simd_common::{group_rows, k4_scales_mins};
+use super::super::x86_avx512::gemm as avx512_gemm;
 use super::super::{as_blocks, GemmOut, QK};
 use super::{
     bits_set_32, f16_to_f32, fifth_bits_32, hsum_epi32, load128, load256, mul_small_i8, nibbles_32,
@@ -696,16 +697,18 @@ fn dot8_q5_0(w: [&[BlockQ5_0]; 8], a: &[BlockQ8_0]) -> [f32; 8] {
 /// 8 rows × one 32-element block: each row's quants as two i16 vectors whose `madd` with the
 /// activations' (laid out alike, see [`lanes_i16`]) add up to `vec_dot`'s lane integers.
 #[derive(Clone, Copy)]
-#[repr(C, align(32))]
-struct PanelL32 {
-    q: [[[u8; 32]; 2]; MR],
-    d: [f32; 8],
+#[repr(C, align(64))]
+pub(in crate::quant) struct PanelL32 {
+    /// Row `r`'s vector `h` at `q[r / 2][h][r % 2]`: rows `2k`, `2k + 1` side by side, so the
+    /// AVX-512 tile loads them as one 512-bit vector.
+    pub(in crate::quant) q: [[[[u8; 32]; 2]; 2]; MR / 2],
+    pub(in crate::quant) d: [f32; 8],
     /// Q4_1/Q5_1: each row's minimum `m`.
-    m: [f32; 8],
+    pub(in crate::quant) m: [f32; 8],
 }
 
 const ZERO_L32: PanelL32 = PanelL32 {
-    q: [[[0; 32]; 2]; MR],
+    q: [[[[0; 32]; 2]; 2]; MR / 2],
     d: [0.0; 8],
     m: [0.0; 8],
 };
@@ -713,9 +716,9 @@ const ZERO_L32: PanelL32 = PanelL32 {
 /// One activation row's accumulators for a row group: `v[b & 1][r]` the lane accumulator of
 /// row `r` over the blocks `b` of that parity, `summs[r]` the `Σ m·s` chain.
 #[derive(Clone, Copy)]
-struct AccL32 {
-    v: [[[f32; 8]; MR]; 2],
-    summs: [f32; 8],
+pub(in crate::quant) struct AccL32 {
+    pub(in crate::quant) v: [[[f32; 8]; MR]; 2],
+    pub(in crate::quant) summs: [f32; 8],
 }
 
 const ZERO_ACC_L32: AccL32 = AccL32 {
@@ -731,7 +734,7 @@ const TL32: usize = 32;
 /// `LANE` is the identity for halves and `[0, 1, 4, 5, 2, 3, 6, 7]` for quads.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn lanes_i16<const QUADS: bool>(v: __m256i) -> [__m256i; 2] {
+pub(in crate::quant) fn lanes_i16<const QUADS: bool>(v: __m256i) -> [__m256i; 2] {
     let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
     let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v));
     if !QUADS {
@@ -767,10 +770,11 @@ fn pack_l32<B, const QUADS: bool>(
     parts: impl Fn(&B) -> (__m256i, [u8; 2], [u8; 2]),
 ) {
     for (i, p) in out.iter_mut().enumerate() {
-        for (r, q) in p.q.iter_mut().enumerate() {
+        for r in 0..MR {
+            let q = &mut p.q[r / 2];
             let [lo, hi] = lanes_i16::<QUADS>(parts(&rows[r][b0 + i]).0);
-            st(&mut q[0], lo);
-            st(&mut q[1], hi);
+            st(&mut q[0][r % 2], lo);
+            st(&mut q[1][r % 2], hi);
         }
         st_ps(&mut p.d, f16x8(|r| parts(&rows[r][b0 + i]).1));
         st_ps(&mut p.m, f16x8(|r| parts(&rows[r][b0 + i]).2));
@@ -800,9 +804,10 @@ fn tile_l32<'a, const QUADS: bool, const MIN: bool>(
             let mut d = [0f32; 8];
             st_ps(&mut d, _mm256_mul_ps(ld_ps(&p.d), _mm256_set1_ps(dy)));
             for r in 0..MR {
+                let q = &p.q[r / 2];
                 let s = _mm256_add_epi32(
-                    _mm256_madd_epi16(ld(&p.q[r][0]), y0),
-                    _mm256_madd_epi16(ld(&p.q[r][1]), y1),
+                    _mm256_madd_epi16(ld(&q[0][r % 2]), y0),
+                    _mm256_madd_epi16(ld(&q[1][r % 2]), y1),
                 );
                 a[r] = _mm256_fmadd_ps(_mm256_set1_ps(d[r]), _mm256_cvtepi32_ps(s), a[r]);
             }
@@ -813,14 +818,26 @@ fn tile_l32<'a, const QUADS: bool, const MIN: bool>(
         }
     }
     if MIN {
-        // Σ m·s, rows in lanes, in block order.
-        let mut summs = ld_ps(&acc.summs);
-        for (i, p) in panel.iter().enumerate() {
-            let s = act(b0 + i).2;
-            summs = _mm256_add_ps(summs, _mm256_mul_ps(ld_ps(&p.m), _mm256_set1_ps(s)));
-        }
-        st_ps(&mut acc.summs, summs);
+        tile_l32_mins(panel, b0, act, &mut acc.summs);
     }
+}
+
+/// The `Σ m·s` chain of Q4_1/Q5_1 over blocks `b0..b0 + panel.len()`, rows in lanes, in block
+/// order (`act` as for [`tile_l32`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(in crate::quant) fn tile_l32_mins<'a>(
+    panel: &[PanelL32],
+    b0: usize,
+    act: impl Fn(usize) -> (&'a [i8; 32], f32, f32),
+    summs: &mut [f32; 8],
+) {
+    let mut acc = ld_ps(summs);
+    for (i, p) in panel.iter().enumerate() {
+        let s = act(b0 + i).2;
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(ld_ps(&p.m), _mm256_set1_ps(s)));
+    }
+    st_ps(summs, acc);
 }
 
 /// The 8 rows' results from their accumulators: `hsum_ps(acc0 + acc1)` of `vec_dot` for each
@@ -853,11 +870,21 @@ fn finish_l32<const QUADS: bool, const MIN: bool>(acc: &AccL32) -> [f32; 8] {
 
 /// The matrix product of a 32-element format: for each group of 8 weight rows, each tile of
 /// [`TL32`] activation rows, each chunk of blocks: pack the panel (once per group when the row
-/// fits one chunk), then run every activation row of the tile over it.
+/// fits one chunk), then run every activation row of the tile over it (AVX-512's tile when
+/// `WIDE`).
+///
+/// # Safety
+/// When `WIDE`, the CPU must have AVX-512 F/BW/VL and VNNI.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn gemm_l32<'a, B: super::super::Block, const QUADS: bool, const MIN: bool>(
+unsafe fn gemm_l32<
+    'a,
+    B: super::super::Block,
+    const QUADS: bool,
+    const MIN: bool,
+    const WIDE: bool,
+>(
     w: &[u8],
     rb: usize,
     nrows: usize,
@@ -889,7 +916,13 @@ fn gemm_l32<'a, B: super::super::Block, const QUADS: bool, const MIN: bool>(
                     pack_l32::<B, QUADS>(group, b0, &mut panel[..bn], &parts);
                 }
                 for (t, a) in acc[..tn].iter_mut().enumerate() {
-                    tile_l32::<QUADS, MIN>(&panel[..bn], b0, |b| act(t0 + t, b), a);
+                    let act = |b| act(t0 + t, b);
+                    if WIDE {
+                        // SAFETY: WIDE only where the caller guarantees AVX-512 (see `gemm_with`).
+                        unsafe { avx512_gemm::tile_l32::<QUADS, MIN>(&panel[..bn], b0, act, a) };
+                    } else {
+                        tile_l32::<QUADS, MIN>(&panel[..bn], b0, act, a);
+                    }
                 }
             }
             for (v, a) in vals.chunks_exact_mut(rows).zip(&acc[..tn]) {
@@ -1031,51 +1064,10 @@ pub(super) fn gemm(
             |g0, b0, p| pack_q5_0(group_rows(w, rb, nrows, g0), b0, p),
             |p, b0, ts, acc| tile_q5_0(p, b0, ts.map(|t| (as_blocks(act_row(t)), aux_row(t))), acc),
         ),
-        GgmlType::Q8_0 => gemm_l32::<BlockQ8_0, false, false>(
-            w,
-            rb,
-            nrows,
-            n_tok,
-            out,
-            |x| (load256(&x.qs), x.d, [0; 2]),
-            |t, b| q8_0_act(act_row(t), aux_row(t), b),
-        ),
-        GgmlType::Q4_0 => gemm_l32::<BlockQ4_0, true, false>(
-            w,
-            rb,
-            nrows,
-            n_tok,
-            out,
-            |x| {
-                let q = _mm256_sub_epi8(nibbles_32(&x.qs), _mm256_set1_epi8(8));
-                (q, x.d, [0; 2])
-            },
-            |t, b| q8_0_act(act_row(t), aux_row(t), b),
-        ),
-        GgmlType::Q4_1 => gemm_l32::<BlockQ4_1, true, true>(
-            w,
-            rb,
-            nrows,
-            n_tok,
-            out,
-            |x| (nibbles_32(&x.qs), x.d, x.m),
-            |t, b| q8_1_act(act_row(t), b),
-        ),
-        GgmlType::Q5_1 => gemm_l32::<BlockQ5_1, true, true>(
-            w,
-            rb,
-            nrows,
-            n_tok,
-            out,
-            |x| {
-                (
-                    _mm256_or_si256(nibbles_32(&x.qs), fifth_bits_32(x.qh)),
-                    x.d,
-                    x.m,
-                )
-            },
-            |t, b| q8_1_act(act_row(t), b),
-        ),
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_1 => {
+            // SAFETY: not WIDE: AVX2 only, which this function's features guarantee.
+            return unsafe { gemm_l32_formats::<false>(ty, rb, w, qrb, act, arb, n_tok, out) };
+        }
         _ => return false,
     }
     true
@@ -1122,4 +1114,85 @@ fn panels<P: Copy, const CHUNK: usize>(
             out(t0, g0, rows, &vals[..tn * rows]);
         }
     }
+}
+
+/// The matrix product of the 32-element formats with lane sums (Q8_0, Q4_0, Q4_1, Q5_1; see
+/// [`gemm`]), with AVX-512's tile (`x86_avx512::gemm::tile_l32`: the same integers and float
+/// chain, two rows per vector) when `WIDE`. Returns false for other types.
+///
+/// # Safety
+/// When `WIDE`, the CPU must have AVX-512 F/BW/VL and VNNI (`x86_avx512::detected`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(in crate::quant) unsafe fn gemm_l32_formats<const WIDE: bool>(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut GemmOut,
+) -> bool {
+    if !has_gemm(ty) || rb == 0 || n_tok < min_tokens(ty) {
+        return false;
+    }
+    let nrows = w.len() / rb;
+    if nrows == 0 || n_tok == 0 {
+        return true;
+    }
+    let act_row = |t: usize| &act[t * arb..t * arb + qrb];
+    let aux_row = |t: usize| &act[t * arb + qrb..(t + 1) * arb];
+    // SAFETY: the caller guarantees AVX-512 when WIDE.
+    unsafe {
+        match ty {
+            GgmlType::Q8_0 => gemm_l32::<BlockQ8_0, false, false, WIDE>(
+                w,
+                rb,
+                nrows,
+                n_tok,
+                out,
+                |x| (load256(&x.qs), x.d, [0; 2]),
+                |t, b| q8_0_act(act_row(t), aux_row(t), b),
+            ),
+            GgmlType::Q4_0 => gemm_l32::<BlockQ4_0, true, false, WIDE>(
+                w,
+                rb,
+                nrows,
+                n_tok,
+                out,
+                |x| {
+                    let q = _mm256_sub_epi8(nibbles_32(&x.qs), _mm256_set1_epi8(8));
+                    (q, x.d, [0; 2])
+                },
+                |t, b| q8_0_act(act_row(t), aux_row(t), b),
+            ),
+            GgmlType::Q4_1 => gemm_l32::<BlockQ4_1, true, true, WIDE>(
+                w,
+                rb,
+                nrows,
+                n_tok,
+                out,
+                |x| (nibbles_32(&x.qs), x.d, x.m),
+                |t, b| q8_1_act(act_row(t), b),
+            ),
+            GgmlType::Q5_1 => gemm_l32::<BlockQ5_1, true, true, WIDE>(
+                w,
+                rb,
+                nrows,
+                n_tok,
+                out,
+                |x| {
+                    (
+                        _mm256_or_si256(nibbles_32(&x.qs), fifth_bits_32(x.qh)),
+                        x.d,
+                        x.m,
+                    )
+                },
+                |t, b| q8_1_act(act_row(t), b),
+            ),
+            _ => return false,
+        }
+    }
+    true
 }

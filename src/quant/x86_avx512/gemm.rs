@@ -18,6 +18,7 @@ use super::super::q5::BlockQ5_0;
 use super::super::q8::{BlockQ8K, BlockQ8_0};
 use super::super::simd_common::{group_rows, k4_scales_mins};
 use super::super::{as_blocks, GemmOut, QK};
+use super::avx2::{lanes_i16, tile_l32_mins, AccL32, PanelL32};
 use super::{q4k_quants64, q5_0_quants, q6k_quants64};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -438,6 +439,76 @@ fn tile_q5_0(panel: &[PanelQ5_0], b0: usize, acts: [(&[BlockQ8_0], &[u8]); NR], 
     for t in 0..NR {
         st_ps(&mut acc[t][0], a0[t]);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 32-element formats with lane sums (Q8_0, Q4_0, Q4_1, Q5_1): AVX2's panels and float
+// chains (`x86_avx2::gemm::gemm_l32`), two weight rows per vector.
+
+/// AVX2's `tile_l32` with 512-bit vectors: rows `2k` and `2k + 1` share a vector, and
+/// `vpdpwssd` adds the second `madd` of a block's lane integers in place of `madd` + `add` (the
+/// same exact integers), so every lane's float chain and thus every result has AVX2's bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+pub(in crate::quant) fn tile_l32<'a, const QUADS: bool, const MIN: bool>(
+    panel: &[PanelL32],
+    b0: usize,
+    act: impl Fn(usize) -> (&'a [i8; 32], f32, f32),
+    acc: &mut AccL32,
+) {
+    // Lanes 0..8 take row 2k's factor, 8..16 row 2k + 1's.
+    let pick = |k: i32| {
+        let (a, b) = (2 * k, 2 * k + 1);
+        _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+    };
+    let idx = [pick(0), pick(1), pick(2), pick(3)];
+    for (parity, acc) in acc.v.iter_mut().enumerate() {
+        // Rows 2k and 2k + 1 are adjacent: 16 contiguous f32 per vector.
+        let rows = acc.as_flattened_mut();
+        let mut a: [__m512; 4] = std::array::from_fn(|k| {
+            let v = &rows[16 * k..16 * k + 16];
+            // SAFETY: `v` is 16 readable f32; no alignment needed.
+            unsafe { _mm512_loadu_ps(v.as_ptr()) }
+        });
+        let mut i = (parity ^ (b0 & 1)) & 1;
+        while i < panel.len() {
+            let p = &panel[i];
+            let (yq, dy, _) = act(b0 + i);
+            // SAFETY: `yq` is 32 readable bytes; no alignment needed.
+            let [y0, y1] = lanes_i16::<QUADS>(unsafe { _mm256_loadu_si256(yq.as_ptr().cast()) });
+            let (y0, y1) = (_mm512_broadcast_i64x4(y0), _mm512_broadcast_i64x4(y1));
+            // d_w·d_a of each row: AVX2's product.
+            // SAFETY: `p.d` is 8 readable f32; no alignment needed.
+            let d = _mm256_mul_ps(unsafe { _mm256_loadu_ps(p.d.as_ptr()) }, _mm256_set1_ps(dy));
+            let d = _mm512_castps256_ps512(d);
+            for (k, a) in a.iter_mut().enumerate() {
+                let s = _mm512_dpwssd_epi32(
+                    _mm512_madd_epi16(ld64(&p.q[k][0]), y0),
+                    ld64(&p.q[k][1]),
+                    y1,
+                );
+                let dk = _mm512_permutexvar_ps(idx[k], d);
+                *a = _mm512_fmadd_ps(dk, _mm512_cvtepi32_ps(s), *a);
+            }
+            i += 2;
+        }
+        for (k, v) in a.into_iter().enumerate() {
+            let dst = &mut rows[16 * k..16 * k + 16];
+            // SAFETY: `dst` is 16 writable f32, borrowed exclusively; no alignment needed.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) };
+        }
+    }
+    if MIN {
+        tile_l32_mins(panel, b0, act, &mut acc.summs);
+    }
+}
+
+/// The 64 bytes of two rows' panel vectors.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn ld64(v: &[[u8; 32]; 2]) -> __m512i {
+    // SAFETY: `v` is 64 contiguous readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
 }
 
 // ---------------------------------------------------------------------------------------------
