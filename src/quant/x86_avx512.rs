@@ -163,8 +163,8 @@ pub(super) fn gemm(
         // These run AVX2's row kernels (above): AVX2's matrix kernel with this build's tile
         // (`gemm::tile_l32`), which keeps its bits.
         Q8_0 | Q4_0 | Q4_1 | Q5_1 => {
-            // SAFETY: this function's features are the ones `gemm_l32_formats` needs for WIDE.
-            unsafe { avx2::gemm_l32_formats::<true>(ty, rb, w, qrb, act, arb, n_tok, out) }
+            // SAFETY: this function's features are the ones `gemm_with` needs for WIDE.
+            unsafe { avx2::gemm_with::<true>(ty, rb, w, qrb, act, arb, n_tok, out) }
         }
         // Every other type runs AVX2's row kernels (above), so AVX2's matrix kernels, which
         // give their bits, may run for them.

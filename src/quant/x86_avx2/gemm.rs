@@ -1023,6 +1023,28 @@ pub(super) fn gemm(
     n_tok: usize,
     out: &mut GemmOut,
 ) -> bool {
+    // SAFETY: not WIDE: AVX2 only, which this function's features guarantee.
+    unsafe { gemm_with::<false>(ty, rb, w, qrb, act, arb, n_tok, out) }
+}
+
+/// [`gemm`], with AVX-512's tile for the 32-element formats with lane sums (Q8_0, Q4_0, Q4_1,
+/// Q5_1: `x86_avx512::gemm::tile_l32`, the same integers and float chain, two rows per vector)
+/// when `WIDE`.
+///
+/// # Safety
+/// When `WIDE`, the CPU must have AVX-512 F/BW/VL and VNNI (`x86_avx512::detected`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(in crate::quant) unsafe fn gemm_with<const WIDE: bool>(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut GemmOut,
+) -> bool {
     // Below a few activation rows, packing costs more than it saves: the 8-row kernels of
     // `dot_rows` (through the generic path) do those.
     if !has_gemm(ty) || rb == 0 || n_tok < min_tokens(ty) {
@@ -1035,117 +1057,39 @@ pub(super) fn gemm(
     let act_row = |t: usize| &act[t * arb..t * arb + qrb];
     let aux_row = |t: usize| &act[t * arb + qrb..(t + 1) * arb];
     let n_blocks = |block: usize| rb / block;
-    match ty {
-        GgmlType::Q4_K => panels::<PanelQ4K, { PANEL_BYTES / size_of::<PanelQ4K>() }>(
-            n_blocks(size_of::<BlockQ4K>()),
-            nrows,
-            n_tok,
-            out,
-            ZERO_Q4K,
-            |g0, b0, p| pack_q4k(group_rows(w, rb, nrows, g0), b0, p),
-            |p, b0, ts, acc| tile_q4k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
-        ),
-        GgmlType::Q6_K => panels::<PanelQ6K, { PANEL_BYTES / size_of::<PanelQ6K>() }>(
-            n_blocks(size_of::<BlockQ6K>()),
-            nrows,
-            n_tok,
-            out,
-            ZERO_Q6K,
-            |g0, b0, p| pack_q6k(group_rows(w, rb, nrows, g0), b0, p),
-            |p, b0, ts, acc| tile_q6k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
-        ),
-        // Q5_0 panels are small: 64 blocks (2048 elements) per chunk.
-        GgmlType::Q5_0 => panels::<PanelQ5_0, 64>(
-            n_blocks(size_of::<BlockQ5_0>()),
-            nrows,
-            n_tok,
-            out,
-            ZERO_Q5_0,
-            |g0, b0, p| pack_q5_0(group_rows(w, rb, nrows, g0), b0, p),
-            |p, b0, ts, acc| tile_q5_0(p, b0, ts.map(|t| (as_blocks(act_row(t)), aux_row(t))), acc),
-        ),
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_1 => {
-            // SAFETY: not WIDE: AVX2 only, which this function's features guarantee.
-            return unsafe { gemm_l32_formats::<false>(ty, rb, w, qrb, act, arb, n_tok, out) };
-        }
-        _ => return false,
-    }
-    true
-}
-
-/// The blocking of the matrix product, shared by the types: for each chunk of up to [`TC`]
-/// activation rows, each group of 8 weight rows, each chunk of blocks that fits
-/// [`PANEL_BYTES`]: pack the panel, then run the register tile over the activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn panels<P: Copy, const CHUNK: usize>(
-    n_blocks: usize,
-    nrows: usize,
-    n_tok: usize,
-    out: &mut GemmOut,
-    zero: P,
-    pack: impl Fn(usize, usize, &mut [P]),
-    tile: impl Fn(&[P], usize, [usize; NR], &mut [[[f32; 8]; 2]]),
-) {
-    let mut panel = [zero; CHUNK];
-    // Accumulators of the chunk's activation rows, plus room for the padding rows of a short
-    // final tile (which repeat the last row and whose results are dropped).
-    let mut acc = [[[0f32; 8]; 2]; TC + NR];
-    // A row group's results for the chunk's activation rows, handed out in one call.
-    let mut vals = [0f32; TC * MR];
-    for t0 in (0..n_tok).step_by(TC) {
-        let tn = TC.min(n_tok - t0);
-        for g0 in (0..nrows).step_by(MR) {
-            acc[..tn + NR].iter_mut().for_each(|a| *a = [[0.0; 8]; 2]);
-            for b0 in (0..n_blocks).step_by(CHUNK) {
-                let bn = CHUNK.min(n_blocks - b0);
-                pack(g0, b0, &mut panel[..bn]);
-                for tt in (0..tn).step_by(NR) {
-                    let ts = std::array::from_fn(|j| t0 + (tt + j).min(tn - 1));
-                    tile(&panel[..bn], b0, ts, &mut acc[tt..tt + NR]);
-                }
-            }
-            let rows = MR.min(nrows - g0);
-            for (v, a) in vals.chunks_exact_mut(rows).zip(&acc[..tn]) {
-                for (r, x) in v.iter_mut().enumerate() {
-                    *x = a[0][r] - a[1][r];
-                }
-            }
-            out(t0, g0, rows, &vals[..tn * rows]);
-        }
-    }
-}
-
-/// The matrix product of the 32-element formats with lane sums (Q8_0, Q4_0, Q4_1, Q5_1; see
-/// [`gemm`]), with AVX-512's tile (`x86_avx512::gemm::tile_l32`: the same integers and float
-/// chain, two rows per vector) when `WIDE`. Returns false for other types.
-///
-/// # Safety
-/// When `WIDE`, the CPU must have AVX-512 F/BW/VL and VNNI (`x86_avx512::detected`).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(in crate::quant) unsafe fn gemm_l32_formats<const WIDE: bool>(
-    ty: GgmlType,
-    rb: usize,
-    w: &[u8],
-    qrb: usize,
-    act: &[u8],
-    arb: usize,
-    n_tok: usize,
-    out: &mut GemmOut,
-) -> bool {
-    if !has_gemm(ty) || rb == 0 || n_tok < min_tokens(ty) {
-        return false;
-    }
-    let nrows = w.len() / rb;
-    if nrows == 0 || n_tok == 0 {
-        return true;
-    }
-    let act_row = |t: usize| &act[t * arb..t * arb + qrb];
-    let aux_row = |t: usize| &act[t * arb + qrb..(t + 1) * arb];
-    // SAFETY: the caller guarantees AVX-512 when WIDE.
+    // SAFETY: `gemm_l32` runs AVX-512's tile only when WIDE, which the caller guarantees.
     unsafe {
         match ty {
+            GgmlType::Q4_K => panels::<PanelQ4K, { PANEL_BYTES / size_of::<PanelQ4K>() }>(
+                n_blocks(size_of::<BlockQ4K>()),
+                nrows,
+                n_tok,
+                out,
+                ZERO_Q4K,
+                |g0, b0, p| pack_q4k(group_rows(w, rb, nrows, g0), b0, p),
+                |p, b0, ts, acc| tile_q4k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+            ),
+            GgmlType::Q6_K => panels::<PanelQ6K, { PANEL_BYTES / size_of::<PanelQ6K>() }>(
+                n_blocks(size_of::<BlockQ6K>()),
+                nrows,
+                n_tok,
+                out,
+                ZERO_Q6K,
+                |g0, b0, p| pack_q6k(group_rows(w, rb, nrows, g0), b0, p),
+                |p, b0, ts, acc| tile_q6k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+            ),
+            // Q5_0 panels are small: 64 blocks (2048 elements) per chunk.
+            GgmlType::Q5_0 => panels::<PanelQ5_0, 64>(
+                n_blocks(size_of::<BlockQ5_0>()),
+                nrows,
+                n_tok,
+                out,
+                ZERO_Q5_0,
+                |g0, b0, p| pack_q5_0(group_rows(w, rb, nrows, g0), b0, p),
+                |p, b0, ts, acc| {
+                    tile_q5_0(p, b0, ts.map(|t| (as_blocks(act_row(t)), aux_row(t))), acc)
+                },
+            ),
             GgmlType::Q8_0 => gemm_l32::<BlockQ8_0, false, false, WIDE>(
                 w,
                 rb,
@@ -1195,4 +1139,47 @@ pub(in crate::quant) unsafe fn gemm_l32_formats<const WIDE: bool>(
         }
     }
     true
+}
+
+/// The blocking of the matrix product, shared by the types: for each chunk of up to [`TC`]
+/// activation rows, each group of 8 weight rows, each chunk of blocks that fits
+/// [`PANEL_BYTES`]: pack the panel, then run the register tile over the activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn panels<P: Copy, const CHUNK: usize>(
+    n_blocks: usize,
+    nrows: usize,
+    n_tok: usize,
+    out: &mut GemmOut,
+    zero: P,
+    pack: impl Fn(usize, usize, &mut [P]),
+    tile: impl Fn(&[P], usize, [usize; NR], &mut [[[f32; 8]; 2]]),
+) {
+    let mut panel = [zero; CHUNK];
+    // Accumulators of the chunk's activation rows, plus room for the padding rows of a short
+    // final tile (which repeat the last row and whose results are dropped).
+    let mut acc = [[[0f32; 8]; 2]; TC + NR];
+    // A row group's results for the chunk's activation rows, handed out in one call.
+    let mut vals = [0f32; TC * MR];
+    for t0 in (0..n_tok).step_by(TC) {
+        let tn = TC.min(n_tok - t0);
+        for g0 in (0..nrows).step_by(MR) {
+            acc[..tn + NR].iter_mut().for_each(|a| *a = [[0.0; 8]; 2]);
+            for b0 in (0..n_blocks).step_by(CHUNK) {
+                let bn = CHUNK.min(n_blocks - b0);
+                pack(g0, b0, &mut panel[..bn]);
+                for tt in (0..tn).step_by(NR) {
+                    let ts = std::array::from_fn(|j| t0 + (tt + j).min(tn - 1));
+                    tile(&panel[..bn], b0, ts, &mut acc[tt..tt + NR]);
+                }
+            }
+            let rows = MR.min(nrows - g0);
+            for (v, a) in vals.chunks_exact_mut(rows).zip(&acc[..tn]) {
+                for (r, x) in v.iter_mut().enumerate() {
+                    *x = a[0][r] - a[1][r];
+                }
+            }
+            out(t0, g0, rows, &vals[..tn * rows]);
+        }
+    }
 }
