@@ -303,7 +303,8 @@ fn simd_float_dots_are_bit_identical() {
 }
 
 /// `vec_dot_rows` gives every row the same bits as `vec_dot` (the multi-row kernels keep each
-/// row's operation order), in every build, for row counts around the 4-, 8- and 16-row groupings.
+/// row's operation order), in every build, for row counts around the 4-, 8- and 16-row groupings
+/// (and 50: three 16-row groups of rows 3 apart, see `simd_common::strided_groups`, plus a tail).
 #[test]
 fn dot_rows_match_single_row_dots_bit_for_bit() {
     let mut rng = Rng::new(0x5EED_0006);
@@ -314,7 +315,7 @@ fn dot_rows_match_single_row_dots_bit_for_bit() {
                 if ty.block_size() == QK_K { 1536 } else { 896 },
             ] {
                 let rb = ty.row_bytes(n).unwrap();
-                for rows in [1, 3, 4, 5, 8, 11, 16, 19, 35] {
+                for rows in [1, 3, 4, 5, 8, 11, 16, 19, 35, 50] {
                     let w: Vec<u8> = (0..rows)
                         .flat_map(|_| real_weights(ty, n, &mut rng))
                         .collect();

@@ -27,7 +27,7 @@ use super::k_quants::{BlockQ2K, BlockQ3K, BlockQ5K};
 use super::q4::{BlockQ4_0, BlockQ4_1};
 use super::q5::{BlockQ5_0, BlockQ5_1};
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::simd_common::{k4_scales_mins, q3_k_scale_words};
+use super::simd_common::{k4_scales_mins, q3_k_scale_words, strided_groups};
 use super::{as_blocks, GemmOut, QK};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -648,12 +648,10 @@ pub(super) fn vec_dot_rows_128(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], ou
 #[inline]
 fn rows_impl<const NARROW: bool>(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     let done = match ty {
-        GgmlType::Q8_0 => quads(w, rb, out, |r| {
-            dot_q8_0_x4(r.map(as_blocks), as_blocks(act))
-        }),
-        GgmlType::Q5_0 if NARROW => quads(w, rb, out, |r| {
-            dot_q5_0_128_x4(r.map(as_blocks), as_blocks(act))
-        }),
+        GgmlType::Q8_0 => strided_groups(w, rb, out, |r| dot_q8_0_x4(r, as_blocks(act))),
+        GgmlType::Q5_0 if NARROW => {
+            strided_groups(w, rb, out, |r| dot_q5_0_128_x4(r, as_blocks(act)))
+        }
         _ if gemm::dot_rows(ty, rb, w, act, out) => return,
         _ => 0,
     };
@@ -668,25 +666,6 @@ fn rows_impl<const NARROW: bool>(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], 
             vec_dot(ty, r, act)
         };
     }
-}
-
-/// Runs `f` on each group of 4 whole rows (of `rb` bytes) of `w`, filling `out` 4 at a time;
-/// returns how many rows it did.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn quads(w: &[u8], rb: usize, out: &mut [f32], mut f: impl FnMut([&[u8]; 4]) -> [f32; 4]) -> usize {
-    let mut done = 0;
-    for (o, r) in out.chunks_exact_mut(4).zip(w.chunks_exact(4 * rb.max(1))) {
-        // Four interleaved row streams defeat the hardware prefetcher: fetch the next group
-        // (the bytes right after these rows) while this one computes.
-        prefetch(w, done * rb + 4 * rb, 4 * rb);
-        let (r01, r23) = r.split_at(2 * rb);
-        let (r0, r1) = r01.split_at(rb);
-        let (r2, r3) = r23.split_at(rb);
-        o.copy_from_slice(&f([r0, r1, r2, r3]));
-        done += 4;
-    }
-    done
 }
 
 /// Four Q8_0 rows, each exactly as [`dot_q8_0`].

@@ -22,12 +22,11 @@
 //! matrix kernel returns the bits of its `vec_dot`.
 
 use std::arch::x86_64::*;
-use std::mem::size_of;
 
 use super::k_quants::{BlockQ4K, BlockQ6K};
 use super::q5::BlockQ5_0;
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::simd_common::k4_scales_mins;
+use super::simd_common::{k4_scales_mins, strided_groups};
 use super::x86_avx2::{self as avx2, f16_to_f32, hsum_epi32, load128, load256, Byte};
 use super::{as_blocks, GemmOut};
 use crate::gguf::GgmlType;
@@ -135,7 +134,7 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             rb,
             act,
             out,
-            |r, nb, a| dot16_q5_0(r, nb, a),
+            |r, a| dot16_q5_0(r, a),
             |r| avx2::vec_dot(Q5_0, r, act),
         ),
         // Not specialised here: the AVX2 kernels.
@@ -194,8 +193,8 @@ pub(super) fn quantize_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
 // Row drivers.
 
 /// `out[r]` for rows `0..out.len()` of `w` against one activation row, 16 rows at a time by
-/// `sixteen` (given the 16 rows' blocks back to back and the blocks per row); the rows after the
-/// last whole group go through `one` (given the row's bytes).
+/// `sixteen` (in the strided order of [`strided_groups`]); the rows after the last whole group go
+/// through `one` (given the row's bytes).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn rows_by_16<B: super::Block, A: super::Block>(
@@ -203,21 +202,13 @@ fn rows_by_16<B: super::Block, A: super::Block>(
     rb: usize,
     act: &[u8],
     out: &mut [f32],
-    sixteen: impl Fn(&[B], usize, &[A]) -> [f32; 16],
+    sixteen: impl Fn([&[B]; 16], &[A]) -> [f32; 16],
     one: impl Fn(&[u8]) -> f32,
 ) {
     let a = as_blocks::<A>(act);
     let nrows = out.len().min(w.len() / rb.max(1));
-    let mut g0 = 0;
-    while g0 + 16 <= nrows {
-        // Sixteen interleaved row streams defeat the hardware prefetcher: fetch the next group
-        // (the bytes right after these rows) while this one computes.
-        avx2::prefetch(w, (g0 + 16) * rb, 16 * rb);
-        let rows = as_blocks::<B>(&w[g0 * rb..(g0 + 16) * rb]);
-        out[g0..g0 + 16].copy_from_slice(&sixteen(rows, rb / size_of::<B>(), a));
-        g0 += 16;
-    }
-    for r in g0..nrows {
+    let done = strided_groups(w, rb, &mut out[..nrows], |rows| sixteen(rows, a));
+    for r in done..nrows {
         out[r] = one(&w[r * rb..(r + 1) * rb]);
     }
 }
@@ -386,13 +377,13 @@ fn q5_0_quants2(x0: &BlockQ5_0, x1: &BlockQ5_0) -> __m512i {
     _mm512_mask_add_epi8(q, hb, q, _mm512_set1_epi8(16))
 }
 
-/// Sixteen Q5_0 rows (`w`: their `nb` blocks each, back to back), each with the bits of the
+/// Sixteen Q5_0 rows (of equal length), each with the bits of the
 /// single-row dot (AVX2's: `acc = fma(d_w·d_a, float(Σ (q − 16)·y), acc)` per block), two rows
 /// per vector and rows in lanes for the float work.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot16_q5_0(w: &[BlockQ5_0], nb: usize, a: &[BlockQ8_0]) -> [f32; 16] {
+fn dot16_q5_0(w: [&[BlockQ5_0]; 16], a: &[BlockQ8_0]) -> [f32; 16] {
     let mut acc = _mm512_setzero_ps();
-    for (i, y) in a.iter().enumerate().take(nb) {
+    for (i, y) in a.iter().enumerate().take(w[0].len()) {
         let yv = bcast256(&y.qs);
         // −16·Σ y, spread over the 8 lanes of each half.
         let start = _mm512_sub_epi32(
@@ -401,11 +392,11 @@ fn dot16_q5_0(w: &[BlockQ5_0], nb: usize, a: &[BlockQ8_0]) -> [f32; 16] {
         );
         let mut z = [_mm512_setzero_si512(); 8];
         for (p, z) in z.iter_mut().enumerate() {
-            let x0 = &w[pair_row(p, false) * nb + i];
-            let x1 = &w[pair_row(p, true) * nb + i];
+            let x0 = &w[pair_row(p, false)][i];
+            let x1 = &w[pair_row(p, true)][i];
             *z = _mm512_dpbusd_epi32(start, q5_0_quants2(x0, x1), yv);
         }
-        let h: [u16; 16] = std::array::from_fn(|r| u16::from_le_bytes(w[r * nb + i].d));
+        let h: [u16; 16] = std::array::from_fn(|r| u16::from_le_bytes(w[r][i].d));
         acc = fma16(h, f16_to_f32(y.d), reduce16(&z), acc);
     }
     let mut out = [0f32; 16];

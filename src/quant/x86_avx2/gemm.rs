@@ -37,7 +37,7 @@ use super::super::k_quants::{BlockQ4K, BlockQ6K};
 use super::super::q4::{BlockQ4_0, BlockQ4_1};
 use super::super::q5::{BlockQ5_0, BlockQ5_1};
 use super::super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::super::simd_common::{group_rows, k4_scales_mins};
+use super::super::simd_common::{group_rows, k4_scales_mins, strided_groups};
 use super::super::x86_avx512::gemm as avx512_gemm;
 use super::super::{as_blocks, GemmOut, QK};
 use super::{
@@ -617,13 +617,11 @@ fn q5_0_block_lanes(x: &BlockQ5_0, y: &BlockQ8_0) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn q5_0_quants_lean(x: &BlockQ5_0) -> __m256i {
-    // SAFETY: `x.qs` is 16 readable bytes, `x.qh` 4; broadcasts have no alignment requirement.
-    let (qs, qh) = unsafe {
-        (
-            _mm256_broadcastsi128_si256(_mm_loadu_si128(x.qs.as_ptr().cast())),
-            _mm256_castps_si256(_mm256_broadcast_ss(&*x.qh.as_ptr().cast::<f32>())),
-        )
-    };
+    // SAFETY: `x.qs` is 16 readable bytes; the load has no alignment requirement.
+    let qs = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(x.qs.as_ptr().cast())) };
+    // (A broadcast from memory: `qh` sits at offset 2 of the 22-byte block, so it is not 4-byte
+    // aligned and may not be read through an `&f32`.)
+    let qh = _mm256_set1_epi32(i32::from_le_bytes(x.qh));
     // Low lane: low nibbles (elements 0..16); high lane: high nibbles (16..32).
     let nib = _mm256_and_si256(
         _mm256_srlv_epi32(qs, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
@@ -936,8 +934,8 @@ unsafe fn gemm_l32<
 // ---------------------------------------------------------------------------------------------
 // Drivers.
 
-/// `out[r]` for rows `0..out.len()` of `w` against one activation row, 8 rows at a time; rows
-/// past the last whole group go through `one`. Returns through `out`.
+/// `out[r]` for rows `0..out.len()` of `w` against one activation row, 8 rows at a time (in the
+/// strided order of [`strided_groups`]); rows past the last whole group go through `one`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn rows_by_8<B: super::super::Block, A: super::super::Block>(
@@ -949,17 +947,9 @@ fn rows_by_8<B: super::super::Block, A: super::super::Block>(
     one: impl Fn(&[B], &[A]) -> f32,
 ) {
     let a = as_blocks::<A>(act);
-    let nrows = out.len();
-    let mut g0 = 0;
-    while g0 + MR <= nrows {
-        // Eight interleaved row streams defeat the hardware prefetcher: fetch the next group
-        // (the bytes right after these rows) while this one computes.
-        prefetch(w, (g0 + MR) * rb, MR * rb);
-        let v = eight(group_rows(w, rb, nrows, g0), a);
-        out[g0..g0 + MR].copy_from_slice(&v);
-        g0 += MR;
-    }
-    for r in g0..nrows {
+    let nrows = out.len().min(w.len() / rb.max(1));
+    let done = strided_groups(w, rb, &mut out[..nrows], |rows| eight(rows, a));
+    for r in done..nrows {
         out[r] = one(as_blocks(&w[r * rb..(r + 1) * rb]), a);
     }
 }
