@@ -21,11 +21,12 @@ use qwen::gguf::GgmlType;
 use qwen::quant::quantize_row;
 
 /// (type, columns, rows) of each matrix.
-const CASES: [(GgmlType, usize, usize); 4] = [
+const CASES: [(GgmlType, usize, usize); 5] = [
     (GgmlType::Q8_0, 896, 151_936), // the 0.5B LM head
     (GgmlType::Q5_0, 896, 300_000),
     (GgmlType::Q4_K, 4864, 60_000),
     (GgmlType::Q6_K, 4864, 40_000),
+    (GgmlType::Q5_K, 4864, 48_000),
 ];
 
 fn main() {

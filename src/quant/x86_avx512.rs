@@ -261,6 +261,7 @@ fn q4k_block(x: &BlockQ4K, y: &BlockQ8K) -> (i32, i32) {
 fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     let (mut acc, mut accm) = (0f32, 0f32);
     for (x, y) in w.iter().zip(a) {
+        avx2::prefetch_ahead(x, avx2::PREFETCH_AHEAD);
         let (sumi, summ) = q4k_block(x, y);
         acc = (y.d() * f16_to_f32(x.d)).mul_add(sumi as f32, acc);
         accm = (y.d() * f16_to_f32(x.dmin)).mul_add(summ as f32, accm);
@@ -340,6 +341,7 @@ fn q6k_block(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
 fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let mut acc = 0f32;
     for (x, y) in w.iter().zip(a) {
+        avx2::prefetch_ahead(x, avx2::PREFETCH_AHEAD);
         acc = (f16_to_f32(x.d) * y.d()).mul_add(q6k_block(x, y) as f32, acc);
     }
     acc

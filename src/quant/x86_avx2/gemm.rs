@@ -42,7 +42,7 @@ use super::super::x86_avx512::gemm as avx512_gemm;
 use super::super::{as_blocks, GemmOut, QK};
 use super::{
     bits_set_32, f16_to_f32, fifth_bits_32, hsum_epi32, load128, load256, mul_small_i8, nibbles_32,
-    prefetch, sum_i16_pairs, PREFETCH_AHEAD,
+    prefetch, prefetch_ahead, sum_i16_pairs, PREFETCH_AHEAD,
 };
 use crate::gguf::{GgmlType, QK_K};
 
@@ -343,6 +343,7 @@ fn q4k_block_lanes(x: &BlockQ4K, y: &BlockQ8K) -> (__m256i, __m256i) {
 pub(super) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     let (mut acc, mut accm) = (0f32, 0f32);
     for (x, y) in w.iter().zip(a) {
+        prefetch_ahead(x, PREFETCH_AHEAD);
         let (sumi, summ) = q4k_block_lanes(x, y);
         acc = (y.d() * f16_to_f32(x.d)).mul_add(hsum_epi32(sumi) as f32, acc);
         accm = (y.d() * f16_to_f32(x.dmin)).mul_add(hsum_epi32(summ) as f32, accm);
@@ -491,6 +492,7 @@ fn q6k_block_lanes(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
 pub(super) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let mut acc = 0f32;
     for (x, y) in w.iter().zip(a) {
+        prefetch_ahead(x, PREFETCH_AHEAD);
         let s = hsum_epi32(q6k_block_lanes(x, y));
         acc = (f16_to_f32(x.d) * y.d()).mul_add(s as f32, acc);
     }
@@ -966,11 +968,8 @@ pub(in crate::quant) fn one_by_one<B: super::super::Block, A: super::super::Bloc
 ) {
     let a = as_blocks::<A>(act);
     let rb = rb.max(1);
-    for (i, (o, r)) in out.iter_mut().zip(w.chunks_exact(rb)).enumerate() {
-        // Fetch the bytes PREFETCH_AHEAD past this row while it computes: the hardware
-        // prefetcher alone does not run far enough ahead to hide DRAM latency at this compute
-        // rate (from DRAM, one thread, 1536-wide rows: Q4_K ~12 -> ~20, Q6_K ~6.5 -> ~11 MAC/ns).
-        prefetch(w, i * rb + PREFETCH_AHEAD, rb);
+    // (The one-row kernels prefetch PREFETCH_AHEAD past each block they read.)
+    for (o, r) in out.iter_mut().zip(w.chunks_exact(rb)) {
         *o = one(as_blocks(r), a);
     }
 }
