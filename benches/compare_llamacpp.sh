@@ -68,13 +68,14 @@ done
 python3 - "$out" "$rounds" "$model" "$threads" "$p" "$n" <<'PY'
 import json, statistics, sys, platform
 out, rounds, model, threads, p, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-ll_pp, ll_tg, q_pp, q_tg = [], [], [], []
+ll_pp, ll_tg, q_pp, q_tg, q_load, q_share = [], [], [], [], [], []
 rss = lambda who: max(int(open(f"{out}/{who}.{i}.json.rss").read().split()[-1]) for i in range(1, rounds + 1)) / 1024
 for i in range(1, rounds + 1):
     for row in json.load(open(f"{out}/llama.{i}.json")):
         (ll_pp if row["n_gen"] == 0 else ll_tg).append(row["avg_ts"])
     q = json.load(open(f"{out}/qwen.{i}.json"))
     q_pp.append(q["prefill_tps"]); q_tg.append(q["decode_tps"])
+    q_load.append(q["load_ms"]); q_share.append(q["decode_tps"] / q["bandwidth_bound_tps"])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 m = statistics.mean
 print(f"model {model}\ncpu {cpu}, threads {threads}, rounds {rounds}")
@@ -82,8 +83,10 @@ print(f"{'':10} {'libqwen tok/s':>14} {'llama.cpp tok/s':>16} {'ratio':>7}")
 print(f"{'pp'+p:10} {m(q_pp):14.2f} {m(ll_pp):16.2f} {m(q_pp)/m(ll_pp):7.2f}")
 print(f"{'tg'+n:10} {m(q_tg):14.2f} {m(ll_tg):16.2f} {m(q_tg)/m(ll_tg):7.2f}")
 print(f"{'peak RSS':10} {rss('qwen'):11.0f} MiB {rss('llama'):13.0f} MiB {rss('qwen')/rss('llama'):7.2f}")
-print(f"libqwen ({q['kernels']} kernels): load {q['load_ms']:.1f} ms, decode at "
-      f"{100 * q['decode_tps'] / q['bandwidth_bound_tps']:.0f}% of the bandwidth bound "
-      f"({q['weight_bytes_per_token'] / 1e6:.0f} MB read per token at {q['read_bandwidth_gbs']:.1f} GB/s)")
+# Load time and the share of the bound: medians over the rounds (one slow round is the
+# machine, not the code); the last round's bytes and bandwidth for context.
+print(f"libqwen ({q['kernels']} kernels): load {statistics.median(q_load):.1f} ms, decode at "
+      f"{100 * statistics.median(q_share):.0f}% of the bandwidth bound "
+      f"({q['weight_bytes_per_token'] / 1e6:.0f} MB read per token; last round's read bandwidth {q['read_bandwidth_gbs']:.1f} GB/s)")
 PY
 rm -rf "$out"

@@ -5,6 +5,7 @@
 use super::weights::{Attention, Tensor};
 use super::Model;
 use crate::backend::cpu::matmul::activation_row_bytes;
+use crate::backend::cpu::matmul::matmul_many;
 use crate::backend::cpu::{matmul, ops, ThreadPool, WeightMatrix};
 use crate::kv_cache::{KvCache, KvRows, LayerView};
 
@@ -179,9 +180,12 @@ pub fn forward(
                 v,
                 v_bias,
             } => {
-                model.matmul(pool, q, &s.xb, t_len, &mut s.q, &mut s.xq);
-                model.matmul(pool, k, &s.xb, t_len, &mut s.k, &mut s.xq);
-                model.matmul(pool, v, &s.xb, t_len, &mut s.v, &mut s.xq);
+                let mut qkv = [
+                    (model.matrix(q), &mut s.q[..]),
+                    (model.matrix(k), &mut s.k[..]),
+                    (model.matrix(v), &mut s.v[..]),
+                ];
+                matmul_many(pool, &mut qkv, &s.xb, t_len, &mut s.xq);
                 add_bias_rows(&mut s.q, model.vector(q_bias), t_len);
                 add_bias_rows(&mut s.k, model.vector(k_bias), t_len);
                 add_bias_rows(&mut s.v, model.vector(v_bias), t_len);
@@ -250,8 +254,11 @@ pub fn forward(
             t_len,
             d,
         );
-        model.matmul(pool, &layer.ffn_gate, &s.xb, t_len, &mut s.gate, &mut s.xq);
-        model.matmul(pool, &layer.ffn_up, &s.xb, t_len, &mut s.up, &mut s.xq);
+        let mut gate_up = [
+            (model.matrix(&layer.ffn_gate), &mut s.gate[..]),
+            (model.matrix(&layer.ffn_up), &mut s.up[..]),
+        ];
+        matmul_many(pool, &mut gate_up, &s.xb, t_len, &mut s.xq);
         let f = c.n_ff;
         let gp = SharedMut(s.gate.as_mut_ptr());
         let up = &s.up[..t_len * f];
