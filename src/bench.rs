@@ -164,26 +164,46 @@ pub fn run_with(
 
 /// Bytes per second at which `n_threads` threads can read `bytes` (each sums its own contiguous
 /// part as u64 words); best of three passes, so the first pass's page faults don't count.
+///
+/// On x86-64 the loop prefetches 4 KiB ahead of each line it reads, as the decode kernels do:
+/// without it one core cannot keep enough requests in flight, the plain loop read ~10% slower
+/// than the kernels stream their weights, and the "bound" was no bound.
 pub fn measure_read_bandwidth(bytes: &[u8], n_threads: usize) -> f64 {
     let pool = crate::backend::cpu::ThreadPool::new(n_threads);
-    let words = bytes.len() / 8;
+    let lines = bytes.len() / 64;
     let sink = std::sync::atomic::AtomicU64::new(0);
     let mut best = 0.0f64;
     for _ in 0..3 {
         let t = Instant::now();
-        pool.for_ranges(words, &|range| {
-            let mut acc = [0u64; 4];
-            let part = &bytes[range.start * 8..range.end * 8];
-            for chunk in part.chunks_exact(32) {
-                for (a, w) in acc.iter_mut().zip(chunk.chunks_exact(8)) {
+        pool.for_ranges(lines, &|range| {
+            let mut acc = [0u64; 8];
+            let part = &bytes[range.start * 64..range.end * 64];
+            for line in part.chunks_exact(64) {
+                prefetch_past(line, 4096);
+                for (a, w) in acc.iter_mut().zip(line.chunks_exact(8)) {
                     *a = a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
                 }
             }
             let sum = acc.iter().fold(0u64, |x, y| x.wrapping_add(*y));
             sink.fetch_add(sum, std::sync::atomic::Ordering::Relaxed);
         });
-        best = best.max((words * 8) as f64 / t.elapsed().as_secs_f64());
+        best = best.max((lines * 64) as f64 / t.elapsed().as_secs_f64());
     }
     std::hint::black_box(sink.into_inner());
     best
+}
+
+/// A hint to fetch the cache line `ahead` bytes past `line` (a no-op where there is no stable
+/// prefetch instruction).
+#[inline(always)]
+fn prefetch_past(line: &[u8], ahead: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = line.as_ptr().cast::<i8>().wrapping_add(ahead);
+        // SAFETY: a prefetch is a hint: it never faults and changes nothing, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (line, ahead);
 }
