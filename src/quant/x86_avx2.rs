@@ -155,7 +155,7 @@ fn f32_to_f16(x: f32) -> [u8; 2] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn hsum_ps(v: __m256) -> f32 {
+pub(super) fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));

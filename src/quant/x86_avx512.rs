@@ -26,8 +26,9 @@ use std::arch::x86_64::*;
 use super::k_quants::{BlockQ4K, BlockQ6K};
 use super::q5::BlockQ5_0;
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+
 use super::simd_common::{k4_scales_mins, strided_groups};
-use super::x86_avx2::{self as avx2, f16_to_f32, hsum_epi32, load128, load256, Byte};
+use super::x86_avx2::{self as avx2, f16_to_f32, hsum_epi32, hsum_ps, load128, load256, Byte};
 use super::{as_blocks, GemmOut};
 use crate::gguf::GgmlType;
 
@@ -137,6 +138,14 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             |r, a| dot16_q5_0(r, a),
             |r| avx2::vec_dot(Q5_0, r, act),
         ),
+        Q8_0 => {
+            let a = as_blocks(act);
+            let nrows = out.len().min(w.len() / rb.max(1));
+            let done = strided_groups(w, rb, &mut out[..nrows], |rows| dot8_q8_0(rows, a));
+            for r in done..nrows {
+                out[r] = avx2::vec_dot(Q8_0, &w[r * rb..(r + 1) * rb], act);
+            }
+        }
         // Not specialised here: the AVX2 kernels.
         _ => avx2::vec_dot_rows(ty, rb, w, act, out),
     }
@@ -419,4 +428,82 @@ fn fma16(h: [u16; 16], dy: f32, sumi: __m512i, acc: __m512) -> __m512 {
         _mm512_cvtepi32_ps(sumi),
         acc,
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q8_0.
+/// How far ahead of each of its 8 row streams the Q8_0 decode kernel prefetches, in bytes (8 KiB
+/// in all: well inside L1).
+const Q8_0_AHEAD: usize = 1024;
+
+/// Eight Q8_0 rows (of equal length), each with the bits of AVX2's single-row dot: 8 f32 lanes
+/// per row, lane j taking `fma(d_w·d_a, float(s_j), acc)` with s_j = the products of elements
+/// 2j, 2j+1, 16+2j, 17+2j (`madd` of the i16-widened halves), even blocks into one accumulator
+/// and odd ones into another, added and summed horizontally at the end. Here rows 2k and 2k+1
+/// share a vector, `vpdpwssd` adds the second half's pairs in place of `madd` + `add` (the same
+/// exact integers), and the activation block is widened once for all eight rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot8_q8_0(w: [&[BlockQ8_0]; 8], a: &[BlockQ8_0]) -> [f32; 8] {
+    let nb = a.len().min(w.iter().map(|r| r.len()).min().unwrap_or(0));
+    // Cut to `nb` blocks, so that the compiler sees every index below in bounds.
+    let (w, a) = (w.map(|r| &r[..nb]), &a[..nb]);
+    // The even and odd blocks' accumulators as two arrays indexed by constants (see AVX2's
+    // `dot_q8_0_x4`: indexed by `i & 1` they live in memory).
+    let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+    let mut i = 0;
+    while i + 2 <= nb {
+        q8_0_x8_block(&w, &a[i], i, &mut acc0);
+        q8_0_x8_block(&w, &a[i + 1], i + 1, &mut acc1);
+        i += 2;
+    }
+    if i < nb {
+        q8_0_x8_block(&w, &a[i], i, &mut acc0);
+    }
+    let mut out = [0f32; 8];
+    for k in 0..4 {
+        let v = _mm512_add_ps(acc0[k], acc1[k]);
+        out[2 * k] = hsum_ps(_mm512_castps512_ps256(v));
+        out[2 * k + 1] = hsum_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+            _mm512_castps_pd(v),
+        )));
+    }
+    out
+}
+
+/// Block `i` of the eight rows of [`dot8_q8_0`] against the activation block `y`, into `acc`
+/// (rows 2k and 2k + 1 in `acc[k]`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q8_0_x8_block(w: &[&[BlockQ8_0]; 8], y: &BlockQ8_0, i: usize, acc: &mut [__m512; 4]) {
+    for r in w {
+        avx2::prefetch_ahead(&r[i], Q8_0_AHEAD);
+    }
+    let y0 = _mm512_broadcast_i64x4(_mm256_cvtepi8_epi16(load128(&y.qs)));
+    let y1 = _mm512_broadcast_i64x4(_mm256_cvtepi8_epi16(load128(&y.qs[16..])));
+    // d_w·d_a of each row, AVX2's f32 product; then spread over each row's 8 lanes (lanes 0..8
+    // take row 2k's, 8..16 row 2k + 1's).
+    let h = |r: usize| u16::from_le_bytes(w[r][i].d) as i64;
+    let lo = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
+    let hi = h(4) | h(5) << 16 | h(6) << 32 | h(7) << 48;
+    let d = _mm256_mul_ps(
+        _mm256_cvtph_ps(_mm_set_epi64x(hi, lo)),
+        _mm256_set1_ps(f16_to_f32(y.d)),
+    );
+    let d = _mm512_castps256_ps512(d);
+    for (k, acc) in acc.iter_mut().enumerate() {
+        let (r0, r1) = (2 * k as i32, 2 * k as i32 + 1);
+        let pick = _mm512_setr_epi32(
+            r0, r0, r0, r0, r0, r0, r0, r0, r1, r1, r1, r1, r1, r1, r1, r1,
+        );
+        let (x0, x1) = (&w[2 * k][i].qs, &w[2 * k + 1][i].qs);
+        let halves = |o: usize| {
+            _mm512_cvtepi8_epi16(_mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(load128(&x0[o..])),
+                load128(&x1[o..]),
+            ))
+        };
+        let s = _mm512_dpwssd_epi32(_mm512_madd_epi16(halves(0), y0), halves(16), y1);
+        let dk = _mm512_permutexvar_ps(pick, d);
+        *acc = _mm512_fmadd_ps(dk, _mm512_cvtepi32_ps(s), *acc);
+    }
 }
