@@ -128,7 +128,14 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
 pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     use GgmlType::*;
     match ty {
-        Q4_K => avx2::one_by_one(w, rb, act, out, |r, a| dot_q4_k(r, a)),
+        Q4_K => {
+            let a = as_blocks(act);
+            let nrows = out.len().min(w.len() / rb.max(1));
+            let done = strided_groups(w, rb, &mut out[..nrows], |rows| dot2_q4_k(rows, a));
+            for r in done..nrows {
+                out[r] = dot_q4_k(as_blocks(&w[r * rb..(r + 1) * rb]), a);
+            }
+        }
         Q6_K => avx2::one_by_one(w, rb, act, out, |r, a| dot_q6_k(r, a)),
         Q5_0 => rows_by_16(
             w,
@@ -235,17 +242,24 @@ fn q4k_quants64(x: &BlockQ4K, c: usize) -> __m512i {
     _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
 }
 
-/// The exact integers of one Q4_K block against one Q8_K block: `(Σ_j sc_j·Σ q·y, Σ_j
-/// mn_j·bsum_j)`.
+/// The activation block's 8 sub-block sums (of 32 activations each) as i16 lanes 0..8: |bsum|
+/// ≤ 16·128, so the pairwise sums of `y.bsums` fit i16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn q4k_block(x: &BlockQ4K, y: &BlockQ8K) -> (i32, i32) {
-    let (sc, mn) = k4_scales_mins(&x.scales);
-    // Minimums: Σ_j mn_j·(the sum of sub-block j's 32 activations); |bsum| ≤ 16·128, so the
-    // pairwise sums fit i16.
-    let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+fn q8k_sums_of_32(y: &BlockQ8K) -> __m128i {
     let b = load256(y.bsums.as_flattened());
-    let b32 = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
+    _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b))
+}
+
+/// One Q4_K block against one Q8_K block (`b32`: [`q8k_sums_of_32`] of it), as lanes whose sums
+/// are the block's exact integers: `Σ_j sc_j·Σ q·y` over the 16 i32 lanes of the first, `Σ_j
+/// mn_j·bsum_j` over the 4 of the second.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q4k_block_lanes(x: &BlockQ4K, y: &BlockQ8K, b32: __m128i) -> (__m512i, __m128i) {
+    let (sc, mn) = k4_scales_mins(&x.scales);
+    // Minimums: Σ_j mn_j·(the sum of sub-block j's 32 activations).
+    let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
     let summ = _mm_madd_epi16(mins, b32);
     // Scale j in i32 lane j, as an i16 with a zero upper half (for `dpwssd`).
     let sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
@@ -260,9 +274,7 @@ fn q4k_block(x: &BlockQ4K, y: &BlockQ8K) -> (i32, i32) {
         );
         sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_permutexvar_epi32(idx, sc32));
     }
-    let m = _mm_add_epi32(summ, _mm_shuffle_epi32::<0b01_00_11_10>(summ));
-    let m = _mm_add_epi32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
-    (hsum512(sumi), _mm_cvtsi128_si32(m))
+    (sumi, summ)
 }
 
 /// One Q4_K row against one activation row: the float chain of `x86_avx2::gemm`.
@@ -271,11 +283,51 @@ fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     let (mut acc, mut accm) = (0f32, 0f32);
     for (x, y) in w.iter().zip(a) {
         avx2::prefetch_ahead(x, avx2::PREFETCH_AHEAD);
-        let (sumi, summ) = q4k_block(x, y);
-        acc = (y.d() * f16_to_f32(x.d)).mul_add(sumi as f32, acc);
-        accm = (y.d() * f16_to_f32(x.dmin)).mul_add(summ as f32, accm);
+        let (sumi, summ) = q4k_block_lanes(x, y, q8k_sums_of_32(y));
+        acc = (y.d() * f16_to_f32(x.d)).mul_add(hsum512(sumi) as f32, acc);
+        accm = (y.d() * f16_to_f32(x.dmin)).mul_add(hsum_epi32_128(summ) as f32, accm);
     }
     acc - accm
+}
+
+/// The sum of the 4 i32 lanes of `v`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn hsum_epi32_128(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+    _mm_cvtsi128_si32(v)
+}
+
+/// Two Q4_K rows, each with the bits of [`dot_q4_k`]: the activation block's sub-block sums
+/// and the horizontal sums are shared, and the two rows' float chains (and their minimum
+/// chains) run in the lanes of one vector: the same f32 multiply and fma per lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot2_q4_k(w: [&[BlockQ4K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
+    // Lanes: [row 0, row 1, row 0's minimums, row 1's].
+    let mut acc = _mm_setzero_ps();
+    for ((x0, x1), y) in w[0].iter().zip(w[1]).zip(a) {
+        avx2::prefetch_ahead(x0, avx2::PREFETCH_AHEAD);
+        avx2::prefetch_ahead(x1, avx2::PREFETCH_AHEAD);
+        let b32 = q8k_sums_of_32(y);
+        let (s0, m0) = q4k_block_lanes(x0, y, b32);
+        let (s1, m1) = q4k_block_lanes(x1, y, b32);
+        // [Σ s0, Σ s1, Σ m0, Σ m1], exact i32 sums in another order.
+        let fold = |v: __m512i| {
+            _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+        };
+        let s = _mm256_hadd_epi32(fold(s0), fold(s1));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let ints = _mm_hadd_epi32(s, _mm_hadd_epi32(m0, m1));
+        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
+        let d = h(x0.d) | h(x1.d) << 16 | h(x0.dmin) << 32 | h(x1.dmin) << 48;
+        let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi64_si128(d)));
+        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+    }
+    let mut v = [0f32; 4];
+    // SAFETY: `v` is 4 writable f32; no alignment needed.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    [v[0] - v[2], v[1] - v[3]]
 }
 
 // ---------------------------------------------------------------------------------------------
