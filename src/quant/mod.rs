@@ -80,6 +80,14 @@ pub(crate) fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), n) }
 }
 
+/// The bytes of `blocks`: the inverse of [`as_blocks`].
+#[allow(dead_code)] // used by some SIMD builds only
+pub(crate) fn block_bytes<B: Block>(blocks: &[B]) -> &[u8] {
+    // SAFETY: `B: Block` is plain bytes (alignment 1, no padding), so `blocks` is
+    // `size_of_val(blocks)` initialized bytes, borrowed for as long as the result lives.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), size_of_val(blocks)) }
+}
+
 /// Mutable form of [`as_blocks`].
 #[inline(always)]
 pub(crate) fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {

@@ -29,7 +29,7 @@ use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 
 use super::simd_common::{k4_scales_mins, strided_groups};
 use super::x86_avx2::{self as avx2, f16_to_f32, hsum_epi32, hsum_ps, load128, load256, Byte};
-use super::{as_blocks, GemmOut};
+use super::{as_blocks, block_bytes, GemmOut};
 use crate::gguf::GgmlType;
 
 pub(super) mod gemm;
@@ -128,31 +128,38 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
 pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     use GgmlType::*;
     match ty {
-        Q4_K => {
-            let a = as_blocks(act);
-            let nrows = out.len().min(w.len() / rb.max(1));
-            let done = strided_groups(w, rb, &mut out[..nrows], |rows| dot2_q4_k(rows, a));
-            for r in done..nrows {
-                out[r] = dot_q4_k(as_blocks(&w[r * rb..(r + 1) * rb]), a);
-            }
-        }
-        Q6_K => avx2::one_by_one(w, rb, act, out, |r, a| dot_q6_k(r, a)),
-        Q5_0 => rows_by_16(
+        Q4_K => rows_by(
+            w,
+            rb,
+            act,
+            out,
+            |r, a| dot2_q4_k(r, a),
+            |r, a| dot_q4_k(r, a),
+        ),
+        Q6_K => rows_by(
+            w,
+            rb,
+            act,
+            out,
+            |r, a| dot2_q6_k(r, a),
+            |r, a| dot_q6_k(r, a),
+        ),
+        Q5_0 => rows_by(
             w,
             rb,
             act,
             out,
             |r, a| dot16_q5_0(r, a),
-            |r| avx2::vec_dot(Q5_0, r, act),
+            |r, _| avx2::vec_dot(Q5_0, block_bytes(r), act),
         ),
-        Q8_0 => {
-            let a = as_blocks(act);
-            let nrows = out.len().min(w.len() / rb.max(1));
-            let done = strided_groups(w, rb, &mut out[..nrows], |rows| dot8_q8_0(rows, a));
-            for r in done..nrows {
-                out[r] = avx2::vec_dot(Q8_0, &w[r * rb..(r + 1) * rb], act);
-            }
-        }
+        Q8_0 => rows_by(
+            w,
+            rb,
+            act,
+            out,
+            |r, a| dot8_q8_0(r, a),
+            |r, _| avx2::vec_dot(Q8_0, block_bytes(r), act),
+        ),
         // Not specialised here: the AVX2 kernels.
         _ => avx2::vec_dot_rows(ty, rb, w, act, out),
     }
@@ -208,24 +215,24 @@ pub(super) fn quantize_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
 // ---------------------------------------------------------------------------------------------
 // Row drivers.
 
-/// `out[r]` for rows `0..out.len()` of `w` against one activation row, 16 rows at a time by
-/// `sixteen` (in the strided order of [`strided_groups`]); the rows after the last whole group go
-/// through `one` (given the row's bytes).
+/// `out[r]` for rows `0..out.len()` of `w` against one activation row, G rows at a time by
+/// `group` (in the strided order of [`strided_groups`]); the rows after the last whole group go
+/// through `one`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn rows_by_16<B: super::Block, A: super::Block>(
+fn rows_by<B: super::Block, A: super::Block, const G: usize>(
     w: &[u8],
     rb: usize,
     act: &[u8],
     out: &mut [f32],
-    sixteen: impl Fn([&[B]; 16], &[A]) -> [f32; 16],
-    one: impl Fn(&[u8]) -> f32,
+    group: impl Fn([&[B]; G], &[A]) -> [f32; G],
+    one: impl Fn(&[B], &[A]) -> f32,
 ) {
     let a = as_blocks::<A>(act);
     let nrows = out.len().min(w.len() / rb.max(1));
-    let done = strided_groups(w, rb, &mut out[..nrows], |rows| sixteen(rows, a));
+    let done = strided_groups(w, rb, &mut out[..nrows], |rows| group(rows, a));
     for r in done..nrows {
-        out[r] = one(&w[r * rb..(r + 1) * rb]);
+        out[r] = one(as_blocks(&w[r * rb..(r + 1) * rb]), a);
     }
 }
 
@@ -357,11 +364,11 @@ fn q6k_quants64(x: &BlockQ6K, h: usize, hi: bool) -> __m512i {
     )
 }
 
-/// The exact integer of one Q6_K block against one Q8_K block: `Σ_h sc_h·Σ q·y − 32·Σ_h
-/// sc_h·bsum_h`.
+/// One Q6_K block against one Q8_K block as 8 i32 lanes whose sum is the block's exact integer
+/// `Σ_h sc_h·Σ q·y − 32·Σ_h sc_h·bsum_h` (in wrapping i32 arithmetic, which the true value fits).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn q6k_block(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
+fn q6k_block_lanes(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
     let scales = load128(&x.scales);
     let sc16 = _mm256_cvtepi8_epi16(scales);
     // Scale h in i32 lane h as an i16 with a zero upper half (for `dpwssd`).
@@ -394,7 +401,11 @@ fn q6k_block(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
     }
     // The quants' offset: −32·Σ_h sc_h·bsum_h.
     let off = _mm256_madd_epi16(sc16, load256(y.bsums.as_flattened()));
-    hsum512(sumi) - 32 * hsum_epi32(off)
+    let sumi = _mm256_add_epi32(
+        _mm512_castsi512_si256(sumi),
+        _mm512_extracti64x4_epi64::<1>(sumi),
+    );
+    _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(off))
 }
 
 /// One Q6_K row against one activation row: the float chain of `x86_avx2::gemm`.
@@ -403,9 +414,32 @@ fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let mut acc = 0f32;
     for (x, y) in w.iter().zip(a) {
         avx2::prefetch_ahead(x, avx2::PREFETCH_AHEAD);
-        acc = (f16_to_f32(x.d) * y.d()).mul_add(q6k_block(x, y) as f32, acc);
+        let s = hsum_epi32(q6k_block_lanes(x, y));
+        acc = (f16_to_f32(x.d) * y.d()).mul_add(s as f32, acc);
     }
     acc
+}
+
+/// Two Q6_K rows, each with the bits of [`dot_q6_k`]: one horizontal reduction for both, and
+/// the two float chains in the lanes of one vector (the same f32 multiply and fma per lane).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot2_q6_k(w: [&[BlockQ6K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
+    let mut acc = _mm_setzero_ps();
+    for ((x0, x1), y) in w[0].iter().zip(w[1]).zip(a) {
+        avx2::prefetch_ahead(x0, avx2::PREFETCH_AHEAD);
+        avx2::prefetch_ahead(x1, avx2::PREFETCH_AHEAD);
+        // [Σ row 0, Σ row 1, …] of the lanes: exact i32 sums in another order.
+        let s = _mm256_hadd_epi32(q6k_block_lanes(x0, y), q6k_block_lanes(x1, y));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let ints = _mm_hadd_epi32(s, s);
+        let d = u16::from_le_bytes(x0.d) as i32 | (u16::from_le_bytes(x1.d) as i32) << 16;
+        let d = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d)), _mm_set1_ps(y.d()));
+        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+    }
+    let mut v = [0f32; 4];
+    // SAFETY: `v` is 4 writable f32; no alignment needed.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    [v[0], v[1]]
 }
 
 // ---------------------------------------------------------------------------------------------

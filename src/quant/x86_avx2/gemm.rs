@@ -956,10 +956,10 @@ fn rows_by_8<B: super::super::Block, A: super::super::Block>(
     }
 }
 
-/// `out[r]` = `one(row r, act)` (also the AVX-512 build's driver for its one-row kernels).
+/// `out[r]` = `one(row r, act)`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(in crate::quant) fn one_by_one<B: super::super::Block, A: super::super::Block>(
+fn one_by_one<B: super::super::Block, A: super::super::Block>(
     w: &[u8],
     rb: usize,
     act: &[u8],
