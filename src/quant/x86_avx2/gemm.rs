@@ -351,6 +351,39 @@ pub(super) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     acc - accm
 }
 
+/// Two Q4_K rows, each with the bits of [`dot_q4_k`]: one horizontal reduction for both, and
+/// the two rows' float chains and minimum chains in the lanes of one vector (the same f32
+/// multiply and fma per lane).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_q4_k(w: [&[BlockQ4K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
+    // Lanes: [row 0, row 1, row 0's minimums, row 1's].
+    let mut acc = _mm_setzero_ps();
+    for ((x0, x1), y) in w[0].iter().zip(w[1]).zip(a) {
+        prefetch_ahead(x0, PREFETCH_AHEAD);
+        prefetch_ahead(x1, PREFETCH_AHEAD);
+        let (s0, m0) = q4k_block_lanes(x0, y);
+        let (s1, m1) = q4k_block_lanes(x1, y);
+        // [Σ s0, Σ s1, Σ m0, Σ m1]: exact i32 sums in another order.
+        let ints = _mm_hadd_epi32(fold_pairs(s0, s1), fold_pairs(m0, m1));
+        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
+        let d = h(x0.d) | h(x1.d) << 16 | h(x0.dmin) << 32 | h(x1.dmin) << 48;
+        let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi64_si128(d)));
+        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+    }
+    let mut v = [0f32; 4];
+    // SAFETY: `v` is 4 writable f32; no alignment needed.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    [v[0] - v[2], v[1] - v[3]]
+}
+
+/// [a, a', b, b'] whose sums a + a' and b + b' are the sums of the 8 i32 lanes of `a` and `b`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn fold_pairs(a: __m256i, b: __m256i) -> __m128i {
+    let s = _mm256_hadd_epi32(a, b);
+    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Q6_K.
 
@@ -497,6 +530,27 @@ pub(super) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
         acc = (f16_to_f32(x.d) * y.d()).mul_add(s as f32, acc);
     }
     acc
+}
+
+/// Two Q6_K rows, each with the bits of [`dot_q6_k`]: one horizontal reduction for both, and
+/// the two float chains in the lanes of one vector.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_q6_k(w: [&[BlockQ6K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
+    let mut acc = _mm_setzero_ps();
+    for ((x0, x1), y) in w[0].iter().zip(w[1]).zip(a) {
+        prefetch_ahead(x0, PREFETCH_AHEAD);
+        prefetch_ahead(x1, PREFETCH_AHEAD);
+        let s = fold_pairs(q6k_block_lanes(x0, y), q6k_block_lanes(x1, y));
+        // [Σ row 0, Σ row 1, …]: exact i32 sums in another order.
+        let ints = _mm_hadd_epi32(s, s);
+        let d = u16::from_le_bytes(x0.d) as i32 | (u16::from_le_bytes(x1.d) as i32) << 16;
+        let d = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d)), _mm_set1_ps(y.d()));
+        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+    }
+    let mut v = [0f32; 4];
+    // SAFETY: `v` is 4 writable f32; no alignment needed.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    [v[0], v[1]]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -936,41 +990,24 @@ unsafe fn gemm_l32<
 // ---------------------------------------------------------------------------------------------
 // Drivers.
 
-/// `out[r]` for rows `0..out.len()` of `w` against one activation row, 8 rows at a time (in the
-/// strided order of [`strided_groups`]); rows past the last whole group go through `one`.
+/// `out[r]` for rows `0..out.len()` of `w` against one activation row, G rows at a time by
+/// `group` (in the strided order of [`strided_groups`]); rows past the last whole group go
+/// through `one`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn rows_by_8<B: super::super::Block, A: super::super::Block>(
+fn rows_by<B: super::super::Block, A: super::super::Block, const G: usize>(
     w: &[u8],
     rb: usize,
     act: &[u8],
     out: &mut [f32],
-    eight: impl Fn([&[B]; 8], &[A]) -> [f32; 8],
+    group: impl Fn([&[B]; G], &[A]) -> [f32; G],
     one: impl Fn(&[B], &[A]) -> f32,
 ) {
     let a = as_blocks::<A>(act);
     let nrows = out.len().min(w.len() / rb.max(1));
-    let done = strided_groups(w, rb, &mut out[..nrows], |rows| eight(rows, a));
+    let done = strided_groups(w, rb, &mut out[..nrows], |rows| group(rows, a));
     for r in done..nrows {
         out[r] = one(as_blocks(&w[r * rb..(r + 1) * rb]), a);
-    }
-}
-
-/// `out[r]` = `one(row r, act)`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn one_by_one<B: super::super::Block, A: super::super::Block>(
-    w: &[u8],
-    rb: usize,
-    act: &[u8],
-    out: &mut [f32],
-    one: impl Fn(&[B], &[A]) -> f32,
-) {
-    let a = as_blocks::<A>(act);
-    let rb = rb.max(1);
-    // (The one-row kernels prefetch PREFETCH_AHEAD past each block they read.)
-    for (o, r) in out.iter_mut().zip(w.chunks_exact(rb)) {
-        *o = one(as_blocks(r), a);
     }
 }
 
@@ -979,11 +1016,24 @@ fn one_by_one<B: super::super::Block, A: super::super::Block>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) -> bool {
     match ty {
-        // The K-quants' blocks are long enough that one row at a time (one sequential stream
-        // for the prefetcher) is as fast as sharing the reduction across 8 rows.
-        GgmlType::Q4_K => one_by_one(w, rb, act, out, |r, a| dot_q4_k(r, a)),
-        GgmlType::Q6_K => one_by_one(w, rb, act, out, |r, a| dot_q6_k(r, a)),
-        GgmlType::Q5_0 => rows_by_8(
+        // Two K-quant rows share the horizontal sums and run their float chains in one vector.
+        GgmlType::Q4_K => rows_by(
+            w,
+            rb,
+            act,
+            out,
+            |r, a| dot2_q4_k(r, a),
+            |r, a| dot_q4_k(r, a),
+        ),
+        GgmlType::Q6_K => rows_by(
+            w,
+            rb,
+            act,
+            out,
+            |r, a| dot2_q6_k(r, a),
+            |r, a| dot_q6_k(r, a),
+        ),
+        GgmlType::Q5_0 => rows_by(
             w,
             rb,
             act,
