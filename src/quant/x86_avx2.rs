@@ -33,7 +33,7 @@ use crate::gguf::{GgmlType, QK_K};
 
 mod gemm;
 
-pub(super) use gemm::{gemm_with, lanes_i16, tile_l32_mins, AccL32, PanelL32};
+pub(super) use gemm::{fold_pairs, gemm_with, lanes_i16, rows_by, tile_l32_mins, AccL32, PanelL32};
 
 /// Whether this CPU can run the kernels of this module.
 pub(super) fn detected() -> bool {

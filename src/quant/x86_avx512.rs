@@ -27,7 +27,7 @@ use super::k_quants::{BlockQ4K, BlockQ6K};
 use super::q5::BlockQ5_0;
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 
-use super::simd_common::{k4_scales_mins, strided_groups};
+use super::simd_common::k4_scales_mins;
 use super::x86_avx2::{self as avx2, f16_to_f32, hsum_epi32, hsum_ps, load128, load256, Byte};
 use super::{as_blocks, block_bytes, GemmOut};
 use crate::gguf::GgmlType;
@@ -128,7 +128,7 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
 pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     use GgmlType::*;
     match ty {
-        Q4_K => rows_by(
+        Q4_K => avx2::rows_by(
             w,
             rb,
             act,
@@ -136,7 +136,7 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             |r, a| dot2_q4_k(r, a),
             |r, a| dot_q4_k(r, a),
         ),
-        Q6_K => rows_by(
+        Q6_K => avx2::rows_by(
             w,
             rb,
             act,
@@ -144,7 +144,7 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             |r, a| dot2_q6_k(r, a),
             |r, a| dot_q6_k(r, a),
         ),
-        Q5_0 => rows_by(
+        Q5_0 => avx2::rows_by(
             w,
             rb,
             act,
@@ -152,7 +152,7 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             |r, a| dot16_q5_0(r, a),
             |r, _| avx2::vec_dot(Q5_0, block_bytes(r), act),
         ),
-        Q8_0 => rows_by(
+        Q8_0 => avx2::rows_by(
             w,
             rb,
             act,
@@ -214,27 +214,6 @@ pub(super) fn quantize_q8_k(src: &[f32], dst: &mut [BlockQ8K]) {
 
 // ---------------------------------------------------------------------------------------------
 // Row drivers.
-
-/// `out[r]` for rows `0..out.len()` of `w` against one activation row, G rows at a time by
-/// `group` (in the strided order of [`strided_groups`]); the rows after the last whole group go
-/// through `one`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn rows_by<B: super::Block, A: super::Block, const G: usize>(
-    w: &[u8],
-    rb: usize,
-    act: &[u8],
-    out: &mut [f32],
-    group: impl Fn([&[B]; G], &[A]) -> [f32; G],
-    one: impl Fn(&[B], &[A]) -> f32,
-) {
-    let a = as_blocks::<A>(act);
-    let nrows = out.len().min(w.len() / rb.max(1));
-    let done = strided_groups(w, rb, &mut out[..nrows], |rows| group(rows, a));
-    for r in done..nrows {
-        out[r] = one(as_blocks(&w[r * rb..(r + 1) * rb]), a);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Q4_K.
@@ -323,8 +302,7 @@ fn dot2_q4_k(w: [&[BlockQ4K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
         let fold = |v: __m512i| {
             _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
         };
-        let s = _mm256_hadd_epi32(fold(s0), fold(s1));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = avx2::fold_pairs(fold(s0), fold(s1));
         let ints = _mm_hadd_epi32(s, _mm_hadd_epi32(m0, m1));
         let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
         let d = h(x0.d) | h(x1.d) << 16 | h(x0.dmin) << 32 | h(x1.dmin) << 48;
@@ -429,8 +407,7 @@ fn dot2_q6_k(w: [&[BlockQ6K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
         avx2::prefetch_ahead(x0, avx2::PREFETCH_AHEAD);
         avx2::prefetch_ahead(x1, avx2::PREFETCH_AHEAD);
         // [Σ row 0, Σ row 1, …] of the lanes: exact i32 sums in another order.
-        let s = _mm256_hadd_epi32(q6k_block_lanes(x0, y), q6k_block_lanes(x1, y));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = avx2::fold_pairs(q6k_block_lanes(x0, y), q6k_block_lanes(x1, y));
         let ints = _mm_hadd_epi32(s, s);
         let d = u16::from_le_bytes(x0.d) as i32 | (u16::from_le_bytes(x1.d) as i32) << 16;
         let d = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d)), _mm_set1_ps(y.d()));

@@ -379,7 +379,7 @@ fn dot2_q4_k(w: [&[BlockQ4K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
 /// [a, a', b, b'] whose sums a + a' and b + b' are the sums of the 8 i32 lanes of `a` and `b`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn fold_pairs(a: __m256i, b: __m256i) -> __m128i {
+pub(in crate::quant) fn fold_pairs(a: __m256i, b: __m256i) -> __m128i {
     let s = _mm256_hadd_epi32(a, b);
     _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
 }
@@ -992,10 +992,10 @@ unsafe fn gemm_l32<
 
 /// `out[r]` for rows `0..out.len()` of `w` against one activation row, G rows at a time by
 /// `group` (in the strided order of [`strided_groups`]); rows past the last whole group go
-/// through `one`.
+/// through `one`. (Also the AVX-512 build's row driver.)
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn rows_by<B: super::super::Block, A: super::super::Block, const G: usize>(
+pub(in crate::quant) fn rows_by<B: super::super::Block, A: super::super::Block, const G: usize>(
     w: &[u8],
     rb: usize,
     act: &[u8],
