@@ -29,7 +29,7 @@
  * ABI major version: bumped on any incompatible change (a removed or changed function or
  * struct layout).
  */
-#define QWEN_ABI_VERSION_MAJOR 1
+#define QWEN_ABI_VERSION_MAJOR 2
 
 /**
  * ABI minor version: bumped when functions or constants are added.
@@ -138,24 +138,30 @@
 #define QWEN_BACKEND_CPU 0
 
 /**
- * Compute backend: CUDA (feature `cuda`; not in this build yet).
+ * Compute backend: CUDA (a library built with feature `cuda`; the driver is loaded when a
+ * session is created, so `qwen_session_new` reports a missing driver or device).
  */
 #define QWEN_BACKEND_CUDA 1
 
 /**
- * Compute backend: ROCm/HIP (feature `rocm`; not in this build yet).
+ * Compute backend: ROCm/HIP for AMD GPUs and Hygon DCUs (a library built with feature `rocm`).
  */
 #define QWEN_BACKEND_ROCM 2
 
 /**
- * KV-cache element type: 32-bit float.
+ * KV-cache element type: 32-bit float (exact; a GPU backend stores it as 16-bit float).
  */
 #define QWEN_KV_F32 0
 
 /**
- * KV-cache element type: 16-bit float (not supported yet).
+ * KV-cache element type: 16-bit float (half the memory of f32).
  */
 #define QWEN_KV_F16 1
+
+/**
+ * KV-cache element type: int8 rows with a scale (about a quarter of f32).
+ */
+#define QWEN_KV_Q8 2
 
 /**
  * A loaded model: weights mapped from the file, hyperparameters, tokenizer. Opaque; shared by
@@ -186,13 +192,18 @@ typedef struct {
      */
     int32_t n_ctx;
     /**
-     * `QWEN_KV_F32` (the only type supported yet).
+     * KV-cache storage of its sessions: `QWEN_KV_F32`, `QWEN_KV_F16` or `QWEN_KV_Q8`.
      */
     int32_t kv_type;
     /**
-     * `QWEN_BACKEND_CPU` (the only backend in this build).
+     * `QWEN_BACKEND_CPU`, or `QWEN_BACKEND_CUDA` / `QWEN_BACKEND_ROCM` in a library built with
+     * that feature (`qwen_model_load` fails with `QWEN_ERR_UNSUPPORTED` otherwise).
      */
     int32_t backend;
+    /**
+     * GPU ordinal for the GPU backends (ignored by the CPU).
+     */
+    int32_t device;
 } qwen_model_params;
 
 /**
@@ -454,9 +465,11 @@ qwen_session_params qwen_session_default_params(void);
 qwen_sampling_params qwen_sampling_default_params(void);
 
 /**
- * Creates a session over `model` (`params` may be NULL for the defaults). Allocates the whole
- * KV cache and scratch now; nothing is allocated per token later. Returns NULL on failure (see
- * `qwen_last_error()`). Free it with `qwen_session_free`.
+ * Creates a session over `model` (`params` may be NULL for the defaults) on the model's
+ * backend and KV-cache type. Allocates the whole KV cache and scratch now (on a GPU backend
+ * also uploads the weights and compiles the kernels); nothing is allocated per token later.
+ * Returns NULL on failure (see `qwen_last_error()`: `QWEN_ERR_UNSUPPORTED` names a missing GPU
+ * driver or device). Free it with `qwen_session_free`.
  *
  * Thread-safe: any number of sessions may be created over one model, from any threads.
  */

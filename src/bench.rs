@@ -3,10 +3,11 @@
 //! reports, measured the same way (prefill: a batch of `n_prompt` tokens on an empty cache;
 //! decode: `n_gen` single-token steps).
 
+use crate::backend::BackendKind;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampler::Rng;
-use crate::session::{Session, SessionParams};
+use crate::session::{Session, SessionOptions, SessionParams};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,16 +19,38 @@ pub struct BenchParams {
     pub reps: usize,
     /// 0 = physical cores.
     pub n_threads: usize,
+    /// The backend to measure, and its GPU ordinal.
+    pub backend: BackendKind,
+    pub device: usize,
+}
+
+impl Default for BenchParams {
+    fn default() -> Self {
+        BenchParams {
+            n_prompt: 512,
+            n_gen: 128,
+            reps: 5,
+            n_threads: 0,
+            backend: BackendKind::Cpu,
+            device: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchResult {
     pub model: String,
+    /// `cpu`, `cuda` or `rocm`, and the device it ran on ("cpu (2 threads)", "cuda NVIDIA …").
+    pub backend: &'static str,
+    pub device: String,
     pub n_threads: usize,
     pub n_prompt: usize,
     pub n_gen: usize,
     pub reps: usize,
     pub load_ms: f64,
+    /// Creating the session: cache and scratch allocation; on a GPU also the weight upload and
+    /// the kernels' compilation.
+    pub backend_init_ms: f64,
     pub prefill_tps: f64,
     pub prefill_tps_sd: f64,
     pub decode_tps: f64,
@@ -36,15 +59,18 @@ pub struct BenchResult {
     /// Weight bytes read per decoded token (every matrix once, one embedding row).
     pub weight_bytes_per_token: usize,
     /// Memory read bandwidth measured by streaming through the mapped weights with the same
-    /// threads, in GB/s (best of 3).
+    /// threads, in GB/s (best of 3). Host memory: 0 (not measured) on a GPU backend, whose
+    /// weights are in device memory.
     pub read_bandwidth_gbs: f64,
     /// `weight_bytes_per_token * decode_tps`, in GB/s.
     pub achieved_bandwidth_gbs: f64,
     /// Decode speed if every token cost exactly one read of its weights at the measured
     /// bandwidth; `decode_tps / bandwidth_bound_tps` is how close decode gets to the bound.
+    /// 0 where the bandwidth was not measured.
     pub bandwidth_bound_tps: f64,
     pub kv_bytes_per_token: usize,
-    /// The kernel build that ran (`avx2`, `neon+dotprod`, ...; see `QWEN_KERNELS`).
+    /// The CPU kernel build that ran (`avx2`, `neon+dotprod`, ...; see `QWEN_KERNELS`), or the
+    /// GPU backend's name.
     pub kernels: &'static str,
 }
 
@@ -99,7 +125,18 @@ pub fn run_with(
         n_threads: p.n_threads,
         max_batch: p.n_prompt.clamp(1, 512),
     };
-    let mut session = Session::new(Arc::clone(&model), &params)?;
+    let t_init = Instant::now();
+    let mut session = Session::with_options(
+        Arc::clone(&model),
+        &params,
+        &SessionOptions {
+            backend: p.backend,
+            device: p.device,
+            ..Default::default()
+        },
+    )?;
+    let backend_init_ms = t_init.elapsed().as_secs_f64() * 1e3;
+    let on_cpu = p.backend == BackendKind::Cpu;
     let mut rng = Rng::new(1234);
     let n_vocab = model.config.n_vocab as u64;
     // Random ordinary tokens: what is computed does not depend on which ids they are.
@@ -140,9 +177,16 @@ pub fn run_with(
         mean_sd(&decode)
     };
     let wbpt = model.weight_bytes_per_token();
-    let read_bw = measure_read_bandwidth(model.file().as_bytes(), session.n_threads());
+    let read_bw = if on_cpu {
+        measure_read_bandwidth(model.file().as_bytes(), session.n_threads())
+    } else {
+        0.0
+    };
     Ok(BenchResult {
         model: path.display().to_string(),
+        backend: p.backend.as_str(),
+        device: session.device_name(),
+        backend_init_ms,
         n_threads: session.n_threads(),
         n_prompt: p.n_prompt,
         n_gen: p.n_gen,
@@ -158,7 +202,11 @@ pub fn run_with(
         achieved_bandwidth_gbs: wbpt as f64 * decode_tps / 1e9,
         bandwidth_bound_tps: read_bw / wbpt.max(1) as f64,
         kv_bytes_per_token: session.kv_bytes_per_token(),
-        kernels: crate::quant::vec_dot_path(),
+        kernels: if on_cpu {
+            crate::quant::vec_dot_path()
+        } else {
+            p.backend.as_str()
+        },
     })
 }
 

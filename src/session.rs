@@ -17,10 +17,10 @@ mod state;
 
 pub use state::{SessionState, MAX_USER_DATA, STATE_VERSION};
 
-use crate::backend::cpu::{default_threads, ThreadPool};
+use crate::backend::{self, Backend, BackendKind, BackendParams};
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvCacheType};
-use crate::model::forward::{forward, Batch, Scratch};
+use crate::model::forward::Batch;
 use crate::model::Model;
 use crate::sampler::Sampler;
 use std::sync::Arc;
@@ -55,6 +55,11 @@ pub struct SessionOptions {
     pub kv_cache: KvCacheType,
     /// Sequences the session can hold at once (each gets a full context of KV cache).
     pub n_seq: usize,
+    /// Which backend runs the forward pass; the GPU ones must be built in (features `cuda`,
+    /// `rocm`) and find their driver and device, else creating the session fails saying which.
+    pub backend: BackendKind,
+    /// GPU ordinal for the GPU backends.
+    pub device: usize,
 }
 
 impl SessionOptions {
@@ -79,6 +84,8 @@ impl Default for SessionOptions {
         SessionOptions {
             kv_cache: KvCacheType::F32,
             n_seq: 1,
+            backend: BackendKind::Cpu,
+            device: 0,
         }
     }
 }
@@ -107,9 +114,8 @@ impl FinishReason {
 
 pub struct Session {
     model: Arc<Model>,
-    pool: ThreadPool,
-    kv: KvCache,
-    scratch: Scratch,
+    /// The forward pass with its KV cache and scratch buffers.
+    backend: Box<dyn Backend>,
     /// RoPE frequencies per sequence (`[n_seq, hd/2]`); for Qwen-1 they carry the NTK alpha
     /// fixed at that sequence's first prefill.
     inv_freq: Vec<f32>,
@@ -153,31 +159,22 @@ impl Session {
                 opts.n_seq
             )));
         }
-        let n_threads = match params.n_threads {
-            0 => default_threads(),
-            n => n.min(256),
-        };
         let max_batch = params.max_batch.clamp(1, n_ctx.max(opts.n_seq));
-        let scratch = Scratch::new(&model, max_batch, n_ctx, n_threads);
-        let half = c.head_dim / 2;
-        // Only a Q8 cache uses the key bias (see kv_cache's docs).
-        let key_bias: Option<Vec<f32>> = (0..c.n_layer)
-            .filter(|_| opts.kv_cache == KvCacheType::Q8)
-            .map(|l| model.key_bias(l).map(<[f32]>::to_vec))
-            .collect::<Option<Vec<_>>>()
-            .map(|v| v.concat())
-            .filter(|v| !v.is_empty());
-        let mut s = Session {
-            kv: KvCache::with_type(
-                opts.kv_cache,
-                c.n_layer,
-                opts.n_seq,
+        let backend = backend::create(
+            opts.backend,
+            &model,
+            &BackendParams {
                 n_ctx,
-                c.n_head_kv,
-                c.head_dim,
-            ),
-            pool: ThreadPool::new(n_threads),
-            scratch,
+                n_seq: opts.n_seq,
+                max_batch,
+                n_threads: params.n_threads,
+                kv_cache: opts.kv_cache,
+                device: opts.device,
+            },
+        )?;
+        let half = c.head_dim / 2;
+        let mut s = Session {
+            backend,
             inv_freq: vec![0.0; opts.n_seq * half],
             ntk_alpha: vec![0.0; opts.n_seq],
             seqs: (0..opts.n_seq).map(|_| Vec::with_capacity(n_ctx)).collect(),
@@ -187,9 +184,6 @@ impl Session {
             n_evaluated: 0,
             model,
         };
-        if let Some(bias) = key_bias {
-            s.kv.set_key_bias(bias)?;
-        }
         for seq in 0..opts.n_seq {
             s.set_ntk_alpha(seq, 1.0);
         }
@@ -202,25 +196,36 @@ impl Session {
 
     /// Context length of each sequence.
     pub fn n_ctx(&self) -> usize {
-        self.kv.n_ctx()
+        self.backend.n_ctx()
     }
 
     pub fn n_threads(&self) -> usize {
-        self.pool.n_threads()
+        self.backend.n_threads()
     }
 
     /// Sequences this session holds.
     pub fn n_seq(&self) -> usize {
-        self.kv.n_seq()
+        self.backend.n_seq()
     }
 
     /// Most tokens one forward pass takes.
     pub fn max_batch(&self) -> usize {
-        self.scratch.max_batch
+        self.backend.max_batch()
     }
 
+    /// The KV cache storage in use (a GPU backend stores an F32 request as F16).
     pub fn kv_cache_type(&self) -> KvCacheType {
-        self.kv.ty()
+        self.backend.kv_cache_type()
+    }
+
+    /// Which backend runs this session.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    /// The device it runs on ("cpu (2 threads)", "cuda NVIDIA H200 (sm_90)").
+    pub fn device_name(&self) -> String {
+        self.backend.device_name()
     }
 
     /// Tokens currently in the cache (sequence 0).
@@ -247,12 +252,12 @@ impl Session {
 
     /// KV cache bytes per token of one sequence.
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.kv.bytes_per_token()
+        self.backend.kv_bytes_per_token()
     }
 
     /// KV cache bytes of the whole session (every sequence's full context).
     pub fn kv_bytes(&self) -> usize {
-        self.kv.bytes()
+        self.backend.kv_bytes()
     }
 
     /// Forgets everything in the cache (sequence 0).
@@ -280,6 +285,18 @@ impl Session {
     /// `seq_length`); a cached prefix is only valid for a prompt that would get the same.
     pub fn seq_ntk_alpha(&self, seq: usize) -> f64 {
         self.ntk_alpha[seq]
+    }
+
+    /// The KV cache in host memory, which session state files read and write; only the CPU
+    /// backend keeps it there.
+    fn host_kv(&self) -> Result<&KvCache> {
+        let kind = self.backend.kind();
+        self.backend.host_kv().ok_or_else(|| no_host_kv(kind))
+    }
+
+    fn host_kv_mut(&mut self) -> Result<&mut KvCache> {
+        let kind = self.backend.kind();
+        self.backend.host_kv_mut().ok_or_else(|| no_host_kv(kind))
     }
 
     fn set_ntk_alpha(&mut self, seq: usize, alpha: f64) {
@@ -368,7 +385,7 @@ impl Session {
             self.set_ntk_alpha(seq, alpha);
         }
         let n_vocab = self.model.config.n_vocab;
-        let max_batch = self.scratch.max_batch;
+        let max_batch = self.max_batch();
         let mut done = 0;
         let mut n_out = 0;
         for chunk in tokens.chunks(max_batch) {
@@ -387,15 +404,12 @@ impl Session {
                 pos: &self.batch_pos[..n],
                 logits_from: chunk_from,
             };
-            forward(
+            self.backend.forward(
                 &self.model,
-                &self.pool,
-                &mut self.kv,
-                &mut self.scratch,
                 &self.inv_freq,
                 &batch,
                 &mut self.logits[..n_out * n_vocab],
-            );
+            )?;
             for r in 0..n_out {
                 on_logits(
                     done + chunk_from + r,
@@ -419,10 +433,10 @@ impl Session {
     /// returns the logits after each, `[seqs.len(), V]` row-major.
     pub fn decode_batch(&mut self, seqs: &[usize], tokens: &[u32]) -> Result<&[f32]> {
         let n = tokens.len();
-        if seqs.len() != n || n == 0 || n > self.scratch.max_batch {
+        if seqs.len() != n || n == 0 || n > self.max_batch() {
             return Err(Error::InvalidArgument(format!(
                 "decode_batch takes 1 to {} (sequence, token) pairs, got {} sequences and {n} tokens",
-                self.scratch.max_batch,
+                self.max_batch(),
                 seqs.len()
             )));
         }
@@ -449,15 +463,12 @@ impl Session {
             pos: &self.batch_pos[..n],
             logits_from: 0,
         };
-        forward(
+        self.backend.forward(
             &self.model,
-            &self.pool,
-            &mut self.kv,
-            &mut self.scratch,
             &self.inv_freq,
             &batch,
             &mut self.logits[..n * n_vocab],
-        );
+        )?;
         for (&seq, &tok) in seqs.iter().zip(tokens) {
             self.seqs[seq].push(tok);
         }
@@ -584,7 +595,7 @@ impl Session {
         let mut toks = Vec::with_capacity(n);
         while !pending.is_empty() {
             let live = std::mem::take(&mut pending);
-            for chunk in live.chunks(self.scratch.max_batch) {
+            for chunk in live.chunks(self.max_batch()) {
                 seqs.clear();
                 toks.clear();
                 seqs.extend(chunk.iter().map(|p| p.0));
@@ -609,4 +620,10 @@ impl Session {
             .map(|(o, f)| (o, f.unwrap_or(FinishReason::Length)))
             .collect())
     }
+}
+
+fn no_host_kv(kind: BackendKind) -> Error {
+    Error::Unsupported(format!(
+        "session state files on the {kind} backend (its KV cache lives on the device; use the cpu backend)"
+    ))
 }

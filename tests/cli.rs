@@ -191,3 +191,76 @@ fn bad_files_give_clear_errors() {
     ]);
     assert!(!ok && err.contains("top-p"), "{err}");
 }
+
+/// Every command that runs a model takes `--backend`; one this build or machine cannot run is a
+/// clear error naming why (not built in, or its driver missing), never a silent CPU run.
+#[test]
+fn every_model_command_takes_a_backend() {
+    let Some(model) = real_model() else {
+        return;
+    };
+    let text = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("backend-ppl.txt");
+    std::fs::write(&text, "Hello world. ".repeat(20)).unwrap();
+    let text = text.to_str().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["run", "-p", "hi", "-n", "2"],
+        &["chat", "-n", "2"],
+        &["perplexity", "-f", text, "-c", "16"],
+        &["logits", "--ids", "1,2"],
+        &["bench", "-p", "4", "-n", "2", "-r", "1"],
+        &["serve", "--port", "0"],
+    ];
+    for kind in ["cuda", "rocm"] {
+        let built_in = match kind {
+            "cuda" => cfg!(feature = "cuda"),
+            _ => cfg!(feature = "rocm"),
+        };
+        for cmd in commands {
+            if built_in && cmd[0] == "serve" {
+                // With a GPU present it would start serving and not return.
+                continue;
+            }
+            let mut args = cmd.to_vec();
+            args.extend(["-m", &model, "--backend", kind]);
+            let (ok, _, err) = qwen(&args);
+            if ok {
+                // A machine with this GPU and a build with its feature.
+                eprintln!("{args:?}: {kind} is available here");
+                continue;
+            }
+            let why = if err.contains("built without feature") {
+                format!("built without feature {kind}")
+            } else {
+                // Built in: the driver library or device this machine lacks is named.
+                "not found".to_string()
+            };
+            assert!(
+                err.starts_with(&format!("error: backend {kind}: ")) && err.contains(&why),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    let (ok, _, err) = qwen(&["run", "-m", &model, "-p", "hi", "--backend", "tpu"]);
+    assert!(!ok && err.contains("backend `tpu`"), "{err}");
+    // The CPU, named explicitly, is the default path.
+    let (ok, out, err) = qwen(&[
+        "run",
+        "-m",
+        &model,
+        "-p",
+        "1+1=",
+        "-n",
+        "2",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(ok && !out.is_empty(), "{err}");
+    let (ok, out, err) = qwen(&[
+        "bench", "-m", &model, "-p", "4", "-n", "2", "-r", "1", "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["backend"], "cpu");
+    assert!(v["device"].as_str().unwrap().starts_with("cpu ("), "{v}");
+    assert!(v["backend_init_ms"].as_f64().unwrap() >= 0.0);
+}

@@ -17,7 +17,7 @@ use qwen::backend::{self, Backend, BackendKind, BackendParams};
 use qwen::gguf::GgmlType;
 use qwen::kv_cache::KvCacheType;
 use qwen::model::Model;
-use qwen::session::{Session, SessionParams};
+use qwen::session::{Session, SessionOptions, SessionParams};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -386,5 +386,98 @@ fn gpu_greedy_matches_cpu_on_the_real_model() {
             tok.decode(&got),
             tok.decode(&want)
         );
+    }
+}
+
+fn session_on(model: &Arc<Model>, backend: BackendKind, n_seq: usize) -> qwen::Result<Session> {
+    Session::with_options(
+        Arc::clone(model),
+        &SessionParams {
+            n_ctx: 64,
+            n_threads: 2,
+            max_batch: 8,
+        },
+        &SessionOptions {
+            kv_cache: KvCacheType::F16,
+            n_seq,
+            backend,
+            device: 0,
+        },
+    )
+}
+
+/// A session asked for a backend this build or machine lacks fails as `backend::create` does,
+/// naming why; the CPU session reports its backend.
+#[test]
+fn sessions_name_their_backend_or_why_it_is_missing() {
+    let Some(path) = common::tiny_gguf("qwen2-tiny", "q8_0") else {
+        return;
+    };
+    let model = Arc::new(Model::load(&path).unwrap());
+    let cpu = session_on(&model, BackendKind::Cpu, 1).unwrap();
+    assert_eq!(cpu.backend_kind(), BackendKind::Cpu);
+    assert!(
+        cpu.device_name().starts_with("cpu ("),
+        "{}",
+        cpu.device_name()
+    );
+    for (kind, direct) in gpu_backends(&model, KvCacheType::F16) {
+        let Err(why) = direct else {
+            continue;
+        };
+        match session_on(&model, kind, 1) {
+            Ok(_) => panic!("{kind}: a session was created where the backend is missing"),
+            Err(e) => assert_eq!(e.to_string(), why),
+        }
+    }
+}
+
+/// Sessions on each GPU backend present behave as CPU sessions: prefill in chunks, greedy
+/// decoding, several sequences decoded in one batch (logits within tolerance); their state
+/// cannot be saved (the cache is on the device), which is an error and not a panic.
+#[test]
+fn gpu_sessions_match_cpu_sessions() {
+    let Some(path) = common::tiny_gguf("qwen2-tiny", "q4_k") else {
+        return;
+    };
+    let model = Arc::new(Model::load(&path).unwrap());
+    let mut ran = false;
+    for kind in [BackendKind::Cuda, BackendKind::Rocm] {
+        let mut gpu = match session_on(&model, kind, 2) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("SKIPPED: {kind} session: {e}");
+                continue;
+            }
+        };
+        ran = true;
+        assert_eq!(gpu.backend_kind(), kind);
+        let mut cpu = session_on(&model, BackendKind::Cpu, 2).unwrap();
+        // 19 tokens: three chunks of max_batch 8.
+        let prompts: [Vec<u32>; 2] = [
+            (0..19).map(|i| (i * 41 + 3) % 1000).collect(),
+            (0..5).map(|i| (i * 13 + 9) % 1000).collect(),
+        ];
+        for (seq, p) in prompts.iter().enumerate() {
+            let c = cpu.eval_seq(seq, p).unwrap().to_vec();
+            let g = gpu.eval_seq(seq, p).unwrap().to_vec();
+            assert!(rel_err(&g, &c) < 2e-2, "{kind} prefill of sequence {seq}");
+        }
+        let mut next = [1u32, 2];
+        for step in 0..4 {
+            let c = cpu.decode_batch(&[0, 1], &next).unwrap().to_vec();
+            let g = gpu.decode_batch(&[0, 1], &next).unwrap().to_vec();
+            let v = c.len() / 2;
+            for s in 0..2 {
+                let (cr, gr) = (&c[s * v..(s + 1) * v], &g[s * v..(s + 1) * v]);
+                assert!(rel_err(gr, cr) < 2e-2, "{kind} step {step} sequence {s}");
+                next[s] = qwen::sampler::argmax(cr);
+            }
+        }
+        let err = gpu.save_state_with(Vec::new(), None, &[]).unwrap_err();
+        assert!(err.to_string().contains("on the device"), "{err}");
+    }
+    if !ran {
+        eprintln!("SKIPPED: no GPU backend available: GPU sessions not checked");
     }
 }

@@ -24,6 +24,7 @@ fn session(model: &Arc<Model>, kv: KvCacheType, n_seq: usize) -> Session {
         &SessionOptions {
             kv_cache: kv,
             n_seq,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -168,6 +169,7 @@ fn real_0_5b_q8_cache_agrees_with_f16_on_the_golden_prompts() {
             &SessionOptions {
                 kv_cache: ty,
                 n_seq: prompts.len(),
+                ..Default::default()
             },
         )
         .unwrap()

@@ -30,6 +30,7 @@ fn session(m: &Arc<Model>, ty: KvCacheType, n_seq: usize, n_ctx: usize) -> Sessi
     let opts = SessionOptions {
         kv_cache: ty,
         n_seq,
+        ..Default::default()
     };
     Session::with_options(Arc::clone(m), &params, &opts).unwrap()
 }

@@ -100,13 +100,36 @@ impl Default for BackendParams {
 }
 
 /// One forward step of a model on some device.
-pub trait Backend {
+///
+/// `Send` so a [`Session`](crate::session::Session) (which owns its backend) can move to the
+/// thread that serves it.
+pub trait Backend: Send {
     fn kind(&self) -> BackendKind;
     /// A description of the device ("cpu (8 threads)", "cuda:0 NVIDIA H200 (sm_90)").
     fn device_name(&self) -> String;
     fn n_ctx(&self) -> usize;
     fn n_seq(&self) -> usize;
     fn max_batch(&self) -> usize;
+    /// Host threads doing the work (the GPU backends drive their device from one).
+    fn n_threads(&self) -> usize {
+        1
+    }
+    /// The KV cache's storage (a GPU stores an F32 request as F16).
+    fn kv_cache_type(&self) -> KvCacheType;
+    /// Bytes the whole KV cache holds (every sequence's full context), wherever it lives.
+    fn kv_bytes(&self) -> usize;
+    /// KV cache bytes per token of one sequence.
+    fn kv_bytes_per_token(&self) -> usize {
+        self.kv_bytes() / (self.n_ctx() * self.n_seq()).max(1)
+    }
+    /// The KV cache when it lives in host memory (the CPU backend), for saving and restoring
+    /// session state; `None` where it lives on a device.
+    fn host_kv(&self) -> Option<&KvCache> {
+        None
+    }
+    fn host_kv_mut(&mut self) -> Option<&mut KvCache> {
+        None
+    }
     /// Runs `batch` (see [`Batch`]: at most `max_batch` tokens, positions below `n_ctx`,
     /// sequences below `n_seq`), appending each token's key and value to the cache, and writes
     /// the logits of tokens `logits_from..T` to `logits[..(T - logits_from) * V]`. `inv_freq`
@@ -181,6 +204,30 @@ impl Backend for CpuBackend {
 
     fn max_batch(&self) -> usize {
         self.scratch.max_batch
+    }
+
+    fn n_threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    fn kv_cache_type(&self) -> KvCacheType {
+        self.kv.ty()
+    }
+
+    fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        self.kv.bytes_per_token()
+    }
+
+    fn host_kv(&self) -> Option<&KvCache> {
+        Some(&self.kv)
+    }
+
+    fn host_kv_mut(&mut self) -> Option<&mut KvCache> {
+        Some(&mut self.kv)
     }
 
     fn forward(

@@ -115,6 +115,12 @@ struct ModelArgs {
     kv_cache: Option<String>,
     #[command(flatten)]
     rope: RopeArgs,
+    /// Compute backend: cpu, cuda or rocm (the GPU ones need a build with that feature).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// GPU ordinal for --backend cuda/rocm.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
 }
 
 /// RoPE scaling overrides (for a model whose file does not ask for the scaling it needs).
@@ -241,13 +247,6 @@ struct RunArgs {
     n_predict: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Compute backend: cpu, cuda or rocm (the GPU ones need a build with that feature; with
-    /// them `run` takes a plain --prompt, optionally --chat, and no session files or batches).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
-    /// GPU ordinal for --backend cuda/rocm.
-    #[arg(long, default_value_t = 0)]
-    device: usize,
     /// Treat the prompt as one user turn of a ChatML conversation.
     #[arg(long)]
     chat: bool,
@@ -419,6 +418,8 @@ fn new_session(
             (None, None) => SessionOptions::auto_kv_cache(model),
         },
         n_seq,
+        backend: qwen::backend::BackendKind::parse(&args.backend)?,
+        device: args.device,
     };
     Session::with_options(Arc::clone(model), &params, &opts)
 }
@@ -480,10 +481,6 @@ fn write_piece(out: &mut impl Write, piece: &str) -> bool {
 }
 
 fn run(a: RunArgs) -> CliResult {
-    let kind = qwen::backend::BackendKind::parse(&a.backend)?;
-    if kind != qwen::backend::BackendKind::Cpu {
-        return run_on_backend(a, kind);
-    }
     if a.batch_file.is_some() {
         return run_batch(a);
     }
@@ -1025,23 +1022,24 @@ fn info(a: InfoArgs) -> CliResult {
 }
 
 fn bench(a: BenchArgs) -> CliResult {
-    let kind = qwen::backend::BackendKind::parse(&a.backend)?;
-    if kind != qwen::backend::BackendKind::Cpu {
-        return bench_on_backend(a, kind);
-    }
     let params = qwen::bench::BenchParams {
         n_prompt: a.n_prompt,
         n_gen: a.n_gen,
         reps: a.reps,
         n_threads: a.threads,
+        backend: qwen::backend::BackendKind::parse(&a.backend)?,
+        device: a.device,
     };
     let r = qwen::bench::run_with(&a.model, &params, |c| a.rope.apply(c))?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!("model      {}", r.model);
-        println!("threads    {} ({} kernels)", r.n_threads, r.kernels);
-        println!("load       {:.0} ms", r.load_ms);
+        println!("device     {} ({} kernels)", r.device, r.kernels);
+        println!(
+            "load       {:.0} ms (+{:.0} ms creating the session)",
+            r.load_ms, r.backend_init_ms
+        );
         if r.n_prompt > 0 {
             println!(
                 "prefill    {:.2} ± {:.2} tok/s  (pp{})",
@@ -1059,161 +1057,15 @@ fn bench(a: BenchArgs) -> CliResult {
                 r.weight_bytes_per_token as f64 / 1e6,
                 r.read_bandwidth_gbs
             );
-            println!(
-                "bound      {:.2} tok/s if decode only read weights: {:.0}% reached",
-                r.bandwidth_bound_tps,
-                100.0 * r.decode_tps / r.bandwidth_bound_tps.max(1e-9)
-            );
+            if r.bandwidth_bound_tps > 0.0 {
+                println!(
+                    "bound      {:.2} tok/s if decode only read weights: {:.0}% reached",
+                    r.bandwidth_bound_tps,
+                    100.0 * r.decode_tps / r.bandwidth_bound_tps
+                );
+            }
         }
         println!("peak RSS   {:.0} MiB", r.peak_rss_mb);
-    }
-    Ok(())
-}
-
-/// `qwen run --backend cuda|rocm`: one prompt (plain, or one ChatML user turn) decoded straight
-/// on the backend with the sampler; the text streams to stdout.
-fn run_on_backend(a: RunArgs, kind: qwen::backend::BackendKind) -> CliResult {
-    if a.batch_file.is_some()
-        || a.tools.is_some()
-        || a.load_session.is_some()
-        || a.save_session.is_some()
-        || a.history.is_some()
-    {
-        return Err(format!(
-            "--backend {kind} takes a plain --prompt (optionally --chat); batches, tools, history and session files run on the cpu backend"
-        )
-        .into());
-    }
-    let model = load_model(&a.model)?;
-    let params = backend_params(&a.model, &model, a.device)?;
-    let mut backend = qwen::backend::create(kind, &model, &params)?;
-    let tok = model.tokenizer()?;
-    let prompt = if a.chat {
-        let text = format!(
-            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-            a.system, a.prompt
-        );
-        tok.encode(&text, qwen::tokenizer::EncodeMode::Trusted)
-    } else {
-        tok.encode(&a.prompt, qwen::tokenizer::EncodeMode::Text)
-    };
-    let n = a.n_predict.min(params.n_ctx.saturating_sub(prompt.len()));
-    let mut sampler = Sampler::new(a.sampling.params()?);
-    let history = std::cell::RefCell::new(prompt.clone());
-    let stops: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
-        .iter()
-        .filter_map(|s| tok.special_id(s))
-        .collect();
-    let mut dec = qwen::tokenizer::StreamDecoder::new();
-    let mut out = std::io::stdout();
-    let t = Instant::now();
-    let mut n_gen = 0;
-    qwen::backend::generate(
-        &model,
-        backend.as_mut(),
-        &prompt,
-        n,
-        |logits| sampler.sample(logits, &history.borrow()),
-        |id| {
-            history.borrow_mut().push(id);
-            n_gen += 1;
-            if stops.contains(&id) {
-                return false;
-            }
-            let _ = write!(out, "{}", dec.push(tok, id));
-            let _ = out.flush();
-            true
-        },
-    )?;
-    println!();
-    eprintln!(
-        "[{}: {n_gen} tokens in {:.2} s]",
-        backend.device_name(),
-        t.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-fn backend_params(
-    args: &ModelArgs,
-    model: &Model,
-    device: usize,
-) -> Result<qwen::backend::BackendParams, qwen::Error> {
-    let kv_cache = match &args.kv_cache {
-        Some(s) => KvCacheType::parse(s)?,
-        None => KvCacheType::F16,
-    };
-    Ok(qwen::backend::BackendParams {
-        n_ctx: match args.ctx {
-            0 => model.config.n_ctx_train.clamp(1, 4096),
-            n => n,
-        },
-        n_seq: 1,
-        max_batch: 512,
-        n_threads: args.threads,
-        kv_cache,
-        device,
-    })
-}
-
-/// `qwen bench --backend cuda|rocm`: prefill of `n_prompt` tokens and decode of `n_gen`, timed
-/// through the backend (token ids are a fixed ramp: the speed does not depend on them).
-fn bench_on_backend(a: BenchArgs, kind: qwen::backend::BackendKind) -> CliResult {
-    let t = Instant::now();
-    let mut model = Model::load(&a.model)?;
-    a.rope.apply(&mut model.config)?;
-    let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let params = qwen::backend::BackendParams {
-        n_ctx: (a.n_prompt + a.n_gen + 1).max(16),
-        max_batch: a.n_prompt.clamp(1, 512),
-        device: a.device,
-        ..Default::default()
-    };
-    let t = Instant::now();
-    let mut backend = qwen::backend::create(kind, &model, &params)?;
-    let init_ms = t.elapsed().as_secs_f64() * 1e3;
-    let prompt: Vec<u32> = (0..a.n_prompt.max(1))
-        .map(|i| (i * 7 % model.config.n_vocab) as u32)
-        .collect();
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    for _ in 0..a.reps.max(1) {
-        let t = Instant::now();
-        qwen::backend::greedy(&model, backend.as_mut(), &prompt, 1, |_| true)?;
-        let prefill = t.elapsed().as_secs_f64();
-        pp.push(prompt.len() as f64 / prefill);
-        if a.n_gen > 0 {
-            let t = Instant::now();
-            qwen::backend::greedy(&model, backend.as_mut(), &prompt, a.n_gen + 1, |_| true)?;
-            let decode = t.elapsed().as_secs_f64() - prefill;
-            tg.push(a.n_gen as f64 / decode.max(1e-9));
-        }
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let r = serde_json::json!({
-        "model": a.model.display().to_string(),
-        "backend": kind.as_str(),
-        "device": backend.device_name(),
-        "load_ms": load_ms,
-        "backend_init_ms": init_ms,
-        "n_prompt": prompt.len(),
-        "n_gen": a.n_gen,
-        "prefill_tps": mean(&pp),
-        "decode_tps": mean(&tg),
-    });
-    if a.json {
-        println!("{r}");
-    } else {
-        println!("model      {}", a.model.display());
-        println!("backend    {}", backend.device_name());
-        println!("load       {load_ms:.0} ms (+{init_ms:.0} ms backend: upload, kernel compile)");
-        println!("prefill    {:.2} tok/s  (pp{})", mean(&pp), prompt.len());
-        if a.n_gen > 0 {
-            println!(
-                "decode     {:.2} tok/s  (tg{}, prefill time subtracted)",
-                mean(&tg),
-                a.n_gen
-            );
-        }
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub use session::*;
 
 /// ABI major version: bumped on any incompatible change (a removed or changed function or
 /// struct layout).
-pub const QWEN_ABI_VERSION_MAJOR: u32 = 1;
+pub const QWEN_ABI_VERSION_MAJOR: u32 = 2;
 /// ABI minor version: bumped when functions or constants are added.
 pub const QWEN_ABI_VERSION_MINOR: u32 = 0;
 /// ABI patch version: bumped for fixes that change no declaration.

@@ -2,7 +2,9 @@
 
 use super::error::*;
 use super::handles;
+use crate::backend::BackendKind;
 use crate::chat::ChatTokens;
+use crate::kv_cache::KvCacheType;
 use crate::model::Model;
 use crate::tokenizer::{EncodeMode, Tokenizer};
 use std::ffi::{c_char, CStr};
@@ -10,15 +12,18 @@ use std::sync::Arc;
 
 /// Compute backend: the CPU (always built in).
 pub const QWEN_BACKEND_CPU: i32 = 0;
-/// Compute backend: CUDA (feature `cuda`; not in this build yet).
+/// Compute backend: CUDA (a library built with feature `cuda`; the driver is loaded when a
+/// session is created, so `qwen_session_new` reports a missing driver or device).
 pub const QWEN_BACKEND_CUDA: i32 = 1;
-/// Compute backend: ROCm/HIP (feature `rocm`; not in this build yet).
+/// Compute backend: ROCm/HIP for AMD GPUs and Hygon DCUs (a library built with feature `rocm`).
 pub const QWEN_BACKEND_ROCM: i32 = 2;
 
-/// KV-cache element type: 32-bit float.
+/// KV-cache element type: 32-bit float (exact; a GPU backend stores it as 16-bit float).
 pub const QWEN_KV_F32: i32 = 0;
-/// KV-cache element type: 16-bit float (not supported yet).
+/// KV-cache element type: 16-bit float (half the memory of f32).
 pub const QWEN_KV_F16: i32 = 1;
+/// KV-cache element type: int8 rows with a scale (about a quarter of f32).
+pub const QWEN_KV_Q8: i32 = 2;
 
 /// How to load a model. Get the defaults from `qwen_model_default_params()` and change fields.
 #[repr(C)]
@@ -30,10 +35,13 @@ pub struct qwen_model_params {
     /// Context length for sessions created with `n_ctx == 0`; 0 = the model's training
     /// context, capped at 4096.
     pub n_ctx: i32,
-    /// `QWEN_KV_F32` (the only type supported yet).
+    /// KV-cache storage of its sessions: `QWEN_KV_F32`, `QWEN_KV_F16` or `QWEN_KV_Q8`.
     pub kv_type: i32,
-    /// `QWEN_BACKEND_CPU` (the only backend in this build).
+    /// `QWEN_BACKEND_CPU`, or `QWEN_BACKEND_CUDA` / `QWEN_BACKEND_ROCM` in a library built with
+    /// that feature (`qwen_model_load` fails with `QWEN_ERR_UNSUPPORTED` otherwise).
     pub backend: i32,
+    /// GPU ordinal for the GPU backends (ignored by the CPU).
+    pub device: i32,
 }
 
 /// Hyperparameters of a loaded model, filled by `qwen_model_get_info`.
@@ -84,37 +92,49 @@ pub extern "C" fn qwen_model_default_params() -> qwen_model_params {
         n_ctx: 0,
         kv_type: QWEN_KV_F32,
         backend: QWEN_BACKEND_CPU,
+        device: 0,
+    }
+}
+
+/// The backend a `QWEN_BACKEND_*` value names.
+pub(crate) fn backend_kind(backend: i32) -> FfiResult<BackendKind> {
+    match backend {
+        QWEN_BACKEND_CPU => Ok(BackendKind::Cpu),
+        QWEN_BACKEND_CUDA => Ok(BackendKind::Cuda),
+        QWEN_BACKEND_ROCM => Ok(BackendKind::Rocm),
+        b => invalid(format!("unknown backend {b}")),
+    }
+}
+
+/// The KV-cache type a `QWEN_KV_*` value names.
+pub(crate) fn kv_cache_type(kv_type: i32) -> FfiResult<KvCacheType> {
+    match kv_type {
+        QWEN_KV_F32 => Ok(KvCacheType::F32),
+        QWEN_KV_F16 => Ok(KvCacheType::F16),
+        QWEN_KV_Q8 => Ok(KvCacheType::Q8),
+        t => invalid(format!("unknown KV-cache type {t}")),
     }
 }
 
 fn check_model_params(p: &qwen_model_params) -> FfiResult<()> {
-    if p.n_threads < 0 || p.n_ctx < 0 {
+    if p.n_threads < 0 || p.n_ctx < 0 || p.device < 0 {
         return invalid(format!(
-            "n_threads ({}) and n_ctx ({}) must not be negative",
-            p.n_threads, p.n_ctx
+            "n_threads ({}), n_ctx ({}) and device ({}) must not be negative",
+            p.n_threads, p.n_ctx, p.device
         ));
     }
-    match p.backend {
-        QWEN_BACKEND_CPU => {}
-        QWEN_BACKEND_CUDA => {
-            return fail(
-                QWEN_ERR_UNSUPPORTED,
-                "the CUDA backend is not in this build",
-            )
-        }
-        QWEN_BACKEND_ROCM => {
-            return fail(
-                QWEN_ERR_UNSUPPORTED,
-                "the ROCm backend is not in this build",
-            )
-        }
-        b => return invalid(format!("unknown backend {b}")),
+    let kind = backend_kind(p.backend)?;
+    if !kind.compiled() {
+        let name = match kind {
+            BackendKind::Cuda => "CUDA",
+            _ => "ROCm",
+        };
+        return fail(
+            QWEN_ERR_UNSUPPORTED,
+            format!("the {name} backend is not in this build (built without feature {kind})"),
+        );
     }
-    match p.kv_type {
-        QWEN_KV_F32 => Ok(()),
-        QWEN_KV_F16 => fail(QWEN_ERR_UNSUPPORTED, "an f16 KV cache is not supported yet"),
-        t => invalid(format!("unknown KV-cache type {t}")),
-    }
+    kv_cache_type(p.kv_type).map(|_| ())
 }
 
 /// Loads a GGUF model from `path` (a NUL-terminated UTF-8 path). `params` may be NULL for the

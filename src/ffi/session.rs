@@ -4,9 +4,9 @@
 use super::error::*;
 use super::generate::{State, Step};
 use super::handles;
-use super::model::{check_ids, qwen_model};
+use super::model::{backend_kind, check_ids, kv_cache_type, qwen_model};
 use crate::sampler::SamplingParams;
-use crate::session::{Session, SessionParams};
+use crate::session::{Session, SessionOptions, SessionParams};
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
@@ -139,9 +139,11 @@ pub extern "C" fn qwen_sampling_default_params() -> qwen_sampling_params {
     }
 }
 
-/// Creates a session over `model` (`params` may be NULL for the defaults). Allocates the whole
-/// KV cache and scratch now; nothing is allocated per token later. Returns NULL on failure (see
-/// `qwen_last_error()`). Free it with `qwen_session_free`.
+/// Creates a session over `model` (`params` may be NULL for the defaults) on the model's
+/// backend and KV-cache type. Allocates the whole KV cache and scratch now (on a GPU backend
+/// also uploads the weights and compiles the kernels); nothing is allocated per token later.
+/// Returns NULL on failure (see `qwen_last_error()`: `QWEN_ERR_UNSUPPORTED` names a missing GPU
+/// driver or device). Free it with `qwen_session_free`.
 ///
 /// Thread-safe: any number of sessions may be created over one model, from any threads.
 #[no_mangle]
@@ -167,7 +169,13 @@ pub extern "C" fn qwen_session_new(
             n_threads: or(p.n_threads, m.params.n_threads),
             max_batch,
         };
-        let session = Session::new(Arc::clone(&m.model), &sp)?;
+        let opts = SessionOptions {
+            kv_cache: kv_cache_type(m.params.kv_type)?,
+            n_seq: 1,
+            backend: backend_kind(m.params.backend)?,
+            device: m.params.device as usize,
+        };
+        let session = Session::with_options(Arc::clone(&m.model), &sp, &opts)?;
         let state = State::new(session, max_batch, m.chat);
         Ok(handles::register_session(Arc::new(qwen_session {
             model: m,

@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// Print no line per finished request.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Compute backend: cpu, cuda or rocm (the GPU ones need a build with that feature).
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// GPU ordinal for --backend cuda/rocm.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
 }
 
 /// Loads the model, starts the engine and serves until Ctrl-C / SIGTERM.
@@ -107,6 +113,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         &SessionOptions {
             kv_cache,
             n_seq: args.parallel,
+            backend: crate::backend::BackendKind::parse(&args.backend)?,
+            device: args.device,
         },
     )?;
     let model_id = args.alias.clone().unwrap_or_else(|| {
@@ -116,14 +124,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .unwrap_or_else(|| "qwen".into())
     });
     eprintln!(
-        "qwen serve: {} ({} layers), {} slots of {} tokens, {} KV cache {:.1} MiB, {} threads",
+        "qwen serve: {} ({} layers), {} slots of {} tokens, {} KV cache {:.1} MiB, on {}",
         model_id,
         model.config.n_layer,
         session.n_seq(),
         session.n_ctx(),
         session.kv_cache_type().as_str(),
         session.kv_bytes() as f64 / (1 << 20) as f64,
-        session.n_threads(),
+        session.device_name(),
     );
     let scheduler = Scheduler::start(
         session,

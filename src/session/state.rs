@@ -33,6 +33,7 @@ use crate::model::{Arch, Model, RopeScaling};
 use crate::sampler::{Rng, Sampler, SamplingParams};
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"QWENSESS";
 /// The state format this build writes and reads.
@@ -612,6 +613,7 @@ impl Session {
                 user_data.len()
             )));
         }
+        let kv = self.host_kv()?;
         let fp = fingerprint(&self.model);
         let mut o = Out {
             w,
@@ -625,7 +627,7 @@ impl Session {
         }
         o.u64(fp.weights)?;
         o.u64(fp.settings)?;
-        o.u32(kv_type_id(self.kv.ty()))?;
+        o.u32(kv_type_id(kv.ty()))?;
         o.u32(self.n_ctx() as u32)?;
         o.u32(self.n_seq() as u32)?;
         for (seq, tokens) in self.seqs.iter().enumerate() {
@@ -662,7 +664,7 @@ impl Session {
         for (seq, tokens) in self.seqs.iter().enumerate() {
             for layer in 0..self.model.config.n_layer {
                 buf.clear();
-                self.kv.export_rows(layer, seq, tokens.len(), &mut buf);
+                kv.export_rows(layer, seq, tokens.len(), &mut buf);
                 o.put(&buf)?;
             }
         }
@@ -717,11 +719,12 @@ impl Session {
                 "saved with another model file or other model settings than this session's",
             ));
         }
-        if st.kv_type != self.kv.ty() {
+        let kv_type = self.host_kv()?.ty();
+        if st.kv_type != kv_type {
             return Err(bad(format!(
                 "the state holds a {} KV cache; this session's is {}",
                 st.kv_type.as_str(),
-                self.kv.ty().as_str()
+                kv_type.as_str()
             )));
         }
         if st.seqs.len() > self.n_seq() {
@@ -756,18 +759,21 @@ impl Session {
         let mut at = 0;
         for (seq, s) in st.seqs.iter().enumerate() {
             let len = s.tokens.len();
-            let n = self.kv.rows_bytes(len);
-            for layer in 0..self.model.config.n_layer {
-                self.kv.import_rows(layer, seq, len, &st.kv[at..at + n]);
+            let n_layer = self.model.config.n_layer;
+            let kv = self.host_kv_mut()?;
+            let n = kv.rows_bytes(len);
+            for layer in 0..n_layer {
+                kv.import_rows(layer, seq, len, &st.kv[at..at + n]);
                 at += n;
             }
             self.seqs[seq].clear();
             self.seqs[seq].extend_from_slice(&s.tokens);
             self.set_ntk_alpha(seq, s.ntk_alpha);
-            if self.kv.records_rotations() {
+            if self.host_kv_mut()?.records_rotations() {
                 // The angles are a function of the position and the sequence's frequencies
                 // (fixed by its NTK alpha), so they are recomputed rather than stored.
-                let c = &self.model.config;
+                let model = Arc::clone(&self.model);
+                let c = &model.config;
                 let half = c.head_dim / 2;
                 let (mut cos, mut sin) = (vec![0.0; half], vec![0.0; half]);
                 for pos in 0..len {
@@ -778,7 +784,7 @@ impl Session {
                         &mut cos,
                         &mut sin,
                     );
-                    self.kv.set_rotation(seq, pos, &cos, &sin);
+                    self.host_kv_mut()?.set_rotation(seq, pos, &cos, &sin);
                 }
             }
         }

@@ -134,8 +134,27 @@ static void test_load_params(const char *path) {
     CHECK(qwen_model_load(path, &p) == NULL);
     CHECK(strstr(qwen_last_error(), "CUDA") != NULL);
     p = qwen_model_default_params();
-    p.kv_type = QWEN_KV_F16;
+    p.kv_type = 9;
     CHECK(qwen_model_load(path, &p) == NULL);
+    CHECK_RC(qwen_last_status(), QWEN_ERR_INVALID_ARGUMENT);
+    p = qwen_model_default_params();
+    p.device = -1;
+    CHECK(qwen_model_load(path, &p) == NULL);
+    /* The reduced-memory KV caches load and give sessions of that type. */
+    const int32_t kv_types[2] = {QWEN_KV_F16, QWEN_KV_Q8};
+    for (int i = 0; i < 2; i++) {
+        p = qwen_model_default_params();
+        p.kv_type = kv_types[i];
+        qwen_model *m = qwen_model_load(path, &p);
+        CHECK(m != NULL);
+        if (!m) continue;
+        qwen_session *s = qwen_session_new(m, NULL);
+        CHECK(s != NULL);
+        int32_t id = 1;
+        if (s) CHECK_RC(qwen_session_eval(s, &id, 1), QWEN_OK);
+        qwen_session_free(s);
+        qwen_model_free(m);
+    }
     p = qwen_model_default_params();
     p.backend = 77;
     CHECK(qwen_model_load(path, &p) == NULL);

@@ -1,7 +1,7 @@
 //! [`GpuApi`] on CUDA through cudarc's thin driver and NVRTC bindings, both loaded at run time
 //! (`dynamic-loading`): without libcuda / libnvrtc the backend reports which is missing.
 
-use super::{DevPtr, GpuApi};
+use super::{DevPtr, GpuApi, Handle};
 use crate::backend::layout::Launch;
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
@@ -96,6 +96,10 @@ impl Cuda {
     }
 }
 
+// SAFETY: the primary context is a process-wide object usable from any thread once made
+// current there; the backend calls `bind_thread` (cuCtxSetCurrent) before using it on a thread.
+unsafe impl Send for Cuda {}
+
 impl Drop for Cuda {
     fn drop(&mut self) {
         // SAFETY: retained once in open.
@@ -105,8 +109,8 @@ impl Drop for Cuda {
 
 impl GpuApi for Cuda {
     const KIND: BackendKind = BackendKind::Cuda;
-    type Module = dsys::CUmodule;
-    type Function = dsys::CUfunction;
+    type Module = Handle<dsys::CUmodule>;
+    type Function = Handle<dsys::CUfunction>;
 
     fn open(ordinal: usize) -> Result<Self> {
         if !driver_present() {
@@ -153,6 +157,10 @@ impl GpuApi for Cuda {
         format!("{} ({})", self.name, self.arch.replace("compute_", "sm_"))
     }
 
+    fn bind_thread(&self) -> Result<()> {
+        self.make_current()
+    }
+
     fn compile(&self, name: &str, src: &str) -> Result<Self::Module> {
         let key = (self.arch.clone(), src.to_string());
         let cached = ptx_cache().lock().ok().and_then(|c| c.get(&key).cloned());
@@ -169,18 +177,22 @@ impl GpuApi for Cuda {
         };
         self.make_current()?;
         // SAFETY: a NUL-terminated PTX image.
-        unsafe { drv::module::load_data(ptx.as_ptr() as *const c_void) }.map_err(|e| {
-            err(
-                &format!("cuModuleLoadData({name}) (driver older than NVRTC?)"),
-                e,
-            )
-        })
+        unsafe { drv::module::load_data(ptx.as_ptr() as *const c_void) }
+            .map(Handle)
+            .map_err(|e| {
+                err(
+                    &format!("cuModuleLoadData({name}) (driver older than NVRTC?)"),
+                    e,
+                )
+            })
     }
 
     fn function(&self, m: &Self::Module, name: &str) -> Result<Self::Function> {
         let cname = CString::new(name).map_err(|e| err("kernel name", e))?;
         // SAFETY: m is a loaded module kept alive by the backend.
-        unsafe { drv::module::get_function(*m, cname) }.map_err(|e| err(name, e))
+        unsafe { drv::module::get_function(m.0, cname) }
+            .map(Handle)
+            .map_err(|e| err(name, e))
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
@@ -206,7 +218,7 @@ impl GpuApi for Cuda {
 
     unsafe fn launch(&self, f: Self::Function, l: Launch, args: &mut [*mut c_void]) -> Result<()> {
         // SAFETY: the caller guarantees args match the kernel's parameters.
-        unsafe { drv::launch_kernel(f, l.grid, l.block, 0, std::ptr::null_mut(), args) }
+        unsafe { drv::launch_kernel(f.0, l.grid, l.block, 0, std::ptr::null_mut(), args) }
             .map_err(|e| err("cuLaunchKernel", e))
     }
 

@@ -2,7 +2,7 @@
 //! libloading at run time, so building needs no ROCm. It mirrors `cuda.rs` call for call; the
 //! kernels are the same sources, compiled by hiprtc for the current device.
 
-use super::{DevPtr, GpuApi};
+use super::{DevPtr, GpuApi, Handle};
 use crate::backend::layout::Launch;
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
@@ -211,8 +211,8 @@ impl Hip {
 
 impl GpuApi for Hip {
     const KIND: BackendKind = BackendKind::Rocm;
-    type Module = Ptr;
-    type Function = Ptr;
+    type Module = Handle<Ptr>;
+    type Function = Handle<Ptr>;
 
     fn open(ordinal: usize) -> Result<Self> {
         let s = syms()?;
@@ -251,6 +251,13 @@ impl GpuApi for Hip {
         self.name.clone()
     }
 
+    fn bind_thread(&self) -> Result<()> {
+        // SAFETY: a plain C call; the ordinal was checked in `open`.
+        self.check("hipSetDevice", unsafe {
+            (self.s.set_device)(self.ordinal as c_int)
+        })
+    }
+
     fn compile(&self, name: &str, src: &str) -> Result<Self::Module> {
         let key = (self.ordinal, src.to_string());
         let cached = code_cache().lock().ok().and_then(|c| c.get(&key).cloned());
@@ -269,7 +276,7 @@ impl GpuApi for Hip {
         self.check("hipModuleLoadData", unsafe {
             (self.s.module_load_data)(&mut m, code.as_ptr() as *const c_void)
         })?;
-        Ok(m)
+        Ok(Handle(m))
     }
 
     fn function(&self, m: &Self::Module, name: &str) -> Result<Self::Function> {
@@ -277,9 +284,9 @@ impl GpuApi for Hip {
         let mut f: Ptr = std::ptr::null_mut();
         // SAFETY: m is a loaded module kept alive by the backend.
         self.check(name, unsafe {
-            (self.s.module_get_function)(&mut f, *m, cname.as_ptr())
+            (self.s.module_get_function)(&mut f, m.0, cname.as_ptr())
         })?;
-        Ok(f)
+        Ok(Handle(f))
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
@@ -315,7 +322,7 @@ impl GpuApi for Hip {
         // SAFETY: the caller guarantees args match the kernel's parameters.
         let r = unsafe {
             (self.s.module_launch_kernel)(
-                f,
+                f.0,
                 g.0,
                 g.1,
                 g.2,

@@ -27,17 +27,34 @@ use std::ops::Range;
 /// A device address.
 pub type DevPtr = u64;
 
+/// A driver handle (a loaded module, a kernel function) that may move to another thread with
+/// its backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Handle<T: Copy>(pub T);
+
+// SAFETY: module and function handles name process-wide driver objects, valid on any thread;
+// the backend uses them only after `GpuApi::bind_thread` made its device current on the
+// calling thread, and `&mut self` on `forward` keeps one thread at a time.
+unsafe impl<T: Copy> Send for Handle<T> {}
+
 /// The driver operations the forward pass needs, shaped like both vendors' driver APIs.
-pub trait GpuApi: Sized {
+///
+/// `Send`: a backend may move to another thread (a server's scheduler), which calls
+/// [`bind_thread`](GpuApi::bind_thread) before its first driver call there.
+pub trait GpuApi: Sized + Send {
     const KIND: BackendKind;
-    type Module;
-    type Function: Copy;
+    type Module: Send;
+    type Function: Copy + Send;
 
     /// Loads the driver library, initializes it and makes device `ordinal` current; errors name
     /// what is missing ("libcuda.so not found", "no device 1: 1 device(s) present").
     fn open(ordinal: usize) -> Result<Self>;
     /// "NVIDIA H200 (sm_90)".
     fn device_name(&self) -> String;
+    /// Makes this device (and its context) current on the calling thread. Driver state such as
+    /// the current context is per thread, so every entry point that may run on a thread other
+    /// than the creating one (`forward`, `drop`) calls it first.
+    fn bind_thread(&self) -> Result<()>;
     /// Compiles one kernel program for this device (runtime compiler) and loads it; compiled
     /// code is cached per device and source for the life of the process.
     fn compile(&self, name: &str, src: &str) -> Result<Self::Module>;
@@ -577,6 +594,8 @@ impl<A: GpuApi> GpuBackend<A> {
 
 impl<A: GpuApi> Drop for GpuBackend<A> {
     fn drop(&mut self) {
+        // Dropped on whichever thread owns the session last.
+        let _ = self.api.bind_thread();
         let _ = self.api.synchronize();
         for b in self.bufs.drain(..) {
             // SAFETY: each buffer was allocated by this api and is freed once, after the
@@ -607,6 +626,14 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         self.max_batch
     }
 
+    fn kv_cache_type(&self) -> KvCacheType {
+        self.kv_layout.ty
+    }
+
+    fn kv_bytes(&self) -> usize {
+        self.kv_layout.total_bytes(self.kv.len())
+    }
+
     fn forward(
         &mut self,
         model: &Model,
@@ -615,6 +642,7 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         logits: &mut [f32],
     ) -> Result<()> {
         check_batch(model, self, inv_freq, batch, logits)?;
+        self.api.bind_thread()?;
         let c = &model.config;
         let t_len = batch.tokens.len();
         let (d, hd, n_head, n_kv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
