@@ -28,3 +28,5 @@ fi
 cargo clippy --release --features cuda,rocm --all-targets -- -D warnings
 cargo test --release --features cuda,rocm --lib
 cargo test --release --features cuda,rocm --test gpu_backends -- --nocapture
+# Every command's --backend with the features built in (a missing driver, not a missing feature).
+cargo test --release --features cuda,rocm --test cli every_model_command_takes_a_backend
