@@ -23,11 +23,11 @@
 
 use std::arch::x86_64::*;
 
-use super::k_quants::{BlockQ2K, BlockQ3K, BlockQ5K};
+use super::k_quants::{BlockQ2K, BlockQ3K};
 use super::q4::{BlockQ4_0, BlockQ4_1};
 use super::q5::{BlockQ5_0, BlockQ5_1};
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::simd_common::{k4_scales_mins, q3_k_scale_words, strided_groups};
+use super::simd_common::{q3_k_scale_words, strided_groups};
 use super::{as_blocks, GemmOut, QK};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -341,7 +341,7 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
         Q2_K => dot_q2_k(as_blocks(w), as_blocks(act)),
         Q3_K => dot_q3_k(as_blocks(w), as_blocks(act)),
         Q4_K => gemm::dot_q4_k(as_blocks(w), as_blocks(act)),
-        Q5_K => dot_q5_k(as_blocks(w), as_blocks(act)),
+        Q5_K => gemm::dot_q5_k(as_blocks(w), as_blocks(act)),
         Q6_K => gemm::dot_q6_k(as_blocks(w), as_blocks(act)),
     }
 }
@@ -459,87 +459,6 @@ fn dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
             _mm256_or_si256(nibbles_32(&x.qs), fifth_bits_32(x.qh)),
         )
     })
-}
-
-/// The 16 i16 `bsums` of a Q8_K block summed in adjacent pairs: the 8 sums of 32 elements.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn bsums_of_32(y: &BlockQ8K) -> __m128i {
-    let b = load256(y.bsums.as_flattened());
-    // |bsum| <= 16·128, so the pairwise i16 sums cannot overflow.
-    _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b))
-}
-
-/// Q4_K and Q5_K: `d·Σ_j sc_j·Σ q·y − dmin·Σ_j mn_j·Σ y`, with `quants(x, c)` the 64 quants of
-/// chunk `c` as (elements 0..32, elements 32..64), each 0..=31.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn dot_q45_k<X>(
-    w: &[X],
-    a: &[BlockQ8K],
-    header: impl Fn(&X) -> ([u8; 2], [u8; 2], &[u8; 12]),
-    quants: impl Fn(&X, usize) -> (__m256i, __m256i),
-) -> f32 {
-    let mut acc_m = _mm_setzero_ps();
-    let acc = two_acc(w, a, |x, y, acc| {
-        let (d, dmin, packed) = header(x);
-        let (sc, mn) = k4_scales_mins(packed);
-        let d = y.d() * f16_to_f32(d);
-        let dmin = y.d() * f16_to_f32(dmin);
-        // Minimums: Σ_j mn_j · (sum of the 32 activations of sub-block j).
-        let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
-        let pm = _mm_madd_epi16(mins, bsums_of_32(y));
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), acc_m);
-        // Scales as 8 i16 in both lanes; sub-block j's broadcast by a shuffle of bytes 2j, 2j+1.
-        let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-        let mut sumi = _mm256_setzero_si256();
-        for c in 0..QK_K / 64 {
-            let (q0, q1) = quants(x, c);
-            let y0 = load256(&y.qs[64 * c..]);
-            let y1 = load256(&y.qs[64 * c + 32..]);
-            let s0 = _mm256_shuffle_epi8(
-                scales,
-                _mm256_set1_epi16(0x0100 * (4 * c as i16 + 1) + 4 * c as i16),
-            );
-            let s1 = _mm256_shuffle_epi8(
-                scales,
-                _mm256_set1_epi16(0x0100 * (4 * c as i16 + 3) + 4 * c as i16 + 2),
-            );
-            // Pairs of q·y <= 2·31·128, times a 6-bit scale: i32.
-            let p0 = _mm256_madd_epi16(mul_u6_i8(q0, y0), s0);
-            let p1 = _mm256_madd_epi16(mul_u6_i8(q1, y1), s1);
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-        }
-        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc)
-    });
-    hsum_ps(acc) - hsum_ps128(acc_m)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let b16 = _mm256_set1_epi8(0x10);
-    dot_q45_k(
-        w,
-        a,
-        |x| (x.d, x.dmin, &x.scales),
-        |x, c| {
-            let q = load256(&x.qs[32 * c..]);
-            let hb = load256(&x.qh);
-            // Fifth bit of element 64c + l in bit 2c of qh[l], of 64c + 32 + l in bit 2c + 1.
-            let high = |bit: usize| {
-                let m = _mm256_set1_epi8(1 << bit);
-                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, m), m), b16)
-            };
-            (
-                _mm256_or_si256(_mm256_and_si256(q, m4), high(2 * c)),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
-                    high(2 * c + 1),
-                ),
-            )
-        },
-    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -189,7 +189,7 @@ pub(super) fn gemm(
             unsafe { avx2::gemm_with::<true>(ty, rb, w, qrb, act, arb, n_tok, out) }
         }
         // Every other type runs AVX2's row kernels (above), so AVX2's matrix kernels, which
-        // give their bits, may run for them.
+        // give their bits, may run for them (Q5_K among them).
         _ => avx2::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
     }
 }

@@ -1,6 +1,6 @@
 //! Matrix products on AVX2 for the weight types of the real models (Q4_K, Q6_K, Q5_0, Q8_0) and
 //! the other 32-element formats (Q4_0, Q4_1, Q5_1): many weight rows against many activation
-//! rows, and the 8-row kernels decode and `vec_dot` use.
+//! rows, and the row kernels decode and `vec_dot` use (Q5_K's too).
 //!
 //! # The arithmetic every path shares
 //!
@@ -10,8 +10,9 @@
 //! - Q5_0: `acc = fma(d_w·d_a, float(Σ (q − 16)·y), acc)`;
 //! - Q6_K: `acc = fma(d_w·d_a, float(Σ_h sc_h·Σ q·y − 32·Σ_h sc_h·bsum_h), acc)` (q in 0..=63,
 //!   `bsum_h` the activation's sum over sub-block `h`, which the quantizer stores);
-//! - Q4_K: `acc = fma(d_a·d, float(Σ_j sc_j·Σ q·y), acc)`, `accm = fma(d_a·dmin,
-//!   float(Σ_j mn_j·bsum_j), accm)`, result `acc − accm`;
+//! - Q4_K and Q5_K: `acc = fma(d_a·d, float(Σ_j sc_j·Σ q·y), acc)`, `accm = fma(d_a·dmin,
+//!   float(Σ_j mn_j·bsum_j), accm)`, result `acc − accm` (q in 0..=15, or 0..=31 with Q5_K's
+//!   fifth bit; `bsum_j` the activation's sum over the 32 elements of sub-block `j`);
 //! - Q8_0, Q4_0, Q4_1, Q5_1: per lane, as their `vec_dot`s (see the section on them below).
 //!
 //! Integer sums are exact in any order, so a kernel is free to lay the work out as it likes;
@@ -33,7 +34,7 @@
 use std::arch::x86_64::*;
 use std::mem::size_of;
 
-use super::super::k_quants::{BlockQ4K, BlockQ6K};
+use super::super::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K};
 use super::super::q4::{BlockQ4_0, BlockQ4_1};
 use super::super::q5::{BlockQ5_0, BlockQ5_1};
 use super::super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
@@ -191,13 +192,80 @@ fn two16(a: [i16; 8], b: [i16; 8]) -> [u8; 32] {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q4_K.
+// Q4_K and Q5_K: the same block header (`d`, `dmin`, 8 packed 6-bit scales and minimums) and
+// the same arithmetic; Q5_K's quants carry a fifth bit (0..=31 instead of 0..=15). The kernels
+// are generic over the block (`HeaderK45`) and a function giving its quants 64 at a time
+// (`quants(x, c)`: elements `64c..64c+32` and `64c+32..64c+64`, see [`q4k_quants`] and
+// [`q5k_quants`]).
 
-/// 8 rows × one Q4_K block, rows in lanes.
+/// The header of a Q4_K or Q5_K block: `(d, dmin, packed scales and minimums)`.
+trait HeaderK45 {
+    fn header(&self) -> ([u8; 2], [u8; 2], &[u8; 12]);
+}
+
+impl HeaderK45 for BlockQ4K {
+    #[inline(always)]
+    fn header(&self) -> ([u8; 2], [u8; 2], &[u8; 12]) {
+        (self.d, self.dmin, &self.scales)
+    }
+}
+
+impl HeaderK45 for BlockQ5K {
+    #[inline(always)]
+    fn header(&self) -> ([u8; 2], [u8; 2], &[u8; 12]) {
+        (self.d, self.dmin, &self.scales)
+    }
+}
+
+/// Elements `64c..64c+32` and `64c+32..64c+64` of a Q4_K (or Q5_K) block's nibbles `qs`,
+/// 0..=15.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4k_quants(qs: &[u8; QK_K / 2], c: usize) -> (__m256i, __m256i) {
+    let q = load256(&qs[32 * c..]);
+    let m4 = _mm256_set1_epi8(0x0F);
+    (
+        _mm256_and_si256(q, m4),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
+    )
+}
+
+/// 0x10 in byte `l` where bit `k` of byte `l` of `qh` is set, else 0: Q5_K's fifth bit of
+/// element `32k + l`. (Shifting the 16-bit lanes by at most 4 brings no other bit of the lane
+/// to bit 4 or 12.)
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q5k_fifth_bits(qh: __m256i, k: usize) -> __m256i {
+    let s = match k {
+        0 => _mm256_slli_epi16::<4>(qh),
+        1 => _mm256_slli_epi16::<3>(qh),
+        2 => _mm256_slli_epi16::<2>(qh),
+        3 => _mm256_slli_epi16::<1>(qh),
+        4 => qh,
+        5 => _mm256_srli_epi16::<1>(qh),
+        6 => _mm256_srli_epi16::<2>(qh),
+        _ => _mm256_srli_epi16::<3>(qh),
+    };
+    _mm256_and_si256(s, _mm256_set1_epi8(0x10))
+}
+
+/// Elements `64c..64c+32` and `64c+32..64c+64` of a Q5_K block, 0..=31.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q5k_quants(x: &BlockQ5K, c: usize) -> (__m256i, __m256i) {
+    let (lo, hi) = q4k_quants(&x.qs, c);
+    let qh = load256(&x.qh);
+    (
+        _mm256_or_si256(lo, q5k_fifth_bits(qh, 2 * c)),
+        _mm256_or_si256(hi, q5k_fifth_bits(qh, 2 * c + 1)),
+    )
+}
+
+/// 8 rows × one Q4_K or Q5_K block, rows in lanes.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
-struct PanelQ4K {
-    /// Group `g`: elements `4g..4g+4` (0..=15) of each row.
+struct PanelK45 {
+    /// Group `g`: elements `4g..4g+4` (0..=15 for Q4_K, 0..=31 for Q5_K) of each row.
     q: [[u8; 32]; QK_K / 4],
     /// Sub-block `j`'s scale of row `r` in both i16 halves of lane `r`.
     sc: [[u8; 32]; 8],
@@ -208,7 +276,7 @@ struct PanelQ4K {
     dmin: [f32; 8],
 }
 
-const ZERO_Q4K: PanelQ4K = PanelQ4K {
+const ZERO_K45: PanelK45 = PanelK45 {
     q: [[0; 32]; QK_K / 4],
     sc: [[0; 32]; 8],
     mn: [[0; 32]; 8],
@@ -216,36 +284,33 @@ const ZERO_Q4K: PanelQ4K = PanelQ4K {
     dmin: [0.0; 8],
 };
 
-/// Sub-block `j` (elements `32j..32j+32`) of a Q4_K block as quants 0..=15, element order.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q4k_quants(x: &BlockQ4K, j: usize) -> __m256i {
-    let q = load256(&x.qs[32 * (j / 2)..]);
-    let q = if j.is_multiple_of(2) {
-        q
-    } else {
-        _mm256_srli_epi16::<4>(q)
-    };
-    _mm256_and_si256(q, _mm256_set1_epi8(0x0F))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn pack_q4k(rows: [&[BlockQ4K]; 8], b0: usize, out: &mut [PanelQ4K]) {
+fn pack_k45<X: HeaderK45>(
+    rows: [&[X]; 8],
+    b0: usize,
+    out: &mut [PanelK45],
+    quants: impl Fn(&X, usize) -> (__m256i, __m256i),
+) {
     for (i, p) in out.iter_mut().enumerate() {
-        let blocks: [&BlockQ4K; 8] = std::array::from_fn(|r| &rows[r][b0 + i]);
-        for (j, groups) in p.q.chunks_exact_mut(8).enumerate() {
-            store_transposed(std::array::from_fn(|r| q4k_quants(blocks[r], j)), groups);
+        let blocks: [&X; 8] = std::array::from_fn(|r| &rows[r][b0 + i]);
+        for (c, groups) in p.q.chunks_exact_mut(16).enumerate() {
+            let q: [(__m256i, __m256i); 8] = std::array::from_fn(|r| quants(blocks[r], c));
+            let (g0, g1) = groups.split_at_mut(8);
+            store_transposed(q.map(|q| q.0), g0);
+            store_transposed(q.map(|q| q.1), g1);
         }
         let mut sc = [[0i16; 8]; 8];
         let mut mn = [[0i16; 8]; 8];
         for (r, x) in blocks.iter().enumerate() {
-            let (s, m) = k4_scales_mins(&x.scales);
+            let (d, dmin, scales) = x.header();
+            let (s, m) = k4_scales_mins(scales);
             for j in 0..8 {
                 sc[j][r] = ((s >> (8 * j)) & 0xFF) as i16;
                 mn[j][r] = ((m >> (8 * j)) & 0xFF) as i16;
             }
-            p.d[r] = f16_to_f32(x.d);
-            p.dmin[r] = f16_to_f32(x.dmin);
+            p.d[r] = f16_to_f32(d);
+            p.dmin[r] = f16_to_f32(dmin);
         }
         for j in 0..8 {
             p.sc[j] = pair16(sc[j]);
@@ -255,24 +320,38 @@ fn pack_q4k(rows: [&[BlockQ4K]; 8], b0: usize, out: &mut [PanelQ4K]) {
 }
 
 /// Accumulates blocks `b0..b0 + panel.len()` of 8 rows against `NR` activation rows.
+///
+/// Each `maddubs` i16 is a pair `q·y + q'·y'` with |y| ≤ 128; the pairs of a sub-block's 8
+/// groups are summed in i16 `8 / SPLIT` groups at a time, then widened by the scale's `madd`:
+/// Q4_K (q ≤ 15, `SPLIT` 1): |pair| ≤ 2·15·128 = 3840, 8 of them ≤ 30720; Q5_K (q ≤ 31,
+/// `SPLIT` 2): |pair| ≤ 2·31·128 = 7936, 4 of them ≤ 31744. Both fit i16 (and no pair
+/// saturates `maddubs`).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile_q4k(panel: &[PanelQ4K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [[[f32; 8]; 2]]) {
+#[inline]
+fn tile_k45<const SPLIT: usize>(
+    panel: &[PanelK45],
+    b0: usize,
+    acts: [&[BlockQ8K]; NR],
+    acc: &mut [[[f32; 8]; 2]],
+) {
+    const { assert!(SPLIT == 1 || SPLIT == 2) };
     for (i, p) in panel.iter().enumerate() {
         let ys: [&BlockQ8K; NR] = std::array::from_fn(|t| &acts[t][b0 + i]);
         let mut sumi = [_mm256_setzero_si256(); NR];
         for j in 0..8 {
-            let mut s16 = [_mm256_setzero_si256(); NR];
-            for g in 0..8 {
-                let w = ld(&p.q[8 * j + g]);
-                for t in 0..NR {
-                    // Each pair ≤ 2·15·128; 8 groups sum to ≤ 30720: exact in i16.
-                    let prod = _mm256_maddubs_epi16(w, bcast4(&ys[t].qs, 32 * j + 4 * g));
-                    s16[t] = _mm256_add_epi16(s16[t], prod);
-                }
-            }
             let sc = ld(&p.sc[j]);
-            for t in 0..NR {
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s16[t], sc));
+            for h in 0..SPLIT {
+                let mut s16 = [_mm256_setzero_si256(); NR];
+                for g in 8 * h / SPLIT..8 * (h + 1) / SPLIT {
+                    let w = ld(&p.q[8 * j + g]);
+                    for t in 0..NR {
+                        let prod = _mm256_maddubs_epi16(w, bcast4(&ys[t].qs, 32 * j + 4 * g));
+                        s16[t] = _mm256_add_epi16(s16[t], prod);
+                    }
+                }
+                for t in 0..NR {
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s16[t], sc));
+                }
             }
         }
         let d = ld_ps(&p.d);
@@ -303,24 +382,25 @@ fn tile_q4k(panel: &[PanelQ4K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [[
     }
 }
 
-/// The exact per-block integers of one Q4_K row against one activation row, K in lanes:
+/// The exact per-block integers of one Q4_K/Q5_K row against one activation row, K in lanes:
 /// `(Σ_j sc_j·Σ q·y, Σ_j mn_j·bsum_j)` spread over 8 lanes each.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q4k_block_lanes(x: &BlockQ4K, y: &BlockQ8K) -> (__m256i, __m256i) {
-    let (sc, mn) = k4_scales_mins(&x.scales);
+fn k45_block_lanes<X: HeaderK45>(
+    x: &X,
+    y: &BlockQ8K,
+    quants: impl Fn(&X, usize) -> (__m256i, __m256i),
+) -> (__m256i, __m256i) {
+    let (sc, mn) = k4_scales_mins(x.header().2);
     let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
     let b = load256(y.bsums.as_flattened());
     // |bsum| ≤ 16·128: the pairwise sums (32-element sums) fit i16.
     let b32 = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
     let summ = _mm256_zextsi128_si256(_mm_madd_epi16(mins, b32));
     let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-    let m4 = _mm256_set1_epi8(0x0F);
     let mut sumi = _mm256_setzero_si256();
     for c in 0..4 {
-        let q = load256(&x.qs[32 * c..]);
-        let q0 = _mm256_and_si256(q, m4);
-        let q1 = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+        let (q0, q1) = quants(x, c);
         let y0 = load256(&y.qs[64 * c..]);
         let y1 = load256(&y.qs[64 * c + 32..]);
         let s0 = _mm256_shuffle_epi8(
@@ -331,6 +411,8 @@ fn q4k_block_lanes(x: &BlockQ4K, y: &BlockQ8K) -> (__m256i, __m256i) {
             scales,
             _mm256_set1_epi16(0x0100 * (4 * c as i16 + 3) + 4 * c as i16 + 2),
         );
+        // Pairs q·y ≤ 2·31·128 (q ≤ 15 for Q4_K, ≤ 31 for Q5_K): no saturation; times a
+        // 6-bit scale, i32.
         let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, y0), s0);
         let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, y1), s1);
         sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
@@ -338,35 +420,58 @@ fn q4k_block_lanes(x: &BlockQ4K, y: &BlockQ8K) -> (__m256i, __m256i) {
     (sumi, summ)
 }
 
-/// One Q4_K row against one activation row (`vec_dot`).
+/// One Q4_K/Q5_K row against one activation row (`vec_dot`): the float chains of the module
+/// doc, block by block.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
-    let (mut acc, mut accm) = (0f32, 0f32);
+#[inline]
+fn dot_k45<X: HeaderK45>(
+    w: &[X],
+    a: &[BlockQ8K],
+    quants: impl Fn(&X, usize) -> (__m256i, __m256i),
+) -> f32 {
+    // Lanes: [the chain, the minimums' chain, unused, unused]: one horizontal reduction and
+    // one fma for both (each lane the same f32 multiply and fma as a scalar chain).
+    let mut acc = _mm_setzero_ps();
     for (x, y) in w.iter().zip(a) {
         prefetch_ahead(x, PREFETCH_AHEAD);
-        let (sumi, summ) = q4k_block_lanes(x, y);
-        acc = (y.d() * f16_to_f32(x.d)).mul_add(hsum_epi32(sumi) as f32, acc);
-        accm = (y.d() * f16_to_f32(x.dmin)).mul_add(hsum_epi32(summ) as f32, accm);
+        let (sumi, summ) = k45_block_lanes(x, y, &quants);
+        // [Σ sumi, Σ summ, …]: exact i32 sums.
+        let f = fold_pairs(sumi, summ);
+        let ints = _mm_hadd_epi32(f, f);
+        let (d, dmin, _) = x.header();
+        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i32;
+        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(h(d) | h(dmin) << 16));
+        let d = _mm_mul_ps(_mm_set1_ps(y.d()), d);
+        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
     }
-    acc - accm
+    let mut v = [0f32; 4];
+    // SAFETY: `v` is 4 writable f32; no alignment needed.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    v[0] - v[1]
 }
 
-/// Two Q4_K rows, each with the bits of [`dot_q4_k`]: one horizontal reduction for both, and
-/// the two rows' float chains and minimum chains in the lanes of one vector (the same f32
+/// Two Q4_K/Q5_K rows, each with the bits of [`dot_k45`]: one horizontal reduction for both,
+/// and the two rows' float chains and minimum chains in the lanes of one vector (the same f32
 /// multiply and fma per lane).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot2_q4_k(w: [&[BlockQ4K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
+#[inline]
+fn dot2_k45<X: HeaderK45>(
+    w: [&[X]; 2],
+    a: &[BlockQ8K],
+    quants: impl Fn(&X, usize) -> (__m256i, __m256i),
+) -> [f32; 2] {
     // Lanes: [row 0, row 1, row 0's minimums, row 1's].
     let mut acc = _mm_setzero_ps();
     for ((x0, x1), y) in w[0].iter().zip(w[1]).zip(a) {
         prefetch_ahead(x0, PREFETCH_AHEAD);
         prefetch_ahead(x1, PREFETCH_AHEAD);
-        let (s0, m0) = q4k_block_lanes(x0, y);
-        let (s1, m1) = q4k_block_lanes(x1, y);
+        let (s0, m0) = k45_block_lanes(x0, y, &quants);
+        let (s1, m1) = k45_block_lanes(x1, y, &quants);
         // [Σ s0, Σ s1, Σ m0, Σ m1]: exact i32 sums in another order.
         let ints = _mm_hadd_epi32(fold_pairs(s0, s1), fold_pairs(m0, m1));
+        let ((d0, dmin0, _), (d1, dmin1, _)) = (x0.header(), x1.header());
         let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
-        let d = h(x0.d) | h(x1.d) << 16 | h(x0.dmin) << 32 | h(x1.dmin) << 48;
+        let d = h(d0) | h(d1) << 16 | h(dmin0) << 32 | h(dmin1) << 48;
         let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi64_si128(d)));
         acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
     }
@@ -374,6 +479,30 @@ fn dot2_q4_k(w: [&[BlockQ4K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
     // SAFETY: `v` is 4 writable f32; no alignment needed.
     unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
     [v[0] - v[2], v[1] - v[3]]
+}
+
+/// One Q4_K row against one activation row (`vec_dot`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    dot_k45(w, a, |x, c| q4k_quants(&x.qs, c))
+}
+
+/// Two Q4_K rows, each with the bits of [`dot_q4_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_q4_k(w: [&[BlockQ4K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
+    dot2_k45(w, a, |x, c| q4k_quants(&x.qs, c))
+}
+
+/// One Q5_K row against one activation row (`vec_dot`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q5_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    dot_k45(w, a, |x, c| q5k_quants(x, c))
+}
+
+/// Two Q5_K rows, each with the bits of [`dot_q5_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_q5_k(w: [&[BlockQ5K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
+    dot2_k45(w, a, |x, c| q5k_quants(x, c))
 }
 
 /// [a, a', b, b'] whose sums a + a' and b + b' are the sums of the 8 i32 lanes of `a` and `b`.
@@ -1025,6 +1154,14 @@ pub(super) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut 
             |r, a| dot2_q4_k(r, a),
             |r, a| dot_q4_k(r, a),
         ),
+        GgmlType::Q5_K => rows_by(
+            w,
+            rb,
+            act,
+            out,
+            |r, a| dot2_q5_k(r, a),
+            |r, a| dot_q5_k(r, a),
+        ),
         GgmlType::Q6_K => rows_by(
             w,
             rb,
@@ -1099,14 +1236,17 @@ pub(in crate::quant) unsafe fn gemm_with<const WIDE: bool>(
     // SAFETY: `gemm_l32` runs AVX-512's tile only when WIDE, which the caller guarantees.
     unsafe {
         match ty {
-            GgmlType::Q4_K => panels::<PanelQ4K, { PANEL_BYTES / size_of::<PanelQ4K>() }>(
+            GgmlType::Q4_K => panels::<PanelK45, { PANEL_BYTES / size_of::<PanelK45>() }>(
                 n_blocks(size_of::<BlockQ4K>()),
                 nrows,
                 n_tok,
                 out,
-                ZERO_Q4K,
-                |g0, b0, p| pack_q4k(group_rows(w, rb, nrows, g0), b0, p),
-                |p, b0, ts, acc| tile_q4k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+                ZERO_K45,
+                |g0, b0, p| {
+                    let rows = group_rows::<BlockQ4K, MR>(w, rb, nrows, g0);
+                    pack_k45(rows, b0, p, |x, c| q4k_quants(&x.qs, c))
+                },
+                |p, b0, ts, acc| tile_k45::<1>(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
             ),
             GgmlType::Q6_K => panels::<PanelQ6K, { PANEL_BYTES / size_of::<PanelQ6K>() }>(
                 n_blocks(size_of::<BlockQ6K>()),
