@@ -1,6 +1,6 @@
-//! Matrix products on AVX2 for the weight types of the real models (Q4_K, Q6_K, Q5_0, Q8_0) and
-//! the other 32-element formats (Q4_0, Q4_1, Q5_1): many weight rows against many activation
-//! rows, and the row kernels decode and `vec_dot` use (Q5_K's too).
+//! Matrix products on AVX2 for the weight types of the real models (Q4_K, Q5_K, Q6_K, Q5_0,
+//! Q8_0) and the other 32-element formats (Q4_0, Q4_1, Q5_1): many weight rows against many
+//! activation rows, and the row kernels decode and `vec_dot` use.
 //!
 //! # The arithmetic every path shares
 //!
@@ -70,7 +70,7 @@ const PANEL_BYTES: usize = 32 * 1024;
 /// The weight types with kernels here.
 fn has_gemm(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q4_K | Q6_K | Q5_0 | Q8_0 | Q4_0 | Q4_1 | Q5_1)
+    matches!(ty, Q4_K | Q5_K | Q6_K | Q5_0 | Q8_0 | Q4_0 | Q4_1 | Q5_1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1247,6 +1247,18 @@ pub(in crate::quant) unsafe fn gemm_with<const WIDE: bool>(
                     pack_k45(rows, b0, p, |x, c| q4k_quants(&x.qs, c))
                 },
                 |p, b0, ts, acc| tile_k45::<1>(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+            ),
+            GgmlType::Q5_K => panels::<PanelK45, { PANEL_BYTES / size_of::<PanelK45>() }>(
+                n_blocks(size_of::<BlockQ5K>()),
+                nrows,
+                n_tok,
+                out,
+                ZERO_K45,
+                |g0, b0, p| {
+                    let rows = group_rows::<BlockQ5K, MR>(w, rb, nrows, g0);
+                    pack_k45(rows, b0, p, |x, c| q5k_quants(x, c))
+                },
+                |p, b0, ts, acc| tile_k45::<2>(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
             ),
             GgmlType::Q6_K => panels::<PanelQ6K, { PANEL_BYTES / size_of::<PanelQ6K>() }>(
                 n_blocks(size_of::<BlockQ6K>()),
