@@ -5,6 +5,8 @@
 //! backend's own KV cache, logits out. Each backend owns its cache and scratch buffers, allocated
 //! once when it is created. The CPU backend wraps [`forward`](crate::model::forward::forward)
 //! unchanged; the GPU backends (`gpu/`) hold the weights in their block formats on the device.
+//! A [`Session`](crate::session::Session) owns one backend (`SessionOptions::backend`), so
+//! everything built on sessions (chat, batches, the server, the C ABI) runs on any of them.
 pub mod cpu;
 #[cfg(any(feature = "cuda", feature = "rocm"))]
 pub mod gpu;
@@ -349,8 +351,8 @@ pub fn greedy(
 /// Decoding of one sequence (sequence 0 from position 0) straight on a backend, without a
 /// [`Session`](crate::session::Session): `prompt` in chunks of `max_batch`, then up to `n`
 /// tokens, each `pick(logits)`, until `on_token` returns false. Qwen-1's NTK alpha is fixed from
-/// the prompt's length, as `Session` does. Used by `qwen run`/`bench --backend` and the
-/// backend-parity tests.
+/// the prompt's length, as `Session` does. Used by the backend-parity tests, which compare
+/// backends below the session.
 pub fn generate(
     model: &Model,
     backend: &mut dyn Backend,
