@@ -147,6 +147,7 @@ pub extern "system" fn Java_io_qwen_QwenNative_modelLoad(
     path: JString,
     n_threads: jint,
     n_ctx: jint,
+    kv_type: jint,
 ) -> jlong {
     call(&mut env, 0, |env| {
         let path = std::ffi::CString::new(string(env, &path)?)
@@ -154,6 +155,7 @@ pub extern "system" fn Java_io_qwen_QwenNative_modelLoad(
         let mut p = qwen_model_default_params();
         p.n_threads = n_threads;
         p.n_ctx = n_ctx;
+        p.kv_type = kv_type;
         let m = qwen_model_load(path.as_ptr(), &p);
         if m.is_null() {
             return Err(Fail::Throw(qwen_last_status(), last_error()));

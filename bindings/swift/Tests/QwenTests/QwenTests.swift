@@ -12,7 +12,7 @@ final class QwenTests: XCTestCase {
     }
 
     func testABIVersion() {
-        XCTAssertEqual(qwenABIVersion >> 16, 1)
+        XCTAssertEqual(qwenABIVersion >> 16, 2)
     }
 
     func testMissingFileThrows() {

@@ -28,7 +28,17 @@ public final class QwenModel implements AutoCloseable {
      * @throws QwenException with the library's message (the file, key or tensor concerned)
      */
     public static QwenModel load(String path, int nThreads, int nCtx) {
-        return new QwenModel(QwenNative.modelLoad(path, nThreads, nCtx));
+        return load(path, nThreads, nCtx, KvCache.F32);
+    }
+
+    /**
+     * @param kvCache how this model's sessions store keys and values: {@link KvCache#F16} halves
+     *     the cache's memory, {@link KvCache#Q8} (int8) takes about a quarter (phones: longer
+     *     contexts in the same RAM)
+     * @throws QwenException with the library's message
+     */
+    public static QwenModel load(String path, int nThreads, int nCtx, KvCache kvCache) {
+        return new QwenModel(QwenNative.modelLoad(path, nThreads, nCtx, kvCache.id));
     }
 
     long handle() {

@@ -20,7 +20,7 @@ final class QwenNative {
 
     static native int abiVersion();
 
-    static native long modelLoad(String path, int nThreads, int nCtx);
+    static native long modelLoad(String path, int nThreads, int nCtx, int kvType);
     static native void modelFree(long model);
     static native int nVocab(long model);
     static native String arch(long model);

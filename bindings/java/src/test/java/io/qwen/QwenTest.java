@@ -32,8 +32,8 @@ public class QwenTest {
     }
 
     @Test
-    public void abiVersionMajorIsOne() {
-        assertEquals(1, QwenModel.abiVersion() >> 16);
+    public void abiVersionMajorIsTwo() {
+        assertEquals(2, QwenModel.abiVersion() >> 16);
     }
 
     @Test
@@ -223,6 +223,21 @@ public class QwenTest {
             assertTrue(n[0] > 0 || s.finishReason() == FinishReason.STOP);
             assertEquals(1, s.historyLength());
             System.out.println("converted tiny model replied " + n[0] + " tokens: " + reply);
+        }
+    }
+
+    @Test
+    public void reducedMemoryKvCachesAnswerToo() {
+        String path = model("qwen.converted.model");
+        for (KvCache kv : new KvCache[] {KvCache.F16, KvCache.Q8}) {
+            try (QwenModel m = QwenModel.load(path, 1, 256, kv); QwenSession s = m.newSession()) {
+                int[] n = {0};
+                s.chat("Hello", 4, (piece, token) -> {
+                    if (token >= 0) n[0]++;
+                    return true;
+                });
+                assertTrue(kv + " generated nothing", n[0] > 0 || s.finishReason() == FinishReason.STOP);
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 package io.qwen.android
 
+import io.qwen.KvCache
 import io.qwen.QwenModel
 import io.qwen.QwenSession
 import kotlinx.coroutines.Dispatchers
@@ -16,9 +17,16 @@ import kotlinx.coroutines.withContext
  * the native generation (qwen_session_abort).
  */
 object Qwen {
-    /** Loads a GGUF model off the main thread. Close it with `use {}` or `close()`. */
-    suspend fun load(path: String, threads: Int = 0, contextLength: Int = 0): QwenModel =
-        withContext(Dispatchers.IO) { QwenModel.load(path, threads, contextLength) }
+    /**
+     * Loads a GGUF model off the main thread. Close it with `use {}` or `close()`. `kvCache`
+     * [KvCache.Q8] stores the sessions' keys and values in about a quarter of the memory.
+     */
+    suspend fun load(
+        path: String,
+        threads: Int = 0,
+        contextLength: Int = 0,
+        kvCache: KvCache = KvCache.F32,
+    ): QwenModel = withContext(Dispatchers.IO) { QwenModel.load(path, threads, contextLength, kvCache) }
 }
 
 /**
