@@ -18,16 +18,17 @@
 //! - the quantizers produce the same bytes as the scalar ones, NaN and ±inf inputs included;
 //! - F32/F16/BF16 dots return the same bits (same f32 products, same f64 lanes, same order);
 //! - the quantized dots sum their exact per-block integers in f32 in another order than the
-//!   reference (8 lanes with FMA instead of one running sum), so they differ from it by a few
-//!   ulps of the sum of the magnitudes of the block terms (the parity tests bound it).
+//!   reference (8 lanes with FMA for the 32-element formats and Q8_K; for Q5_0 and the K-quants
+//!   Q2_K..Q6_K one fma chain per row over whole blocks, shared with the matrix kernels, see
+//!   `gemm`), so they differ from it by a few ulps of the sum of the magnitudes of the block
+//!   terms (the parity tests bound it).
 
 use std::arch::x86_64::*;
 
-use super::k_quants::{BlockQ2K, BlockQ3K};
 use super::q4::{BlockQ4_0, BlockQ4_1};
 use super::q5::{BlockQ5_0, BlockQ5_1};
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::simd_common::{q3_k_scale_words, strided_groups};
+use super::simd_common::strided_groups;
 use super::{as_blocks, GemmOut, QK};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -218,14 +219,6 @@ fn mul_u6_i8(u: __m256i, y: __m256i) -> __m256i {
     _mm256_maddubs_epi16(u, y)
 }
 
-/// Pairs `(u − off)·y` for unsigned `u` <= 63 and `off` <= 63: computed as `u·y − off·y`, both
-/// halves exact (see [`mul_u6_i8`]), and the difference fits i16 (|pair| <= 2·63·128).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn mul_u6_off_i8(u: __m256i, off: __m256i, y: __m256i) -> __m256i {
-    _mm256_sub_epi16(_mm256_maddubs_epi16(u, y), _mm256_maddubs_epi16(off, y))
-}
-
 /// 16 i16 lanes summed in adjacent pairs into 8 i32.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -338,8 +331,8 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
         Q8_0 => dot_q8_0(as_blocks(w), as_blocks(act)),
         Q8_1 => dot_q8_1(as_blocks(w), as_blocks(act)),
         Q8_K => dot_q8_k(as_blocks(w), as_blocks(act)),
-        Q2_K => dot_q2_k(as_blocks(w), as_blocks(act)),
-        Q3_K => dot_q3_k(as_blocks(w), as_blocks(act)),
+        Q2_K => gemm::dot_q2_k(as_blocks(w), as_blocks(act)),
+        Q3_K => gemm::dot_q3_k(as_blocks(w), as_blocks(act)),
         Q4_K => gemm::dot_q4_k(as_blocks(w), as_blocks(act)),
         Q5_K => gemm::dot_q5_k(as_blocks(w), as_blocks(act)),
         Q6_K => gemm::dot_q6_k(as_blocks(w), as_blocks(act)),
@@ -459,76 +452,6 @@ fn dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
             _mm256_or_si256(nibbles_32(&x.qs), fifth_bits_32(x.qh)),
         )
     })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q3_k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
-    let m2 = _mm256_set1_epi8(0x03);
-    let four = _mm256_set1_epi8(4);
-    hsum_ps(two_acc(w, a, |x, y, acc| {
-        let [w0, w1, w2, w3] = q3_k_scale_words(&x.scales);
-        let scales = _mm_sub_epi8(
-            _mm_setr_epi32(w0 as i32, w1 as i32, w2 as i32, w3 as i32),
-            _mm_set1_epi8(32),
-        );
-        let hm = load256(&x.hmask);
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            let qs = load256(&x.qs[32 * h..]);
-            let low = [
-                _mm256_and_si256(qs, m2),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(qs), m2),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(qs), m2),
-                _mm256_and_si256(_mm256_srli_epi16::<6>(qs), m2),
-            ];
-            for (k, low) in low.into_iter().enumerate() {
-                // Element 32(4h + k) + l is `low − 4` unless bit 4h + k of hmask[l] is set.
-                let m = _mm256_set1_epi8(1 << (4 * h + k));
-                let set = _mm256_cmpeq_epi8(_mm256_and_si256(hm, m), m);
-                let sub = _mm256_andnot_si256(set, four);
-                let y = load256(&y.qs[128 * h + 32 * k..]);
-                let p = mul_u6_off_i8(low, sub, y);
-                let p = _mm256_madd_epi16(p, scale_pair_i16(scales, 4 * h + k));
-                sumi = _mm256_add_epi32(sumi, p);
-            }
-        }
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * y.d());
-        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc)
-    }))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q2_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
-    let m2 = _mm256_set1_epi8(0x03);
-    let m4 = _mm_set1_epi8(0x0F);
-    let mut acc_m = _mm256_setzero_ps();
-    let acc = two_acc(w, a, |x, y, acc| {
-        let packed = load128(&x.scales);
-        // Minimums: Σ_j (scale_j >> 4)·bsum_j over the 16 sub-blocks.
-        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(packed), m4));
-        let pm = _mm256_madd_epi16(mins, load256(y.bsums.as_flattened()));
-        let dmin = _mm256_set1_ps(y.d() * f16_to_f32(x.dmin));
-        acc_m = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(pm), acc_m);
-        let scales = _mm_and_si128(packed, m4);
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            let qs = load256(&x.qs[32 * h..]);
-            let q = [
-                _mm256_and_si256(qs, m2),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(qs), m2),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(qs), m2),
-                _mm256_and_si256(_mm256_srli_epi16::<6>(qs), m2),
-            ];
-            for (k, q) in q.into_iter().enumerate() {
-                let y = load256(&y.qs[128 * h + 32 * k..]);
-                let p = _mm256_madd_epi16(mul_u6_i8(q, y), scale_pair_i16(scales, 4 * h + k));
-                sumi = _mm256_add_epi32(sumi, p);
-            }
-        }
-        let d = _mm256_set1_ps(y.d() * f16_to_f32(x.d));
-        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc)
-    });
-    hsum_ps(acc) - hsum_ps(acc_m)
 }
 
 /// Many weight rows against many activation rows (see `quant::gemm`) for the types with a

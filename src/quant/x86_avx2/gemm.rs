@@ -1,6 +1,7 @@
 //! Matrix products on AVX2 for the weight types of the real models (Q4_K, Q5_K, Q6_K, Q5_0,
 //! Q8_0) and the other 32-element formats (Q4_0, Q4_1, Q5_1): many weight rows against many
-//! activation rows, and the row kernels decode and `vec_dot` use.
+//! activation rows, and the row kernels decode and `vec_dot` use (Q3_K and Q2_K: row kernels
+//! only).
 //!
 //! # The arithmetic every path shares
 //!
@@ -13,6 +14,12 @@
 //! - Q4_K and Q5_K: `acc = fma(d_a·d, float(Σ_j sc_j·Σ q·y), acc)`, `accm = fma(d_a·dmin,
 //!   float(Σ_j mn_j·bsum_j), accm)`, result `acc − accm` (q in 0..=15, or 0..=31 with Q5_K's
 //!   fifth bit; `bsum_j` the activation's sum over the 32 elements of sub-block `j`);
+//! - Q3_K: `acc = fma(d_a·d, float(Σ_j (sc_j − 32)·Σ q·y), acc)` (q in −4..=3 over the 16
+//!   sub-blocks `j` of 16 elements; the kernels compute it as `Σ_j (sc_j − 32)·(Σ (q + 4)·y −
+//!   4·bsum_j)`, `bsum_j` the activation's sum over sub-block `j`);
+//! - Q2_K: `acc = fma(d_a·d, float(Σ_j sc_j·Σ q·y), acc)`, `accm = fma(d_a·dmin,
+//!   float(Σ_j mn_j·bsum_j), accm)`, result `acc − accm` (q in 0..=3, `sc_j` and `mn_j` the
+//!   low and high nibbles of scale byte `j`, 16-element sub-blocks);
 //! - Q8_0, Q4_0, Q4_1, Q5_1: per lane, as their `vec_dot`s (see the section on them below).
 //!
 //! Integer sums are exact in any order, so a kernel is free to lay the work out as it likes;
@@ -34,16 +41,16 @@
 use std::arch::x86_64::*;
 use std::mem::size_of;
 
-use super::super::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K};
+use super::super::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::super::q4::{BlockQ4_0, BlockQ4_1};
 use super::super::q5::{BlockQ5_0, BlockQ5_1};
 use super::super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::super::simd_common::{group_rows, k4_scales_mins, strided_groups};
+use super::super::simd_common::{group_rows, k4_scales_mins, q3_k_scale_words, strided_groups};
 use super::super::x86_avx512::gemm as avx512_gemm;
 use super::super::{as_blocks, GemmOut, QK};
 use super::{
     bits_set_32, f16_to_f32, fifth_bits_32, hsum_epi32, load128, load256, mul_small_i8, nibbles_32,
-    prefetch, prefetch_ahead, sum_i16_pairs, PREFETCH_AHEAD,
+    prefetch, prefetch_ahead, scale_pair_i16, sum_i16_pairs, PREFETCH_AHEAD,
 };
 use crate::gguf::{GgmlType, QK_K};
 
@@ -636,10 +643,7 @@ fn q6k_block_lanes(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
         let q = q6k_quants(x, k);
         let yv = load256(&y.qs[32 * k..]);
         // Pairs q·y ≤ 2·63·128 fit i16; times an i8 scale, i32.
-        let p = _mm256_madd_epi16(
-            _mm256_maddubs_epi16(q, yv),
-            super::scale_pair_i16(scales, k),
-        );
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, yv), scale_pair_i16(scales, k));
         sumi = _mm256_add_epi32(sumi, p);
     }
     // −32·Σ_h sc_h·bsum_h.
@@ -674,6 +678,207 @@ fn dot2_q6_k(w: [&[BlockQ6K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
         let ints = _mm_hadd_epi32(s, s);
         let d = u16::from_le_bytes(x0.d) as i32 | (u16::from_le_bytes(x1.d) as i32) << 16;
         let d = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d)), _mm_set1_ps(y.d()));
+        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+    }
+    let mut v = [0f32; 4];
+    // SAFETY: `v` is 4 writable f32; no alignment needed.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    [v[0], v[1]]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q2_K and Q3_K: 16 sub-blocks of 16 elements, the same 2-bit low quants (element
+// `128h + 32k + l` is bits `2k, 2k + 1` of `qs[32h + l]`); Q3_K adds a third bit (`hmask`) and
+// signed 6-bit scales, Q2_K has 4-bit scales and minimums. The kernels work on `q + 4` (0..=7)
+// for Q3_K's signed quants (−4..=3) and subtract `4·Σ_j sc_j·bsum_j` (the activation's sums
+// over the 16-element sub-blocks, which the quantizer stores): `Σ q·y = Σ (q + 4)·y − 4·Σ y`,
+// an exact integer identity.
+//
+// Integer bounds (|y| ≤ 128, 16 sub-blocks of 16 elements): Q2_K `|Σ q·y| ≤ 16·3·128 = 6144`
+// per sub-block, times a scale ≤ 15, 16 of them: |sumi| ≤ 1474560; `|summ| ≤ 16·15·2048 =
+// 491520`. Q3_K: `|Σ q·y| ≤ 16·4·128 = 8192` per sub-block, times |scale − 32| ≤ 32, 16 of
+// them: |sumi| ≤ 4194304 = 2^22. All exact in i32, and below 2^24, so exact in f32 too.
+
+/// Elements `32k..32k+32` (k in 0..8) of a Q2_K/Q3_K block's 2-bit quants, 0..=3.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q2_bits(qs: &[u8; QK_K / 4], k: usize) -> __m256i {
+    let v = load256(&qs[32 * (k / 4)..]);
+    let v = match k % 4 {
+        0 => v,
+        1 => _mm256_srli_epi16::<2>(v),
+        2 => _mm256_srli_epi16::<4>(v),
+        _ => _mm256_srli_epi16::<6>(v),
+    };
+    _mm256_and_si256(v, _mm256_set1_epi8(0x03))
+}
+
+/// 4 in byte `l` where bit `k` of byte `l` of `hm` (Q3_K's `hmask`) is set, else 0: the third
+/// bit of element `32k + l`, as the 4 of `q + 4`. (Shifting the 16-bit lanes by at most 5
+/// brings no bit of the other byte to bit 2 or 10.)
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q3k_high_bits(hm: __m256i, k: usize) -> __m256i {
+    let s = match k {
+        0 => _mm256_slli_epi16::<2>(hm),
+        1 => _mm256_slli_epi16::<1>(hm),
+        2 => hm,
+        3 => _mm256_srli_epi16::<1>(hm),
+        4 => _mm256_srli_epi16::<2>(hm),
+        5 => _mm256_srli_epi16::<3>(hm),
+        6 => _mm256_srli_epi16::<4>(hm),
+        _ => _mm256_srli_epi16::<5>(hm),
+    };
+    _mm256_and_si256(s, _mm256_set1_epi8(0x04))
+}
+
+/// Elements `32k..32k+32` of a Q3_K block as `q + 4`, 0..=7 (`hm` its `hmask`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q3k_quants(x: &BlockQ3K, hm: __m256i, k: usize) -> __m256i {
+    _mm256_or_si256(q2_bits(&x.qs, k), q3k_high_bits(hm, k))
+}
+
+/// The 16 i16 `scales` (sub-block order) with each 128-bit half broadcast: `[sub-blocks 0..8 in
+/// both halves, sub-blocks 8..16 in both halves]`, for [`scale_pair16`].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scale_halves(scales: __m256i) -> [__m256i; 2] {
+    [
+        _mm256_permute2x128_si256::<0x00>(scales, scales),
+        _mm256_permute2x128_si256::<0x11>(scales, scales),
+    ]
+}
+
+/// The scales of sub-blocks `2k` (elements `32k..32k+16`) and `2k + 1` (`32k+16..32k+32`) as 16
+/// i16, matching the pair sums of `maddubs` on elements `32k..32k+32`: one in-lane shuffle.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scale_pair16(halves: &[__m256i; 2], k: usize) -> __m256i {
+    let i16_at = |j: usize| 0x0100 * (2 * j as i16 + 1) + 2 * j as i16;
+    let j = 2 * k % 8;
+    _mm256_shuffle_epi8(
+        halves[k / 4],
+        _mm256_set_m128i(_mm_set1_epi16(i16_at(j + 1)), _mm_set1_epi16(i16_at(j))),
+    )
+}
+
+/// The exact integers of one Q2_K block against one activation block, K in lanes:
+/// `(Σ_j sc_j·Σ q·y, Σ_j mn_j·bsum_j)` spread over 8 lanes each.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q2k_block_lanes(x: &BlockQ2K, y: &BlockQ8K) -> (__m256i, __m256i) {
+    let packed = load128(&x.scales);
+    let m4 = _mm_set1_epi8(0x0F);
+    let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(packed), m4));
+    let summ = _mm256_madd_epi16(mins, load256(y.bsums.as_flattened()));
+    let scales = scale_halves(_mm256_cvtepu8_epi16(_mm_and_si128(packed, m4)));
+    let mut sumi = _mm256_setzero_si256();
+    for k in 0..QK_K / 32 {
+        // Pairs q·y ≤ 2·3·128 fit i16; times a 4-bit scale, i32.
+        let p = _mm256_maddubs_epi16(q2_bits(&x.qs, k), load256(&y.qs[32 * k..]));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair16(&scales, k)));
+    }
+    (sumi, summ)
+}
+
+/// The exact integer `Σ_j (scale_j − 32)·Σ q·y` of one Q3_K block against one activation block,
+/// K in lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q3k_block_lanes(x: &BlockQ3K, y: &BlockQ8K) -> __m256i {
+    let [w0, w1, w2, w3] = q3_k_scale_words(&x.scales);
+    // The 16 scales minus 32, −32..=31, as i8 in sub-block order.
+    let scales = _mm_sub_epi8(
+        _mm_setr_epi32(w0 as i32, w1 as i32, w2 as i32, w3 as i32),
+        _mm_set1_epi8(32),
+    );
+    let scales = _mm256_cvtepi8_epi16(scales);
+    let halves = scale_halves(scales);
+    let hm = load256(&x.hmask);
+    let mut sumi = _mm256_setzero_si256();
+    for k in 0..QK_K / 32 {
+        // Pairs (q + 4)·y ≤ 2·7·128 fit i16; times a scale of magnitude ≤ 32, i32.
+        let p = _mm256_maddubs_epi16(q3k_quants(x, hm, k), load256(&y.qs[32 * k..]));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair16(&halves, k)));
+    }
+    // −4·Σ_j sc_j·bsum_j (|sc·bsum| ≤ 32·2048).
+    let off = _mm256_madd_epi16(scales, load256(y.bsums.as_flattened()));
+    _mm256_sub_epi32(sumi, _mm256_slli_epi32::<2>(off))
+}
+
+/// One Q2_K row against one activation row (`vec_dot`): the float chains of the module doc.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q2_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+    // Lanes: [the chain, the minimums' chain, unused, unused] (each lane the same f32 multiply
+    // and fma as a scalar chain).
+    let mut acc = _mm_setzero_ps();
+    for (x, y) in w.iter().zip(a) {
+        prefetch_ahead(x, PREFETCH_AHEAD);
+        let (sumi, summ) = q2k_block_lanes(x, y);
+        // [Σ sumi, Σ summ, …]: exact i32 sums.
+        let f = fold_pairs(sumi, summ);
+        let ints = _mm_hadd_epi32(f, f);
+        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i32;
+        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(h(x.d) | h(x.dmin) << 16));
+        let d = _mm_mul_ps(_mm_set1_ps(y.d()), d);
+        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+    }
+    let mut v = [0f32; 4];
+    // SAFETY: `v` is 4 writable f32; no alignment needed.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    v[0] - v[1]
+}
+
+/// Two Q2_K rows, each with the bits of [`dot_q2_k`]: one horizontal reduction for both, and
+/// the two rows' chains and minimum chains in the lanes of one vector.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_q2_k(w: [&[BlockQ2K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
+    // Lanes: [row 0, row 1, row 0's minimums, row 1's].
+    let mut acc = _mm_setzero_ps();
+    for ((x0, x1), y) in w[0].iter().zip(w[1]).zip(a) {
+        prefetch_ahead(x0, PREFETCH_AHEAD);
+        prefetch_ahead(x1, PREFETCH_AHEAD);
+        let (s0, m0) = q2k_block_lanes(x0, y);
+        let (s1, m1) = q2k_block_lanes(x1, y);
+        // [Σ s0, Σ s1, Σ m0, Σ m1]: exact i32 sums in another order.
+        let ints = _mm_hadd_epi32(fold_pairs(s0, s1), fold_pairs(m0, m1));
+        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
+        let d = h(x0.d) | h(x1.d) << 16 | h(x0.dmin) << 32 | h(x1.dmin) << 48;
+        let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi64_si128(d)));
+        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+    }
+    let mut v = [0f32; 4];
+    // SAFETY: `v` is 4 writable f32; no alignment needed.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    [v[0] - v[2], v[1] - v[3]]
+}
+
+/// One Q3_K row against one activation row (`vec_dot`): the float chain of the module doc.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q3_k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        prefetch_ahead(x, PREFETCH_AHEAD);
+        let s = hsum_epi32(q3k_block_lanes(x, y));
+        acc = (y.d() * f16_to_f32(x.d)).mul_add(s as f32, acc);
+    }
+    acc
+}
+
+/// Two Q3_K rows, each with the bits of [`dot_q3_k`]: one horizontal reduction for both, and
+/// the two float chains in the lanes of one vector.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_q3_k(w: [&[BlockQ3K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
+    let mut acc = _mm_setzero_ps();
+    for ((x0, x1), y) in w[0].iter().zip(w[1]).zip(a) {
+        prefetch_ahead(x0, PREFETCH_AHEAD);
+        prefetch_ahead(x1, PREFETCH_AHEAD);
+        let s = fold_pairs(q3k_block_lanes(x0, y), q3k_block_lanes(x1, y));
+        // [Σ row 0, Σ row 1, …]: exact i32 sums in another order.
+        let ints = _mm_hadd_epi32(s, s);
+        let d = u16::from_le_bytes(x0.d) as i32 | (u16::from_le_bytes(x1.d) as i32) << 16;
+        let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi32_si128(d)));
         acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
     }
     let mut v = [0f32; 4];
@@ -1169,6 +1374,22 @@ pub(super) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut 
             out,
             |r, a| dot2_q6_k(r, a),
             |r, a| dot_q6_k(r, a),
+        ),
+        GgmlType::Q3_K => rows_by(
+            w,
+            rb,
+            act,
+            out,
+            |r, a| dot2_q3_k(r, a),
+            |r, a| dot_q3_k(r, a),
+        ),
+        GgmlType::Q2_K => rows_by(
+            w,
+            rb,
+            act,
+            out,
+            |r, a| dot2_q2_k(r, a),
+            |r, a| dot_q2_k(r, a),
         ),
         GgmlType::Q5_0 => rows_by(
             w,
