@@ -160,11 +160,12 @@ fn gemm_matches_vec_dot_bit_for_bit() {
 }
 
 /// The types of the Qwen2.5 Q4_K_M files (the ones with matrix kernels on every SIMD build), and
-/// Q5_K (a matrix kernel on AVX2), at the edges of the tilings: every activation row count from 1 to 9 (whole register tiles of 4
-/// and every leftover), odd and even weight row counts (the NEON 2-row tiles and their edge),
-/// odd and even block counts (the NEON Q8_0/Q5_0 kernels alternate two accumulators by block),
-/// and row/activation counts just past the result blocks (64 weight rows, 32 activation rows
-/// on NEON; 8-row groups and 256-row chunks on AVX2).
+/// Q5_K, Q3_K and Q2_K (matrix kernels on AVX2), at the edges of the tilings: every activation
+/// row count from 1 to 9 (whole register tiles of 4 and every leftover), odd and even weight row
+/// counts (the NEON 2-row tiles and their edge), odd and even block counts (the NEON Q8_0/Q5_0
+/// kernels alternate two accumulators by block), and row/activation counts just past the
+/// result blocks (64 weight rows, 32 activation rows on NEON; 8-row groups and 256-row chunks
+/// on AVX2).
 #[test]
 fn gemm_edges_of_the_tiles() {
     let mut rng = Rng::new(0x6E33_0003);
@@ -173,6 +174,8 @@ fn gemm_edges_of_the_tiles() {
             GgmlType::Q4_K,
             GgmlType::Q5_K,
             GgmlType::Q6_K,
+            GgmlType::Q3_K,
+            GgmlType::Q2_K,
             GgmlType::Q5_0,
             GgmlType::Q8_0,
         ] {
@@ -217,6 +220,8 @@ fn public_gemm_matches_vec_dot() {
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::Q3_K,
+        GgmlType::Q2_K,
         GgmlType::Q5_0,
         GgmlType::Q8_0,
     ] {

@@ -1,7 +1,6 @@
 //! Matrix products on AVX2 for the weight types of the real models (Q4_K, Q5_K, Q6_K, Q5_0,
-//! Q8_0) and the other 32-element formats (Q4_0, Q4_1, Q5_1): many weight rows against many
-//! activation rows, and the row kernels decode and `vec_dot` use (Q3_K and Q2_K: row kernels
-//! only).
+//! Q8_0), the other K-quants (Q3_K, Q2_K) and the other 32-element formats (Q4_0, Q4_1, Q5_1):
+//! many weight rows against many activation rows, and the row kernels decode and `vec_dot` use.
 //!
 //! # The arithmetic every path shares
 //!
@@ -68,6 +67,9 @@ const MIN_TOKENS: usize = 4;
 fn min_tokens(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_1 => 2,
+        // Q3_K's packing costs more (the third bit, 6-bit scales): at 4 and 5 activation rows
+        // the row kernels are ~3% and ~7% faster, at 6 the panels ~15% (bench_gemm, 4864 cols).
+        GgmlType::Q3_K => 6,
         _ => MIN_TOKENS,
     }
 }
@@ -77,7 +79,10 @@ const PANEL_BYTES: usize = 32 * 1024;
 /// The weight types with kernels here.
 fn has_gemm(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q4_K | Q5_K | Q6_K | Q5_0 | Q8_0 | Q4_0 | Q4_1 | Q5_1)
+    matches!(
+        ty,
+        Q4_K | Q5_K | Q6_K | Q3_K | Q2_K | Q5_0 | Q8_0 | Q4_0 | Q4_1 | Q5_1
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -737,6 +742,165 @@ fn q3k_high_bits(hm: __m256i, k: usize) -> __m256i {
 #[inline]
 fn q3k_quants(x: &BlockQ3K, hm: __m256i, k: usize) -> __m256i {
     _mm256_or_si256(q2_bits(&x.qs, k), q3k_high_bits(hm, k))
+}
+
+/// 8 rows × one Q2_K or Q3_K block, rows in lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct PanelK23 {
+    /// Group `g`: elements `4g..4g+4` of each row: Q2_K's q (0..=3), Q3_K's q + 4 (0..=7).
+    q: [[u8; 32]; QK_K / 4],
+    /// Sub-block `h`'s scale of row `r` in both i16 halves of lane `r` (Q2_K: 0..=15, Q3_K:
+    /// `scale − 32`, −32..=31).
+    sc: [[u8; 32]; 16],
+    /// Against the activation sums of sub-blocks `2k` and `2k + 1`: their minimums (Q2_K) or
+    /// scales (Q3_K, for the offset of `q + 4`) of row `r` in lane `r`.
+    off: [[u8; 32]; 8],
+    d: [f32; 8],
+    /// Q2_K's `dmin`.
+    dmin: [f32; 8],
+}
+
+const ZERO_K23: PanelK23 = PanelK23 {
+    q: [[0; 32]; QK_K / 4],
+    sc: [[0; 32]; 16],
+    off: [[0; 32]; 8],
+    d: [0.0; 8],
+    dmin: [0.0; 8],
+};
+
+/// The 16 i16 values of each of 8 rows (`v[r]`, sub-block order) laid out for a panel: lane `r`
+/// of `pairs[k]` = `[v_r[2k], v_r[2k + 1]]`, and when `dup` is given, lane `r` of `dup[h]` =
+/// `[v_r[h], v_r[h]]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn store_sub_block_i16(
+    v: [__m256i; 8],
+    pairs: Option<&mut [[u8; 32]; 8]>,
+    dup: Option<&mut [[u8; 32]; 16]>,
+) {
+    // Lane k of v[r] is [v_r[2k], v_r[2k + 1]]: transposed, lane r of t[k].
+    let t = transpose8(v);
+    if let Some(pairs) = pairs {
+        for (o, &x) in pairs.iter_mut().zip(&t) {
+            st(o, x);
+        }
+    }
+    if let Some(dup) = dup {
+        for (o, &x) in dup.chunks_exact_mut(2).zip(&t) {
+            let lo =
+                _mm256_shufflehi_epi16::<0b10_10_00_00>(_mm256_shufflelo_epi16::<0b10_10_00_00>(x));
+            let hi =
+                _mm256_shufflehi_epi16::<0b11_11_01_01>(_mm256_shufflelo_epi16::<0b11_11_01_01>(x));
+            st(&mut o[0], lo);
+            st(&mut o[1], hi);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_q2k(rows: [&[BlockQ2K]; 8], b0: usize, out: &mut [PanelK23]) {
+    for (i, p) in out.iter_mut().enumerate() {
+        let blocks: [&BlockQ2K; 8] = std::array::from_fn(|r| &rows[r][b0 + i]);
+        for (k, groups) in p.q.chunks_exact_mut(8).enumerate() {
+            store_transposed(std::array::from_fn(|r| q2_bits(&blocks[r].qs, k)), groups);
+        }
+        let packed: [__m128i; 8] = std::array::from_fn(|r| load128(&blocks[r].scales));
+        let m4 = _mm_set1_epi8(0x0F);
+        let nib = |f: &dyn Fn(__m128i) -> __m128i| packed.map(|s| _mm256_cvtepu8_epi16(f(s)));
+        store_sub_block_i16(nib(&|s| _mm_and_si128(s, m4)), None, Some(&mut p.sc));
+        let mins = nib(&|s| _mm_and_si128(_mm_srli_epi16::<4>(s), m4));
+        store_sub_block_i16(mins, Some(&mut p.off), None);
+        st_ps(&mut p.d, f16x8(|r| blocks[r].d));
+        st_ps(&mut p.dmin, f16x8(|r| blocks[r].dmin));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_q3k(rows: [&[BlockQ3K]; 8], b0: usize, out: &mut [PanelK23]) {
+    for (i, p) in out.iter_mut().enumerate() {
+        let blocks: [&BlockQ3K; 8] = std::array::from_fn(|r| &rows[r][b0 + i]);
+        let hm: [__m256i; 8] = std::array::from_fn(|r| load256(&blocks[r].hmask));
+        for (k, groups) in p.q.chunks_exact_mut(8).enumerate() {
+            store_transposed(
+                std::array::from_fn(|r| q3k_quants(blocks[r], hm[r], k)),
+                groups,
+            );
+        }
+        let sc: [__m256i; 8] = std::array::from_fn(|r| {
+            let [w0, w1, w2, w3] = q3_k_scale_words(&blocks[r].scales);
+            let s = _mm_setr_epi32(w0 as i32, w1 as i32, w2 as i32, w3 as i32);
+            _mm256_cvtepi8_epi16(_mm_sub_epi8(s, _mm_set1_epi8(32)))
+        });
+        store_sub_block_i16(sc, Some(&mut p.off), Some(&mut p.sc));
+        st_ps(&mut p.d, f16x8(|r| blocks[r].d));
+    }
+}
+
+/// Accumulates blocks `b0..b0 + panel.len()` of 8 Q2_K (`Q3` false) or Q3_K rows against `NR`
+/// activation rows, the float chains of [`dot_q2_k`] and [`dot_q3_k`] (Q3_K's in `acc[t][0]`
+/// only, `acc[t][1]` staying 0).
+///
+/// Each `maddubs` i16 is a pair `q·y + q'·y'` with |y| ≤ 128, q ≤ 3 (Q2_K) or q + 4 ≤ 7
+/// (Q3_K): |pair| ≤ 2·7·128 = 1792, no saturation; a sub-block's 4 groups are summed in i16
+/// (≤ 4·1792 = 7168) and widened by the scale's `madd`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn tile_k23<const Q3: bool>(
+    panel: &[PanelK23],
+    b0: usize,
+    acts: [&[BlockQ8K]; NR],
+    acc: &mut [[[f32; 8]; 2]],
+) {
+    for (i, p) in panel.iter().enumerate() {
+        let ys: [&BlockQ8K; NR] = std::array::from_fn(|t| &acts[t][b0 + i]);
+        let mut sumi = [_mm256_setzero_si256(); NR];
+        for h in 0..16 {
+            let mut s16 = [_mm256_setzero_si256(); NR];
+            for g in 0..4 {
+                let w = ld(&p.q[4 * h + g]);
+                for t in 0..NR {
+                    let prod = _mm256_maddubs_epi16(w, bcast4(&ys[t].qs, 16 * h + 4 * g));
+                    s16[t] = _mm256_add_epi16(s16[t], prod);
+                }
+            }
+            let sc = ld(&p.sc[h]);
+            for t in 0..NR {
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s16[t], sc));
+            }
+        }
+        let d = ld_ps(&p.d);
+        for t in 0..NR {
+            let y = ys[t];
+            // Q2_K: Σ_j mn_j·bsum_j; Q3_K: Σ_j sc_j·bsum_j (|sc·bsum| ≤ 32·2048).
+            let mut off = _mm256_setzero_si256();
+            for k in 0..8 {
+                let b = [y.bsums[2 * k], y.bsums[2 * k + 1]];
+                let b = _mm256_set1_epi32(i32::from_le_bytes([b[0][0], b[0][1], b[1][0], b[1][1]]));
+                off = _mm256_add_epi32(off, _mm256_madd_epi16(ld(&p.off[k]), b));
+            }
+            let yd = _mm256_set1_ps(y.d());
+            let a = &mut acc[t];
+            if Q3 {
+                let s = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<2>(off));
+                let v = _mm256_fmadd_ps(_mm256_mul_ps(yd, d), _mm256_cvtepi32_ps(s), ld_ps(&a[0]));
+                st_ps(&mut a[0], v);
+            } else {
+                let v = _mm256_fmadd_ps(
+                    _mm256_mul_ps(yd, d),
+                    _mm256_cvtepi32_ps(sumi[t]),
+                    ld_ps(&a[0]),
+                );
+                st_ps(&mut a[0], v);
+                let m = _mm256_fmadd_ps(
+                    _mm256_mul_ps(yd, ld_ps(&p.dmin)),
+                    _mm256_cvtepi32_ps(off),
+                    ld_ps(&a[1]),
+                );
+                st_ps(&mut a[1], m);
+            }
+        }
+    }
 }
 
 /// The 16 i16 `scales` (sub-block order) with each 128-bit half broadcast: `[sub-blocks 0..8 in
@@ -1489,6 +1653,24 @@ pub(in crate::quant) unsafe fn gemm_with<const WIDE: bool>(
                 ZERO_Q6K,
                 |g0, b0, p| pack_q6k(group_rows(w, rb, nrows, g0), b0, p),
                 |p, b0, ts, acc| tile_q6k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+            ),
+            GgmlType::Q3_K => panels::<PanelK23, { PANEL_BYTES / size_of::<PanelK23>() }>(
+                n_blocks(size_of::<BlockQ3K>()),
+                nrows,
+                n_tok,
+                out,
+                ZERO_K23,
+                |g0, b0, p| pack_q3k(group_rows(w, rb, nrows, g0), b0, p),
+                |p, b0, ts, acc| tile_k23::<true>(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
+            ),
+            GgmlType::Q2_K => panels::<PanelK23, { PANEL_BYTES / size_of::<PanelK23>() }>(
+                n_blocks(size_of::<BlockQ2K>()),
+                nrows,
+                n_tok,
+                out,
+                ZERO_K23,
+                |g0, b0, p| pack_q2k(group_rows(w, rb, nrows, g0), b0, p),
+                |p, b0, ts, acc| tile_k23::<false>(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
             ),
             // Q5_0 panels are small: 64 blocks (2048 elements) per chunk.
             GgmlType::Q5_0 => panels::<PanelQ5_0, 64>(
