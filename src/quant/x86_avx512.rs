@@ -1,11 +1,12 @@
-//! AVX-512 kernels (F + BW + VL + VNNI): row kernels for every K-quant (Q2_K, Q3_K, Q4_K, Q5_K,
-//! Q6_K) and Q8_0 (8 rows at a time), matrix kernels for Q4_K and Q6_K, Q5_0 in 16-row and
-//! matrix kernels, and a wider tile for AVX2's matrix kernel of Q8_0, Q4_0, Q4_1 and Q5_1
-//! (`gemm::tile_l32`, AVX2's bits). Every other type and path (single Q5_0 and Q8_0 rows, which
-//! are no faster with VNNI; the matrix kernels of Q5_K, Q3_K and Q2_K, whose float chains the
-//! row kernels here keep, so batched and single-sequence results stay bit-identical), and the
-//! activation quantizers, run the AVX2 build: every CPU with these AVX-512 subsets also has
-//! AVX2, FMA and F16C (`detected` checks all of them), so delegating is always valid.
+//! AVX-512 kernels (F + BW + VL + VNNI) for the hot types: one- and two-row kernels for Q2_K,
+//! Q4_K, Q5_K and Q6_K, eight-row Q8_0 and sixteen-row Q5_0 kernels, matrix kernels for Q4_K,
+//! Q6_K and Q5_0, and a wider tile for AVX2's matrix kernel of Q8_0, Q4_0, Q4_1 and Q5_1
+//! (`gemm::tile_l32`, AVX2's bits). Everything else runs the AVX2 build: Q3_K and single Q5_0
+//! and Q8_0 rows (no faster with VNNI, measured), the matrix kernels of Q5_K and Q2_K (whose
+//! float chains the row kernels here keep, so batched and single-sequence results stay
+//! bit-identical), the other types and the activation quantizers. Every CPU with these AVX-512
+//! subsets also has AVX2, FMA and F16C (`detected` checks all of them), so delegating is always
+//! valid.
 //!
 //! As in `x86_avx2`, every function is a safe `#[target_feature]` function that `dispatch` calls
 //! only after `detected`; the only `unsafe` blocks are unaligned loads and stores through helpers
@@ -23,7 +24,7 @@
 
 use std::arch::x86_64::*;
 
-use super::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
+use super::k_quants::{BlockQ2K, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::q5::BlockQ5_0;
 use super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 
@@ -116,7 +117,6 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
         Q4_K => dot_q4_k(as_blocks(w), as_blocks(act)),
         Q5_K => dot_q5_k(as_blocks(w), as_blocks(act)),
         Q6_K => dot_q6_k(as_blocks(w), as_blocks(act)),
-        Q3_K => dot_q3_k(as_blocks(w), as_blocks(act)),
         Q2_K => dot_q2_k(as_blocks(w), as_blocks(act)),
         // Not specialised here: the AVX2 kernels (this CPU has AVX2, FMA and F16C). For a single
         // Q5_0 row they are as fast as a VNNI version (measured), and their float chain is the
@@ -154,14 +154,6 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             out,
             |r, a| dot2_q5_k(r, a),
             |r, a| dot_q5_k(r, a),
-        ),
-        Q3_K => avx2::rows_by(
-            w,
-            rb,
-            act,
-            out,
-            |r, a| dot2_q3_k(r, a),
-            |r, a| dot_q3_k(r, a),
         ),
         Q2_K => avx2::rows_by(
             w,
@@ -423,19 +415,20 @@ fn dot2_q5_k(w: [&[BlockQ5K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q2_K and Q3_K: 16 sub-blocks of 16 elements, 2-bit parts laid out alike.
+// Q2_K: 16 sub-blocks of 16 elements. (Q3_K, laid out alike, runs AVX2's kernels: a VNNI
+// version was no faster than AVX2's once both unpacked the scales in vector registers.)
 //
-// Their float chains are AVX2's (the canonical ones every path of these types keeps, see
-// `x86_avx2::gemm`): per block an exact integer (Q2_K also an exact minimums integer), then
-// `acc = fma(d_a·d, integer, acc)` (and `accm = fma(d_a·dmin, minimums, accm)`, result
-// `acc − accm`).
+// The float chain is AVX2's (the canonical one every path of this type keeps, see
+// `x86_avx2::gemm`): per block the exact integer and the exact minimums integer, then
+// `acc = fma(d_a·d, integer, acc)` and `accm = fma(d_a·dmin, minimums, accm)`, result
+// `acc − accm`.
 
-/// Elements `64t..64t+64` (`t` = 0..4) of a Q2_K/Q3_K block's 2-bit parts, 0..=3: element
+/// Elements `64t..64t+64` (`t` = 0..4) of a Q2_K block as quants 0..=3: element
 /// `128h + 32k + l` is `(qs[32h + l] >> 2k) & 3`, so for `t = 2h + c` they are `qs[32h..]`
 /// shifted by `4c` (first 32) and `4c + 2` (last 32).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn k23_low64(qs: &[u8; 64], t: usize) -> __m512i {
+fn q2k_quants64(qs: &[u8; 64], t: usize) -> __m512i {
     let (h, c) = (t / 2, t % 2);
     let s = 4 * c as i64;
     let q = _mm512_srlv_epi64(
@@ -445,16 +438,26 @@ fn k23_low64(qs: &[u8; 64], t: usize) -> __m512i {
     _mm512_and_si512(q, _mm512_set1_epi8(0x03))
 }
 
-/// `Σ_j sc_j·Σ q·y` of one block as 16 i32 lanes (their sum is the exact integer), for
-/// unsigned quants `quants(t)` (elements `64t..64t+64`, each ≤ 7) and the 16 sub-block scales
-/// `sc32` in i32 lanes with zero upper halves (for `dpwssd`, which multiplies i16 halves).
+/// One Q2_K block's exact integers `(Σ_j sc_j·Σ q·y, Σ_j mn_j·bsum_j)` as lanes to be summed.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn k23_scaled_lanes(y: &BlockQ8K, sc32: __m512i, quants: impl Fn(usize) -> __m512i) -> __m512i {
+fn q2k_block_lanes(x: &BlockQ2K, y: &BlockQ8K) -> (__m512i, __m256i) {
+    let packed = load128(&x.scales);
+    let m4 = _mm_set1_epi8(0x0F);
+    // Minimums (high nibbles) against the 16 sub-block sums: pairs ≤ 2·15·2048, i32.
+    let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(packed), m4));
+    let summ = _mm256_madd_epi16(mins, load256(y.bsums.as_flattened()));
+    // Scale j (low nibble) in i32 lane j with a zero upper half (`dpwssd` multiplies i16
+    // halves).
+    let sc32 = _mm512_cvtepu8_epi32(_mm_and_si128(packed, m4));
     let mut sumi = _mm512_setzero_si512();
     for t in 0..4 {
-        // i32 lane L: elements 64t + 4L..+4, sub-block 4t + L/4; ≤ 4·7·128 = 3584: an i16.
-        let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), quants(t), ld512(&y.qs[64 * t..]));
+        // i32 lane L: elements 64t + 4L..+4, sub-block 4t + L/4; ≤ 4·3·128: an i16.
+        let p = _mm512_dpbusd_epi32(
+            _mm512_setzero_si512(),
+            q2k_quants64(&x.qs, t),
+            ld512(&y.qs[64 * t..]),
+        );
         let j = 4 * t as i32;
         let idx = _mm512_setr_epi32(
             j,
@@ -474,23 +477,9 @@ fn k23_scaled_lanes(y: &BlockQ8K, sc32: __m512i, quants: impl Fn(usize) -> __m51
             j + 3,
             j + 3,
         );
-        // |p·sc| ≤ 3584·32 per term, four terms per lane: i32.
+        // |p·sc| ≤ 1536·15 per term, four terms per lane: i32.
         sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_permutexvar_epi32(idx, sc32));
     }
-    sumi
-}
-
-/// One Q2_K block's exact integers `(Σ_j sc_j·Σ q·y, Σ_j mn_j·bsum_j)` as lanes to be summed.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn q2k_block_lanes(x: &BlockQ2K, y: &BlockQ8K) -> (__m512i, __m256i) {
-    let packed = load128(&x.scales);
-    let m4 = _mm_set1_epi8(0x0F);
-    // Minimums (high nibbles) against the 16 sub-block sums: pairs ≤ 2·15·2048, i32.
-    let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(packed), m4));
-    let summ = _mm256_madd_epi16(mins, load256(y.bsums.as_flattened()));
-    let sc32 = _mm512_cvtepu8_epi32(_mm_and_si128(packed, m4));
-    let sumi = k23_scaled_lanes(y, sc32, |t| k23_low64(&x.qs, t));
     (sumi, summ)
 }
 
@@ -532,95 +521,6 @@ fn dot2_q2_k(w: [&[BlockQ2K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
     // SAFETY: `v` is 4 writable f32; no alignment needed.
     unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
     [v[0] - v[2], v[1] - v[3]]
-}
-
-/// The 16 6-bit scales of a Q3_K block (0..=63, byte `j` = scale `j`), unpacked in vector
-/// registers: scalar unpacking plus four inserts cost a third of the whole Q3_K dot (measured).
-/// Scale `j`'s low 4 bits are nibble `j / 8` of byte `j % 8`, its top 2 bits are bits
-/// `2·(j / 4)` of byte `8 + j % 4`; in 32-bit words, scales `4i..4i+4` are
-/// `(a_{i%2} >> 4·(i/2)) & 0x0F0F0F0F | ((h >> 2i) & 0x03030303) << 4` with `a_0, a_1` the first
-/// two words and `h` the third.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn q3k_scales(s: &[u8; 12]) -> __m128i {
-    let a = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
-    let h = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
-    let v = _mm_insert_epi32::<2>(_mm_cvtsi64_si128(a as i64), h as i32);
-    let low = _mm_srlv_epi32(
-        _mm_shuffle_epi32::<0b01_00_01_00>(v),
-        _mm_setr_epi32(0, 0, 4, 4),
-    );
-    let top = _mm_srlv_epi32(
-        _mm_shuffle_epi32::<0b10_10_10_10>(v),
-        _mm_setr_epi32(0, 2, 4, 6),
-    );
-    _mm_or_si128(
-        _mm_and_si128(low, _mm_set1_epi8(0x0F)),
-        _mm_slli_epi32::<4>(_mm_and_si128(top, _mm_set1_epi8(0x03))),
-    )
-}
-
-/// One Q3_K block's exact integer `Σ_j (sc_j − 32)·Σ q·y` (q in −4..=3) as lanes to be summed:
-/// the quants go in unsigned, `q + 4` = the 2-bit part plus 4 where the `hmask` bit is set, and
-/// `4·Σ_j (sc_j − 32)·bsum_j` comes off.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn q3k_block_lanes(x: &BlockQ3K, y: &BlockQ8K) -> __m256i {
-    let scales = _mm_sub_epi8(q3k_scales(&x.scales), _mm_set1_epi8(32));
-    // Signed scales in i32 lanes with zero upper halves (see `k23_scaled_lanes`).
-    let sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(scales), _mm512_set1_epi32(0xFFFF));
-    let hm = bcast256(&x.hmask);
-    let four = _mm512_set1_epi8(4);
-    let sumi = k23_scaled_lanes(y, sc32, |t| {
-        // The high bit of element 32k + l is bit k of hmask[l]: k = 2t, then 2t + 1.
-        let bits = _mm512_mask_blend_epi64(
-            0xF0,
-            _mm512_set1_epi8((1u8 << (2 * t)) as i8),
-            _mm512_set1_epi8((1u8 << (2 * t + 1)) as i8),
-        );
-        let low = k23_low64(&x.qs, t);
-        _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hm, bits), low, four)
-    });
-    // Σ_j sc_j·bsum_j: pairs ≤ 2·32·2048, i32; times 4 stays far inside i32.
-    let offset = _mm256_madd_epi16(
-        _mm256_cvtepi8_epi16(scales),
-        load256(y.bsums.as_flattened()),
-    );
-    _mm256_sub_epi32(fold512(sumi), _mm256_slli_epi32::<2>(offset))
-}
-
-/// One Q3_K row against one activation row.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot_q3_k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
-    let mut acc = 0f32;
-    for (x, y) in w.iter().zip(a) {
-        avx2::prefetch_ahead(x, avx2::PREFETCH_AHEAD);
-        let sumi = hsum_epi32(q3k_block_lanes(x, y));
-        acc = (y.d() * f16_to_f32(x.d)).mul_add(sumi as f32, acc);
-    }
-    acc
-}
-
-/// Two Q3_K rows, each with the bits of [`dot_q3_k`]: one horizontal sum for both, and both
-/// chains in two lanes of one vector.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot2_q3_k(w: [&[BlockQ3K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
-    let mut acc = _mm_setzero_ps();
-    for ((x0, x1), y) in w[0].iter().zip(w[1]).zip(a) {
-        avx2::prefetch_ahead(x0, avx2::PREFETCH_AHEAD);
-        avx2::prefetch_ahead(x1, avx2::PREFETCH_AHEAD);
-        // [Σ row 0, Σ row 1, …]: exact i32 sums in another order.
-        let f = avx2::fold_pairs(q3k_block_lanes(x0, y), q3k_block_lanes(x1, y));
-        let ints = _mm_hadd_epi32(f, f);
-        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i32;
-        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(h(x0.d) | h(x1.d) << 16));
-        let d = _mm_mul_ps(_mm_set1_ps(y.d()), d);
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
-    }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
-    [v[0], v[1]]
 }
 
 // ---------------------------------------------------------------------------------------------
