@@ -34,7 +34,10 @@ use crate::gguf::{GgmlType, QK_K};
 
 mod gemm;
 
-pub(super) use gemm::{fold_pairs, gemm_with, lanes_i16, rows_by, tile_l32_mins, AccL32, PanelL32};
+pub(super) use gemm::{
+    chain_lanes, fold_pairs, gemm_with, lanes_f32, lanes_i16, rows_by, tile_l32_mins, AccL32,
+    PanelL32,
+};
 
 /// Whether this CPU can run the kernels of this module.
 pub(super) fn detected() -> bool {

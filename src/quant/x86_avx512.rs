@@ -371,14 +371,9 @@ fn dot2_k45<X>(
         let s = avx2::fold_pairs(fold512(s0), fold512(s1));
         let ints = _mm_hadd_epi32(s, _mm_hadd_epi32(m0, m1));
         let ((d0, dmin0, _), (d1, dmin1, _)) = (header(x0), header(x1));
-        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
-        let d = h(d0) | h(d1) << 16 | h(dmin0) << 32 | h(dmin1) << 48;
-        let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi64_si128(d)));
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+        acc = avx2::chain_lanes(acc, y.d(), [d0, d1, dmin0, dmin1], ints);
     }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    let v = avx2::lanes_f32(acc);
     [v[0] - v[2], v[1] - v[3]]
 }
 
@@ -512,14 +507,9 @@ fn dot2_q2_k(w: [&[BlockQ2K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
             avx2::fold_pairs(fold512(s0), fold512(s1)),
             avx2::fold_pairs(m0, m1),
         );
-        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
-        let d = h(x0.d) | h(x1.d) << 16 | h(x0.dmin) << 32 | h(x1.dmin) << 48;
-        let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi64_si128(d)));
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+        acc = avx2::chain_lanes(acc, y.d(), [x0.d, x1.d, x0.dmin, x1.dmin], ints);
     }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    let v = avx2::lanes_f32(acc);
     [v[0] - v[2], v[1] - v[3]]
 }
 
@@ -617,13 +607,9 @@ fn dot2_q6_k(w: [&[BlockQ6K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
         // [Σ row 0, Σ row 1, …] of the lanes: exact i32 sums in another order.
         let s = avx2::fold_pairs(q6k_block_lanes(x0, y), q6k_block_lanes(x1, y));
         let ints = _mm_hadd_epi32(s, s);
-        let d = u16::from_le_bytes(x0.d) as i32 | (u16::from_le_bytes(x1.d) as i32) << 16;
-        let d = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d)), _mm_set1_ps(y.d()));
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+        acc = avx2::chain_lanes(acc, y.d(), [x0.d, x1.d, [0; 2], [0; 2]], ints);
     }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    let v = avx2::lanes_f32(acc);
     [v[0], v[1]]
 }
 

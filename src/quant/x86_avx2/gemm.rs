@@ -451,14 +451,9 @@ fn dot_k45<X: HeaderK45>(
         let f = fold_pairs(sumi, summ);
         let ints = _mm_hadd_epi32(f, f);
         let (d, dmin, _) = x.header();
-        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i32;
-        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(h(d) | h(dmin) << 16));
-        let d = _mm_mul_ps(_mm_set1_ps(y.d()), d);
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+        acc = chain_lanes(acc, y.d(), [d, dmin, [0; 2], [0; 2]], ints);
     }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    let v = lanes_f32(acc);
     v[0] - v[1]
 }
 
@@ -482,14 +477,9 @@ fn dot2_k45<X: HeaderK45>(
         // [Σ s0, Σ s1, Σ m0, Σ m1]: exact i32 sums in another order.
         let ints = _mm_hadd_epi32(fold_pairs(s0, s1), fold_pairs(m0, m1));
         let ((d0, dmin0, _), (d1, dmin1, _)) = (x0.header(), x1.header());
-        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
-        let d = h(d0) | h(d1) << 16 | h(dmin0) << 32 | h(dmin1) << 48;
-        let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi64_si128(d)));
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+        acc = chain_lanes(acc, y.d(), [d0, d1, dmin0, dmin1], ints);
     }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    let v = lanes_f32(acc);
     [v[0] - v[2], v[1] - v[3]]
 }
 
@@ -515,6 +505,34 @@ pub(super) fn dot_q5_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot2_q5_k(w: [&[BlockQ5K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
     dot2_k45(w, a, |x, c| q5k_quants(x, c))
+}
+
+/// One block's step of up to four float chains kept in the lanes of `acc` (two rows' chains and
+/// their minimums' chains, say): lane `i` becomes `fma(d_a·f16(scale[i]), float(ints[i]),
+/// acc[i])`, the f32 multiply and fma a scalar chain does, so every lane keeps that chain's
+/// bits. Lanes a caller does not use get scale 0 and are ignored.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(in crate::quant) fn chain_lanes(
+    acc: __m128,
+    d_a: f32,
+    scale: [[u8; 2]; 4],
+    ints: __m128i,
+) -> __m128 {
+    let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
+    let bits = h(scale[0]) | h(scale[1]) << 16 | h(scale[2]) << 32 | h(scale[3]) << 48;
+    let d = _mm_mul_ps(_mm_set1_ps(d_a), _mm_cvtph_ps(_mm_cvtsi64_si128(bits)));
+    _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc)
+}
+
+/// The four lanes of `v`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(in crate::quant) fn lanes_f32(v: __m128) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    // SAFETY: `out` is 4 writable f32; no alignment needed.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
+    out
 }
 
 /// [a, a', b, b'] whose sums a + a' and b + b' are the sums of the 8 i32 lanes of `a` and `b`.
@@ -681,13 +699,9 @@ fn dot2_q6_k(w: [&[BlockQ6K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
         let s = fold_pairs(q6k_block_lanes(x0, y), q6k_block_lanes(x1, y));
         // [Σ row 0, Σ row 1, …]: exact i32 sums in another order.
         let ints = _mm_hadd_epi32(s, s);
-        let d = u16::from_le_bytes(x0.d) as i32 | (u16::from_le_bytes(x1.d) as i32) << 16;
-        let d = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d)), _mm_set1_ps(y.d()));
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+        acc = chain_lanes(acc, y.d(), [x0.d, x1.d, [0; 2], [0; 2]], ints);
     }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    let v = lanes_f32(acc);
     [v[0], v[1]]
 }
 
@@ -1004,14 +1018,9 @@ pub(super) fn dot_q2_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
         // [Σ sumi, Σ summ, …]: exact i32 sums.
         let f = fold_pairs(sumi, summ);
         let ints = _mm_hadd_epi32(f, f);
-        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i32;
-        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(h(x.d) | h(x.dmin) << 16));
-        let d = _mm_mul_ps(_mm_set1_ps(y.d()), d);
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+        acc = chain_lanes(acc, y.d(), [x.d, x.dmin, [0; 2], [0; 2]], ints);
     }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    let v = lanes_f32(acc);
     v[0] - v[1]
 }
 
@@ -1028,14 +1037,9 @@ fn dot2_q2_k(w: [&[BlockQ2K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
         let (s1, m1) = q2k_block_lanes(x1, y);
         // [Σ s0, Σ s1, Σ m0, Σ m1]: exact i32 sums in another order.
         let ints = _mm_hadd_epi32(fold_pairs(s0, s1), fold_pairs(m0, m1));
-        let h = |b: [u8; 2]| u16::from_le_bytes(b) as i64;
-        let d = h(x0.d) | h(x1.d) << 16 | h(x0.dmin) << 32 | h(x1.dmin) << 48;
-        let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi64_si128(d)));
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+        acc = chain_lanes(acc, y.d(), [x0.d, x1.d, x0.dmin, x1.dmin], ints);
     }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    let v = lanes_f32(acc);
     [v[0] - v[2], v[1] - v[3]]
 }
 
@@ -1062,13 +1066,9 @@ fn dot2_q3_k(w: [&[BlockQ3K]; 2], a: &[BlockQ8K]) -> [f32; 2] {
         let s = fold_pairs(q3k_block_lanes(x0, y), q3k_block_lanes(x1, y));
         // [Σ row 0, Σ row 1, …]: exact i32 sums in another order.
         let ints = _mm_hadd_epi32(s, s);
-        let d = u16::from_le_bytes(x0.d) as i32 | (u16::from_le_bytes(x1.d) as i32) << 16;
-        let d = _mm_mul_ps(_mm_set1_ps(y.d()), _mm_cvtph_ps(_mm_cvtsi32_si128(d)));
-        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(ints), acc);
+        acc = chain_lanes(acc, y.d(), [x0.d, x1.d, [0; 2], [0; 2]], ints);
     }
-    let mut v = [0f32; 4];
-    // SAFETY: `v` is 4 writable f32; no alignment needed.
-    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    let v = lanes_f32(acc);
     [v[0], v[1]]
 }
 
