@@ -71,6 +71,18 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// `--backend` and `--device`, shared by every command that runs a model (the `qwen` CLI and
+/// `qwen serve`).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct BackendArgs {
+    /// Compute backend: cpu, cuda or rocm (the GPU ones need a build with that feature).
+    #[arg(long, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// GPU ordinal for --backend cuda/rocm.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+}
+
 /// What a backend allocates at creation.
 #[derive(Clone, Debug)]
 pub struct BackendParams {

@@ -84,12 +84,8 @@ struct BenchArgs {
     json: bool,
     #[command(flatten)]
     rope: RopeArgs,
-    /// Compute backend: cpu, cuda or rocm (the GPU ones need a build with that feature).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
-    /// GPU ordinal for --backend cuda/rocm.
-    #[arg(long, default_value_t = 0)]
-    device: usize,
+    #[command(flatten)]
+    gpu: qwen::backend::BackendArgs,
 }
 
 #[derive(Args)]
@@ -115,12 +111,8 @@ struct ModelArgs {
     kv_cache: Option<String>,
     #[command(flatten)]
     rope: RopeArgs,
-    /// Compute backend: cpu, cuda or rocm (the GPU ones need a build with that feature).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
-    /// GPU ordinal for --backend cuda/rocm.
-    #[arg(long, default_value_t = 0)]
-    device: usize,
+    #[command(flatten)]
+    gpu: qwen::backend::BackendArgs,
 }
 
 /// RoPE scaling overrides (for a model whose file does not ask for the scaling it needs).
@@ -418,8 +410,8 @@ fn new_session(
             (None, None) => SessionOptions::auto_kv_cache(model),
         },
         n_seq,
-        backend: qwen::backend::BackendKind::parse(&args.backend)?,
-        device: args.device,
+        backend: args.gpu.backend,
+        device: args.gpu.device,
     };
     Session::with_options(Arc::clone(model), &params, &opts)
 }
@@ -1027,8 +1019,8 @@ fn bench(a: BenchArgs) -> CliResult {
         n_gen: a.n_gen,
         reps: a.reps,
         n_threads: a.threads,
-        backend: qwen::backend::BackendKind::parse(&a.backend)?,
-        device: a.device,
+        backend: a.gpu.backend,
+        device: a.gpu.device,
     };
     let r = qwen::bench::run_with(&a.model, &params, |c| a.rope.apply(c))?;
     if a.json {

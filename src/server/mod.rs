@@ -77,12 +77,8 @@ pub struct ServeArgs {
     /// Print no line per finished request.
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// Compute backend: cpu, cuda or rocm (the GPU ones need a build with that feature).
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
-    /// GPU ordinal for --backend cuda/rocm.
-    #[arg(long, default_value_t = 0)]
-    pub device: usize,
+    #[command(flatten)]
+    pub gpu: crate::backend::BackendArgs,
 }
 
 /// Loads the model, starts the engine and serves until Ctrl-C / SIGTERM.
@@ -113,8 +109,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         &SessionOptions {
             kv_cache,
             n_seq: args.parallel,
-            backend: crate::backend::BackendKind::parse(&args.backend)?,
-            device: args.device,
+            backend: args.gpu.backend,
+            device: args.gpu.device,
         },
     )?;
     let model_id = args.alias.clone().unwrap_or_else(|| {
