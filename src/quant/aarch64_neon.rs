@@ -15,7 +15,8 @@
 //! - the quantizers produce the same bytes as the scalar ones (`frinta`/`fcvtas` round half away
 //!   from zero like `f32::round`, saturating narrows like `as i8` of a float, truncating narrows
 //!   like `as i8` of an integer, `fmaxnm` skips NaN like `f32::max`);
-//! - F32/F16/BF16 dots return the same bits (same f32 products, same f64 lanes, same order);
+//! - F32/F16/BF16 dots return the same bits (the canonical fma lanes of `float::LANES`, see
+//!   `float`);
 //! - the quantized dots sum their exact per-block integers in f32 in another order than the
 //!   reference, so they differ from it by a few ulps of the sum of the magnitudes of the block
 //!   terms (the parity tests bound it).
@@ -23,6 +24,7 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
+mod float;
 mod gemm;
 pub(super) use gemm::{gemm, gemm_dotprod};
 
@@ -84,15 +86,6 @@ fn ld_f32(s: &[f32]) -> float32x4_t {
     unsafe { vld1q_f32(s.as_ptr()) }
 }
 
-/// The first 4 little-endian f32 of the bytes `s`.
-#[target_feature(enable = "neon")]
-#[inline]
-fn ld_f32_bytes(s: &[u8]) -> float32x4_t {
-    assert!(s.len() >= 16);
-    // SAFETY: `s` has at least 16 bytes; no alignment requirement; little-endian target.
-    unsafe { vld1q_f32(s.as_ptr().cast()) }
-}
-
 /// Stores `v` into the first 16 bytes of `d`.
 #[target_feature(enable = "neon")]
 #[inline]
@@ -100,28 +93,6 @@ fn st_i8(d: &mut [i8], v: int8x16_t) {
     assert!(d.len() >= 16);
     // SAFETY: `d` has at least 16 elements, borrowed exclusively; no alignment requirement.
     unsafe { vst1q_s8(d.as_mut_ptr(), v) }
-}
-
-/// 8 little-endian f16 (16 bytes of `s`) widened to two f32x4 (exact): `fcvtl`/`fcvtl2`, base
-/// Advanced SIMD instructions whose f16 intrinsics are not stable Rust.
-#[target_feature(enable = "neon")]
-#[inline]
-fn f16x8_to_f32(s: &[u8]) -> (float32x4_t, float32x4_t) {
-    let h = vreinterpretq_u16_u8(ld_u8(s));
-    let lo: float32x4_t;
-    let hi: float32x4_t;
-    // SAFETY: register-only conversions (no memory, no flags); ARMv8.0 Advanced SIMD has them.
-    unsafe {
-        asm!(
-            "fcvtl {lo:v}.4s, {h:v}.4h",
-            "fcvtl2 {hi:v}.4s, {h:v}.8h",
-            h = in(vreg) h,
-            lo = out(vreg) lo,
-            hi = out(vreg) hi,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-    }
-    (lo, hi)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -212,6 +183,9 @@ pub(super) fn vec_dot_dotprod(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
 /// `out[r]` = [`vec_dot`] of row `r` of `w` (rows of `rb` bytes back to back) with `act`.
 #[target_feature(enable = "neon")]
 pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        return float::dot_rows(ty, rb, w, act, out);
+    }
     for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
         *o = vec_dot_impl::<false>(ty, r, act);
     }
@@ -220,6 +194,9 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
 /// `out[r]` = [`vec_dot_dotprod`] of row `r` of `w` with `act`.
 #[target_feature(enable = "neon,dotprod")]
 pub(super) fn vec_dot_rows_dotprod(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        return float::dot_rows(ty, rb, w, act, out);
+    }
     for (o, r) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
         *o = vec_dot_impl::<true>(ty, r, act);
     }
@@ -230,15 +207,7 @@ pub(super) fn vec_dot_rows_dotprod(ty: GgmlType, rb: usize, w: &[u8], act: &[u8]
 fn vec_dot_impl<const SDOT: bool>(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     use GgmlType::*;
     match ty {
-        F32 => dot_float::<4>(w, act, |b| (ld_f32_bytes(b), ld_f32_bytes(&b[16..]))),
-        F16 => dot_float::<2>(w, act, |b| f16x8_to_f32(b)),
-        BF16 => dot_float::<2>(w, act, |b| {
-            let h = vreinterpretq_u16_u8(ld_u8(b));
-            (
-                vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))),
-                vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)),
-            )
-        }),
+        F32 | F16 | BF16 => float::dot(ty, w, act),
         Q4_0 => dot_q4_0::<SDOT>(as_blocks(w), as_blocks(act)),
         Q4_1 => dot_q4_1::<SDOT>(as_blocks(w), as_blocks(act)),
         Q5_0 => dot_q5_0::<SDOT>(as_blocks(w), as_blocks(act)),
@@ -252,64 +221,6 @@ fn vec_dot_impl<const SDOT: bool>(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
         Q5_K => dot_q5_k::<SDOT>(as_blocks(w), as_blocks(act)),
         Q6_K => dot_q6_k::<SDOT>(as_blocks(w), as_blocks(act)),
     }
-}
-
-/// Float weights (`ES` bytes each, 8 decoded by `load` into elements 0..4 and 4..8) against f32
-/// activations, bit for bit the scalar `float::dot_lanes`: f32 products, summed into 8 f64 lanes
-/// (lane = index mod 8), the tail continuing the same lanes, then the lanes added in order.
-#[target_feature(enable = "neon")]
-#[inline]
-fn dot_float<const ES: usize>(
-    w: &[u8],
-    act: &[u8],
-    load: impl Fn(&[u8]) -> (float32x4_t, float32x4_t),
-) -> f32 {
-    let mut acc = [vdupq_n_f64(0.0); 4];
-    let wc = w.chunks_exact(8 * ES);
-    let ac = act.chunks_exact(32);
-    let (wt, at) = (wc.remainder(), ac.remainder());
-    for (wb, ab) in wc.zip(ac) {
-        let (w0, w1) = load(wb);
-        let p0 = vmulq_f32(w0, ld_f32_bytes(ab));
-        let p1 = vmulq_f32(w1, ld_f32_bytes(&ab[16..]));
-        acc[0] = vaddq_f64(acc[0], vcvt_f64_f32(vget_low_f32(p0)));
-        acc[1] = vaddq_f64(acc[1], vcvt_high_f64_f32(p0));
-        acc[2] = vaddq_f64(acc[2], vcvt_f64_f32(vget_low_f32(p1)));
-        acc[3] = vaddq_f64(acc[3], vcvt_high_f64_f32(p1));
-    }
-    let mut lanes = [0f64; 8];
-    for (i, a) in acc.into_iter().enumerate() {
-        lanes[2 * i] = vgetq_lane_f64::<0>(a);
-        lanes[2 * i + 1] = vgetq_lane_f64::<1>(a);
-    }
-    if !wt.is_empty() {
-        // The tail, padded with zeros to a full group (only its real lanes are added).
-        let mut wpad = [0u8; 32];
-        let mut apad = [0u8; 32];
-        wpad[..wt.len()].copy_from_slice(wt);
-        apad[..at.len()].copy_from_slice(at);
-        let (w0, w1) = load(&wpad);
-        let p0 = vmulq_f32(w0, ld_f32_bytes(&apad));
-        let p1 = vmulq_f32(w1, ld_f32_bytes(&apad[16..]));
-        let prods = [
-            vgetq_lane_f32::<0>(p0),
-            vgetq_lane_f32::<1>(p0),
-            vgetq_lane_f32::<2>(p0),
-            vgetq_lane_f32::<3>(p0),
-            vgetq_lane_f32::<0>(p1),
-            vgetq_lane_f32::<1>(p1),
-            vgetq_lane_f32::<2>(p1),
-            vgetq_lane_f32::<3>(p1),
-        ];
-        for (l, p) in lanes.iter_mut().zip(prods).take(wt.len() / ES) {
-            *l += p as f64;
-        }
-    }
-    let mut sum = 0f64;
-    for l in lanes {
-        sum += l;
-    }
-    sum as f32
 }
 
 /// Runs `f` (returning a block's exact integer sum and its f32 scale) over the blocks with two

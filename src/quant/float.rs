@@ -67,6 +67,148 @@ pub(crate) fn f32_to_bf16_bits(f: f32) -> u16 {
     (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
 }
 
+/// Weight element encodings of the SIMD float kernels (a const parameter, so each kernel is
+/// compiled per type).
+pub(crate) const E_F32: u8 = 0;
+pub(crate) const E_F16: u8 = 1;
+pub(crate) const E_BF16: u8 = 2;
+
+/// Bytes per weight element of encoding `e`.
+pub(crate) const fn elem_bytes(e: u8) -> usize {
+    if e == E_F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Runs `$body` with `$e` bound to the const encoding of float type `$ty` (which must be F32,
+/// F16 or BF16).
+macro_rules! with_elem {
+    ($ty:expr, $e:ident => $body:expr) => {
+        match $ty {
+            $crate::gguf::GgmlType::F32 => {
+                const $e: u8 = $crate::quant::float::E_F32;
+                $body
+            }
+            $crate::gguf::GgmlType::F16 => {
+                const $e: u8 = $crate::quant::float::E_F16;
+                $body
+            }
+            _ => {
+                const $e: u8 = $crate::quant::float::E_BF16;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_elem;
+
+/// The canonical chains of `R` weight rows against `T` activation rows over their first
+/// `chunks · LANES` elements, as the lanes of each (row, activation row): what a SIMD build's
+/// register tile computes.
+pub(crate) type Tile<const R: usize, const T: usize> = [[[f32; LANES]; T]; R];
+
+/// Activation bytes a token block of the matrix product may span: it stays in L2 while the
+/// weight row tiles stream by it (each row tile against every token tile of the block).
+const TOKEN_BLOCK_BYTES: usize = 512 * 1024;
+
+/// The matrix product of float weights (type `ty`, `ES` bytes per element, rows of `n`
+/// elements back to back in `w`) and `n_tok` f32 activation rows of `arb` bytes in `act`, for
+/// the SIMD builds: `tile` computes the canonical chains of an `R`×`T` register tile over whole
+/// chunks, [`finish_float`] adds the tail and reduces, so every result has the bits of the
+/// single-row dot. Short tiles at the edges repeat their last row or activation row (those
+/// results are dropped). Results go to `out` one tile at a time.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn gemm_tiles<const ES: usize, const R: usize, const T: usize>(
+    ty: crate::gguf::GgmlType,
+    n: usize,
+    w: &[u8],
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut super::GemmOut,
+    mut tile: impl FnMut([&[u8]; R], [&[u8]; T], usize) -> Tile<R, T>,
+) {
+    let rb = n * ES;
+    let rows = w.len() / rb.max(1);
+    if rows == 0 || n_tok == 0 || n == 0 {
+        return;
+    }
+    let chunks = n / LANES;
+    let block = (TOKEN_BLOCK_BYTES / (n * 4)).max(1).div_ceil(T) * T;
+    let row = |r: usize| &w[r.min(rows - 1) * rb..][..rb];
+    let tok = |t: usize| &act[t.min(n_tok - 1) * arb..][..n * 4];
+    let mut vals = [[0f32; R]; T];
+    for b0 in (0..n_tok).step_by(block) {
+        let b1 = (b0 + block).min(n_tok);
+        for r0 in (0..rows).step_by(R) {
+            let wr: [&[u8]; R] = std::array::from_fn(|i| row(r0 + i));
+            let nr = R.min(rows - r0);
+            for t0 in (b0..b1).step_by(T) {
+                let xt: [&[u8]; T] = std::array::from_fn(|j| tok(t0 + j));
+                let nt = T.min(b1 - t0);
+                let lanes = tile(wr, xt, chunks);
+                for (j, v) in vals.iter_mut().enumerate().take(nt) {
+                    for (i, v) in v.iter_mut().enumerate().take(nr) {
+                        let (wt, at) =
+                            (&wr[i][chunks * LANES * ES..], &xt[j][chunks * LANES * 4..]);
+                        *v = finish_float(ty, lanes[i][j], wt, at);
+                    }
+                }
+                let flat = vals.as_flattened();
+                if nr == R {
+                    out(t0, r0, R, &flat[..nt * R]);
+                } else {
+                    for (j, v) in vals.iter().enumerate().take(nt) {
+                        out(t0 + j, r0, nr, &v[..nr]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out[r]` = the dot product of row `r` of `w` (float type `ty`, `ES` bytes per element, rows
+/// of `rb` bytes) with the f32 row `act`, `R` rows at a time through `tile` (see
+/// [`gemm_tiles`]). The rows of a group are `⌊rows / R⌋` apart: R long sequential streams,
+/// which the hardware prefetchers follow (see `simd_common::strided_groups`); the rows left
+/// over go one at a time (a tile repeating that row).
+#[inline(always)]
+pub(crate) fn rows_tiles<const ES: usize, const R: usize>(
+    ty: crate::gguf::GgmlType,
+    rb: usize,
+    w: &[u8],
+    act: &[u8],
+    out: &mut [f32],
+    mut tile: impl FnMut([&[u8]; R], [&[u8]; 1], usize) -> Tile<R, 1>,
+) {
+    let rb = rb.max(1);
+    let n = rb / ES;
+    let chunks = n / LANES;
+    let rows = out.len().min(w.len() / rb);
+    let s = rows / R;
+    let row = |r: usize| &w[r * rb..(r + 1) * rb];
+    let mut finish = |r: usize, lanes: [f32; LANES]| {
+        out[r] = finish_float(
+            ty,
+            lanes,
+            &row(r)[chunks * LANES * ES..],
+            &act[chunks * LANES * 4..],
+        );
+    };
+    for g in 0..s {
+        let lanes = tile(std::array::from_fn(|k| row(g + k * s)), [act], chunks);
+        for (k, l) in lanes.iter().enumerate() {
+            finish(g + k * s, l[0]);
+        }
+    }
+    for r in R * s..rows {
+        finish(r, tile([row(r); R], [act], chunks)[0][0]);
+    }
+}
+
 #[inline(always)]
 fn f32_at(b: &[u8]) -> f32 {
     f32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -113,34 +255,74 @@ pub(crate) fn quantize_bf16(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// Lanes of the float dot products. ggml's scalar reference multiplies in f32 and sums in double;
-/// we do the same, in 8 independent f64 lanes (summed at the end) so the loop vectorizes without
-/// reassociating anything.
-const LANES: usize = 8;
+/// Lanes of the float dot products' canonical chain. Every build computes
+/// `acc[i mod LANES] = fma(w[i], x[i], acc[i mod LANES])` for the elements in order (the tail
+/// continuing the same lanes), then [`reduce_lanes`] adds the lanes pairwise. One f32 fma chain
+/// per lane is what a vector register does natively (16 lanes: one AVX-512 register, two AVX2,
+/// four NEON), so every build returns these bits at full speed and the matrix kernels (one chain
+/// per weight row and activation row) agree with the row kernels. (ggml's scalar reference sums
+/// in f64; its SIMD paths, like this, in f32 lanes with fma.)
+pub(crate) const LANES: usize = 16;
+
+/// The sum of the lanes: lane `l` + lane `l + 8`, then `+ 4`, `+ 2`, `+ 1` (a vector register's
+/// halving reduction, done here in scalar so every build shares it).
+#[inline(always)]
+pub(crate) fn reduce_lanes(acc: [f32; LANES]) -> f32 {
+    let s8: [f32; 8] = std::array::from_fn(|l| acc[l] + acc[l + 8]);
+    let s4: [f32; 4] = std::array::from_fn(|l| s8[l] + s8[l + 4]);
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
+}
 
 /// Σ w[i]·x[i] for a row of `act.len() / 4` elements, `ES` bytes per weight element decoded by
-/// `load`.
+/// `load`: the canonical chain (see [`LANES`]) from zeroed lanes.
 #[inline(always)]
 fn dot_lanes<const ES: usize>(w: &[u8], act: &[u8], load: impl Fn(&[u8]) -> f32) -> f32 {
-    let mut acc = [0f64; LANES];
+    let mut acc = [0f32; LANES];
     let wc = w.chunks_exact(ES * LANES);
     let ac = act.chunks_exact(4 * LANES);
     let (wt, at) = (wc.remainder(), ac.remainder());
     for (wb, ab) in wc.zip(ac) {
-        for l in 0..LANES {
-            let p = load(&wb[ES * l..ES * l + ES]) * f32_at(&ab[4 * l..4 * l + 4]);
-            acc[l] += p as f64;
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = load(&wb[ES * l..ES * l + ES]).mul_add(f32_at(&ab[4 * l..4 * l + 4]), *a);
         }
     }
-    // The tail (n % 8 elements) continues the same lanes.
-    for (l, (wb, ab)) in wt.chunks_exact(ES).zip(at.chunks_exact(4)).enumerate() {
-        acc[l] += (load(wb) * f32_at(ab)) as f64;
+    finish_lanes::<ES>(acc, wt, at, load)
+}
+
+/// The end of the canonical chain, shared by every build: the tail elements (fewer than
+/// [`LANES`], `ES` bytes each in `wt`, f32 in `at`) continue lanes 0.., then the lanes are
+/// reduced.
+#[inline(always)]
+pub(crate) fn finish_lanes<const ES: usize>(
+    mut acc: [f32; LANES],
+    wt: &[u8],
+    at: &[u8],
+    load: impl Fn(&[u8]) -> f32,
+) -> f32 {
+    for (a, (wb, ab)) in acc
+        .iter_mut()
+        .zip(wt.chunks_exact(ES).zip(at.chunks_exact(4)))
+    {
+        *a = load(wb).mul_add(f32_at(ab), *a);
     }
-    let mut sum = 0f64;
-    for a in acc {
-        sum += a;
+    reduce_lanes(acc)
+}
+
+/// [`finish_lanes`] for weight type F32, F16 or BF16 (`ty`), for the SIMD builds.
+#[inline(always)]
+pub(crate) fn finish_float(
+    ty: crate::gguf::GgmlType,
+    acc: [f32; LANES],
+    wt: &[u8],
+    at: &[u8],
+) -> f32 {
+    use crate::gguf::GgmlType::*;
+    match ty {
+        F32 => finish_lanes::<4>(acc, wt, at, f32_at),
+        F16 => finish_lanes::<2>(acc, wt, at, |b| f16_bits_to_f32(u16_at(b))),
+        BF16 => finish_lanes::<2>(acc, wt, at, |b| bf16_bits_to_f32(u16_at(b))),
+        _ => unreachable!("finish_float({ty}): not a float type"),
     }
-    sum as f32
 }
 
 #[inline(always)]
@@ -262,16 +444,16 @@ mod tests {
 
     #[test]
     fn float_dot_handles_tails() {
-        // 11 elements: one full group of 8 lanes and a tail of 3.
-        let w: Vec<f32> = (0..11).map(|i| i as f32 - 5.0).collect();
-        let x: Vec<f32> = (0..11).map(|i| 0.5 * i as f32).collect();
+        // 19 elements: one full group of 16 lanes and a tail of 3.
+        let w: Vec<f32> = (0..19).map(|i| i as f32 - 5.0).collect();
+        let x: Vec<f32> = (0..19).map(|i| 0.5 * i as f32).collect();
         let want: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
-        let mut wb = vec![0u8; 44];
-        let mut xb = vec![0u8; 44];
+        let mut wb = vec![0u8; 76];
+        let mut xb = vec![0u8; 76];
         quantize_f32(&w, &mut wb);
         quantize_f32(&x, &mut xb);
         assert_eq!(vec_dot_f32(&wb, &xb), want);
-        let mut wh = vec![0u8; 22];
+        let mut wh = vec![0u8; 38];
         quantize_f16(&w, &mut wh);
         assert_eq!(vec_dot_f16(&wh, &xb), want);
         quantize_bf16(&w, &mut wh);

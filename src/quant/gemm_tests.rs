@@ -94,6 +94,9 @@ fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
         // the 32-element formats: a panel chunk of 64, then one).
         (if b == 32 { 65 * b } else { mid }, 37, 6),
         (3 * b, 16, 4),
+        // The float kernels split the activation rows into blocks that stay in L2 (132 rows of
+        // 1000 columns): 200 rows span two.
+        (long, 5, if b == 1 { 200 } else { 8 }),
     ]
 }
 

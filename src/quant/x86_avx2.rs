@@ -16,7 +16,8 @@
 //!   go through i16 `madd`; small signed weights use `maddubs(|y|, sign(x, y))`, which never
 //!   negates the activation; unsigned·signed `maddubs` is used only where no pair can saturate;
 //! - the quantizers produce the same bytes as the scalar ones, NaN and ±inf inputs included;
-//! - F32/F16/BF16 dots return the same bits (same f32 products, same f64 lanes, same order);
+//! - F32/F16/BF16 dots return the same bits (the canonical fma lanes of `float::LANES`, see
+//!   `float`);
 //! - the quantized dots sum their exact per-block integers in f32 in another order than the
 //!   reference (8 lanes with FMA for the 32-element formats and Q8_K; for Q5_0 and the K-quants
 //!   Q2_K..Q6_K one fma chain per row over whole blocks, shared with the matrix kernels, see
@@ -32,6 +33,7 @@ use super::simd_common::strided_groups;
 use super::{as_blocks, GemmOut, QK};
 use crate::gguf::{GgmlType, QK_K};
 
+mod float;
 mod gemm;
 
 pub(super) use gemm::{
@@ -113,16 +115,6 @@ fn load_ps(s: &[f32]) -> __m256 {
     assert!(s.len() >= 8);
     // SAFETY: `s` has at least 8 f32s; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_ps(s.as_ptr()) }
-}
-
-/// The first 8 little-endian f32 of the bytes `s`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn load_ps_bytes(s: &[u8]) -> __m256 {
-    assert!(s.len() >= 32);
-    // SAFETY: `s` has at least 32 bytes; `loadu` has no alignment requirement (and x86 is
-    // little-endian, so the bytes are the f32s).
-    unsafe { _mm256_loadu_ps(s.as_ptr().cast()) }
 }
 
 /// Stores `v` into the first 32 bytes of `d`.
@@ -322,11 +314,7 @@ fn two_acc<X, Y>(w: &[X], a: &[Y], mut f: impl FnMut(&X, &Y, __m256) -> __m256) 
 pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     use GgmlType::*;
     match ty {
-        F32 => dot_float::<4>(w, act, |b| load_ps_bytes(b)),
-        F16 => dot_float::<2>(w, act, |b| _mm256_cvtph_ps(load128(b))),
-        BF16 => dot_float::<2>(w, act, |b| {
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(load128(b))))
-        }),
+        F32 | F16 | BF16 => float::dot(ty, w, act),
         Q4_0 => dot_q4_0(as_blocks(w), as_blocks(act)),
         Q4_1 => dot_q4_1(as_blocks(w), as_blocks(act)),
         Q5_0 => gemm::dot_q5_0(as_blocks(w), as_blocks(act)),
@@ -340,50 +328,6 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
         Q5_K => gemm::dot_q5_k(as_blocks(w), as_blocks(act)),
         Q6_K => gemm::dot_q6_k(as_blocks(w), as_blocks(act)),
     }
-}
-
-/// Float weights (`ES` bytes each, 8 decoded by `load`) against f32 activations, bit for bit
-/// the scalar `float::dot_lanes`: f32 products, summed into 8 f64 lanes (lane = index mod 8), the
-/// tail continuing the same lanes, then the lanes added in order.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn dot_float<const ES: usize>(w: &[u8], act: &[u8], load: impl Fn(&[u8]) -> __m256) -> f32 {
-    let mut lo = _mm256_setzero_pd();
-    let mut hi = _mm256_setzero_pd();
-    let wc = w.chunks_exact(8 * ES);
-    let ac = act.chunks_exact(32);
-    let (wt, at) = (wc.remainder(), ac.remainder());
-    for (wb, ab) in wc.zip(ac) {
-        let p = _mm256_mul_ps(load(wb), load_ps_bytes(ab));
-        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
-        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(p)));
-    }
-    let mut acc = [0f64; 8];
-    // SAFETY: `acc` holds 8 f64: 4 at its start and 4 at offset 4; no alignment is needed.
-    unsafe {
-        _mm256_storeu_pd(acc.as_mut_ptr(), lo);
-        _mm256_storeu_pd(acc.as_mut_ptr().add(4), hi);
-    }
-    if !wt.is_empty() {
-        // The tail: pad to a full group of 8 with zeros (0·0 adds +0.0, which changes no sum).
-        let mut wpad = [0u8; 32];
-        let mut apad = [0u8; 32];
-        wpad[..wt.len()].copy_from_slice(wt);
-        apad[..at.len()].copy_from_slice(at);
-        let p = _mm256_mul_ps(load(&wpad), load_ps_bytes(&apad));
-        let mut prods = [0f32; 8];
-        // SAFETY: `prods` holds 8 f32; no alignment is needed.
-        unsafe { _mm256_storeu_ps(prods.as_mut_ptr(), p) };
-        let tail = wt.len() / ES;
-        for (a, p) in acc.iter_mut().zip(prods).take(tail) {
-            *a += p as f64;
-        }
-    }
-    let mut sum = 0f64;
-    for a in acc {
-        sum += a;
-    }
-    sum as f32
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -471,7 +415,8 @@ pub(super) fn gemm(
     n_tok: usize,
     out: &mut GemmOut,
 ) -> bool {
-    gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out)
+    float::try_gemm(ty, rb, w, act, arb, n_tok, out)
+        || gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out)
 }
 
 /// [`gemm`] for the build with 128-bit nibble kernels: the 32-element nibble formats keep their
@@ -489,7 +434,9 @@ pub(super) fn gemm_128(
     out: &mut GemmOut,
 ) -> bool {
     use GgmlType::*;
-    !matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1) && gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out)
+    float::try_gemm(ty, rb, w, act, arb, n_tok, out)
+        || !matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1)
+            && gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -514,6 +461,9 @@ pub(super) fn vec_dot_rows_128(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], ou
 #[inline]
 fn rows_impl<const NARROW: bool>(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     let done = match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            return float::dot_rows(ty, rb, w, act, out)
+        }
         GgmlType::Q8_0 => strided_groups(w, rb, out, |r| dot_q8_0_x4(r, as_blocks(act))),
         GgmlType::Q5_0 if NARROW => {
             strided_groups(w, rb, out, |r| dot_q5_0_128_x4(r, as_blocks(act)))

@@ -33,6 +33,7 @@ use super::x86_avx2::{self as avx2, f16_to_f32, hsum_epi32, hsum_ps, load128, lo
 use super::{as_blocks, block_bytes, GemmOut};
 use crate::gguf::GgmlType;
 
+mod float;
 pub(super) mod gemm;
 
 /// Whether this CPU can run the kernels of this module (and the AVX2 ones they delegate to).
@@ -118,6 +119,7 @@ pub(super) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
         Q5_K => dot_q5_k(as_blocks(w), as_blocks(act)),
         Q6_K => dot_q6_k(as_blocks(w), as_blocks(act)),
         Q2_K => dot_q2_k(as_blocks(w), as_blocks(act)),
+        F32 | F16 | BF16 => float::dot(ty, w, act),
         // Not specialised here: the AVX2 kernels (this CPU has AVX2, FMA and F16C). For a single
         // Q5_0 row they are as fast as a VNNI version (measured), and their float chain is the
         // one `dot16_q5_0` and the matrix kernel keep.
@@ -179,6 +181,7 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
             |r, a| dot8_q8_0(r, a),
             |r, _| avx2::vec_dot(Q8_0, block_bytes(r), act),
         ),
+        F32 | F16 | BF16 => float::dot_rows(ty, rb, w, act, out),
         // Not specialised here: the AVX2 kernels.
         _ => avx2::vec_dot_rows(ty, rb, w, act, out),
     }
@@ -201,6 +204,7 @@ pub(super) fn gemm(
     use GgmlType::*;
     match ty {
         Q4_K | Q6_K | Q5_0 => gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
+        F32 | F16 | BF16 => float::try_gemm(ty, rb, w, act, arb, n_tok, out),
         // These run AVX2's row kernels (above): AVX2's matrix kernel with this build's tile
         // (`gemm::tile_l32`), which keeps its bits.
         Q8_0 | Q4_0 | Q4_1 | Q5_1 => {

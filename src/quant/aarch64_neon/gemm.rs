@@ -103,6 +103,9 @@ fn gemm_impl<const SDOT: bool>(
     n_tok: usize,
     out: &mut GemmOut,
 ) -> bool {
+    if super::float::try_gemm(ty, rb, w, act, arb, n_tok, out) {
+        return true;
+    }
     let m = Mat {
         w,
         rb,
