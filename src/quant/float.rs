@@ -104,108 +104,111 @@ macro_rules! with_elem {
 }
 pub(crate) use with_elem;
 
-/// The canonical chains of `R` weight rows against `T` activation rows over their first
-/// `chunks · LANES` elements, as the lanes of each (row, activation row): what a SIMD build's
-/// register tile computes.
-pub(crate) type Tile<const R: usize, const T: usize> = [[[f32; LANES]; T]; R];
-
 /// Activation bytes a token block of the matrix product may span: it stays in L2 while the
 /// weight row tiles stream by it (each row tile against every token tile of the block).
 const TOKEN_BLOCK_BYTES: usize = 512 * 1024;
+/// Activation bytes of a register tile that may stay in L1 while weight rows stream by.
+const X_TILE_L1_BYTES: usize = 24 * 1024;
+/// Weight bytes of the row blocks that stream by an L1-resident activation tile (from L2).
+const ROW_BLOCK_BYTES: usize = 512 * 1024;
 
-/// The matrix product of float weights (type `ty`, `ES` bytes per element, rows of `n`
-/// elements back to back in `w`) and `n_tok` f32 activation rows of `arb` bytes in `act`, for
-/// the SIMD builds: `tile` computes the canonical chains of an `R`×`T` register tile over whole
-/// chunks, [`finish_float`] adds the tail and reduces, so every result has the bits of the
-/// single-row dot. Short tiles at the edges repeat their last row or activation row (those
-/// results are dropped). Results go to `out` one tile at a time.
+/// The matrix product of float weights (`ES` bytes per element, rows of `n` elements back to
+/// back in `w`) and `n_tok` f32 activation rows of `arb` bytes in `act`, for the SIMD builds:
+/// `tile` computes the dot products of an `R`×`T` register tile (each a canonical chain, see
+/// [`LANES`]) from rows cut to `n` elements. Short tiles at the edges repeat their last row or
+/// activation row (those results are dropped). Results go to `out` one tile at a time.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn gemm_tiles<const ES: usize, const R: usize, const T: usize>(
-    ty: crate::gguf::GgmlType,
     n: usize,
     w: &[u8],
     act: &[u8],
     arb: usize,
     n_tok: usize,
     out: &mut super::GemmOut,
-    mut tile: impl FnMut([&[u8]; R], [&[u8]; T], usize) -> Tile<R, T>,
+    mut tile: impl FnMut([&[u8]; R], [&[u8]; T]) -> [[f32; T]; R],
 ) {
     let rb = n * ES;
     let rows = w.len() / rb.max(1);
     if rows == 0 || n_tok == 0 || n == 0 {
         return;
     }
-    let chunks = n / LANES;
     let block = (TOKEN_BLOCK_BYTES / (n * 4)).max(1).div_ceil(T) * T;
     let row = |r: usize| &w[r.min(rows - 1) * rb..][..rb];
     let tok = |t: usize| &act[t.min(n_tok - 1) * arb..][..n * 4];
     let mut vals = [[0f32; R]; T];
+    let mut run = |r0: usize, t0: usize, t_end: usize| {
+        let nr = R.min(rows - r0);
+        let nt = T.min(t_end - t0);
+        let dots = tile(
+            std::array::from_fn(|i| row(r0 + i)),
+            std::array::from_fn(|j| tok(t0 + j)),
+        );
+        for (j, v) in vals.iter_mut().enumerate() {
+            for (i, v) in v.iter_mut().enumerate() {
+                *v = dots[i][j];
+            }
+        }
+        if nr == R {
+            out(t0, r0, R, &vals.as_flattened()[..nt * R]);
+        } else {
+            for (j, v) in vals.iter().enumerate().take(nt) {
+                out(t0 + j, r0, nr, &v[..nr]);
+            }
+        }
+    };
+    // Where a tile's activation rows fit in L1, they stay there while the weight rows of a
+    // block (sized for L2) stream by: each weight byte then serves T activation rows, where the
+    // other order (below) re-reads the activations from L2 for every R weight rows.
+    let x_in_l1 = T * n * 4 <= X_TILE_L1_BYTES;
+    let row_block = (ROW_BLOCK_BYTES / rb).max(1).div_ceil(R) * R;
     for b0 in (0..n_tok).step_by(block) {
         let b1 = (b0 + block).min(n_tok);
-        for r0 in (0..rows).step_by(R) {
-            let wr: [&[u8]; R] = std::array::from_fn(|i| row(r0 + i));
-            let nr = R.min(rows - r0);
-            for t0 in (b0..b1).step_by(T) {
-                let xt: [&[u8]; T] = std::array::from_fn(|j| tok(t0 + j));
-                let nt = T.min(b1 - t0);
-                let lanes = tile(wr, xt, chunks);
-                for (j, v) in vals.iter_mut().enumerate().take(nt) {
-                    for (i, v) in v.iter_mut().enumerate().take(nr) {
-                        let (wt, at) =
-                            (&wr[i][chunks * LANES * ES..], &xt[j][chunks * LANES * 4..]);
-                        *v = finish_float(ty, lanes[i][j], wt, at);
+        if x_in_l1 {
+            for rb0 in (0..rows).step_by(row_block) {
+                let rb1 = (rb0 + row_block).min(rows);
+                for t0 in (b0..b1).step_by(T) {
+                    for r0 in (rb0..rb1).step_by(R) {
+                        run(r0, t0, b1);
                     }
                 }
-                let flat = vals.as_flattened();
-                if nr == R {
-                    out(t0, r0, R, &flat[..nt * R]);
-                } else {
-                    for (j, v) in vals.iter().enumerate().take(nt) {
-                        out(t0 + j, r0, nr, &v[..nr]);
-                    }
+            }
+        } else {
+            for r0 in (0..rows).step_by(R) {
+                for t0 in (b0..b1).step_by(T) {
+                    run(r0, t0, b1);
                 }
             }
         }
     }
 }
 
-/// `out[r]` = the dot product of row `r` of `w` (float type `ty`, `ES` bytes per element, rows
-/// of `rb` bytes) with the f32 row `act`, `R` rows at a time through `tile` (see
+/// `out[r]` = the dot product of row `r` of `w` (`ES` bytes per element, rows of `rb` bytes)
+/// with the f32 row `act` (cut to the row's elements), `R` rows at a time through `tile` (see
 /// [`gemm_tiles`]). The rows of a group are `⌊rows / R⌋` apart: R long sequential streams,
 /// which the hardware prefetchers follow (see `simd_common::strided_groups`); the rows left
 /// over go one at a time (a tile repeating that row).
 #[inline(always)]
 pub(crate) fn rows_tiles<const ES: usize, const R: usize>(
-    ty: crate::gguf::GgmlType,
     rb: usize,
     w: &[u8],
     act: &[u8],
     out: &mut [f32],
-    mut tile: impl FnMut([&[u8]; R], [&[u8]; 1], usize) -> Tile<R, 1>,
+    mut tile: impl FnMut([&[u8]; R], [&[u8]; 1]) -> [[f32; 1]; R],
 ) {
     let rb = rb.max(1);
-    let n = rb / ES;
-    let chunks = n / LANES;
+    let act = &act[..(rb / ES * 4).min(act.len())];
     let rows = out.len().min(w.len() / rb);
     let s = rows / R;
     let row = |r: usize| &w[r * rb..(r + 1) * rb];
-    let mut finish = |r: usize, lanes: [f32; LANES]| {
-        out[r] = finish_float(
-            ty,
-            lanes,
-            &row(r)[chunks * LANES * ES..],
-            &act[chunks * LANES * 4..],
-        );
-    };
     for g in 0..s {
-        let lanes = tile(std::array::from_fn(|k| row(g + k * s)), [act], chunks);
-        for (k, l) in lanes.iter().enumerate() {
-            finish(g + k * s, l[0]);
+        let dots = tile(std::array::from_fn(|k| row(g + k * s)), [act]);
+        for (k, d) in dots.iter().enumerate() {
+            out[g + k * s] = d[0];
         }
     }
-    for r in R * s..rows {
-        finish(r, tile([row(r); R], [act], chunks)[0][0]);
+    for (r, o) in out.iter_mut().enumerate().take(rows).skip(R * s) {
+        *o = tile([row(r); R], [act])[0][0];
     }
 }
 
@@ -308,20 +311,13 @@ pub(crate) fn finish_lanes<const ES: usize>(
     reduce_lanes(acc)
 }
 
-/// [`finish_lanes`] for weight type F32, F16 or BF16 (`ty`), for the SIMD builds.
+/// [`finish_lanes`] for weight encoding `E` (see [`E_F32`]), for the SIMD builds' tails.
 #[inline(always)]
-pub(crate) fn finish_float(
-    ty: crate::gguf::GgmlType,
-    acc: [f32; LANES],
-    wt: &[u8],
-    at: &[u8],
-) -> f32 {
-    use crate::gguf::GgmlType::*;
-    match ty {
-        F32 => finish_lanes::<4>(acc, wt, at, f32_at),
-        F16 => finish_lanes::<2>(acc, wt, at, |b| f16_bits_to_f32(u16_at(b))),
-        BF16 => finish_lanes::<2>(acc, wt, at, |b| bf16_bits_to_f32(u16_at(b))),
-        _ => unreachable!("finish_float({ty}): not a float type"),
+pub(crate) fn finish_elem<const E: u8>(acc: [f32; LANES], wt: &[u8], at: &[u8]) -> f32 {
+    match E {
+        E_F32 => finish_lanes::<4>(acc, wt, at, f32_at),
+        E_F16 => finish_lanes::<2>(acc, wt, at, |b| f16_bits_to_f32(u16_at(b))),
+        _ => finish_lanes::<2>(acc, wt, at, |b| bf16_bits_to_f32(u16_at(b))),
     }
 }
 

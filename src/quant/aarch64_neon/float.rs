@@ -8,7 +8,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::super::float::{
-    elem_bytes, gemm_tiles, rows_tiles, with_elem, Tile, E_F16, E_F32, LANES,
+    elem_bytes, finish_elem, gemm_tiles, rows_tiles, with_elem, E_F16, E_F32, LANES,
 };
 use super::super::GemmOut;
 use crate::gguf::GgmlType;
@@ -61,8 +61,8 @@ fn prefetch(p: *const u8, ahead: usize) {
     };
 }
 
-/// The canonical chains (see `float::Tile`) of weight rows `w` (encoding `E`) against f32
-/// activation rows `x` over their first `chunks · 16` elements.
+/// The dot products of weight rows `w` (encoding `E`) with f32 activation rows `x` (all cut to
+/// the same `n` elements), each the canonical chain of `float::LANES`.
 #[target_feature(enable = "neon")]
 #[inline]
 // The register tile is indexed by (row, activation row, part): plain index loops read clearest.
@@ -70,10 +70,10 @@ fn prefetch(p: *const u8, ahead: usize) {
 fn tile<const E: u8, const RR: usize, const TT: usize>(
     w: [&[u8]; RR],
     x: [&[u8]; TT],
-    chunks: usize,
-) -> Tile<RR, TT> {
+) -> [[f32; TT]; RR] {
     let es = elem_bytes(E);
-    let n = chunks * LANES;
+    let n = x[0].len() / 4;
+    let chunks = n / LANES;
     assert!(w.iter().all(|r| r.len() >= n * es) && x.iter().all(|a| a.len() >= n * 4));
     let mut acc = [[[vdupq_n_f32(0.0); 4]; TT]; RR];
     for c in 0..chunks {
@@ -95,16 +95,27 @@ fn tile<const E: u8, const RR: usize, const TT: usize>(
             }
         }
     }
-    let mut lanes = [[[0f32; LANES]; TT]; RR];
-    for (lr, ar) in lanes.iter_mut().zip(&acc) {
-        for (l, a) in lr.iter_mut().zip(ar) {
-            for (q, v) in a.iter().enumerate() {
-                // SAFETY: `l` holds 16 f32, 4 written at 4q < 16; no alignment needed.
-                unsafe { vst1q_f32(l.as_mut_ptr().add(4 * q), *v) };
-            }
+    let tail = chunks * LANES < n;
+    let mut dots = [[0f32; TT]; RR];
+    for r in 0..RR {
+        for t in 0..TT {
+            let q = acc[r][t];
+            dots[r][t] = if tail {
+                let mut lanes = [0f32; LANES];
+                for (k, v) in q.iter().enumerate() {
+                    // SAFETY: `lanes` holds 16 f32, 4 written at 4k < 16; no alignment needed.
+                    unsafe { vst1q_f32(lanes.as_mut_ptr().add(4 * k), *v) };
+                }
+                let done = chunks * LANES;
+                finish_elem::<E>(lanes, &w[r][done * es..n * es], &x[t][done * 4..n * 4])
+            } else {
+                // `float::reduce_lanes`: lanes l + (l + 8), then + 4, + 2, + 1.
+                let s4 = vaddq_f32(vaddq_f32(q[0], q[2]), vaddq_f32(q[1], q[3]));
+                vpadds_f32(vadd_f32(vget_low_f32(s4), vget_high_f32(s4)))
+            };
         }
     }
-    lanes
+    dots
 }
 
 /// One float row against its f32 activations (both cut to exactly one row).
@@ -112,9 +123,7 @@ fn tile<const E: u8, const RR: usize, const TT: usize>(
 pub(in crate::quant) fn dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     with_elem!(ty, E => {
         let mut out = [0f32];
-        rows_tiles::<{ elem_bytes(E) }, 1>(ty, w.len(), w, act, &mut out, |w, x, c| {
-            tile::<E, 1, 1>(w, x, c)
-        });
+        rows_tiles::<{ elem_bytes(E) }, 1>(w.len(), w, act, &mut out, |w, x| tile::<E, 1, 1>(w, x));
         out[0]
     })
 }
@@ -122,9 +131,7 @@ pub(in crate::quant) fn dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
 /// `out[r]` = [`dot`] of row `r` of `w` (rows of `rb` bytes) with `act`, 4 rows at a time.
 #[target_feature(enable = "neon")]
 pub(in crate::quant) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
-    with_elem!(ty, E => rows_tiles::<{ elem_bytes(E) }, DECODE_ROWS>(ty, rb, w, act, out, |w, x, c| {
-        tile::<E, DECODE_ROWS, 1>(w, x, c)
-    }))
+    with_elem!(ty, E => rows_tiles::<{ elem_bytes(E) }, DECODE_ROWS>(rb, w, act, out, |w, x| tile::<E, DECODE_ROWS, 1>(w, x)))
 }
 
 /// The matrix product of float weights in rows of `rb` bytes with `n_tok` f32 activation rows
@@ -145,9 +152,7 @@ pub(in crate::quant) fn try_gemm(
     }
     with_elem!(ty, E => {
         let n = rb / elem_bytes(E);
-        gemm_tiles::<{ elem_bytes(E) }, R, T>(ty, n, w, act, arb, n_tok, out, |w, x, c| {
-            tile::<E, R, T>(w, x, c)
-        })
+        gemm_tiles::<{ elem_bytes(E) }, R, T>(n, w, act, arb, n_tok, out, |w, x| tile::<E, R, T>(w, x))
     });
     true
 }

@@ -7,10 +7,10 @@
 use std::arch::x86_64::*;
 
 use super::super::float::{
-    elem_bytes, gemm_tiles, rows_tiles, with_elem, Tile, E_F16, E_F32, LANES,
+    elem_bytes, finish_elem, gemm_tiles, rows_tiles, with_elem, E_F16, E_F32, LANES,
 };
 use super::super::GemmOut;
-use super::PREFETCH_AHEAD;
+use super::{hsum_ps, PREFETCH_AHEAD};
 use crate::gguf::GgmlType;
 
 /// Weight rows and activation rows of the matrix tile: 12 accumulators, 2 weight vectors and one
@@ -39,8 +39,8 @@ unsafe fn load8<const E: u8>(p: *const u8) -> __m256 {
     }
 }
 
-/// The canonical chains (see `float::Tile`) of weight rows `w` (encoding `E`) against f32
-/// activation rows `x` over their first `chunks · 16` elements.
+/// The dot products of weight rows `w` (encoding `E`) with f32 activation rows `x` (all cut to
+/// the same `n` elements), each the canonical chain of `float::LANES`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 // The register tile is indexed by (row, activation row, part): plain index loops read clearest.
@@ -48,10 +48,10 @@ unsafe fn load8<const E: u8>(p: *const u8) -> __m256 {
 fn tile<const E: u8, const RR: usize, const TT: usize>(
     w: [&[u8]; RR],
     x: [&[u8]; TT],
-    chunks: usize,
-) -> Tile<RR, TT> {
+) -> [[f32; TT]; RR] {
     let es = elem_bytes(E);
-    let n = chunks * LANES;
+    let n = x[0].len() / 4;
+    let chunks = n / LANES;
     assert!(w.iter().all(|r| r.len() >= n * es) && x.iter().all(|a| a.len() >= n * 4));
     let mut acc = [[[_mm256_setzero_ps(); 2]; TT]; RR];
     for c in 0..chunks {
@@ -75,17 +75,27 @@ fn tile<const E: u8, const RR: usize, const TT: usize>(
             }
         }
     }
-    let mut lanes = [[[0f32; LANES]; TT]; RR];
-    for (lr, ar) in lanes.iter_mut().zip(&acc) {
-        for (l, a) in lr.iter_mut().zip(ar) {
-            // SAFETY: `l` holds 16 f32: 8 at its start and 8 at offset 8; no alignment needed.
-            unsafe {
-                _mm256_storeu_ps(l.as_mut_ptr(), a[0]);
-                _mm256_storeu_ps(l.as_mut_ptr().add(8), a[1]);
-            }
+    let tail = chunks * LANES < n;
+    let mut dots = [[0f32; TT]; RR];
+    for r in 0..RR {
+        for t in 0..TT {
+            let [lo, hi] = acc[r][t];
+            dots[r][t] = if tail {
+                let mut lanes = [0f32; LANES];
+                // SAFETY: `lanes` holds 16 f32: 8 at its start and 8 at offset 8.
+                unsafe {
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+                }
+                let done = chunks * LANES;
+                finish_elem::<E>(lanes, &w[r][done * es..n * es], &x[t][done * 4..n * 4])
+            } else {
+                // `float::reduce_lanes`: lanes l + (l + 8), then + 4, + 2, + 1.
+                hsum_ps(_mm256_add_ps(lo, hi))
+            };
         }
     }
-    lanes
+    dots
 }
 
 /// One float row against its f32 activations (both cut to exactly one row).
@@ -93,9 +103,7 @@ fn tile<const E: u8, const RR: usize, const TT: usize>(
 pub(in crate::quant) fn dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     with_elem!(ty, E => {
         let mut out = [0f32];
-        rows_tiles::<{ elem_bytes(E) }, 1>(ty, w.len(), w, act, &mut out, |w, x, c| {
-            tile::<E, 1, 1>(w, x, c)
-        });
+        rows_tiles::<{ elem_bytes(E) }, 1>(w.len(), w, act, &mut out, |w, x| tile::<E, 1, 1>(w, x));
         out[0]
     })
 }
@@ -103,9 +111,7 @@ pub(in crate::quant) fn dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
 /// `out[r]` = [`dot`] of row `r` of `w` (rows of `rb` bytes) with `act`, 4 rows at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(in crate::quant) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
-    with_elem!(ty, E => rows_tiles::<{ elem_bytes(E) }, DECODE_ROWS>(ty, rb, w, act, out, |w, x, c| {
-        tile::<E, DECODE_ROWS, 1>(w, x, c)
-    }))
+    with_elem!(ty, E => rows_tiles::<{ elem_bytes(E) }, DECODE_ROWS>(rb, w, act, out, |w, x| tile::<E, DECODE_ROWS, 1>(w, x)))
 }
 
 /// [`gemm`] for weights of type `ty` in rows of `rb` bytes, if `ty` is a float type and there
@@ -144,7 +150,5 @@ pub(in crate::quant) fn gemm(
     n_tok: usize,
     out: &mut GemmOut,
 ) {
-    with_elem!(ty, E => gemm_tiles::<{ elem_bytes(E) }, R, T>(ty, n, w, act, arb, n_tok, out, |w, x, c| {
-        tile::<E, R, T>(w, x, c)
-    }))
+    with_elem!(ty, E => gemm_tiles::<{ elem_bytes(E) }, R, T>(n, w, act, arb, n_tok, out, |w, x| tile::<E, R, T>(w, x)))
 }

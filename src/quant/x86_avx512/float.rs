@@ -7,8 +7,9 @@
 use std::arch::x86_64::*;
 
 use super::super::float::{
-    elem_bytes, gemm_tiles, rows_tiles, with_elem, Tile, E_F16, E_F32, LANES,
+    elem_bytes, finish_elem, gemm_tiles, rows_tiles, with_elem, E_F16, E_F32, LANES,
 };
+use super::super::x86_avx2::hsum_ps;
 use super::super::x86_avx2::PREFETCH_AHEAD;
 use super::super::GemmOut;
 use crate::gguf::GgmlType;
@@ -39,8 +40,8 @@ unsafe fn load16<const E: u8>(p: *const u8) -> __m512 {
     }
 }
 
-/// The canonical chains (see `float::Tile`) of weight rows `w` (encoding `E`) against f32
-/// activation rows `x` over their first `chunks · 16` elements.
+/// The dot products of weight rows `w` (encoding `E`) with f32 activation rows `x` (all cut to
+/// the same `n` elements), each the canonical chain of `float::LANES`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 // The register tile is indexed by (row, activation row, part): plain index loops read clearest.
@@ -48,10 +49,10 @@ unsafe fn load16<const E: u8>(p: *const u8) -> __m512 {
 fn tile<const E: u8, const RR: usize, const TT: usize>(
     w: [&[u8]; RR],
     x: [&[u8]; TT],
-    chunks: usize,
-) -> Tile<RR, TT> {
+) -> [[f32; TT]; RR] {
     let es = elem_bytes(E);
-    let n = chunks * LANES;
+    let n = x[0].len() / 4;
+    let chunks = n / LANES;
     assert!(w.iter().all(|r| r.len() >= n * es) && x.iter().all(|a| a.len() >= n * 4));
     let mut acc = [[_mm512_setzero_ps(); TT]; RR];
     for c in 0..chunks {
@@ -74,14 +75,31 @@ fn tile<const E: u8, const RR: usize, const TT: usize>(
             }
         }
     }
-    let mut lanes = [[[0f32; LANES]; TT]; RR];
-    for (lr, ar) in lanes.iter_mut().zip(&acc) {
-        for (l, a) in lr.iter_mut().zip(ar) {
-            // SAFETY: `l` holds 16 f32; no alignment needed.
-            unsafe { _mm512_storeu_ps(l.as_mut_ptr(), *a) };
+    let tail = chunks * LANES < n;
+    let mut dots = [[0f32; TT]; RR];
+    for r in 0..RR {
+        for t in 0..TT {
+            dots[r][t] = if tail {
+                let mut lanes = [0f32; LANES];
+                // SAFETY: `lanes` holds 16 f32; no alignment needed.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][t]) };
+                let done = chunks * LANES;
+                finish_elem::<E>(lanes, &w[r][done * es..n * es], &x[t][done * 4..n * 4])
+            } else {
+                reduce(acc[r][t])
+            };
         }
     }
-    lanes
+    dots
+}
+
+/// `float::reduce_lanes` of the 16 lanes of `v`: lanes l + (l + 8), then the halving sum of
+/// AVX2's `hsum_ps` (+ 4, + 2, + 1), the same additions in the same order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn reduce(v: __m512) -> f32 {
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
 }
 
 /// One float row against its f32 activations (both cut to exactly one row).
@@ -89,9 +107,7 @@ fn tile<const E: u8, const RR: usize, const TT: usize>(
 pub(in crate::quant) fn dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
     with_elem!(ty, E => {
         let mut out = [0f32];
-        rows_tiles::<{ elem_bytes(E) }, 1>(ty, w.len(), w, act, &mut out, |w, x, c| {
-            tile::<E, 1, 1>(w, x, c)
-        });
+        rows_tiles::<{ elem_bytes(E) }, 1>(w.len(), w, act, &mut out, |w, x| tile::<E, 1, 1>(w, x));
         out[0]
     })
 }
@@ -99,9 +115,7 @@ pub(in crate::quant) fn dot(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
 /// `out[r]` = [`dot`] of row `r` of `w` (rows of `rb` bytes) with `act`, 4 rows at a time.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(in crate::quant) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
-    with_elem!(ty, E => rows_tiles::<{ elem_bytes(E) }, DECODE_ROWS>(ty, rb, w, act, out, |w, x, c| {
-        tile::<E, DECODE_ROWS, 1>(w, x, c)
-    }))
+    with_elem!(ty, E => rows_tiles::<{ elem_bytes(E) }, DECODE_ROWS>(rb, w, act, out, |w, x| tile::<E, DECODE_ROWS, 1>(w, x)))
 }
 
 /// The matrix product of float weights in rows of `rb` bytes with `n_tok` f32 activation rows
@@ -122,9 +136,7 @@ pub(in crate::quant) fn try_gemm(
     }
     with_elem!(ty, E => {
         let n = rb / elem_bytes(E);
-        gemm_tiles::<{ elem_bytes(E) }, R, T>(ty, n, w, act, arb, n_tok, out, |w, x, c| {
-            tile::<E, R, T>(w, x, c)
-        })
+        gemm_tiles::<{ elem_bytes(E) }, R, T>(n, w, act, arb, n_tok, out, |w, x| tile::<E, R, T>(w, x))
     });
     true
 }
