@@ -326,10 +326,11 @@ fn fill_gemm_aux(at: GgmlType, q: &[u8], aux: &mut [u8]) {
 /// row) pair exactly once.
 ///
 /// Every value has the bits [`vec_dot`] gives for that pair. The build for this CPU runs a
-/// matrix kernel where it has one (AVX2: Q4_K, Q6_K, Q5_0 with 4 or more activation rows,
-/// Q8_0, Q4_0, Q4_1, Q5_1 with 2 or more; AVX-512: Q4_K, Q6_K, Q5_0; NEON and NEON+dotprod:
-/// Q4_K, Q6_K, Q5_0, Q8_0), which reuses each unpacked weight block across several activation
-/// rows; other types and builds go row by row through [`vec_dot_rows`].
+/// matrix kernel where it has one (AVX2 and AVX-512: Q2_K–Q6_K, Q5_0, Q8_0, Q4_0, Q4_1, Q5_1
+/// and the float types F32/F16/BF16, each from a few activation rows on; NEON and
+/// NEON+dotprod: Q4_K, Q6_K, Q5_0, Q8_0 and the float types), which reuses each unpacked weight
+/// block across several activation rows; other types and builds go row by row through
+/// [`vec_dot_rows`].
 ///
 /// Sizes are the caller's to get right: a mismatch is a bug caught by a debug assertion, and in
 /// release produces no output for the rows that do not fit (never reads out of bounds).

@@ -1,6 +1,6 @@
 //! AVX-512 kernels (F + BW + VL + VNNI) for the hot types: one- and two-row kernels for Q2_K,
 //! Q4_K, Q5_K and Q6_K, eight-row Q8_0 and sixteen-row Q5_0 kernels, matrix kernels for Q4_K,
-//! Q6_K and Q5_0, and a wider tile for AVX2's matrix kernel of Q8_0, Q4_0, Q4_1 and Q5_1
+//! Q6_K and Q5_0, the float types (F32/F16/BF16, `float`: 512-bit fma tiles), and a wider tile for AVX2's matrix kernel of Q8_0, Q4_0, Q4_1 and Q5_1
 //! (`gemm::tile_l32`, AVX2's bits). Everything else runs the AVX2 build: Q3_K and single Q5_0
 //! and Q8_0 rows (no faster with VNNI, measured), the matrix kernels of Q5_K and Q2_K (whose
 //! float chains the row kernels here keep, so batched and single-sequence results stay
