@@ -382,45 +382,47 @@ fn dot_q45_k<X, const SDOT: bool>(
 
 #[target_feature(enable = "neon")]
 fn dot_q4_k<const SDOT: bool>(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
-    dot_q45_k::<_, SDOT>(
-        w,
-        a,
-        |x| (x.d, x.dmin, &x.scales),
-        |x, c| {
-            let (a0, a1) = (ld_u8(&x.qs[32 * c..]), ld_u8(&x.qs[32 * c + 16..]));
-            let m4 = vdupq_n_u8(0x0F);
-            [
-                signed(vandq_u8(a0, m4), 0),
-                signed(vandq_u8(a1, m4), 0),
-                signed(vshrq_n_u8::<4>(a0), 0),
-                signed(vshrq_n_u8::<4>(a1), 0),
-            ]
-        },
-    )
+    dot_q45_k::<_, SDOT>(w, a, |x| (x.d, x.dmin, &x.scales), |x, c| q4k_quants(x, c))
+}
+
+/// The quants of Q4_K sub-blocks `2c` (low nibbles of `qs[32c..32c + 32]`) and `2c + 1` (high
+/// nibbles), as two pairs of 16.
+#[target_feature(enable = "neon")]
+#[inline]
+fn q4k_quants(x: &BlockQ4K, c: usize) -> [int8x16_t; 4] {
+    let (a0, a1) = (ld_u8(&x.qs[32 * c..]), ld_u8(&x.qs[32 * c + 16..]));
+    let m4 = vdupq_n_u8(0x0F);
+    [
+        signed(vandq_u8(a0, m4), 0),
+        signed(vandq_u8(a1, m4), 0),
+        signed(vshrq_n_u8::<4>(a0), 0),
+        signed(vshrq_n_u8::<4>(a1), 0),
+    ]
 }
 
 #[target_feature(enable = "neon")]
 fn dot_q5_k<const SDOT: bool>(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
-    dot_q45_k::<_, SDOT>(
-        w,
-        a,
-        |x| (x.d, x.dmin, &x.scales),
-        |x, c| {
-            let (a0, a1) = (ld_u8(&x.qs[32 * c..]), ld_u8(&x.qs[32 * c + 16..]));
-            let (h0, h1) = (ld_u8(&x.qh), ld_u8(&x.qh[16..]));
-            let m4 = vdupq_n_u8(0x0F);
-            let b16 = vdupq_n_u8(0x10);
-            // Fifth bit of element 64c + l in bit 2c of qh[l], of 64c + 32 + l in bit 2c + 1.
-            let (blo, bhi) = (vdupq_n_u8(1 << (2 * c)), vdupq_n_u8(2 << (2 * c)));
-            let hb = |h: uint8x16_t, b: uint8x16_t| vandq_u8(vtstq_u8(h, b), b16);
-            [
-                signed(vorrq_u8(vandq_u8(a0, m4), hb(h0, blo)), 0),
-                signed(vorrq_u8(vandq_u8(a1, m4), hb(h1, blo)), 0),
-                signed(vorrq_u8(vshrq_n_u8::<4>(a0), hb(h0, bhi)), 0),
-                signed(vorrq_u8(vshrq_n_u8::<4>(a1), hb(h1, bhi)), 0),
-            ]
-        },
-    )
+    dot_q45_k::<_, SDOT>(w, a, |x| (x.d, x.dmin, &x.scales), |x, c| q5k_quants(x, c))
+}
+
+/// The quants of Q5_K sub-blocks `2c` and `2c + 1` (0..=31: Q4_K's nibbles with the fifth bit
+/// from `qh`), as two pairs of 16.
+#[target_feature(enable = "neon")]
+#[inline]
+fn q5k_quants(x: &BlockQ5K, c: usize) -> [int8x16_t; 4] {
+    let (a0, a1) = (ld_u8(&x.qs[32 * c..]), ld_u8(&x.qs[32 * c + 16..]));
+    let (h0, h1) = (ld_u8(&x.qh), ld_u8(&x.qh[16..]));
+    let m4 = vdupq_n_u8(0x0F);
+    let b16 = vdupq_n_u8(0x10);
+    // Fifth bit of element 64c + l in bit 2c of qh[l], of 64c + 32 + l in bit 2c + 1.
+    let (blo, bhi) = (vdupq_n_u8(1 << (2 * c)), vdupq_n_u8(2 << (2 * c)));
+    let hb = |h: uint8x16_t, b: uint8x16_t| vandq_u8(vtstq_u8(h, b), b16);
+    [
+        signed(vorrq_u8(vandq_u8(a0, m4), hb(h0, blo)), 0),
+        signed(vorrq_u8(vandq_u8(a1, m4), hb(h1, blo)), 0),
+        signed(vorrq_u8(vshrq_n_u8::<4>(a0), hb(h0, bhi)), 0),
+        signed(vorrq_u8(vshrq_n_u8::<4>(a1), hb(h1, bhi)), 0),
+    ]
 }
 
 #[target_feature(enable = "neon")]

@@ -1,5 +1,5 @@
-//! Matrix products on NEON for the weight types of Qwen2.5 Q4_K_M files (Q4_K, Q6_K, Q5_0,
-//! Q8_0): a tile of [`MR`] weight rows × [`NR`] activation rows per call, each weight block
+//! Matrix products on NEON for the weight types of Qwen2.5 Q4_K_M and Q5_K_M files (Q4_K,
+//! Q5_K, Q6_K, Q5_0, Q8_0): a tile of [`MR`] weight rows × [`NR`] activation rows per call, each weight block
 //! unpacked once and used for every activation row of the tile, each activation block loaded
 //! once and used for every weight row of the tile. Both builds (plain NEON and NEON+dotprod) come
 //! from the same code through the parent's `dot16`.
@@ -17,12 +17,12 @@
 //!   (same operands, same order into the same lanes) and keeps two accumulators per pair. The
 //!   activation scale comes from the side data as f32 (`f16_to_f32` of the block's scale, the
 //!   value the row kernel converts).
-//! - Q4_K and Q6_K: the row kernel reduces each block to exact integers
+//! - Q4_K, Q5_K and Q6_K: the row kernel reduces each block to exact integers
 //!   (`Σ_j sc_j·Σ q·y` and, for Q4_K, `Σ_j mn_j·bsum_j`) and then does scalar float operations
 //!   per block. Integer sums are exact in any order, so the tile accumulates the scaled partial
 //!   sums per lane over the whole block (`mla` by the sub-block scale; the bounds in the
 //!   comments keep every lane inside i32) and reduces once per block, then repeats the scalar
-//!   float expression of the row kernel unchanged.
+//!   float expression of the row kernel unchanged (Q4_K and Q5_K share it, `dot_q45_k`).
 //!
 //! # Blocking
 //!
@@ -36,12 +36,14 @@
 use std::arch::aarch64::*;
 use std::mem::size_of;
 
-use super::super::k_quants::{BlockQ4K, BlockQ6K};
+use super::super::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K};
 use super::super::q5::BlockQ5_0;
 use super::super::q8::{BlockQ8K, BlockQ8_0};
 use super::super::simd_common::{group_rows, k4_scales_mins};
 use super::super::{as_blocks, f16_to_f32, Block, GemmOut};
-use super::{dot16, fifth_bits, ld_i16_bytes, ld_i8, ld_u8, nibbles, signed};
+use super::{
+    dot16, fifth_bits, ld_i16_bytes, ld_i8, ld_u8, nibbles, q4k_quants, q5k_quants, signed,
+};
 use crate::gguf::GgmlType;
 
 /// Weight rows per register tile.
@@ -116,6 +118,7 @@ fn gemm_impl<const SDOT: bool>(
     };
     match ty {
         GgmlType::Q4_K => run::<Q4K, SDOT>(m, out),
+        GgmlType::Q5_K => run::<Q5K, SDOT>(m, out),
         GgmlType::Q6_K => run::<Q6K, SDOT>(m, out),
         GgmlType::Q5_0 => run::<Q5_0, SDOT>(m, out),
         GgmlType::Q8_0 => run::<Q8_0, SDOT>(m, out),
@@ -334,7 +337,7 @@ impl Kind for Q5_0 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q4_K and Q6_K against Q8_K activations.
+// Q4_K, Q5_K and Q6_K against Q8_K activations.
 
 struct Q4K;
 
@@ -349,50 +352,73 @@ impl Kind for Q4K {
         w: [&[BlockQ4K]; M],
         a: [(&[BlockQ8K], &[u8]); N],
     ) -> [[f32; N]; M] {
-        tile_q4k::<SDOT, M, N>(w, a.map(|(y, _)| y))
+        tile_q45k::<_, SDOT, M, N>(
+            w,
+            a.map(|(y, _)| y),
+            |x| (x.d, x.dmin, &x.scales),
+            |x, c| q4k_quants(x, c),
+        )
     }
 }
 
+struct Q5K;
+
+impl Kind for Q5K {
+    type W = BlockQ5K;
+    type A = BlockQ8K;
+    const AUX: usize = 0;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ5K]; M],
+        a: [(&[BlockQ8K], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_q45k::<_, SDOT, M, N>(
+            w,
+            a.map(|(y, _)| y),
+            |x| (x.d, x.dmin, &x.scales),
+            |x, c| q5k_quants(x, c),
+        )
+    }
+}
+
+/// The Q4_K and Q5_K tile: `header` gives a block's `d`, `dmin` and packed scales, `quants`
+/// the quants of sub-blocks `2c` and `2c + 1` (as the row kernel's `dot_q45_k` takes them).
 #[target_feature(enable = "neon")]
 #[inline]
-fn tile_q4k<const SDOT: bool, const M: usize, const N: usize>(
-    w: [&[BlockQ4K]; M],
+fn tile_q45k<X, const SDOT: bool, const M: usize, const N: usize>(
+    w: [&[X]; M],
     a: [&[BlockQ8K]; N],
+    header: impl Fn(&X) -> ([u8; 2], [u8; 2], &[u8; 12]),
+    quants: impl Fn(&X, usize) -> [int8x16_t; 4],
 ) -> [[f32; N]; M] {
-    let m4 = vdupq_n_u8(0x0F);
     let mut sumf = [[0f32; N]; M];
     for b in 0..w[0].len() {
-        let xs: [&BlockQ4K; M] = std::array::from_fn(|r| &w[r][b]);
+        let xs: [&X; M] = std::array::from_fn(|r| &w[r][b]);
         let ys: [&BlockQ8K; N] = std::array::from_fn(|t| &a[t][b]);
-        let scm: [(u64, u64); M] = std::array::from_fn(|r| k4_scales_mins(&xs[r].scales));
-        // Lane sums of Σ_j sc_j·Σ q·y: per sub-block and lane ≤ 8·15·128·63 < 2^24, eight
-        // sub-blocks < 2^27.
+        let scm: [(u64, u64); M] = std::array::from_fn(|r| k4_scales_mins(header(xs[r]).2));
+        // Lane sums of Σ_j sc_j·Σ q·y: per sub-block and lane ≤ 8·31·128·63 < 2^21 (Q5_K's
+        // quants reach 31, Q4_K's 15), eight sub-blocks < 2^24.
         let mut acc = [[vdupq_n_s32(0); N]; M];
-        for j in 0..8 {
-            // Sub-block j: the low (j even) or high nibbles of qs[32(j/2)..32(j/2) + 32].
-            let q: [[int8x16_t; 2]; M] = std::array::from_fn(|r| {
-                let qs = &xs[r].qs[32 * (j / 2)..];
-                let (a0, a1) = (ld_u8(qs), ld_u8(&qs[16..]));
-                if j % 2 == 0 {
-                    [signed(vandq_u8(a0, m4), 0), signed(vandq_u8(a1, m4), 0)]
-                } else {
-                    [
-                        signed(vshrq_n_u8::<4>(a0), 0),
-                        signed(vshrq_n_u8::<4>(a1), 0),
-                    ]
-                }
-            });
-            let sc: [i32; M] = std::array::from_fn(|r| ((scm[r].0 >> (8 * j)) & 0xFF) as i32);
-            for (t, y) in ys.iter().enumerate() {
-                let (y0, y1) = (ld_i8(&y.qs[32 * j..]), ld_i8(&y.qs[32 * j + 16..]));
-                for r in 0..M {
-                    let p = dot16::<SDOT>(dot16::<SDOT>(vdupq_n_s32(0), q[r][0], y0), q[r][1], y1);
-                    acc[r][t] = vmlaq_n_s32(acc[r][t], p, sc[r]);
+        for c in 0..4 {
+            let q: [[int8x16_t; 4]; M] = std::array::from_fn(|r| quants(xs[r], c));
+            for (half, j) in [2 * c, 2 * c + 1].into_iter().enumerate() {
+                let sc: [i32; M] = std::array::from_fn(|r| ((scm[r].0 >> (8 * j)) & 0xFF) as i32);
+                for (t, y) in ys.iter().enumerate() {
+                    let (y0, y1) = (ld_i8(&y.qs[32 * j..]), ld_i8(&y.qs[32 * j + 16..]));
+                    for r in 0..M {
+                        let (q0, q1) = (q[r][2 * half], q[r][2 * half + 1]);
+                        let p = dot16::<SDOT>(dot16::<SDOT>(vdupq_n_s32(0), q0, y0), q1, y1);
+                        acc[r][t] = vmlaq_n_s32(acc[r][t], p, sc[r]);
+                    }
                 }
             }
         }
-        let d: [(f32, f32); M] =
-            std::array::from_fn(|r| (f16_to_f32(xs[r].d), f16_to_f32(xs[r].dmin)));
+        let d: [(f32, f32); M] = std::array::from_fn(|r| {
+            let (d, dmin, _) = header(xs[r]);
+            (f16_to_f32(d), f16_to_f32(dmin))
+        });
         for (t, y) in ys.iter().enumerate() {
             // The 32-element activation sums (|bsum| ≤ 16·128: the pairwise i16 sums fit).
             let bs = y.bsums.as_flattened();
