@@ -1,5 +1,6 @@
 //! Matrix products on NEON for the weight types of Qwen2.5 Q4_K_M and Q5_K_M files (Q4_K,
-//! Q5_K, Q6_K, Q5_0, Q8_0): a tile of [`MR`] weight rows × [`NR`] activation rows per call, each weight block
+//! Q5_K, Q6_K, Q5_0, Q8_0) and the other 32-element formats (Q4_0, which llama.cpp suggests for
+//! ARM, Q4_1, Q5_1): a tile of [`MR`] weight rows × [`NR`] activation rows per call, each weight block
 //! unpacked once and used for every activation row of the tile, each activation block loaded
 //! once and used for every weight row of the tile. Both builds (plain NEON and NEON+dotprod) come
 //! from the same code through the parent's `dot16`.
@@ -10,13 +11,14 @@
 //! the bits this build's `vec_dot` gives, so each tile repeats the float arithmetic of the
 //! parent's row kernel for that type, only with the integer work laid out differently:
 //!
-//! - Q8_0 and Q5_0 (`sum_blocks`): the row kernel fuses each block's integer sum into f32
+//! - the 32-element formats (`sum_blocks`): the row kernel fuses each block's integer sum into f32
 //!   *per lane* (`acc = fma(float(lanes), d_w·d_a, acc)`, even blocks into one accumulator, odd
 //!   into another, the last odd block into the first, then `vaddvq(acc0 + acc1)`), so the lanes
 //!   must hold the same partial sums: the tile computes them with the very same `dot16` calls
-//!   (same operands, same order into the same lanes) and keeps two accumulators per pair. The
-//!   activation scale comes from the side data as f32 (`f16_to_f32` of the block's scale, the
-//!   value the row kernel converts).
+//!   (same operands, same order into the same lanes) and keeps two accumulators per pair. A
+//!   Q8_0 activation's scale comes from the side data as f32 (`f16_to_f32` of the block's
+//!   scale, the value the row kernel converts); Q4_1 and Q5_1 also sum `m·s` on the side in
+//!   block order and add it at the end, as their row kernel `dot_x_1` does.
 //! - Q4_K, Q5_K and Q6_K: the row kernel reduces each block to exact integers
 //!   (`Σ_j sc_j·Σ q·y` and, for Q4_K, `Σ_j mn_j·bsum_j`) and then does scalar float operations
 //!   per block. Integer sums are exact in any order, so the tile accumulates the scaled partial
@@ -37,8 +39,9 @@ use std::arch::aarch64::*;
 use std::mem::size_of;
 
 use super::super::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K};
-use super::super::q5::BlockQ5_0;
-use super::super::q8::{BlockQ8K, BlockQ8_0};
+use super::super::q4::{BlockQ4_0, BlockQ4_1};
+use super::super::q5::{BlockQ5_0, BlockQ5_1};
+use super::super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::super::simd_common::{group_rows, k4_scales_mins};
 use super::super::{as_blocks, f16_to_f32, Block, GemmOut};
 use super::{
@@ -121,6 +124,9 @@ fn gemm_impl<const SDOT: bool>(
         GgmlType::Q5_K => run::<Q5K, SDOT>(m, out),
         GgmlType::Q6_K => run::<Q6K, SDOT>(m, out),
         GgmlType::Q5_0 => run::<Q5_0, SDOT>(m, out),
+        GgmlType::Q4_0 => run::<Q4_0, SDOT>(m, out),
+        GgmlType::Q4_1 => run::<Q4_1, SDOT>(m, out),
+        GgmlType::Q5_1 => run::<Q5_1, SDOT>(m, out),
         GgmlType::Q8_0 => run::<Q8_0, SDOT>(m, out),
         _ => false,
     }
@@ -246,34 +252,84 @@ fn put<const M: usize, const N: usize>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q8_0 and Q5_0: 32-element blocks against Q8_0 activations.
+// Q8_0, Q5_0, Q4_0 (against Q8_0 activations) and Q4_1, Q5_1 (against Q8_1): 32-element blocks.
+
+/// The activation blocks of the 32-element formats, as [`tile_32`] reads them.
+trait Act32 {
+    /// Whether the weights carry a minimum: then `m·s` is summed on the side in block order,
+    /// as the row kernel `dot_x_1` does, and added at the end.
+    const MIN: bool;
+    /// The 32 quants.
+    fn quants(&self) -> &[i8; 32];
+    /// The block's scale as the row kernel converts it (`aux`: the row's side data, `b`: the
+    /// block's index).
+    fn scale(&self, aux: &[u8], b: usize) -> f32;
+    /// The block's `s` (Q8_1: the scale times the sum of the quants), as f32.
+    fn sum(&self) -> f32;
+}
+
+impl Act32 for BlockQ8_0 {
+    const MIN: bool = false;
+    fn quants(&self) -> &[i8; 32] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn scale(&self, aux: &[u8], b: usize) -> f32 {
+        // The side data's copy of `f16_to_f32(d)`: one 4-byte load (`run` checked the side data
+        // covers every block).
+        let o = Q8_0_AUX * b;
+        f32::from_le_bytes(aux[o..o + 4].try_into().unwrap_or([0; 4]))
+    }
+    fn sum(&self) -> f32 {
+        0.0
+    }
+}
+
+impl Act32 for BlockQ8_1 {
+    const MIN: bool = true;
+    fn quants(&self) -> &[i8; 32] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn scale(&self, _: &[u8], _: usize) -> f32 {
+        f16_to_f32(self.d)
+    }
+    #[inline(always)]
+    fn sum(&self) -> f32 {
+        f16_to_f32(self.s)
+    }
+}
 
 /// The tile of the 32-element formats; `unpack` gives a weight block's quants as two signed i8
-/// vectors (elements 0..16, 16..32) and its scale, exactly as the row kernel computes them.
+/// vectors (elements 0..16, 16..32), its scale and its minimum (0 for formats without one),
+/// exactly as the row kernel computes them.
 #[target_feature(enable = "neon")]
 #[inline]
-fn tile_32<W, const SDOT: bool, const M: usize, const N: usize>(
+fn tile_32<W, A: Act32, const SDOT: bool, const M: usize, const N: usize>(
     w: [&[W]; M],
-    a: [(&[BlockQ8_0], &[u8]); N],
-    unpack: impl Fn(&W) -> (int8x16_t, int8x16_t, f32),
+    a: [(&[A], &[u8]); N],
+    unpack: impl Fn(&W) -> (int8x16_t, int8x16_t, f32, f32),
 ) -> [[f32; N]; M] {
     let nb = w[0].len();
+    let mut summs = [[0f32; N]; M];
     // One block into one accumulator per pair: the row kernel's `dot32` (two `dot16` into the
     // same lanes), converted per lane, fused with `d_w·d_a`. A macro rather than a closure so
     // the accumulators stay in registers (a closure taking them by reference is not inlined).
     macro_rules! step {
         ($b:expr, $acc:ident) => {{
             let b = $b;
-            let xs: [(int8x16_t, int8x16_t, f32); M] = std::array::from_fn(|r| unpack(&w[r][b]));
+            let xs: [(int8x16_t, int8x16_t, f32, f32); M] =
+                std::array::from_fn(|r| unpack(&w[r][b]));
             for (t, &(ya, aux)) in a.iter().enumerate() {
-                let y = &ya[b].qs;
+                let y = ya[b].quants();
                 let (y0, y1) = (ld_i8(y), ld_i8(&y[16..]));
-                let o = Q8_0_AUX * b;
-                // One 4-byte load (`run` checked the side data covers every block).
-                let yd = f32::from_le_bytes(aux[o..o + 4].try_into().unwrap_or([0; 4]));
-                for (acc_r, &(q0, q1, xd)) in $acc.iter_mut().zip(&xs) {
+                let yd = ya[b].scale(aux, b);
+                for (r, &(q0, q1, xd, xm)) in xs.iter().enumerate() {
                     let s = dot16::<SDOT>(dot16::<SDOT>(vdupq_n_s32(0), q0, y0), q1, y1);
-                    acc_r[t] = vfmaq_n_f32(acc_r[t], vcvtq_f32_s32(s), xd * yd);
+                    $acc[r][t] = vfmaq_n_f32($acc[r][t], vcvtq_f32_s32(s), xd * yd);
+                    if A::MIN {
+                        summs[r][t] += xm * ya[b].sum();
+                    }
                 }
             }
         }};
@@ -289,7 +345,16 @@ fn tile_32<W, const SDOT: bool, const M: usize, const N: usize>(
     if b < nb {
         step!(b, acc0);
     }
-    std::array::from_fn(|r| std::array::from_fn(|t| vaddvq_f32(vaddq_f32(acc0[r][t], acc1[r][t]))))
+    std::array::from_fn(|r| {
+        std::array::from_fn(|t| {
+            let sum = vaddvq_f32(vaddq_f32(acc0[r][t], acc1[r][t]));
+            if A::MIN {
+                sum + summs[r][t]
+            } else {
+                sum
+            }
+        })
+    })
 }
 
 struct Q8_0;
@@ -305,8 +370,28 @@ impl Kind for Q8_0 {
         w: [&[BlockQ8_0]; M],
         a: [(&[BlockQ8_0], &[u8]); N],
     ) -> [[f32; N]; M] {
-        tile_32::<_, SDOT, M, N>(w, a, |x| {
-            (ld_i8(&x.qs), ld_i8(&x.qs[16..]), f16_to_f32(x.d))
+        tile_32::<_, _, SDOT, M, N>(w, a, |x| {
+            (ld_i8(&x.qs), ld_i8(&x.qs[16..]), f16_to_f32(x.d), 0.0)
+        })
+    }
+}
+
+struct Q4_0;
+
+impl Kind for Q4_0 {
+    type W = BlockQ4_0;
+    type A = BlockQ8_0;
+    const AUX: usize = Q8_0_AUX;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ4_0]; M],
+        a: [(&[BlockQ8_0], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_32::<_, _, SDOT, M, N>(w, a, |x| {
+            let (lo, hi) = nibbles(&x.qs);
+            (signed(lo, 8), signed(hi, 8), f16_to_f32(x.d), 0.0)
         })
     }
 }
@@ -324,13 +409,65 @@ impl Kind for Q5_0 {
         w: [&[BlockQ5_0]; M],
         a: [(&[BlockQ8_0], &[u8]); N],
     ) -> [[f32; N]; M] {
-        tile_32::<_, SDOT, M, N>(w, a, |x| {
+        tile_32::<_, _, SDOT, M, N>(w, a, |x| {
             let (lo, hi) = nibbles(&x.qs);
             let (h0, h1) = fifth_bits(x.qh);
             (
                 signed(vorrq_u8(lo, h0), 16),
                 signed(vorrq_u8(hi, h1), 16),
                 f16_to_f32(x.d),
+                0.0,
+            )
+        })
+    }
+}
+
+struct Q4_1;
+
+impl Kind for Q4_1 {
+    type W = BlockQ4_1;
+    type A = BlockQ8_1;
+    const AUX: usize = 0;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ4_1]; M],
+        a: [(&[BlockQ8_1], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_32::<_, _, SDOT, M, N>(w, a, |x| {
+            let (lo, hi) = nibbles(&x.qs);
+            (
+                signed(lo, 0),
+                signed(hi, 0),
+                f16_to_f32(x.d),
+                f16_to_f32(x.m),
+            )
+        })
+    }
+}
+
+struct Q5_1;
+
+impl Kind for Q5_1 {
+    type W = BlockQ5_1;
+    type A = BlockQ8_1;
+    const AUX: usize = 0;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ5_1]; M],
+        a: [(&[BlockQ8_1], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_32::<_, _, SDOT, M, N>(w, a, |x| {
+            let (lo, hi) = nibbles(&x.qs);
+            let (h0, h1) = fifth_bits(x.qh);
+            (
+                signed(vorrq_u8(lo, h0), 0),
+                signed(vorrq_u8(hi, h1), 0),
+                f16_to_f32(x.d),
+                f16_to_f32(x.m),
             )
         })
     }
