@@ -425,34 +425,100 @@ fn q5k_quants(x: &BlockQ5K, c: usize) -> [int8x16_t; 4] {
     ]
 }
 
+/// The signed quants (q − 32) of Q6_K elements `128h + 32k + 16·half + (0..16)`, k = 0..4.
 #[target_feature(enable = "neon")]
-fn dot_q6_k<const SDOT: bool>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
-    let m4 = vdupq_n_u8(0x0F);
+#[inline]
+fn q6k_quants(x: &BlockQ6K, h: usize, half: usize) -> [int8x16_t; 4] {
+    let (m4, m2) = (vdupq_n_u8(0x0F), vdupq_n_u8(0x03));
+    let o = 16 * half;
+    let la = ld_u8(&x.ql[64 * h + o..]);
+    let lb = ld_u8(&x.ql[64 * h + 32 + o..]);
+    let qh = ld_u8(&x.qh[32 * h + o..]);
+    let hi = |v: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(v, m2));
+    [
+        signed(vorrq_u8(vandq_u8(la, m4), hi(qh)), 32),
+        signed(vorrq_u8(vandq_u8(lb, m4), hi(vshrq_n_u8::<2>(qh))), 32),
+        signed(vorrq_u8(vshrq_n_u8::<4>(la), hi(vshrq_n_u8::<4>(qh))), 32),
+        signed(vorrq_u8(vshrq_n_u8::<4>(lb), hi(vshrq_n_u8::<6>(qh))), 32),
+    ]
+}
+
+/// The signed quants (−4..=3) of Q3_K elements `128h + 32k + 16·half + (0..16)`, k = 0..4.
+#[target_feature(enable = "neon")]
+#[inline]
+fn q3k_quants(x: &BlockQ3K, h: usize, half: usize) -> [int8x16_t; 4] {
+    let (m2, four) = (vdupq_n_u8(0x03), vdupq_n_u8(4));
+    let o = 16 * half;
+    let qs = ld_u8(&x.qs[32 * h + o..]);
+    let hm = ld_u8(&x.hmask[o..]);
+    let low = [
+        vandq_u8(qs, m2),
+        vandq_u8(vshrq_n_u8::<2>(qs), m2),
+        vandq_u8(vshrq_n_u8::<4>(qs), m2),
+        vshrq_n_u8::<6>(qs),
+    ];
+    std::array::from_fn(|k| {
+        // Element 32(4h + k) + l is `low − 4` unless bit 4h + k of hmask[l] is set.
+        let set = vtstq_u8(hm, vdupq_n_u8(1 << (4 * h + k)));
+        vreinterpretq_s8_u8(vsubq_u8(low[k], vbicq_u8(four, set)))
+    })
+}
+
+/// The quants (0..=3) of Q2_K elements `128h + 32k + 16·half + (0..16)`, k = 0..4.
+#[target_feature(enable = "neon")]
+#[inline]
+fn q2k_quants(x: &BlockQ2K, h: usize, half: usize) -> [int8x16_t; 4] {
     let m2 = vdupq_n_u8(0x03);
-    let mut sumf = 0f32;
-    for (x, y) in w.iter().zip(a) {
-        let mut sumi = 0i32;
-        for h in 0..2 {
-            for half in 0..2 {
-                // Elements 128h + 32k + 16·half + (0..16), k = 0..4.
-                let o = 16 * half;
-                let la = ld_u8(&x.ql[64 * h + o..]);
-                let lb = ld_u8(&x.ql[64 * h + 32 + o..]);
-                let qh = ld_u8(&x.qh[32 * h + o..]);
-                let hi = |v: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(v, m2));
-                let q = [
-                    vorrq_u8(vandq_u8(la, m4), hi(qh)),
-                    vorrq_u8(vandq_u8(lb, m4), hi(vshrq_n_u8::<2>(qh))),
-                    vorrq_u8(vshrq_n_u8::<4>(la), hi(vshrq_n_u8::<4>(qh))),
-                    vorrq_u8(vshrq_n_u8::<4>(lb), hi(vshrq_n_u8::<6>(qh))),
-                ];
-                for (k, q) in q.into_iter().enumerate() {
-                    let e = 128 * h + 32 * k + o;
-                    let p = dot16::<SDOT>(vdupq_n_s32(0), signed(q, 32), ld_i8(&y.qs[e..]));
-                    sumi += vaddvq_s32(p) * x.scales[e / 16] as i32;
-                }
+    let qs = ld_u8(&x.qs[32 * h + 16 * half..]);
+    [
+        signed(vandq_u8(qs, m2), 0),
+        signed(vandq_u8(vshrq_n_u8::<2>(qs), m2), 0),
+        signed(vandq_u8(vshrq_n_u8::<4>(qs), m2), 0),
+        signed(vshrq_n_u8::<6>(qs), 0),
+    ]
+}
+
+/// Q2_K's minimums: Σ_j (scale_j >> 4)·bsum_j over the 16 sub-blocks (exact).
+#[target_feature(enable = "neon")]
+#[inline]
+fn q2k_mins_dot(x: &BlockQ2K, y: &BlockQ8K) -> i32 {
+    let mins = vshrq_n_u8::<4>(ld_u8(&x.scales));
+    let b = y.bsums.as_flattened();
+    let (b0, b1) = (ld_i16_bytes(b), ld_i16_bytes(&b[16..]));
+    let m0 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(mins)));
+    let m1 = vreinterpretq_s16_u16(vmovl_high_u8(mins));
+    let pm = vmlal_high_s16(vmull_s16(vget_low_s16(m0), vget_low_s16(b0)), m0, b0);
+    let pm = vmlal_high_s16(vmlal_s16(pm, vget_low_s16(m1), vget_low_s16(b1)), m1, b1);
+    vaddvq_s32(pm)
+}
+
+/// `Σ_j sc_j·Σ q·y` of one block of a K-quant with 16-element sub-blocks: `quants` as
+/// [`q6k_quants`], `scale(j)` the scale of sub-block `j` (exact in i32).
+#[target_feature(enable = "neon")]
+#[inline]
+fn sumi_k16<const SDOT: bool>(
+    y: &BlockQ8K,
+    quants: impl Fn(usize, usize) -> [int8x16_t; 4],
+    scale: impl Fn(usize) -> i32,
+) -> i32 {
+    let mut sumi = 0i32;
+    for h in 0..2 {
+        for half in 0..2 {
+            for (k, q) in quants(h, half).into_iter().enumerate() {
+                let e = 128 * h + 32 * k + 16 * half;
+                let p = dot16::<SDOT>(vdupq_n_s32(0), q, ld_i8(&y.qs[e..]));
+                sumi += vaddvq_s32(p) * scale(e / 16);
             }
         }
+    }
+    sumi
+}
+
+#[target_feature(enable = "neon")]
+fn dot_q6_k<const SDOT: bool>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let sumi = sumi_k16::<SDOT>(y, |h, half| q6k_quants(x, h, half), |j| x.scales[j] as i32);
         sumf += f16_to_f32(x.d) * y.d() * sumi as f32;
     }
     sumf
@@ -460,34 +526,11 @@ fn dot_q6_k<const SDOT: bool>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 
 #[target_feature(enable = "neon")]
 fn dot_q3_k<const SDOT: bool>(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
-    let m2 = vdupq_n_u8(0x03);
-    let four = vdupq_n_u8(4);
     let mut sumf = 0f32;
     for (x, y) in w.iter().zip(a) {
         let words = q3_k_scale_words(&x.scales);
         let scale = |j: usize| ((words[j / 4] >> (8 * (j % 4))) & 0xFF) as i32 - 32;
-        let mut sumi = 0i32;
-        for h in 0..2 {
-            for half in 0..2 {
-                let o = 16 * half;
-                let qs = ld_u8(&x.qs[32 * h + o..]);
-                let hm = ld_u8(&x.hmask[o..]);
-                let low = [
-                    vandq_u8(qs, m2),
-                    vandq_u8(vshrq_n_u8::<2>(qs), m2),
-                    vandq_u8(vshrq_n_u8::<4>(qs), m2),
-                    vshrq_n_u8::<6>(qs),
-                ];
-                for (k, low) in low.into_iter().enumerate() {
-                    // Element 32(4h + k) + l is `low − 4` unless bit 4h + k of hmask[l] is set.
-                    let set = vtstq_u8(hm, vdupq_n_u8(1 << (4 * h + k)));
-                    let q = vreinterpretq_s8_u8(vsubq_u8(low, vbicq_u8(four, set)));
-                    let e = 128 * h + 32 * k + o;
-                    let p = dot16::<SDOT>(vdupq_n_s32(0), q, ld_i8(&y.qs[e..]));
-                    sumi += vaddvq_s32(p) * scale(e / 16);
-                }
-            }
-        }
+        let sumi = sumi_k16::<SDOT>(y, |h, half| q3k_quants(x, h, half), scale);
         sumf += f16_to_f32(x.d) * y.d() * sumi as f32;
     }
     sumf
@@ -495,37 +538,14 @@ fn dot_q3_k<const SDOT: bool>(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
 
 #[target_feature(enable = "neon")]
 fn dot_q2_k<const SDOT: bool>(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
-    let m2 = vdupq_n_u8(0x03);
     let mut sumf = 0f32;
     for (x, y) in w.iter().zip(a) {
-        // Minimums: Σ_j (scale_j >> 4)·bsum_j over the 16 sub-blocks.
-        let packed = ld_u8(&x.scales);
-        let mins = vshrq_n_u8::<4>(packed);
-        let b = y.bsums.as_flattened();
-        let (b0, b1) = (ld_i16_bytes(b), ld_i16_bytes(&b[16..]));
-        let m0 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(mins)));
-        let m1 = vreinterpretq_s16_u16(vmovl_high_u8(mins));
-        let pm = vmlal_high_s16(vmull_s16(vget_low_s16(m0), vget_low_s16(b0)), m0, b0);
-        let pm = vmlal_high_s16(vmlal_s16(pm, vget_low_s16(m1), vget_low_s16(b1)), m1, b1);
-        let summs = vaddvq_s32(pm);
-        let mut sumi = 0i32;
-        for h in 0..2 {
-            for half in 0..2 {
-                let o = 16 * half;
-                let qs = ld_u8(&x.qs[32 * h + o..]);
-                let q = [
-                    vandq_u8(qs, m2),
-                    vandq_u8(vshrq_n_u8::<2>(qs), m2),
-                    vandq_u8(vshrq_n_u8::<4>(qs), m2),
-                    vshrq_n_u8::<6>(qs),
-                ];
-                for (k, q) in q.into_iter().enumerate() {
-                    let e = 128 * h + 32 * k + o;
-                    let p = dot16::<SDOT>(vdupq_n_s32(0), signed(q, 0), ld_i8(&y.qs[e..]));
-                    sumi += vaddvq_s32(p) * (x.scales[e / 16] & 0xF) as i32;
-                }
-            }
-        }
+        let summs = q2k_mins_dot(x, y);
+        let sumi = sumi_k16::<SDOT>(
+            y,
+            |h, half| q2k_quants(x, h, half),
+            |j| (x.scales[j] & 0xF) as i32,
+        );
         let dall = y.d() * f16_to_f32(x.d);
         let dmin = y.d() * f16_to_f32(x.dmin);
         sumf += dall * sumi as f32 - dmin * summs as f32;

@@ -328,7 +328,7 @@ fn fill_gemm_aux(at: GgmlType, q: &[u8], aux: &mut [u8]) {
 /// Every value has the bits [`vec_dot`] gives for that pair. The build for this CPU runs a
 /// matrix kernel where it has one (AVX2 and AVX-512: Q2_K–Q6_K, Q5_0, Q8_0, Q4_0, Q4_1, Q5_1
 /// and the float types F32/F16/BF16, each from a few activation rows on; NEON and
-/// NEON+dotprod: Q4_K, Q5_K, Q6_K, Q5_0, Q8_0, Q4_0, Q4_1, Q5_1 and the float types), which reuses each unpacked weight
+/// NEON+dotprod: every quantized weight type and the float types), which reuses each unpacked weight
 /// block across several activation rows; other types and builds go row by row through
 /// [`vec_dot_rows`].
 ///

@@ -1,9 +1,9 @@
-//! Matrix products on NEON for the weight types of Qwen2.5 Q4_K_M and Q5_K_M files (Q4_K,
-//! Q5_K, Q6_K, Q5_0, Q8_0) and the other 32-element formats (Q4_0, which llama.cpp suggests for
-//! ARM, Q4_1, Q5_1): a tile of [`MR`] weight rows × [`NR`] activation rows per call, each weight block
-//! unpacked once and used for every activation row of the tile, each activation block loaded
-//! once and used for every weight row of the tile. Both builds (plain NEON and NEON+dotprod) come
-//! from the same code through the parent's `dot16`.
+//! Matrix products on NEON for every quantized weight type: the K-quants (Q2_K–Q6_K) and the
+//! 32-element formats (Q8_0, Q5_0, Q4_0 — which llama.cpp suggests for ARM —, Q4_1, Q5_1). A
+//! tile of [`MR`] weight rows × [`NR`] activation rows per call, each weight block unpacked once
+//! and used for every activation row of the tile, each activation block loaded once and used
+//! for every weight row of the tile. Both builds (plain NEON and NEON+dotprod) come from the
+//! same code through the parent's `dot16`.
 //!
 //! # Same bits as the row kernels
 //!
@@ -19,12 +19,13 @@
 //!   Q8_0 activation's scale comes from the side data as f32 (`f16_to_f32` of the block's
 //!   scale, the value the row kernel converts); Q4_1 and Q5_1 also sum `m·s` on the side in
 //!   block order and add it at the end, as their row kernel `dot_x_1` does.
-//! - Q4_K, Q5_K and Q6_K: the row kernel reduces each block to exact integers
-//!   (`Σ_j sc_j·Σ q·y` and, for Q4_K, `Σ_j mn_j·bsum_j`) and then does scalar float operations
+//! - the K-quants: the row kernel reduces each block to exact integers (`Σ_j sc_j·Σ q·y` and,
+//!   for Q4_K, Q5_K and Q2_K, `Σ_j mn_j·bsum_j`) and then does scalar float operations
 //!   per block. Integer sums are exact in any order, so the tile accumulates the scaled partial
 //!   sums per lane over the whole block (`mla` by the sub-block scale; the bounds in the
 //!   comments keep every lane inside i32) and reduces once per block, then repeats the scalar
-//!   float expression of the row kernel unchanged (Q4_K and Q5_K share it, `dot_q45_k`).
+//!   float expression of the row kernel unchanged (Q4_K and Q5_K share it, `dot_q45_k`; Q2_K,
+//!   Q3_K and Q6_K share the unpacking of their 16-element sub-blocks, `tile_k16`).
 //!
 //! # Blocking
 //!
@@ -38,14 +39,15 @@
 use std::arch::aarch64::*;
 use std::mem::size_of;
 
-use super::super::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K};
+use super::super::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::super::q4::{BlockQ4_0, BlockQ4_1};
 use super::super::q5::{BlockQ5_0, BlockQ5_1};
 use super::super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::super::simd_common::{group_rows, k4_scales_mins};
+use super::super::simd_common::{group_rows, k4_scales_mins, q3_k_scale_words};
 use super::super::{as_blocks, f16_to_f32, Block, GemmOut};
 use super::{
-    dot16, fifth_bits, ld_i16_bytes, ld_i8, ld_u8, nibbles, q4k_quants, q5k_quants, signed,
+    dot16, fifth_bits, ld_i16_bytes, ld_i8, nibbles, q2k_mins_dot, q2k_quants, q3k_quants,
+    q4k_quants, q5k_quants, q6k_quants, signed,
 };
 use crate::gguf::GgmlType;
 
@@ -123,6 +125,8 @@ fn gemm_impl<const SDOT: bool>(
         GgmlType::Q4_K => run::<Q4K, SDOT>(m, out),
         GgmlType::Q5_K => run::<Q5K, SDOT>(m, out),
         GgmlType::Q6_K => run::<Q6K, SDOT>(m, out),
+        GgmlType::Q3_K => run::<Q3K, SDOT>(m, out),
+        GgmlType::Q2_K => run::<Q2K, SDOT>(m, out),
         GgmlType::Q5_0 => run::<Q5_0, SDOT>(m, out),
         GgmlType::Q4_0 => run::<Q4_0, SDOT>(m, out),
         GgmlType::Q4_1 => run::<Q4_1, SDOT>(m, out),
@@ -587,61 +591,116 @@ impl Kind for Q6K {
         w: [&[BlockQ6K]; M],
         a: [(&[BlockQ8K], &[u8]); N],
     ) -> [[f32; N]; M] {
-        tile_q6k::<SDOT, M, N>(w, a.map(|(y, _)| y))
+        tile_k16::<_, SDOT, M, N>(
+            w,
+            a.map(|(y, _)| y),
+            |x| x.scales.map(|s| s as i32),
+            |x, h, half| q6k_quants(x, h, half),
+            // The row kernel's expression, unchanged.
+            |x, y, sumi| f16_to_f32(x.d) * y.d() * sumi as f32,
+        )
     }
 }
 
+struct Q3K;
+
+impl Kind for Q3K {
+    type W = BlockQ3K;
+    type A = BlockQ8K;
+    const AUX: usize = 0;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ3K]; M],
+        a: [(&[BlockQ8K], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_k16::<_, SDOT, M, N>(
+            w,
+            a.map(|(y, _)| y),
+            |x| {
+                let words = q3_k_scale_words(&x.scales);
+                std::array::from_fn(|j| ((words[j / 4] >> (8 * (j % 4))) & 0xFF) as i32 - 32)
+            },
+            |x, h, half| q3k_quants(x, h, half),
+            // The row kernel's expression, unchanged.
+            |x, y, sumi| f16_to_f32(x.d) * y.d() * sumi as f32,
+        )
+    }
+}
+
+struct Q2K;
+
+impl Kind for Q2K {
+    type W = BlockQ2K;
+    type A = BlockQ8K;
+    const AUX: usize = 0;
+
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
+        w: [&[BlockQ2K]; M],
+        a: [(&[BlockQ8K], &[u8]); N],
+    ) -> [[f32; N]; M] {
+        tile_k16::<_, SDOT, M, N>(
+            w,
+            a.map(|(y, _)| y),
+            |x| x.scales.map(|s| (s & 0xF) as i32),
+            |x, h, half| q2k_quants(x, h, half),
+            // The row kernel's expression (minimums included), unchanged.
+            |x, y, sumi| {
+                let summs = q2k_mins_dot(x, y);
+                let dall = y.d() * f16_to_f32(x.d);
+                let dmin = y.d() * f16_to_f32(x.dmin);
+                dall * sumi as f32 - dmin * summs as f32
+            },
+        )
+    }
+}
+
+/// The tile of the K-quants with 16-element sub-blocks (Q2_K, Q3_K, Q6_K): per block, the
+/// exact integer `Σ_j sc_j·Σ q·y` accumulated per lane (`scales` gives the 16 sub-block
+/// scales, `quants(x, h, half)` the signed quants of elements `128h + 32k + 16·half + (0..16)`
+/// for k = 0..4, as the row kernel unpacks them), reduced once per block, then `term(x, y,
+/// sumi)`, the row kernel's float expression for the block, added to the pair's sum.
 #[target_feature(enable = "neon")]
 #[inline]
-fn tile_q6k<const SDOT: bool, const M: usize, const N: usize>(
-    w: [&[BlockQ6K]; M],
+// The tile is indexed by (row, activation row) and quant group: index loops read clearest.
+#[allow(clippy::needless_range_loop)]
+fn tile_k16<X, const SDOT: bool, const M: usize, const N: usize>(
+    w: [&[X]; M],
     a: [&[BlockQ8K]; N],
+    scales: impl Fn(&X) -> [i32; 16],
+    quants: impl Fn(&X, usize, usize) -> [int8x16_t; 4],
+    term: impl Fn(&X, &BlockQ8K, i32) -> f32,
 ) -> [[f32; N]; M] {
-    let m4 = vdupq_n_u8(0x0F);
-    let m2 = vdupq_n_u8(0x03);
     let mut sumf = [[0f32; N]; M];
     for b in 0..w[0].len() {
-        let xs: [&BlockQ6K; M] = std::array::from_fn(|r| &w[r][b]);
+        let xs: [&X; M] = std::array::from_fn(|r| &w[r][b]);
         let ys: [&BlockQ8K; N] = std::array::from_fn(|t| &a[t][b]);
-        // Lane sums of Σ_h sc_h·Σ (q − 32)·y: per sub-block and lane ≤ 4·32·128·128 = 2^21,
-        // sixteen sub-blocks ≤ 2^25.
+        let sc: [[i32; 16]; M] = std::array::from_fn(|r| scales(xs[r]));
+        // Lane sums of Σ_j sc_j·Σ q·y: per sub-block and lane at most 4·|q|·128·|sc| (Q6_K:
+        // 4·32·128·128 = 2^21; Q3_K: 4·4·128·32 = 2^16; Q2_K: 4·3·128·15 < 2^15), sixteen
+        // sub-blocks at most 2^25.
         let mut acc = [[vdupq_n_s32(0); N]; M];
         for h in 0..2 {
             for half in 0..2 {
-                // Elements 128h + 32k + 16·half + (0..16), k = 0..4, as in the row kernel.
-                let o = 16 * half;
-                let qr: [[int8x16_t; 4]; M] = std::array::from_fn(|r| {
-                    let x = xs[r];
-                    let la = ld_u8(&x.ql[64 * h + o..]);
-                    let lb = ld_u8(&x.ql[64 * h + 32 + o..]);
-                    let qh = ld_u8(&x.qh[32 * h + o..]);
-                    let hi = |v: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(v, m2));
-                    [
-                        signed(vorrq_u8(vandq_u8(la, m4), hi(qh)), 32),
-                        signed(vorrq_u8(vandq_u8(lb, m4), hi(vshrq_n_u8::<2>(qh))), 32),
-                        signed(vorrq_u8(vshrq_n_u8::<4>(la), hi(vshrq_n_u8::<4>(qh))), 32),
-                        signed(vorrq_u8(vshrq_n_u8::<4>(lb), hi(vshrq_n_u8::<6>(qh))), 32),
-                    ]
-                });
-                let q: [[int8x16_t; M]; 4] = std::array::from_fn(|k| qr.map(|v| v[k]));
-                for (k, qk) in q.iter().enumerate() {
-                    let e = 128 * h + 32 * k + o;
-                    let sc: [i32; M] = std::array::from_fn(|r| xs[r].scales[e / 16] as i32);
+                let qr: [[int8x16_t; 4]; M] = std::array::from_fn(|r| quants(xs[r], h, half));
+                for k in 0..4 {
+                    let e = 128 * h + 32 * k + 16 * half;
                     for (t, y) in ys.iter().enumerate() {
                         let y = ld_i8(&y.qs[e..]);
                         for r in 0..M {
-                            let p = dot16::<SDOT>(vdupq_n_s32(0), qk[r], y);
-                            acc[r][t] = vmlaq_n_s32(acc[r][t], p, sc[r]);
+                            let p = dot16::<SDOT>(vdupq_n_s32(0), qr[r][k], y);
+                            acc[r][t] = vmlaq_n_s32(acc[r][t], p, sc[r][e / 16]);
                         }
                     }
                 }
             }
         }
         for r in 0..M {
-            let xd = f16_to_f32(xs[r].d);
             for (t, y) in ys.iter().enumerate() {
-                // The row kernel's expression, unchanged.
-                sumf[r][t] += xd * y.d() * vaddvq_s32(acc[r][t]) as f32;
+                sumf[r][t] += term(xs[r], y, vaddvq_s32(acc[r][t]));
             }
         }
     }
