@@ -270,7 +270,7 @@ pub(crate) const LANES: usize = 16;
 /// The sum of the lanes: lane `l` + lane `l + 8`, then `+ 4`, `+ 2`, `+ 1` (a vector register's
 /// halving reduction, done here in scalar so every build shares it).
 #[inline(always)]
-pub(crate) fn reduce_lanes(acc: [f32; LANES]) -> f32 {
+fn reduce_lanes(acc: [f32; LANES]) -> f32 {
     let s8: [f32; 8] = std::array::from_fn(|l| acc[l] + acc[l + 8]);
     let s4: [f32; 4] = std::array::from_fn(|l| s8[l] + s8[l + 4]);
     (s4[0] + s4[2]) + (s4[1] + s4[3])
@@ -296,7 +296,7 @@ fn dot_lanes<const ES: usize>(w: &[u8], act: &[u8], load: impl Fn(&[u8]) -> f32)
 /// [`LANES`], `ES` bytes each in `wt`, f32 in `at`) continue lanes 0.., then the lanes are
 /// reduced.
 #[inline(always)]
-pub(crate) fn finish_lanes<const ES: usize>(
+fn finish_lanes<const ES: usize>(
     mut acc: [f32; LANES],
     wt: &[u8],
     at: &[u8],

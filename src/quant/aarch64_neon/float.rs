@@ -1,7 +1,7 @@
 //! F32, F16 and BF16 weights against f32 activations on NEON: the canonical chain of
 //! `float::LANES` (16) f32 fma lanes in four 4-lane registers per (weight row, activation row).
 //! The single-row dot, the 4-row decode kernel and the 2×3 matrix tile run the same chains as
-//! the scalar and x86 builds (`float::finish_float` adds the tail and reduces), so they return
+//! the scalar and x86 builds (`float::finish_elem` adds the tail and reduces), so they return
 //! the same bits (`fmla` is a fused multiply-add, like `f32::mul_add`).
 
 use std::arch::aarch64::*;

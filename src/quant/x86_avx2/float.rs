@@ -1,7 +1,7 @@
 //! F32, F16 and BF16 weights against f32 activations on AVX2: the canonical chain of
 //! `float::LANES` (16) f32 fma lanes, held in two 8-lane registers per (weight row, activation
 //! row). The single-row dot, the 4-row decode kernel and the 2×3 matrix tile all run the same
-//! chains, and `float::finish_float` adds the tail and reduces, so they return the bits of the
+//! chains, and `float::finish_elem` adds the tail and reduces, so they return the bits of the
 //! scalar reference.
 
 use std::arch::x86_64::*;
@@ -114,8 +114,9 @@ pub(in crate::quant) fn dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], 
     with_elem!(ty, E => rows_tiles::<{ elem_bytes(E) }, DECODE_ROWS>(rb, w, act, out, |w, x| tile::<E, DECODE_ROWS, 1>(w, x)))
 }
 
-/// [`gemm`] for weights of type `ty` in rows of `rb` bytes, if `ty` is a float type and there
-/// are enough activation rows for the tile; false (nothing done) otherwise.
+/// The matrix product of float weights in rows of `rb` bytes with `n_tok` f32 activation rows
+/// of `arb` bytes (see `Kernels::gemm`) in 2×3 register tiles, if `ty` is a float type and there
+/// are enough activation rows; false (nothing done) otherwise.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(in crate::quant) fn try_gemm(
     ty: GgmlType,
@@ -126,29 +127,12 @@ pub(in crate::quant) fn try_gemm(
     n_tok: usize,
     out: &mut GemmOut,
 ) -> bool {
-    let es = match ty {
-        GgmlType::F32 => 4,
-        GgmlType::F16 | GgmlType::BF16 => 2,
-        _ => return false,
-    };
-    if n_tok < T {
+    if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) || n_tok < T {
         return false;
     }
-    gemm(ty, rb / es, w, act, arb, n_tok, out);
+    with_elem!(ty, E => {
+        let n = rb / elem_bytes(E);
+        gemm_tiles::<{ elem_bytes(E) }, R, T>(n, w, act, arb, n_tok, out, |w, x| tile::<E, R, T>(w, x))
+    });
     true
-}
-
-/// The matrix product of float weights (`n` columns) with `n_tok` f32 activation rows of `arb`
-/// bytes (see `Kernels::gemm`), in 2×3 register tiles.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(in crate::quant) fn gemm(
-    ty: GgmlType,
-    n: usize,
-    w: &[u8],
-    act: &[u8],
-    arb: usize,
-    n_tok: usize,
-    out: &mut GemmOut,
-) {
-    with_elem!(ty, E => gemm_tiles::<{ elem_bytes(E) }, R, T>(n, w, act, arb, n_tok, out, |w, x| tile::<E, R, T>(w, x)))
 }

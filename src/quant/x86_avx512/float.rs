@@ -1,7 +1,7 @@
 //! F32, F16 and BF16 weights against f32 activations on AVX-512: the canonical chain of
 //! `float::LANES` (16) f32 fma lanes is one register per (weight row, activation row). The
 //! single-row dot, the 4-row decode kernel and the 4×6 matrix tile run the same chains as the
-//! AVX2 and scalar builds (`float::finish_float` adds the tail and reduces), so they return the
+//! AVX2 and scalar builds (`float::finish_elem` adds the tail and reduces), so they return the
 //! same bits; the wider tile converts each weight vector once for 6 activation rows.
 
 use std::arch::x86_64::*;
