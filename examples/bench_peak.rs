@@ -53,7 +53,9 @@ mod x86 {
                 *c = _mm256_fmadd_ps(a, b, *c);
             }
         }
-        let s = acc.iter().fold(_mm256_setzero_ps(), |s, &c| _mm256_add_ps(s, c));
+        let s = acc
+            .iter()
+            .fold(_mm256_setzero_ps(), |s, &c| _mm256_add_ps(s, c));
         _mm256_cvtss_f32(s)
     }
 
@@ -65,7 +67,10 @@ mod x86 {
                 *c = _mm512_fmadd_ps(a, b, *c);
             }
         }
-        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &c| _mm512_add_ps(s, c)))
+        _mm512_reduce_add_ps(
+            acc.iter()
+                .fold(_mm512_setzero_ps(), |s, &c| _mm512_add_ps(s, c)),
+        )
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -76,7 +81,10 @@ mod x86 {
                 *c = _mm512_dpbf16_ps(*c, a, b);
             }
         }
-        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &c| _mm512_add_ps(s, c)))
+        _mm512_reduce_add_ps(
+            acc.iter()
+                .fold(_mm512_setzero_ps(), |s, &c| _mm512_add_ps(s, c)),
+        )
     }
 
     #[target_feature(enable = "avx512f,avx512vnni")]
@@ -87,7 +95,9 @@ mod x86 {
                 *c = _mm512_dpbusd_epi32(*c, a, b);
             }
         }
-        let s = acc.iter().fold(_mm512_setzero_si512(), |s, &c| _mm512_add_epi32(s, c));
+        let s = acc
+            .iter()
+            .fold(_mm512_setzero_si512(), |s, &c| _mm512_add_epi32(s, c));
         _mm512_reduce_add_epi32(s) as f32
     }
 

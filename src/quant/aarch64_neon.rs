@@ -215,11 +215,11 @@ fn vec_dot_impl<const SDOT: bool>(ty: GgmlType, w: &[u8], act: &[u8]) -> f32 {
         Q8_0 => dot_q8_0::<SDOT>(as_blocks(w), as_blocks(act)),
         Q8_1 => dot_q8_1::<SDOT>(as_blocks(w), as_blocks(act)),
         Q8_K => dot_q8_k::<SDOT>(as_blocks(w), as_blocks(act)),
-        Q2_K => dot_q2_k::<SDOT>(as_blocks(w), as_blocks(act)),
-        Q3_K => dot_q3_k::<SDOT>(as_blocks(w), as_blocks(act)),
+        Q2_K => dot_k16::<BlockQ2K, SDOT>(as_blocks(w), as_blocks(act)),
+        Q3_K => dot_k16::<BlockQ3K, SDOT>(as_blocks(w), as_blocks(act)),
         Q4_K => dot_q4_k::<SDOT>(as_blocks(w), as_blocks(act)),
         Q5_K => dot_q5_k::<SDOT>(as_blocks(w), as_blocks(act)),
-        Q6_K => dot_q6_k::<SDOT>(as_blocks(w), as_blocks(act)),
+        Q6_K => dot_k16::<BlockQ6K, SDOT>(as_blocks(w), as_blocks(act)),
     }
 }
 
@@ -492,63 +492,101 @@ fn q2k_mins_dot(x: &BlockQ2K, y: &BlockQ8K) -> i32 {
     vaddvq_s32(pm)
 }
 
-/// `Σ_j sc_j·Σ q·y` of one block of a K-quant with 16-element sub-blocks: `quants` as
-/// [`q6k_quants`], `scale(j)` the scale of sub-block `j` (exact in i32).
+/// A K-quant block with 16-element sub-blocks (Q2_K, Q3_K, Q6_K) as the NEON kernels read it.
+/// The row kernel [`dot_k16`] and the matrix tile (`gemm::tile_k16`) both go through it, so
+/// they unpack a block the same way and share its float expression, which keeps their bits
+/// equal.
+///
+/// # Safety
+///
+/// `quants` and `term` need NEON (the implementations are `#[target_feature]` functions, which
+/// a trait can only declare `unsafe`): call them only where the CPU has it.
+pub(super) trait K16 {
+    /// The 16 sub-block scales (exact in i32).
+    fn scales(&self) -> [i32; 16];
+    /// The signed quants of elements `128h + 32k + 16·half + (0..16)`, k = 0..4.
+    unsafe fn quants(&self, h: usize, half: usize) -> [int8x16_t; 4];
+    /// The block's term of the dot product, from its exact `Σ_j sc_j·Σ q·y` (`sumi`).
+    unsafe fn term(&self, y: &BlockQ8K, sumi: i32) -> f32;
+}
+
+impl K16 for BlockQ6K {
+    #[inline(always)]
+    fn scales(&self) -> [i32; 16] {
+        self.scales.map(|s| s as i32)
+    }
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn quants(&self, h: usize, half: usize) -> [int8x16_t; 4] {
+        q6k_quants(self, h, half)
+    }
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn term(&self, y: &BlockQ8K, sumi: i32) -> f32 {
+        f16_to_f32(self.d) * y.d() * sumi as f32
+    }
+}
+
+impl K16 for BlockQ3K {
+    #[inline(always)]
+    fn scales(&self) -> [i32; 16] {
+        let words = q3_k_scale_words(&self.scales);
+        std::array::from_fn(|j| ((words[j / 4] >> (8 * (j % 4))) & 0xFF) as i32 - 32)
+    }
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn quants(&self, h: usize, half: usize) -> [int8x16_t; 4] {
+        q3k_quants(self, h, half)
+    }
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn term(&self, y: &BlockQ8K, sumi: i32) -> f32 {
+        f16_to_f32(self.d) * y.d() * sumi as f32
+    }
+}
+
+impl K16 for BlockQ2K {
+    #[inline(always)]
+    fn scales(&self) -> [i32; 16] {
+        self.scales.map(|s| (s & 0xF) as i32)
+    }
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn quants(&self, h: usize, half: usize) -> [int8x16_t; 4] {
+        q2k_quants(self, h, half)
+    }
+    /// The minimums' exact sum enters here, after the scaled quants.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn term(&self, y: &BlockQ8K, sumi: i32) -> f32 {
+        let summs = q2k_mins_dot(self, y);
+        let dall = y.d() * f16_to_f32(self.d);
+        let dmin = y.d() * f16_to_f32(self.dmin);
+        dall * sumi as f32 - dmin * summs as f32
+    }
+}
+
+/// The dot product of Q2_K, Q3_K or Q6_K rows with Q8_K activations: per block the exact
+/// `Σ_j sc_j·Σ q·y`, then the block's [`K16::term`].
 #[target_feature(enable = "neon")]
-#[inline]
-fn sumi_k16<const SDOT: bool>(
-    y: &BlockQ8K,
-    quants: impl Fn(usize, usize) -> [int8x16_t; 4],
-    scale: impl Fn(usize) -> i32,
-) -> i32 {
-    let mut sumi = 0i32;
-    for h in 0..2 {
-        for half in 0..2 {
-            for (k, q) in quants(h, half).into_iter().enumerate() {
-                let e = 128 * h + 32 * k + 16 * half;
-                let p = dot16::<SDOT>(vdupq_n_s32(0), q, ld_i8(&y.qs[e..]));
-                sumi += vaddvq_s32(p) * scale(e / 16);
+fn dot_k16<X: K16, const SDOT: bool>(w: &[X], a: &[BlockQ8K]) -> f32 {
+    let mut sumf = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let sc = x.scales();
+        let mut sumi = 0i32;
+        for h in 0..2 {
+            for half in 0..2 {
+                // SAFETY: this function runs with NEON.
+                let qs = unsafe { x.quants(h, half) };
+                for (k, q) in qs.into_iter().enumerate() {
+                    let e = 128 * h + 32 * k + 16 * half;
+                    let p = dot16::<SDOT>(vdupq_n_s32(0), q, ld_i8(&y.qs[e..]));
+                    sumi += vaddvq_s32(p) * sc[e / 16];
+                }
             }
         }
-    }
-    sumi
-}
-
-#[target_feature(enable = "neon")]
-fn dot_q6_k<const SDOT: bool>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
-    let mut sumf = 0f32;
-    for (x, y) in w.iter().zip(a) {
-        let sumi = sumi_k16::<SDOT>(y, |h, half| q6k_quants(x, h, half), |j| x.scales[j] as i32);
-        sumf += f16_to_f32(x.d) * y.d() * sumi as f32;
-    }
-    sumf
-}
-
-#[target_feature(enable = "neon")]
-fn dot_q3_k<const SDOT: bool>(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
-    let mut sumf = 0f32;
-    for (x, y) in w.iter().zip(a) {
-        let words = q3_k_scale_words(&x.scales);
-        let scale = |j: usize| ((words[j / 4] >> (8 * (j % 4))) & 0xFF) as i32 - 32;
-        let sumi = sumi_k16::<SDOT>(y, |h, half| q3k_quants(x, h, half), scale);
-        sumf += f16_to_f32(x.d) * y.d() * sumi as f32;
-    }
-    sumf
-}
-
-#[target_feature(enable = "neon")]
-fn dot_q2_k<const SDOT: bool>(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
-    let mut sumf = 0f32;
-    for (x, y) in w.iter().zip(a) {
-        let summs = q2k_mins_dot(x, y);
-        let sumi = sumi_k16::<SDOT>(
-            y,
-            |h, half| q2k_quants(x, h, half),
-            |j| (x.scales[j] & 0xF) as i32,
-        );
-        let dall = y.d() * f16_to_f32(x.d);
-        let dmin = y.d() * f16_to_f32(x.dmin);
-        sumf += dall * sumi as f32 - dmin * summs as f32;
+        // SAFETY: this function runs with NEON.
+        sumf += unsafe { x.term(y, sumi) };
     }
     sumf
 }

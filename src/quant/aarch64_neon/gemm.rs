@@ -25,7 +25,7 @@
 //!   sums per lane over the whole block (`mla` by the sub-block scale; the bounds in the
 //!   comments keep every lane inside i32) and reduces once per block, then repeats the scalar
 //!   float expression of the row kernel unchanged (Q4_K and Q5_K share it, `dot_q45_k`; Q2_K,
-//!   Q3_K and Q6_K share the unpacking of their 16-element sub-blocks, `tile_k16`).
+//!   Q3_K and Q6_K read their blocks through the parent's `K16` trait, `tile_k16`).
 //!
 //! # Blocking
 //!
@@ -37,18 +37,16 @@
 //! (`1 × n`, `m × 1..NR`), never padding.
 
 use std::arch::aarch64::*;
+use std::marker::PhantomData;
 use std::mem::size_of;
 
 use super::super::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::super::q4::{BlockQ4_0, BlockQ4_1};
 use super::super::q5::{BlockQ5_0, BlockQ5_1};
 use super::super::q8::{BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::super::simd_common::{group_rows, k4_scales_mins, q3_k_scale_words};
+use super::super::simd_common::{group_rows, k4_scales_mins};
 use super::super::{as_blocks, f16_to_f32, Block, GemmOut};
-use super::{
-    dot16, fifth_bits, ld_i16_bytes, ld_i8, nibbles, q2k_mins_dot, q2k_quants, q3k_quants,
-    q4k_quants, q5k_quants, q6k_quants, signed,
-};
+use super::{dot16, fifth_bits, ld_i16_bytes, ld_i8, nibbles, q4k_quants, q5k_quants, signed, K16};
 use crate::gguf::GgmlType;
 
 /// Weight rows per register tile.
@@ -124,9 +122,9 @@ fn gemm_impl<const SDOT: bool>(
     match ty {
         GgmlType::Q4_K => run::<Q4K, SDOT>(m, out),
         GgmlType::Q5_K => run::<Q5K, SDOT>(m, out),
-        GgmlType::Q6_K => run::<Q6K, SDOT>(m, out),
-        GgmlType::Q3_K => run::<Q3K, SDOT>(m, out),
-        GgmlType::Q2_K => run::<Q2K, SDOT>(m, out),
+        GgmlType::Q6_K => run::<K16Tile<BlockQ6K>, SDOT>(m, out),
+        GgmlType::Q3_K => run::<K16Tile<BlockQ3K>, SDOT>(m, out),
+        GgmlType::Q2_K => run::<K16Tile<BlockQ2K>, SDOT>(m, out),
         GgmlType::Q5_0 => run::<Q5_0, SDOT>(m, out),
         GgmlType::Q4_0 => run::<Q4_0, SDOT>(m, out),
         GgmlType::Q4_1 => run::<Q4_1, SDOT>(m, out),
@@ -578,114 +576,50 @@ fn tile_q45k<X, const SDOT: bool, const M: usize, const N: usize>(
     sumf
 }
 
-struct Q6K;
+/// The tile of Q2_K, Q3_K or Q6_K (weight block `X`), see [`tile_k16`].
+struct K16Tile<X>(PhantomData<X>);
 
-impl Kind for Q6K {
-    type W = BlockQ6K;
+impl<X: Block + K16> Kind for K16Tile<X> {
+    type W = X;
     type A = BlockQ8K;
     const AUX: usize = 0;
 
     #[target_feature(enable = "neon")]
     #[inline]
     unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
-        w: [&[BlockQ6K]; M],
+        w: [&[X]; M],
         a: [(&[BlockQ8K], &[u8]); N],
     ) -> [[f32; N]; M] {
-        tile_k16::<_, SDOT, M, N>(
-            w,
-            a.map(|(y, _)| y),
-            |x| x.scales.map(|s| s as i32),
-            |x, h, half| q6k_quants(x, h, half),
-            // The row kernel's expression, unchanged.
-            |x, y, sumi| f16_to_f32(x.d) * y.d() * sumi as f32,
-        )
-    }
-}
-
-struct Q3K;
-
-impl Kind for Q3K {
-    type W = BlockQ3K;
-    type A = BlockQ8K;
-    const AUX: usize = 0;
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
-        w: [&[BlockQ3K]; M],
-        a: [(&[BlockQ8K], &[u8]); N],
-    ) -> [[f32; N]; M] {
-        tile_k16::<_, SDOT, M, N>(
-            w,
-            a.map(|(y, _)| y),
-            |x| {
-                let words = q3_k_scale_words(&x.scales);
-                std::array::from_fn(|j| ((words[j / 4] >> (8 * (j % 4))) & 0xFF) as i32 - 32)
-            },
-            |x, h, half| q3k_quants(x, h, half),
-            // The row kernel's expression, unchanged.
-            |x, y, sumi| f16_to_f32(x.d) * y.d() * sumi as f32,
-        )
-    }
-}
-
-struct Q2K;
-
-impl Kind for Q2K {
-    type W = BlockQ2K;
-    type A = BlockQ8K;
-    const AUX: usize = 0;
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn tile<const SDOT: bool, const M: usize, const N: usize>(
-        w: [&[BlockQ2K]; M],
-        a: [(&[BlockQ8K], &[u8]); N],
-    ) -> [[f32; N]; M] {
-        tile_k16::<_, SDOT, M, N>(
-            w,
-            a.map(|(y, _)| y),
-            |x| x.scales.map(|s| (s & 0xF) as i32),
-            |x, h, half| q2k_quants(x, h, half),
-            // The row kernel's expression (minimums included), unchanged.
-            |x, y, sumi| {
-                let summs = q2k_mins_dot(x, y);
-                let dall = y.d() * f16_to_f32(x.d);
-                let dmin = y.d() * f16_to_f32(x.dmin);
-                dall * sumi as f32 - dmin * summs as f32
-            },
-        )
+        tile_k16::<X, SDOT, M, N>(w, a.map(|(y, _)| y))
     }
 }
 
 /// The tile of the K-quants with 16-element sub-blocks (Q2_K, Q3_K, Q6_K): per block, the
-/// exact integer `Σ_j sc_j·Σ q·y` accumulated per lane (`scales` gives the 16 sub-block
-/// scales, `quants(x, h, half)` the signed quants of elements `128h + 32k + 16·half + (0..16)`
-/// for k = 0..4, as the row kernel unpacks them), reduced once per block, then `term(x, y,
-/// sumi)`, the row kernel's float expression for the block, added to the pair's sum.
+/// exact integer `Σ_j sc_j·Σ q·y` accumulated per lane (from the block's [`K16`] scales and
+/// quants, unpacked as the row kernel `dot_k16` unpacks them), reduced once per block, then
+/// the block's [`K16::term`] (the row kernel's float expression) added to the pair's sum.
 #[target_feature(enable = "neon")]
 #[inline]
 // The tile is indexed by (row, activation row) and quant group: index loops read clearest.
 #[allow(clippy::needless_range_loop)]
-fn tile_k16<X, const SDOT: bool, const M: usize, const N: usize>(
+fn tile_k16<X: K16, const SDOT: bool, const M: usize, const N: usize>(
     w: [&[X]; M],
     a: [&[BlockQ8K]; N],
-    scales: impl Fn(&X) -> [i32; 16],
-    quants: impl Fn(&X, usize, usize) -> [int8x16_t; 4],
-    term: impl Fn(&X, &BlockQ8K, i32) -> f32,
 ) -> [[f32; N]; M] {
     let mut sumf = [[0f32; N]; M];
     for b in 0..w[0].len() {
         let xs: [&X; M] = std::array::from_fn(|r| &w[r][b]);
         let ys: [&BlockQ8K; N] = std::array::from_fn(|t| &a[t][b]);
-        let sc: [[i32; 16]; M] = std::array::from_fn(|r| scales(xs[r]));
+        let sc: [[i32; 16]; M] = std::array::from_fn(|r| xs[r].scales());
         // Lane sums of Σ_j sc_j·Σ q·y: per sub-block and lane at most 4·|q|·128·|sc| (Q6_K:
         // 4·32·128·128 = 2^21; Q3_K: 4·4·128·32 = 2^16; Q2_K: 4·3·128·15 < 2^15), sixteen
         // sub-blocks at most 2^25.
         let mut acc = [[vdupq_n_s32(0); N]; M];
         for h in 0..2 {
             for half in 0..2 {
-                let qr: [[int8x16_t; 4]; M] = std::array::from_fn(|r| quants(xs[r], h, half));
+                // SAFETY: this function runs with NEON.
+                let qr: [[int8x16_t; 4]; M] =
+                    std::array::from_fn(|r| unsafe { xs[r].quants(h, half) });
                 for k in 0..4 {
                     let e = 128 * h + 32 * k + 16 * half;
                     for (t, y) in ys.iter().enumerate() {
@@ -700,7 +634,8 @@ fn tile_k16<X, const SDOT: bool, const M: usize, const N: usize>(
         }
         for r in 0..M {
             for (t, y) in ys.iter().enumerate() {
-                sumf[r][t] += term(xs[r], y, vaddvq_s32(acc[r][t]));
+                // SAFETY: this function runs with NEON.
+                sumf[r][t] += unsafe { xs[r].term(y, vaddvq_s32(acc[r][t])) };
             }
         }
     }
