@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU backends on a machine without a GPU: builds and lints features `cuda` and `rocm`, and
 # runs the library's and the backend suite's tests with them. The CUDA kernels are really
-# compiled: NVRTC (a library, no GPU needed) comes from NVIDIA's PyPI wheel, fetched once into
+# compiled (and, with clang, their HIP path too): NVRTC (a library, no GPU needed) comes from NVIDIA's PyPI wheel, fetched once into
 # $QWEN_MODELS/../nvrtc (default ~/.cache/libqwen/nvrtc). The tests that need a device print
 # `SKIPPED: ...` with the reason.
 set -euo pipefail
@@ -23,6 +23,12 @@ if [ -e "$lib/libnvrtc.so.12" ]; then
   export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # With NVRTC at hand, a kernel that does not compile fails the run (never a skip).
   export QWEN_REQUIRE_NVRTC=1
+fi
+
+# With a clang that has the amdgcn target (Debian's does), the HIP path of every kernel is
+# compiled for AMD GPUs by clang's HIP front end in hiprtc's mode, and a failure fails the run.
+if clang -print-targets 2>/dev/null | grep -q amdgcn; then
+  export QWEN_REQUIRE_HIP_CLANG=1
 fi
 
 cargo clippy --release --features cuda,rocm --all-targets -- -D warnings

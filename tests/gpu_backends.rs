@@ -5,7 +5,8 @@
 //! `kernels/common.cuh` compiled for the host with the system C++ compiler against the crate's
 //! scalar reference (every weight format), and — with feature `cuda` and libnvrtc loadable
 //! (`LD_LIBRARY_PATH`) — every kernel file compiled by NVRTC for sm_80 and sm_90 with every
-//! launched kernel present in the PTX.
+//! launched kernel present in the PTX; with feature `rocm` and a clang that has the amdgcn
+//! target, every kernel file's HIP path compiled for three AMD GPU generations.
 //!
 //! What needs a GPU: the end-to-end parity tests (tiny models: logits against the CPU;
 //! the real 0.5B model: the first 16 greedy tokens equal). Without a device they print
@@ -271,6 +272,92 @@ fn kernels_compile_with_nvrtc() {
 }
 
 /// Max |a - b| / (1 + max |b|) over two logit rows.
+/// The few device builtins of the HIP runtime header that hiprtc puts before a program
+/// (`hiprtc_runtime.h`: work-item coordinates, `__syncthreads`, bit casts), written on clang's
+/// amdgcn builtins. Everything else the kernels use (the `__global__`/`__shared__` attributes,
+/// the math functions) comes from clang's own HIP wrapper headers, the ones hiprtc uses.
+#[cfg(feature = "rocm")]
+const HIPRTC_BUILTINS: &str = r#"
+struct __qwen_dim3 { unsigned x, y, z; };
+#define threadIdx (__qwen_dim3{__builtin_amdgcn_workitem_id_x(), __builtin_amdgcn_workitem_id_y(), __builtin_amdgcn_workitem_id_z()})
+#define blockIdx (__qwen_dim3{__builtin_amdgcn_workgroup_id_x(), __builtin_amdgcn_workgroup_id_y(), __builtin_amdgcn_workgroup_id_z()})
+#define blockDim (__qwen_dim3{__builtin_amdgcn_workgroup_size_x(), __builtin_amdgcn_workgroup_size_y(), __builtin_amdgcn_workgroup_size_z()})
+#define gridDim (__qwen_dim3{__builtin_amdgcn_grid_size_x() / __builtin_amdgcn_workgroup_size_x(), __builtin_amdgcn_grid_size_y() / __builtin_amdgcn_workgroup_size_y(), __builtin_amdgcn_grid_size_z() / __builtin_amdgcn_workgroup_size_z()})
+#define __forceinline__ inline __attribute__((always_inline))
+__device__ inline void __syncthreads() {
+    __builtin_amdgcn_fence(__ATOMIC_RELEASE, "workgroup");
+    __builtin_amdgcn_s_barrier();
+    __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "workgroup");
+}
+__device__ inline float __int_as_float(int x) { return __builtin_bit_cast(float, x); }
+__device__ inline float __uint_as_float(unsigned x) { return __builtin_bit_cast(float, x); }
+__device__ inline unsigned __float_as_uint(float x) { return __builtin_bit_cast(unsigned, x); }
+"#;
+
+/// The HIP path of every kernel file compiles for AMD GPUs: clang's HIP front end in hiprtc's
+/// mode (`__HIPCC_RTC__`, clang's HIP wrapper headers, [`HIPRTC_BUILTINS`] for the runtime
+/// header), device code only, for gfx906 (Vega 20, the ISA of Hygon's DCUs), gfx90a (MI200,
+/// 64-wide waves) and gfx1030 (RDNA 2, 32-wide), and every launched kernel is a symbol of the
+/// code object. No ROCm needed: the device libraries are not linked (`-nogpulib`). Skips
+/// visibly without a clang that has the amdgcn target, unless `QWEN_REQUIRE_HIP_CLANG` is set.
+#[cfg(feature = "rocm")]
+#[test]
+fn kernels_compile_for_amd_gpus_with_clang_hip() {
+    use qwen::backend::layout;
+    let clang = std::env::var("QWEN_HIP_CLANG").unwrap_or_else(|_| "clang".into());
+    let targets = std::process::Command::new(&clang)
+        .arg("-print-targets")
+        .output();
+    let has_amdgcn =
+        matches!(&targets, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("amdgcn"));
+    if !has_amdgcn {
+        if std::env::var_os("QWEN_REQUIRE_HIP_CLANG").is_some() {
+            panic!("`{clang}` with the amdgcn target not found and QWEN_REQUIRE_HIP_CLANG is set");
+        }
+        eprintln!("SKIPPED: rocm: no `{clang}` with the amdgcn target (set QWEN_HIP_CLANG)");
+        return;
+    }
+    let dir = common::out_dir().join(format!("hip-kernels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let builtins = dir.join("hiprtc_builtins.h");
+    std::fs::write(&builtins, HIPRTC_BUILTINS).unwrap();
+    for arch in ["gfx906", "gfx90a", "gfx1030"] {
+        let mut symbols = String::new();
+        for (file, text) in layout::KERNEL_FILES {
+            let src = dir.join(file).with_extension("hip");
+            std::fs::write(&src, layout::kernel_source(text)).unwrap();
+            let asm = dir.join(format!("{file}.{arch}.s"));
+            let out = std::process::Command::new(&clang)
+                .args(["-x", "hip", "--cuda-device-only", "-nogpulib", "-nogpuinc"])
+                .arg(format!("--offload-arch={arch}"))
+                .args(["-D__HIPCC_RTC__", "-O3", "-S", "-Werror"])
+                // The header is inlined into each program, `#pragma once` and all.
+                .arg("-Wno-pragma-once-outside-header")
+                .args(["-include", "__clang_hip_runtime_wrapper.h", "-include"])
+                .arg(&builtins)
+                .arg("-o")
+                .arg(&asm)
+                .arg(&src)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{arch} {file}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            symbols.push_str(&std::fs::read_to_string(&asm).unwrap());
+        }
+        for name in layout::kernel_names() {
+            assert!(
+                symbols.contains(&format!(".globl\t{name}\n")),
+                "{arch}: kernel {name} not in the code object"
+            );
+        }
+        eprintln!("{arch}: {} kernels compiled", layout::kernel_names().len());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let scale = 1.0 + b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     a.iter()
