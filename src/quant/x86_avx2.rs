@@ -289,7 +289,11 @@ fn scale_pair_i16(scales: __m128i, i: usize) -> __m256i {
 /// returns their horizontal sum.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn two_acc<X, Y>(w: &[X], a: &[Y], mut f: impl FnMut(&X, &Y, __m256) -> __m256) -> __m256 {
+pub(super) fn two_acc<X, Y>(
+    w: &[X],
+    a: &[Y],
+    mut f: impl FnMut(&X, &Y, __m256) -> __m256,
+) -> __m256 {
     let mut acc0 = _mm256_setzero_ps();
     let mut acc1 = _mm256_setzero_ps();
     let (wp, ap) = (w.chunks_exact(2), a.chunks_exact(2));

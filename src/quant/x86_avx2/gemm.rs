@@ -1263,7 +1263,9 @@ fn dot8_q5_0(w: [&[BlockQ5_0]; 8], a: &[BlockQ8_0]) -> [f32; 8] {
 // integers are scaled into one of two vector accumulators, `b & 1` picking which, the two are
 // added and reduced at the end (`hsum_ps`), and Q4_1/Q5_1 add `Σ_b m·s` (one float chain in
 // block order). A lane holds 4 elements: for Q8_0 elements 2l, 2l + 1, 16 + 2l, 17 + 2l
-// ("halves"), for the nibble formats 4l..4l + 4 ("quads"). The matrix kernel keeps that layout
+// ("halves"; the AVX-512 build's Q8_0 kernels sum 4l..4l + 4 with `vpdpbusd` instead, and its
+// tile `tile_l32_bytes` reads the panel's biased bytes), for the nibble formats 4l..4l + 4
+// ("quads"). The matrix kernel keeps that layout
 // (K in lanes, two chains per pair of rows) and reuses instead each sign-extended weight block
 // across the activation rows, and each activation block across the 8 rows of the group.
 
@@ -1333,10 +1335,12 @@ fn f16x8(h: impl Fn(usize) -> [u8; 2]) -> __m256 {
 }
 
 /// Packs blocks `b0..b0 + out.len()` of 8 rows: `parts(block)` gives its 32 quants (i8,
-/// element order), `d` and `m`.
+/// element order), `d` and `m`. With `BYTES`, each row's quants are stored as the unsigned
+/// bytes `q + 128` in element order, in `q[r / 2][0][r % 2]` (for AVX-512's `tile_l32_bytes`)
+/// instead of as [`lanes_i16`] vectors.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn pack_l32<B, const QUADS: bool>(
+fn pack_l32<B, const QUADS: bool, const BYTES: bool>(
     rows: [&[B]; 8],
     b0: usize,
     out: &mut [PanelL32],
@@ -1345,7 +1349,15 @@ fn pack_l32<B, const QUADS: bool>(
     for (i, p) in out.iter_mut().enumerate() {
         for r in 0..MR {
             let q = &mut p.q[r / 2];
-            let [lo, hi] = lanes_i16::<QUADS>(parts(&rows[r][b0 + i]).0);
+            let quants = parts(&rows[r][b0 + i]).0;
+            if BYTES {
+                st(
+                    &mut q[0][r % 2],
+                    _mm256_xor_si256(quants, _mm256_set1_epi8(i8::MIN)),
+                );
+                continue;
+            }
+            let [lo, hi] = lanes_i16::<QUADS>(quants);
             st(&mut q[0][r % 2], lo);
             st(&mut q[1][r % 2], hi);
         }
@@ -1444,10 +1456,12 @@ fn finish_l32<const QUADS: bool, const MIN: bool>(acc: &AccL32) -> [f32; 8] {
 /// The matrix product of a 32-element format: for each group of 8 weight rows, each tile of
 /// [`TL32`] activation rows, each chunk of blocks: pack the panel (once per group when the row
 /// fits one chunk), then run every activation row of the tile over it (AVX-512's tile when
-/// `WIDE`).
+/// `WIDE`; its `vpdpbusd` tile on biased bytes when `BYTES` too, whose lanes are quads in
+/// element order, finished like halves).
 ///
 /// # Safety
-/// When `WIDE`, the CPU must have AVX-512 F/BW/VL and VNNI.
+/// When `WIDE`, the CPU must have AVX-512 F/BW/VL and VNNI. `BYTES` only with `WIDE`, without
+/// `QUADS` or `MIN`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
@@ -1457,6 +1471,7 @@ unsafe fn gemm_l32<
     const QUADS: bool,
     const MIN: bool,
     const WIDE: bool,
+    const BYTES: bool,
 >(
     w: &[u8],
     rb: usize,
@@ -1478,7 +1493,7 @@ unsafe fn gemm_l32<
         let rows = MR.min(nrows - g0);
         let group = group_rows::<B, MR>(w, rb, nrows, g0);
         if one_chunk {
-            pack_l32::<B, QUADS>(group, 0, &mut panel[..nb], &parts);
+            pack_l32::<B, QUADS, BYTES>(group, 0, &mut panel[..nb], &parts);
         }
         for t0 in (0..n_tok).step_by(TL32) {
             let tn = TL32.min(n_tok - t0);
@@ -1486,11 +1501,14 @@ unsafe fn gemm_l32<
             for b0 in (0..nb).step_by(CHUNK) {
                 let bn = CHUNK.min(nb - b0);
                 if !one_chunk {
-                    pack_l32::<B, QUADS>(group, b0, &mut panel[..bn], &parts);
+                    pack_l32::<B, QUADS, BYTES>(group, b0, &mut panel[..bn], &parts);
                 }
                 for (t, a) in acc[..tn].iter_mut().enumerate() {
                     let act = |b| act(t0 + t, b);
-                    if WIDE {
+                    if BYTES {
+                        // SAFETY: BYTES only with WIDE, where the caller guarantees AVX-512.
+                        unsafe { avx512_gemm::tile_l32_bytes(&panel[..bn], b0, act, a) };
+                    } else if WIDE {
                         // SAFETY: WIDE only where the caller guarantees AVX-512 (see `gemm_with`).
                         unsafe { avx512_gemm::tile_l32::<QUADS, MIN>(&panel[..bn], b0, act, a) };
                     } else {
@@ -1705,7 +1723,8 @@ pub(in crate::quant) unsafe fn gemm_with<const WIDE: bool>(
                     tile_q5_0(p, b0, ts.map(|t| (as_blocks(act_row(t)), aux_row(t))), acc)
                 },
             ),
-            GgmlType::Q8_0 => gemm_l32::<BlockQ8_0, false, false, WIDE>(
+            // AVX-512 (WIDE) sums Q8_0's lanes as quads with `vpdpbusd`, as its row kernels do.
+            GgmlType::Q8_0 => gemm_l32::<BlockQ8_0, false, false, WIDE, WIDE>(
                 w,
                 rb,
                 nrows,
@@ -1714,7 +1733,7 @@ pub(in crate::quant) unsafe fn gemm_with<const WIDE: bool>(
                 |x| (load256(&x.qs), x.d, [0; 2]),
                 |t, b| q8_0_act(act_row(t), aux_row(t), b),
             ),
-            GgmlType::Q4_0 => gemm_l32::<BlockQ4_0, true, false, WIDE>(
+            GgmlType::Q4_0 => gemm_l32::<BlockQ4_0, true, false, WIDE, false>(
                 w,
                 rb,
                 nrows,
@@ -1726,7 +1745,7 @@ pub(in crate::quant) unsafe fn gemm_with<const WIDE: bool>(
                 },
                 |t, b| q8_0_act(act_row(t), aux_row(t), b),
             ),
-            GgmlType::Q4_1 => gemm_l32::<BlockQ4_1, true, true, WIDE>(
+            GgmlType::Q4_1 => gemm_l32::<BlockQ4_1, true, true, WIDE, false>(
                 w,
                 rb,
                 nrows,
@@ -1735,7 +1754,7 @@ pub(in crate::quant) unsafe fn gemm_with<const WIDE: bool>(
                 |x| (nibbles_32(&x.qs), x.d, x.m),
                 |t, b| q8_1_act(act_row(t), b),
             ),
-            GgmlType::Q5_1 => gemm_l32::<BlockQ5_1, true, true, WIDE>(
+            GgmlType::Q5_1 => gemm_l32::<BlockQ5_1, true, true, WIDE, false>(
                 w,
                 rb,
                 nrows,

@@ -502,6 +502,58 @@ pub(in crate::quant) fn tile_l32<'a, const QUADS: bool, const MIN: bool>(
         tile_l32_mins(panel, b0, act, &mut acc.summs);
     }
 }
+/// [`tile_l32`] for Q8_0 weights packed as biased bytes (`pack_l32` with `BYTES`): rows `2k`
+/// and `2k + 1` share a vector, and `vpdpbusd` sums each lane's four products `(x + 128)·y`
+/// from a start of `−128·Σ y` (made once per activation block), the lane integers of
+/// `x86_avx512::dot_q8_0` (quads in element order), which it then scales into the same chains.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+pub(in crate::quant) fn tile_l32_bytes<'a>(
+    panel: &[PanelL32],
+    b0: usize,
+    act: impl Fn(usize) -> (&'a [i8; 32], f32, f32),
+    acc: &mut AccL32,
+) {
+    let pick = |k: i32| {
+        let (a, b) = (2 * k, 2 * k + 1);
+        _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+    };
+    let idx = [pick(0), pick(1), pick(2), pick(3)];
+    let bias = _mm512_set1_epi8(i8::MIN);
+    for (parity, acc) in acc.v.iter_mut().enumerate() {
+        let rows = acc.as_flattened_mut();
+        let mut a: [__m512; 4] = std::array::from_fn(|k| {
+            let v = &rows[16 * k..16 * k + 16];
+            // SAFETY: `v` is 16 readable f32; no alignment needed.
+            unsafe { _mm512_loadu_ps(v.as_ptr()) }
+        });
+        let mut i = (parity ^ (b0 & 1)) & 1;
+        while i < panel.len() {
+            let p = &panel[i];
+            let (yq, dy, _) = act(b0 + i);
+            // SAFETY: `yq` is 32 readable bytes; no alignment needed.
+            let yv = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(yq.as_ptr().cast()) });
+            let start = _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, yv),
+            );
+            // SAFETY: `p.d` is 8 readable f32; no alignment needed.
+            let d = _mm256_mul_ps(unsafe { _mm256_loadu_ps(p.d.as_ptr()) }, _mm256_set1_ps(dy));
+            let d = _mm512_castps256_ps512(d);
+            for (k, a) in a.iter_mut().enumerate() {
+                let s = _mm512_dpbusd_epi32(start, ld64(&p.q[k][0]), yv);
+                let dk = _mm512_permutexvar_ps(idx[k], d);
+                *a = _mm512_fmadd_ps(dk, _mm512_cvtepi32_ps(s), *a);
+            }
+            i += 2;
+        }
+        for (k, v) in a.into_iter().enumerate() {
+            let dst = &mut rows[16 * k..16 * k + 16];
+            // SAFETY: `dst` is 16 writable f32, borrowed exclusively; no alignment needed.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) };
+        }
+    }
+}
 
 /// The 64 bytes of two rows' panel vectors.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
