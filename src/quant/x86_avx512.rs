@@ -26,7 +26,8 @@
 //! sums (AVX2 widens to i16 and pairs other elements): the same block integers grouped
 //! otherwise, so its results may differ from the AVX2 build's in the last bits. That made its
 //! eight-row decode kernel about twice as fast in cache (`bench_dot`, rows GB/s 12.6 → 26.8)
-//! and its matrix-vector products from DRAM 0.83 → 0.94 of the read bandwidth (`bench_matvec`).
+//! and its matrix-vector products from DRAM a little closer to the read bandwidth
+//! (`bench_matvec --threads 2`, three alternating runs: 0.78–0.80 → 0.83–0.97).
 
 use std::arch::x86_64::*;
 
