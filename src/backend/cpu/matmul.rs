@@ -123,7 +123,7 @@ pub fn matmul_many(
         n_groups += w.rows.div_ceil(ROW_GROUP);
     }
     let parts = &parts[..jobs.len()];
-    pool.for_ranges(n_groups, &|groups| {
+    pool.for_chunks(n_groups, groups_per_chunk(n_groups, pool.n_threads()), &|groups| {
         for &(w, out, first) in parts {
             let end = first + w.rows.div_ceil(ROW_GROUP);
             let (lo, hi) = (groups.start.max(first), groups.end.min(end));
@@ -134,6 +134,19 @@ pub fn matmul_many(
             }
         }
     });
+}
+
+/// Pieces of work per thread in a matrix product: enough that a thread slowed down by another
+/// process hands its remaining pieces to the others, few enough that claiming them (an atomic
+/// add each) stays negligible.
+const CHUNKS_PER_THREAD: usize = 4;
+
+/// The row groups of one piece of a matrix product of `n_groups` groups: an even number, so that
+/// the 16-row kernels (AVX-512 Q5_0, the AVX-512 matrix tiles) never see a lone half group in
+/// the middle of a matrix.
+fn groups_per_chunk(n_groups: usize, n_threads: usize) -> usize {
+    let chunk = n_groups.div_ceil(n_threads * CHUNKS_PER_THREAD);
+    chunk.next_multiple_of(2).max(2)
 }
 
 /// Quantizes the `n_tokens` rows of `x` (`cols` wide) into `xq` in the matrix-product format

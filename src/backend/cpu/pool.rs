@@ -156,6 +156,33 @@ impl ThreadPool {
     }
 }
 
+impl ThreadPool {
+    /// Calls `f(range)` over `0..n` in consecutive pieces of `chunk` items (the last may be
+    /// shorter), which the threads claim one at a time from a shared counter until none is
+    /// left. Unlike [`ThreadPool::for_ranges`], a thread slowed down (by another process on its
+    /// core, or by waking up late) takes fewer pieces instead of making every other thread wait
+    /// for its fixed share.
+    pub fn for_chunks(&self, n: usize, chunk: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        let chunk = chunk.max(1);
+        if self.n_threads() == 1 || n <= chunk {
+            // Nothing to share (waking the workers would cost more than the piece).
+            for start in (0..n).step_by(chunk) {
+                f(start..n.min(start + chunk));
+            }
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(&|_, _| loop {
+            // Relaxed: `run` orders the job's start and end; the counter only hands out indices.
+            let start = next.fetch_add(chunk, Ordering::Relaxed);
+            if start >= n {
+                break;
+            }
+            f(start..n.min(start + chunk));
+        });
+    }
+}
+
 /// The `tid`-th of `nth` nearly equal contiguous parts of `0..n`.
 pub fn split_range(n: usize, tid: usize, nth: usize) -> std::ops::Range<usize> {
     let base = n / nth;
@@ -251,6 +278,43 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
+    }
+
+    #[test]
+    fn chunks_cover_every_index_once() {
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads);
+            for (n, chunk) in [(0, 4), (1, 4), (7, 2), (1000, 6), (1000, 0), (64, 64), (65, 64)] {
+                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                pool.for_chunks(n, chunk, &|r| {
+                    assert!(r.len() <= chunk.max(1) && !r.is_empty());
+                    for i in r {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{n} {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_slow_thread_takes_fewer_chunks() {
+        // One thread sleeps in each of its chunks: the others must take the rest rather than
+        // leave it a fixed half.
+        let pool = ThreadPool::new(2);
+        let per_thread: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+        let slow = std::sync::Mutex::new(None);
+        pool.for_chunks(40, 1, &|_| {
+            let me = std::thread::current().id();
+            let is_slow = *slow.lock().unwrap().get_or_insert(me) == me;
+            per_thread[usize::from(!is_slow)].fetch_add(1, Ordering::Relaxed);
+            if is_slow {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let (s, f) = (per_thread[0].load(Ordering::Relaxed), per_thread[1].load(Ordering::Relaxed));
+        assert_eq!(s + f, 40);
+        assert!(s < 10, "the slow thread took {s} of 40 chunks");
     }
 
     #[test]
