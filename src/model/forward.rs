@@ -375,11 +375,17 @@ fn attend<R: KvRows>(
     let out = SharedMut(s.attn.as_mut_ptr());
     let scores = SharedMut(s.scores.as_mut_ptr());
     let n_tasks = batch.tokens.len() * n_head;
-    pool.run(&|tid, nth| {
+    // Heads go to the workers through a shared counter (as in `attend_blocks`): a worker slowed
+    // down by another process takes fewer of them.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    pool.run(&|tid, _| {
         // SAFETY: each worker owns row `tid` of the scores scratch (sized threads * n_ctx).
         let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(tid * n_ctx), n_ctx) };
-        let mut task = tid;
-        while task < n_tasks {
+        loop {
+            let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if task >= n_tasks {
+                break;
+            }
             let (t, h) = (task / n_head, task % n_head);
             let (seq, n_keys) = (batch.seq[t], batch.pos[t] + 1);
             let qh = &q[t * d + h * hd..t * d + (h + 1) * hd];
@@ -395,7 +401,6 @@ fn attend<R: KvRows>(
             for (j, &p) in sc.iter().enumerate() {
                 rows.axpy_v(seq, j, kvh, p, o);
             }
-            task += nth;
         }
     });
 }
