@@ -123,17 +123,21 @@ pub fn matmul_many(
         n_groups += w.rows.div_ceil(ROW_GROUP);
     }
     let parts = &parts[..jobs.len()];
-    pool.for_chunks(n_groups, groups_per_chunk(n_groups, pool.n_threads()), &|groups| {
-        for &(w, out, first) in parts {
-            let end = first + w.rows.div_ceil(ROW_GROUP);
-            let (lo, hi) = (groups.start.max(first), groups.end.min(end));
-            if lo < hi {
-                // SAFETY: `out` holds n_tokens * w.rows values (asserted above), and the
-                // threads' group ranges are disjoint.
-                unsafe { gemm_groups(w, out, lo - first..hi - first, xq, n_tokens) };
+    pool.for_chunks(
+        n_groups,
+        groups_per_chunk(n_groups, pool.n_threads()),
+        &|groups| {
+            for &(w, out, first) in parts {
+                let end = first + w.rows.div_ceil(ROW_GROUP);
+                let (lo, hi) = (groups.start.max(first), groups.end.min(end));
+                if lo < hi {
+                    // SAFETY: `out` holds n_tokens * w.rows values (asserted above), and the
+                    // threads' group ranges are disjoint.
+                    unsafe { gemm_groups(w, out, lo - first..hi - first, xq, n_tokens) };
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// Pieces of work per thread in a matrix product: enough that a thread slowed down by another

@@ -284,7 +284,15 @@ mod tests {
     fn chunks_cover_every_index_once() {
         for threads in [1, 2, 3] {
             let pool = ThreadPool::new(threads);
-            for (n, chunk) in [(0, 4), (1, 4), (7, 2), (1000, 6), (1000, 0), (64, 64), (65, 64)] {
+            for (n, chunk) in [
+                (0, 4),
+                (1, 4),
+                (7, 2),
+                (1000, 6),
+                (1000, 0),
+                (64, 64),
+                (65, 64),
+            ] {
                 let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
                 pool.for_chunks(n, chunk, &|r| {
                     assert!(r.len() <= chunk.max(1) && !r.is_empty());
@@ -292,7 +300,10 @@ mod tests {
                         hits[i].fetch_add(1, Ordering::Relaxed);
                     }
                 });
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{n} {chunk}");
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    "{n} {chunk}"
+                );
             }
         }
     }
@@ -312,7 +323,10 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         });
-        let (s, f) = (per_thread[0].load(Ordering::Relaxed), per_thread[1].load(Ordering::Relaxed));
+        let (s, f) = (
+            per_thread[0].load(Ordering::Relaxed),
+            per_thread[1].load(Ordering::Relaxed),
+        );
         assert_eq!(s + f, 40);
         assert!(s < 10, "the slow thread took {s} of 40 chunks");
     }
