@@ -739,6 +739,51 @@ fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     }))
 }
 
+/// Block `i` of the eight rows of [`dot8_q8_0`] against the activation block `y`, into `acc`
+/// (rows 2k and 2k + 1 in `acc[k]`). A macro, expanded in the target-feature function that
+/// uses it: as a `#[inline]` function, called three times, LLVM kept it out of line, and the
+/// call (the accumulators through memory, the row pointers reloaded, registers saved) cost
+/// about a third of the kernel's time in cache; `#[inline(always)]` is not allowed with
+/// `#[target_feature]`.
+macro_rules! q8_0_x8_block {
+    ($w:expr, $y:expr, $i:expr, $acc:expr) => {{
+        let (w, y, i, acc): (&[&[BlockQ8_0]; 8], &BlockQ8_0, usize, &mut [__m512; 4]) =
+            ($w, $y, $i, $acc);
+        for r in w {
+            avx2::prefetch_ahead(&r[i], Q8_0_AHEAD);
+        }
+        let bias = _mm512_set1_epi8(i8::MIN);
+        let yv = _mm512_broadcast_i64x4(load256(&y.qs));
+        let start = _mm512_sub_epi32(
+            _mm512_setzero_si512(),
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, yv),
+        );
+        // d_w·d_a of each row, AVX2's f32 product; then spread over each row's 8 lanes
+        // (lanes 0..8 take row 2k's, 8..16 row 2k + 1's).
+        let h = |r: usize| u16::from_le_bytes(w[r][i].d) as i64;
+        let lo = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
+        let hi = h(4) | h(5) << 16 | h(6) << 32 | h(7) << 48;
+        let d = _mm256_mul_ps(
+            _mm256_cvtph_ps(_mm_set_epi64x(hi, lo)),
+            _mm256_set1_ps(f16_to_f32(y.d)),
+        );
+        let d = _mm512_castps256_ps512(d);
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let (r0, r1) = (2 * k as i32, 2 * k as i32 + 1);
+            let pick = _mm512_setr_epi32(
+                r0, r0, r0, r0, r0, r0, r0, r0, r1, r1, r1, r1, r1, r1, r1, r1,
+            );
+            let x = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(load256(&w[2 * k][i].qs)),
+                load256(&w[2 * k + 1][i].qs),
+            );
+            let s = _mm512_dpbusd_epi32(start, _mm512_xor_si512(x, bias), yv);
+            let dk = _mm512_permutexvar_ps(pick, d);
+            *acc = _mm512_fmadd_ps(dk, _mm512_cvtepi32_ps(s), *acc);
+        }
+    }};
+}
+
 /// Eight Q8_0 rows (of equal length), each with the bits of [`dot_q8_0`]: rows 2k and 2k + 1
 /// share a vector (lanes 0..8 and 8..16), the activation block and its `−128·Σ y` start are
 /// made once for all eight rows.
@@ -752,12 +797,12 @@ fn dot8_q8_0(w: [&[BlockQ8_0]; 8], a: &[BlockQ8_0]) -> [f32; 8] {
     let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
     let mut i = 0;
     while i + 2 <= nb {
-        q8_0_x8_block(&w, &a[i], i, &mut acc0);
-        q8_0_x8_block(&w, &a[i + 1], i + 1, &mut acc1);
+        q8_0_x8_block!(&w, &a[i], i, &mut acc0);
+        q8_0_x8_block!(&w, &a[i + 1], i + 1, &mut acc1);
         i += 2;
     }
     if i < nb {
-        q8_0_x8_block(&w, &a[i], i, &mut acc0);
+        q8_0_x8_block!(&w, &a[i], i, &mut acc0);
     }
     let mut out = [0f32; 8];
     for k in 0..4 {
@@ -768,43 +813,4 @@ fn dot8_q8_0(w: [&[BlockQ8_0]; 8], a: &[BlockQ8_0]) -> [f32; 8] {
         )));
     }
     out
-}
-
-/// Block `i` of the eight rows of [`dot8_q8_0`] against the activation block `y`, into `acc`
-/// (rows 2k and 2k + 1 in `acc[k]`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn q8_0_x8_block(w: &[&[BlockQ8_0]; 8], y: &BlockQ8_0, i: usize, acc: &mut [__m512; 4]) {
-    for r in w {
-        avx2::prefetch_ahead(&r[i], Q8_0_AHEAD);
-    }
-    let bias = _mm512_set1_epi8(i8::MIN);
-    let yv = _mm512_broadcast_i64x4(load256(&y.qs));
-    let start = _mm512_sub_epi32(
-        _mm512_setzero_si512(),
-        _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, yv),
-    );
-    // d_w·d_a of each row, AVX2's f32 product; then spread over each row's 8 lanes (lanes 0..8
-    // take row 2k's, 8..16 row 2k + 1's).
-    let h = |r: usize| u16::from_le_bytes(w[r][i].d) as i64;
-    let lo = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
-    let hi = h(4) | h(5) << 16 | h(6) << 32 | h(7) << 48;
-    let d = _mm256_mul_ps(
-        _mm256_cvtph_ps(_mm_set_epi64x(hi, lo)),
-        _mm256_set1_ps(f16_to_f32(y.d)),
-    );
-    let d = _mm512_castps256_ps512(d);
-    for (k, acc) in acc.iter_mut().enumerate() {
-        let (r0, r1) = (2 * k as i32, 2 * k as i32 + 1);
-        let pick = _mm512_setr_epi32(
-            r0, r0, r0, r0, r0, r0, r0, r0, r1, r1, r1, r1, r1, r1, r1, r1,
-        );
-        let x = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(load256(&w[2 * k][i].qs)),
-            load256(&w[2 * k + 1][i].qs),
-        );
-        let s = _mm512_dpbusd_epi32(start, _mm512_xor_si512(x, bias), yv);
-        let dk = _mm512_permutexvar_ps(pick, d);
-        *acc = _mm512_fmadd_ps(dk, _mm512_cvtepi32_ps(s), *acc);
-    }
 }
