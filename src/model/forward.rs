@@ -375,17 +375,12 @@ fn attend<R: KvRows>(
     let out = SharedMut(s.attn.as_mut_ptr());
     let scores = SharedMut(s.scores.as_mut_ptr());
     let n_tasks = batch.tokens.len() * n_head;
-    // Heads go to the workers through a shared counter (as in `attend_blocks`): a worker slowed
-    // down by another process takes fewer of them.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    pool.run(&|tid, _| {
+    // One (token, head) task at a time from the pool's shared counter: a worker slowed down by
+    // another process takes fewer of them.
+    pool.for_chunks(n_tasks, 1, &|tid, tasks| {
         // SAFETY: each worker owns row `tid` of the scores scratch (sized threads * n_ctx).
         let sc = unsafe { std::slice::from_raw_parts_mut(scores.get().add(tid * n_ctx), n_ctx) };
-        loop {
-            let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if task >= n_tasks {
-                break;
-            }
+        for task in tasks {
             let (t, h) = (task / n_head, task % n_head);
             let (seq, n_keys) = (batch.seq[t], batch.pos[t] + 1);
             let qh = &q[t * d + h * hd..t * d + (h + 1) * hd];
@@ -491,15 +486,10 @@ fn attend_blocks<R: KvRows>(
     let q = &s.q;
     let out = SharedMut(s.attn.as_mut_ptr());
     let ws = SharedMut(s.attn_ws.as_mut_ptr());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    pool.run(&|tid, _| {
+    pool.for_chunks(n_tasks, 1, &|tid, claimed| {
         // SAFETY: each worker owns slice `tid` of the workspace (sized threads * lay.len).
         let ws = unsafe { std::slice::from_raw_parts_mut(ws.get().add(tid * lay.len), lay.len) };
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if i >= n_tasks {
-                break;
-            }
+        for i in claimed {
             // Later blocks see more keys: hand them out first.
             let task = n_tasks - 1 - i;
             let (b, kvh) = (task / n_kv, task % n_kv);

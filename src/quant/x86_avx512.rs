@@ -681,8 +681,6 @@ fn dot16_q5_0(w: [&[BlockQ5_0]; 16], a: &[BlockQ8_0]) -> [f32; 16] {
             *z = _mm512_dpbusd_epi32(start, q5_0_quants2(x0, x1), yv);
         }
         let h: [u16; 16] = std::array::from_fn(|r| u16::from_le_bytes(w[r][i].d));
-        // SAFETY: `h` is 16 readable u16 (32 bytes); no alignment needed.
-        let h = unsafe { _mm256_loadu_si256(h.as_ptr().cast()) };
         acc = fma16(h, f16_to_f32(y.d), reduce16(&z), acc);
     }
     let mut out = [0f32; 16];
@@ -691,13 +689,15 @@ fn dot16_q5_0(w: [&[BlockQ5_0]; 16], a: &[BlockQ8_0]) -> [f32; 16] {
     out
 }
 
-/// `acc + (d_r·dy)·float(sumi_r)` in lane `r`, `d_r` the f16 in 16-bit lane `r` of `h`: the
-/// per-row chain step `fma(d_w·d_a, float(block integer), acc)` for 16 rows.
+/// `acc + (d_r·dy)·float(sumi_r)` in lane `r`, `d_r` the f16 bits `h[r]`: the per-row chain step
+/// `fma(d_w·d_a, float(block integer), acc)` for 16 rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn fma16(h: __m256i, dy: f32, sumi: __m512i, acc: __m512) -> __m512 {
+fn fma16(h: [u16; 16], dy: f32, sumi: __m512i, acc: __m512) -> __m512 {
+    // SAFETY: `h` is 16 readable u16 (32 bytes); no alignment needed.
+    let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(h.as_ptr().cast()) });
     _mm512_fmadd_ps(
-        _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(dy)),
+        _mm512_mul_ps(d, _mm512_set1_ps(dy)),
         _mm512_cvtepi32_ps(sumi),
         acc,
     )

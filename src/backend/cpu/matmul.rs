@@ -126,7 +126,7 @@ pub fn matmul_many(
     pool.for_chunks(
         n_groups,
         groups_per_chunk(n_groups, pool.n_threads()),
-        &|groups| {
+        &|_, groups| {
             for &(w, out, first) in parts {
                 let end = first + w.rows.div_ceil(ROW_GROUP);
                 let (lo, hi) = (groups.start.max(first), groups.end.min(end));

@@ -154,31 +154,35 @@ impl ThreadPool {
             }
         });
     }
-}
 
-impl ThreadPool {
-    /// Calls `f(range)` over `0..n` in consecutive pieces of `chunk` items (the last may be
-    /// shorter), which the threads claim one at a time from a shared counter until none is
-    /// left. Unlike [`ThreadPool::for_ranges`], a thread slowed down (by another process on its
-    /// core, or by waking up late) takes fewer pieces instead of making every other thread wait
-    /// for its fixed share.
-    pub fn for_chunks(&self, n: usize, chunk: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    /// Calls `f(thread, range)` over `0..n` in consecutive pieces of `chunk` items (the last may
+    /// be shorter), which the threads claim one at a time from a shared counter until none is
+    /// left; `thread` is the claiming thread's index in `0..n_threads()` (0: the caller), for
+    /// per-thread scratch. Unlike [`ThreadPool::for_ranges`], a thread slowed down (by another
+    /// process on its core, or by waking up late) takes fewer pieces instead of making every
+    /// other thread wait for its fixed share.
+    pub fn for_chunks(
+        &self,
+        n: usize,
+        chunk: usize,
+        f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync),
+    ) {
         let chunk = chunk.max(1);
         if self.n_threads() == 1 || n <= chunk {
             // Nothing to share (waking the workers would cost more than the piece).
             for start in (0..n).step_by(chunk) {
-                f(start..n.min(start + chunk));
+                f(0, start..n.min(start + chunk));
             }
             return;
         }
         let next = AtomicUsize::new(0);
-        self.run(&|_, _| loop {
+        self.run(&|tid, _| loop {
             // Relaxed: `run` orders the job's start and end; the counter only hands out indices.
             let start = next.fetch_add(chunk, Ordering::Relaxed);
             if start >= n {
                 break;
             }
-            f(start..n.min(start + chunk));
+            f(tid, start..n.min(start + chunk));
         });
     }
 }
@@ -294,7 +298,8 @@ mod tests {
                 (65, 64),
             ] {
                 let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-                pool.for_chunks(n, chunk, &|r| {
+                pool.for_chunks(n, chunk, &|tid, r| {
+                    assert!(tid < threads);
                     assert!(r.len() <= chunk.max(1) && !r.is_empty());
                     for i in r {
                         hits[i].fetch_add(1, Ordering::Relaxed);
@@ -314,16 +319,13 @@ mod tests {
         // leave it a fixed half.
         let pool = ThreadPool::new(2);
         let per_thread: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(0)).collect();
-        let slow = std::sync::Mutex::new(None);
-        pool.for_chunks(40, 1, &|_| {
-            let me = std::thread::current().id();
-            let is_slow = *slow.lock().unwrap().get_or_insert(me) == me;
-            per_thread[usize::from(!is_slow)].fetch_add(1, Ordering::Relaxed);
-            if is_slow {
+        pool.for_chunks(40, 1, &|tid, _| {
+            per_thread[tid].fetch_add(1, Ordering::Relaxed);
+            if tid == 1 {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         });
-        let (s, f) = (
+        let (f, s) = (
             per_thread[0].load(Ordering::Relaxed),
             per_thread[1].load(Ordering::Relaxed),
         );
