@@ -1,10 +1,11 @@
 //! `qwen bench`: prefill and decode throughput with their spread over repetitions, plus load
 //! time, peak memory and the weight-read bandwidth decode achieves — the quantities llama-bench
-//! reports, measured the same way (prefill: a batch of `n_prompt` tokens on an empty cache;
-//! decode: `n_gen` single-token steps).
+//! reports, measured the same way (prefill: a batch of `n_prompt` tokens; decode: `n_gen`
+//! single-token steps; both after `n_depth` tokens already in the cache, llama-bench's `-d`).
 
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
+use crate::kv_cache::KvCacheType;
 use crate::model::Model;
 use crate::sampler::Rng;
 use crate::session::{Session, SessionOptions, SessionParams};
@@ -16,6 +17,12 @@ use std::time::Instant;
 pub struct BenchParams {
     pub n_prompt: usize,
     pub n_gen: usize,
+    /// Tokens in the cache before each timed run (untimed): long-context speed, where the
+    /// attention over the cache weighs on every token.
+    pub n_depth: usize,
+    /// KV cache storage; `None`: what the CLI picks for the model (F16 for a quantized file,
+    /// as llama.cpp).
+    pub kv_cache: Option<KvCacheType>,
     pub reps: usize,
     /// 0 = physical cores.
     pub n_threads: usize,
@@ -29,6 +36,8 @@ impl Default for BenchParams {
         BenchParams {
             n_prompt: 512,
             n_gen: 128,
+            n_depth: 0,
+            kv_cache: None,
             reps: 5,
             n_threads: 0,
             backend: BackendKind::Cpu,
@@ -46,6 +55,9 @@ pub struct BenchResult {
     pub n_threads: usize,
     pub n_prompt: usize,
     pub n_gen: usize,
+    pub n_depth: usize,
+    /// The KV cache storage type measured (`f32`, `f16`, `q8`).
+    pub kv_cache: &'static str,
     pub reps: usize,
     pub load_ms: f64,
     /// Creating the session: cache and scratch allocation; on a GPU also the weight upload and
@@ -120,8 +132,11 @@ pub fn run_with(
     configure(&mut model.config)?;
     let model = Arc::new(model);
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let kv_cache = p
+        .kv_cache
+        .unwrap_or_else(|| SessionOptions::auto_kv_cache(&model));
     let params = SessionParams {
-        n_ctx: (p.n_prompt.max(1) + p.n_gen + 1).max(16),
+        n_ctx: (p.n_depth + p.n_prompt.max(1) + p.n_gen + 1).max(16),
         n_threads: p.n_threads,
         max_batch: p.n_prompt.clamp(1, 512),
     };
@@ -130,6 +145,7 @@ pub fn run_with(
         Arc::clone(&model),
         &params,
         &SessionOptions {
+            kv_cache,
             backend: p.backend,
             device: p.device,
             ..Default::default()
@@ -148,16 +164,28 @@ pub fn run_with(
     session.eval(prompt.get(..warm).unwrap_or(&[1]))?;
     session.eval(&[1])?;
 
+    let depth: Vec<u32> = (0..p.n_depth)
+        .map(|_| (rng.next_u64() % n_vocab.min(150_000)) as u32)
+        .collect();
+    // The cache filled to the depth: one batch at a time, as a prompt would be.
+    let fill = |session: &mut Session| -> Result<()> {
+        session.reset();
+        for part in depth.chunks(params.max_batch.max(1)) {
+            session.eval(part)?;
+        }
+        Ok(())
+    };
+
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     for _ in 0..p.reps {
         if p.n_prompt > 0 {
-            session.reset();
+            fill(&mut session)?;
             let t = Instant::now();
             session.eval(&prompt)?;
             prefill.push(p.n_prompt as f64 / t.elapsed().as_secs_f64());
         }
         if p.n_gen > 0 {
-            session.reset();
+            fill(&mut session)?;
             session.eval(&[1])?;
             let t = Instant::now();
             for i in 0..p.n_gen {
@@ -190,6 +218,8 @@ pub fn run_with(
         n_threads: session.n_threads(),
         n_prompt: p.n_prompt,
         n_gen: p.n_gen,
+        n_depth: p.n_depth,
+        kv_cache: kv_cache.as_str(),
         reps: p.reps,
         load_ms,
         prefill_tps,

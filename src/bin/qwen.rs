@@ -80,6 +80,13 @@ struct BenchArgs {
     /// Repetitions.
     #[arg(short = 'r', long = "reps", default_value_t = 5)]
     reps: usize,
+    /// Tokens already in the cache before each run (llama-bench's -d): long-context speed.
+    #[arg(short = 'd', long = "depth", default_value_t = 0)]
+    depth: usize,
+    /// KV cache storage: f32, f16 or q8 (default: as the other commands, f16 for a quantized
+    /// model, as llama.cpp).
+    #[arg(long = "kv-cache")]
+    kv_cache: Option<String>,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -1017,6 +1024,8 @@ fn bench(a: BenchArgs) -> CliResult {
     let params = qwen::bench::BenchParams {
         n_prompt: a.n_prompt,
         n_gen: a.n_gen,
+        n_depth: a.depth,
+        kv_cache: a.kv_cache.as_deref().map(KvCacheType::parse).transpose()?,
         reps: a.reps,
         n_threads: a.threads,
         backend: a.gpu.backend,
@@ -1032,15 +1041,21 @@ fn bench(a: BenchArgs) -> CliResult {
             "load       {:.0} ms (+{:.0} ms creating the session)",
             r.load_ms, r.backend_init_ms
         );
+        let at = if r.n_depth > 0 {
+            format!(" @ d{}", r.n_depth)
+        } else {
+            String::new()
+        };
+        println!("kv cache   {}", r.kv_cache);
         if r.n_prompt > 0 {
             println!(
-                "prefill    {:.2} ± {:.2} tok/s  (pp{})",
+                "prefill    {:.2} ± {:.2} tok/s  (pp{}{at})",
                 r.prefill_tps, r.prefill_tps_sd, r.n_prompt
             );
         }
         if r.n_gen > 0 {
             println!(
-                "decode     {:.2} ± {:.2} tok/s  (tg{})",
+                "decode     {:.2} ± {:.2} tok/s  (tg{}{at})",
                 r.decode_tps, r.decode_tps_sd, r.n_gen
             );
             println!(
