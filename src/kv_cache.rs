@@ -16,6 +16,7 @@
 //! Attention reads the cache through [`KvRows`], implemented once per storage type, so the
 //! attention loop is written once and compiled for each.
 
+use crate::backend::cpu::ops;
 use crate::error::{Error, Result};
 use crate::quant::{f16_to_f32, f32_to_f16};
 
@@ -516,6 +517,19 @@ pub enum LayerView<'a> {
 pub trait KvRows: Sync {
     fn dot_k(&self, seq: usize, pos: usize, head: usize, q: &[f32]) -> f32;
     fn axpy_v(&self, seq: usize, pos: usize, head: usize, p: f32, out: &mut [f32]);
+    /// `out[j]` = [`dot_k`](Self::dot_k) at position `j`, for positions `0..out.len()`: one
+    /// query's scores against a head's cached keys (decode attention).
+    fn scores(&self, seq: usize, head: usize, q: &[f32], out: &mut [f32]) {
+        for (j, s) in out.iter_mut().enumerate() {
+            *s = self.dot_k(seq, j, head, q);
+        }
+    }
+    /// [`axpy_v`](Self::axpy_v) with weight `p[j]` at every position `j` in `0..p.len()`.
+    fn weighted_values(&self, seq: usize, head: usize, p: &[f32], out: &mut [f32]) {
+        for (j, &pj) in p.iter().enumerate() {
+            self.axpy_v(seq, j, head, pj, out);
+        }
+    }
     /// The key and value rows as f32.
     fn decode(&self, seq: usize, pos: usize, head: usize, k: &mut [f32], v: &mut [f32]);
     /// Where the rows are stored as f32: the key and value rows of (`seq`, `head`) in place,
@@ -614,6 +628,16 @@ impl KvRows for RowsF32<'_> {
         let at = self.geo.row(seq, pos, head) * hd;
         crate::backend::cpu::ops::dot_f32(q, &self.k[at..at + hd])
     }
+    fn scores(&self, seq: usize, head: usize, q: &[f32], out: &mut [f32]) {
+        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
+        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        ops::dot_rows_f32(q, &self.k[at..], stride, out);
+    }
+    fn weighted_values(&self, seq: usize, head: usize, p: &[f32], out: &mut [f32]) {
+        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
+        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        ops::axpy_rows_f32(out, p, &self.v[at..], stride);
+    }
     #[inline]
     fn axpy_v(&self, seq: usize, pos: usize, head: usize, p: f32, out: &mut [f32]) {
         let hd = self.geo.head_dim;
@@ -629,6 +653,16 @@ impl KvRows for RowsF32<'_> {
 }
 
 impl KvRows for RowsF16<'_> {
+    fn scores(&self, seq: usize, head: usize, q: &[f32], out: &mut [f32]) {
+        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
+        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        ops::dot_rows_f16(q, &self.k[at..], stride, out);
+    }
+    fn weighted_values(&self, seq: usize, head: usize, p: &[f32], out: &mut [f32]) {
+        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
+        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        ops::axpy_rows_f16(out, p, &self.v[at..], stride);
+    }
     #[inline]
     fn dot_k(&self, seq: usize, pos: usize, head: usize, q: &[f32]) -> f32 {
         let hd = self.geo.head_dim;

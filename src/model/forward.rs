@@ -386,16 +386,15 @@ fn attend<R: KvRows>(
             let qh = &q[t * d + h * hd..t * d + (h + 1) * hd];
             let kvh = h / group;
             let sc = &mut sc[..n_keys];
-            for (j, s) in sc.iter_mut().enumerate() {
-                *s = rows.dot_k(seq, j, kvh, qh) * scale;
+            rows.scores(seq, kvh, qh, sc);
+            for s in sc.iter_mut() {
+                *s *= scale;
             }
             ops::softmax(sc);
             // SAFETY: (t, h) tasks are distinct, so their output rows are disjoint.
             let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * d + h * hd), hd) };
             o.fill(0.0);
-            for (j, &p) in sc.iter().enumerate() {
-                rows.axpy_v(seq, j, kvh, p, o);
-            }
+            rows.weighted_values(seq, kvh, sc, o);
         }
     });
 }

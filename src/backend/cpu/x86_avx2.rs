@@ -106,3 +106,113 @@ fn tile<const R: usize, const V: usize>(
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Decode attention over the KV cache: a query against many key rows, and the weighted sum of
+// many value rows. Rows are `stride` elements apart (the cache interleaves the kv heads), of
+// f32 or of f16 bits; the head size is a multiple of 8.
+
+/// Whether this CPU also converts f16 (the rows of an f16 cache).
+pub(super) fn detected_f16c() -> bool {
+    detected() && is_x86_feature_detected!("f16c")
+}
+
+/// The 8 f16 at `s[i..i + 8]` as f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_f16(s: &[[u8; 2]], i: usize) -> __m256 {
+    let s = &s[i..i + 8];
+    // SAFETY: `s` holds exactly 8 readable f16 (16 bytes); no alignment needed.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(s.as_ptr().cast()) })
+}
+
+/// Lane `r` = the sum of the 8 lanes of `a[r]`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn sum8x8(a: &[__m256; 8]) -> __m256 {
+    // After two rounds of pairwise sums, each 128-bit half holds four rows' partial sums.
+    let u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    let u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(u0, u1),
+        _mm256_permute2f128_ps::<0x31>(u0, u1),
+    )
+}
+
+/// The sum of the 8 lanes of `a`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn sum8(a: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// The decode-attention pair for one row element type: `$dot` (`out[j] = q · row j`, eight rows
+/// at a time so that one transposing sum serves all eight) and `$axpy` (`out += Σ_j p[j]·row j`,
+/// the output held in registers 64 values at a time while the rows stream past).
+macro_rules! attention_rows {
+    ($dot:ident, $axpy:ident, $elem:ty, $load:ident, $features:literal) => {
+        #[target_feature(enable = $features)]
+        pub(super) fn $dot(q: &[f32], k: &[$elem], stride: usize, out: &mut [f32]) {
+            let hd = q.len();
+            debug_assert!(hd.is_multiple_of(8));
+            let mut j = 0;
+            while j + 8 <= out.len() {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in (0..hd).step_by(8) {
+                    let qv = load(q, c);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(qv, $load(k, (j + r) * stride + c), *a);
+                    }
+                }
+                store(out, j, sum8x8(&acc));
+                j += 8;
+            }
+            for (j, o) in out.iter_mut().enumerate().skip(j) {
+                let mut a = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    a = _mm256_fmadd_ps(load(q, c), $load(k, j * stride + c), a);
+                }
+                *o = sum8(a);
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) fn $axpy(out: &mut [f32], p: &[f32], v: &[$elem], stride: usize) {
+            let hd = out.len();
+            debug_assert!(hd.is_multiple_of(8));
+            let mut c0 = 0;
+            while c0 + 64 <= hd {
+                let mut acc: [__m256; 8] = std::array::from_fn(|i| load(out, c0 + 8 * i));
+                for (j, &pj) in p.iter().enumerate() {
+                    let pv = _mm256_set1_ps(pj);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(pv, $load(v, j * stride + c0 + 8 * i), *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    store(out, c0 + 8 * i, *a);
+                }
+                c0 += 64;
+            }
+            // A head size that is not a multiple of 64: the rest one vector at a time.
+            for c in (c0..hd).step_by(8) {
+                let mut a = load(out, c);
+                for (j, &pj) in p.iter().enumerate() {
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(pj), $load(v, j * stride + c), a);
+                }
+                store(out, c, a);
+            }
+        }
+    };
+}
+
+attention_rows!(dot_rows_f32, axpy_rows_f32, f32, load, "avx2,fma");
+attention_rows!(
+    dot_rows_f16,
+    axpy_rows_f16,
+    [u8; 2],
+    load_f16,
+    "avx2,fma,f16c"
+);
