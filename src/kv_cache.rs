@@ -688,7 +688,64 @@ impl KvRows for RowsF16<'_> {
     }
 }
 
+impl RowsQ8<'_> {
+    /// Where (`seq`, `head`)'s rows start (elements; scales at this over the block size) and
+    /// how they are laid out.
+    fn layout(&self, seq: usize, head: usize) -> (usize, ops::Q8Rows) {
+        let (hd, qb) = (self.geo.head_dim, self.qb);
+        let stride = self.geo.n_head_kv * hd;
+        let at = self.geo.row(seq, 0, head) * hd;
+        let lay = ops::Q8Rows {
+            stride,
+            scale_stride: stride / qb,
+            block: qb,
+        };
+        (at, lay)
+    }
+
+    /// Adds [`bias_dot`](Self::bias_dot) at every position `j` to `out[j]`. Per position that is
+    /// the dot of the position's cos|sin row with one vector made from `q` and the bias, so all
+    /// positions go through the f32 row kernel.
+    fn add_bias_scores(&self, seq: usize, head: usize, q: &[f32], out: &mut [f32]) {
+        let hd = self.geo.head_dim;
+        let half = hd / 2;
+        let mut qb = [0f32; 256];
+        if hd > qb.len() || !hd.is_multiple_of(2) {
+            for (j, s) in out.iter_mut().enumerate() {
+                *s += self.bias_dot(seq, j, head, q);
+            }
+            return;
+        }
+        let b = &self.bias[head * hd..(head + 1) * hd];
+        for i in 0..half {
+            let (b0, b1, q0, q1) = (b[i], b[i + half], q[i], q[i + half]);
+            qb[i] = q0 * b0 + q1 * b1;
+            qb[half + i] = q1 * b0 - q0 * b1;
+        }
+        let rope = &self.rope[seq * self.geo.n_ctx * hd..];
+        let mut part = [0f32; 64];
+        for (c, chunk) in out.chunks_mut(part.len()).enumerate() {
+            let part = &mut part[..chunk.len()];
+            ops::dot_rows_f32(&qb[..hd], &rope[c * 64 * hd..], hd, part);
+            for (s, x) in chunk.iter_mut().zip(part.iter()) {
+                *s += x;
+            }
+        }
+    }
+}
+
 impl KvRows for RowsQ8<'_> {
+    fn scores(&self, seq: usize, head: usize, q: &[f32], out: &mut [f32]) {
+        let (at, lay) = self.layout(seq, head);
+        ops::dot_rows_q8(q, &self.k[at..], &self.ks[at / self.qb..], lay, out);
+        if !self.bias.is_empty() {
+            self.add_bias_scores(seq, head, q, out);
+        }
+    }
+    fn weighted_values(&self, seq: usize, head: usize, p: &[f32], out: &mut [f32]) {
+        let (at, lay) = self.layout(seq, head);
+        ops::axpy_rows_q8(out, p, &self.v[at..], &self.vs[at / self.qb..], lay);
+    }
     #[inline]
     fn dot_k(&self, seq: usize, pos: usize, head: usize, q: &[f32]) -> f32 {
         let (hd, qb) = (self.geo.head_dim, self.qb);
@@ -790,6 +847,71 @@ mod tests {
             assert!(out.iter().all(|o| o.abs() < 1e-4), "{ty:?}");
         }
         assert_eq!(KvCacheType::Q8.bytes_per_token(24, 2, 64), 2 * 24 * 2 * 72);
+    }
+
+    /// The whole-head kernels of decode attention (`scores`, `weighted_values`) agree with the
+    /// per-position `dot_k` / `axpy_v` for every storage type, head sizes on and off the SIMD
+    /// steps, positions past the eight-key step, and an int8 cache with its key bias apart.
+    #[test]
+    fn whole_head_kernels_match_the_per_position_ones() {
+        let (n_layer, n_seq, n_ctx, nkv) = (1, 2, 19, 2);
+        for hd in [6, 16, 64, 72] {
+            let kv_dim = nkv * hd;
+            let rows = |seed: usize| -> Vec<f32> {
+                (0..n_ctx * kv_dim)
+                    .map(|i| (((i + seed) * 7919 % 1013) as f32 / 506.0 - 1.0) * 2.0)
+                    .collect()
+            };
+            let (k, v) = (rows(1), rows(2));
+            let q: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.37).sin()).collect();
+            let p: Vec<f32> = (0..n_ctx).map(|j| 1.0 / (j + 2) as f32).collect();
+            for (ty, bias) in [
+                (KvCacheType::F32, false),
+                (KvCacheType::F16, false),
+                (KvCacheType::Q8, false),
+                (KvCacheType::Q8, true),
+            ] {
+                let mut c = KvCache::with_type(ty, n_layer, n_seq, n_ctx, nkv, hd);
+                if bias {
+                    c.set_key_bias((0..kv_dim).map(|i| (i % 5) as f32).collect())
+                        .unwrap();
+                }
+                for pos in 0..n_ctx {
+                    let angles: Vec<f32> = (0..hd / 2).map(|i| (pos + i) as f32 * 0.3).collect();
+                    let (cos, sin): (Vec<f32>, Vec<f32>) =
+                        angles.iter().map(|a| (a.cos(), a.sin())).unzip();
+                    let at = pos * kv_dim..(pos + 1) * kv_dim;
+                    c.store_rotated(0, 1, pos, &k[at.clone()], &v[at], &cos, &sin);
+                }
+                let check = |r: &dyn KvRows| {
+                    let mut got = vec![0.0; n_ctx];
+                    r.scores(1, 1, &q, &mut got);
+                    for (j, g) in got.iter().enumerate() {
+                        let want = r.dot_k(1, j, 1, &q);
+                        assert!(
+                            (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{ty:?} hd {hd} pos {j}: {g} vs {want}"
+                        );
+                    }
+                    let (mut got, mut want) = (vec![0.5; hd], vec![0.5; hd]);
+                    r.weighted_values(1, 1, &p, &mut got);
+                    for (j, &pj) in p.iter().enumerate() {
+                        r.axpy_v(1, j, 1, pj, &mut want);
+                    }
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() < 1e-4 * (1.0 + w.abs()),
+                            "{ty:?} hd {hd}: {g} vs {w}"
+                        );
+                    }
+                };
+                match c.layer_view(0) {
+                    LayerView::F32(r) => check(&r),
+                    LayerView::F16(r) => check(&r),
+                    LayerView::Q8(r) => check(&r),
+                }
+            }
+        }
     }
 
     /// A key with a large bias, stored rotated: with the bias given to the cache, `q · k` and

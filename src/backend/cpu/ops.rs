@@ -210,6 +210,81 @@ pub fn axpy_rows_f16(out: &mut [f32], p: &[f32], v: &[[u8; 2]], stride: usize) {
     }
 }
 
+/// The layout of an int8 KV cache's rows for [`dot_rows_q8`] and [`axpy_rows_q8`]: elements
+/// `stride` apart per position, scales `scale_stride` apart, one scale per `block` elements.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Rows {
+    pub stride: usize,
+    pub scale_stride: usize,
+    pub block: usize,
+}
+
+impl Q8Rows {
+    /// Checks that the rows and their scales hold `n` rows of `width`, whole blocks.
+    fn check(&self, (len, scales): (usize, usize), n: usize, width: usize) {
+        assert!(
+            self.block > 0 && width.is_multiple_of(self.block),
+            "attention rows: {width} values are not whole blocks of {}",
+            self.block
+        );
+        check_rows(len, n, width, self.stride);
+        check_rows(scales, n, width / self.block, self.scale_stride);
+    }
+
+    /// Whether the AVX2 kernels take this layout (blocks of whole vectors).
+    #[cfg(target_arch = "x86_64")]
+    fn simd(&self) -> Option<super::x86_avx2::Q8Rows> {
+        let avx2 = *HAS_AVX2.get_or_init(super::x86_avx2::detected);
+        (avx2 && self.block.is_multiple_of(8)).then_some(super::x86_avx2::Q8Rows {
+            stride: self.stride,
+            scale_stride: self.scale_stride,
+            block: self.block,
+        })
+    }
+}
+
+/// [`dot_rows_f32`] over int8 keys: row `j`'s block `b` is `ks[j·scale_stride + b]` times its
+/// int8 values.
+pub fn dot_rows_q8(q: &[f32], k: &[i8], ks: &[f32], at: Q8Rows, out: &mut [f32]) {
+    at.check((k.len(), ks.len()), out.len(), q.len());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = at.simd() {
+        // SAFETY: the CPU has AVX2 and FMA (checked by `simd`).
+        unsafe { super::x86_avx2::dot_rows_q8(q, k, ks, simd, out) };
+        return;
+    }
+    let qb = at.block;
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut sum = 0.0;
+        for (b, qs) in q.chunks_exact(qb).enumerate() {
+            let row = &k[j * at.stride + b * qb..j * at.stride + (b + 1) * qb];
+            sum += ks[j * at.scale_stride + b] * dot_f32_with(qs, |i| row[i] as f32);
+        }
+        *o = sum;
+    }
+}
+
+/// [`axpy_rows_f32`] over int8 values with a scale per block (see [`dot_rows_q8`]).
+pub fn axpy_rows_q8(out: &mut [f32], p: &[f32], v: &[i8], vs: &[f32], at: Q8Rows) {
+    at.check((v.len(), vs.len()), p.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = at.simd() {
+        // SAFETY: the CPU has AVX2 and FMA (checked by `simd`).
+        unsafe { super::x86_avx2::axpy_rows_q8(out, p, v, vs, simd) };
+        return;
+    }
+    let qb = at.block;
+    for (j, &pj) in p.iter().enumerate() {
+        for (b, o) in out.chunks_exact_mut(qb).enumerate() {
+            let a = pj * vs[j * at.scale_stride + b];
+            let row = &v[j * at.stride + b * qb..j * at.stride + (b + 1) * qb];
+            for (o, &x) in o.iter_mut().zip(row) {
+                *o += a * x as f32;
+            }
+        }
+    }
+}
+
 /// `Σ q[i]·x(i)` with eight accumulators, so that the reduction vectorizes.
 #[inline(always)]
 fn dot_f32_with(q: &[f32], x: impl Fn(usize) -> f32) -> f32 {
@@ -318,6 +393,51 @@ mod tests {
                             "hd {hd} n {n} f16 {f16} col {c}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The int8 kernels against an f64 sum of scale times value, blocks of 8, 16 and 32 and a
+    /// block of the whole row.
+    #[test]
+    fn int8_attention_rows_match_an_f64_reference() {
+        for (hd, qb) in [(8, 8), (64, 32), (72, 72), (80, 16), (6, 6)] {
+            for n in [0, 3, 8, 13] {
+                let lay = Q8Rows {
+                    stride: hd * 3,
+                    scale_stride: 3 * hd / qb + 1,
+                    block: qb,
+                };
+                let q = values(hd, 9);
+                let p = values(n, 4);
+                let rows: Vec<i8> = values(n.max(1) * lay.stride, 6)
+                    .iter()
+                    .map(|&x| (x * 127.0) as i8)
+                    .collect();
+                let scales = values(n.max(1) * lay.scale_stride, 8);
+                let elem = |j: usize, c: usize| {
+                    scales[j * lay.scale_stride + c / qb] as f64 * rows[j * lay.stride + c] as f64
+                };
+                let mut scores = vec![0.0; n];
+                dot_rows_q8(&q, &rows, &scales, lay, &mut scores);
+                for (j, &s) in scores.iter().enumerate() {
+                    let want: f64 = (0..hd).map(|c| q[c] as f64 * elem(j, c)).sum();
+                    assert!(
+                        (s as f64 - want).abs() < 1e-3,
+                        "hd {hd} n {n} row {j}: {s} vs {want}"
+                    );
+                }
+                let mut out = values(hd, 2);
+                let out0 = out.clone();
+                axpy_rows_q8(&mut out, &p, &rows, &scales, lay);
+                for (c, &o) in out.iter().enumerate() {
+                    let want =
+                        out0[c] as f64 + (0..n).map(|j| p[j] as f64 * elem(j, c)).sum::<f64>();
+                    assert!(
+                        (o as f64 - want).abs() < 1e-3,
+                        "hd {hd} n {n} col {c}: {o} vs {want}"
+                    );
                 }
             }
         }

@@ -216,3 +216,89 @@ attention_rows!(
     load_f16,
     "avx2,fma,f16c"
 );
+
+/// The 8 i8 at `s[i..i + 8]` as f32.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn load_i8(s: &[i8], i: usize) -> __m256 {
+    let s = &s[i..i + 8];
+    // SAFETY: `s` holds exactly 8 readable bytes; no alignment needed.
+    let b = unsafe { _mm_loadl_epi64(s.as_ptr().cast()) };
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))
+}
+
+/// Where an int8 cache's rows are: elements `stride` apart per position, their scales
+/// `scale_stride` apart, one scale per `block` elements (a multiple of 8 dividing the row).
+#[derive(Clone, Copy)]
+pub(super) struct Q8Rows {
+    pub stride: usize,
+    pub scale_stride: usize,
+    pub block: usize,
+}
+
+/// [`dot_rows_f32`] over int8 rows with a scale per block: each block's sum times its scale.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn dot_rows_q8(q: &[f32], k: &[i8], ks: &[f32], at: Q8Rows, out: &mut [f32]) {
+    let (hd, qb) = (q.len(), at.block);
+    debug_assert!(qb.is_multiple_of(8) && hd.is_multiple_of(qb));
+    let mut j = 0;
+    while j + 8 <= out.len() {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for b in 0..hd / qb {
+            let mut part = [_mm256_setzero_ps(); 8];
+            for c in (b * qb..(b + 1) * qb).step_by(8) {
+                let qv = load(q, c);
+                for (r, s) in part.iter_mut().enumerate() {
+                    *s = _mm256_fmadd_ps(qv, load_i8(k, (j + r) * at.stride + c), *s);
+                }
+            }
+            for (r, (a, s)) in acc.iter_mut().zip(part).enumerate() {
+                let scale = _mm256_set1_ps(ks[(j + r) * at.scale_stride + b]);
+                *a = _mm256_fmadd_ps(scale, s, *a);
+            }
+        }
+        store(out, j, sum8x8(&acc));
+        j += 8;
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(j) {
+        let mut a = _mm256_setzero_ps();
+        for b in 0..hd / qb {
+            let mut s = _mm256_setzero_ps();
+            for c in (b * qb..(b + 1) * qb).step_by(8) {
+                s = _mm256_fmadd_ps(load(q, c), load_i8(k, j * at.stride + c), s);
+            }
+            a = _mm256_fmadd_ps(_mm256_set1_ps(ks[j * at.scale_stride + b]), s, a);
+        }
+        *o = sum8(a);
+    }
+}
+
+/// [`axpy_rows_f32`] over int8 rows with a scale per block.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn axpy_rows_q8(out: &mut [f32], p: &[f32], v: &[i8], vs: &[f32], at: Q8Rows) {
+    let (hd, qb) = (out.len(), at.block);
+    debug_assert!(qb.is_multiple_of(8) && hd.is_multiple_of(qb));
+    let weight =
+        |j: usize, c: usize, pj: f32| _mm256_set1_ps(pj * vs[j * at.scale_stride + c / qb]);
+    let mut c0 = 0;
+    while c0 + 64 <= hd {
+        let mut acc: [__m256; 8] = std::array::from_fn(|i| load(out, c0 + 8 * i));
+        for (j, &pj) in p.iter().enumerate() {
+            for (i, a) in acc.iter_mut().enumerate() {
+                let c = c0 + 8 * i;
+                *a = _mm256_fmadd_ps(weight(j, c, pj), load_i8(v, j * at.stride + c), *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            store(out, c0 + 8 * i, *a);
+        }
+        c0 += 64;
+    }
+    for c in (c0..hd).step_by(8) {
+        let mut a = load(out, c);
+        for (j, &pj) in p.iter().enumerate() {
+            a = _mm256_fmadd_ps(weight(j, c, pj), load_i8(v, j * at.stride + c), a);
+        }
+        store(out, c, a);
+    }
+}
