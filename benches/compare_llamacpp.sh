@@ -4,7 +4,9 @@
 #
 #   benches/compare_llamacpp.sh [MODEL.gguf]
 #   env: THREADS (default: nproc), P (prompt tokens, 512), N (generated tokens, 128),
+#        D (tokens already in the cache before each run, llama-bench's -d: 0),
 #        R (repetitions per run, 3), ROUNDS (alternating rounds, 3), LLAMA_DIR (build dir)
+# Both runtimes use an F16 KV cache (llama.cpp's default, and ours for a quantized file).
 #
 # llama.cpp is the pinned ggml-org/llama.cpp@0c1e57098 that the PyPI sdist
 # llama-cpp-python==0.3.36 vendors; llama-bench is built with clang (gcc 12 miscompiles the
@@ -16,6 +18,7 @@ model="${1:-$(scripts/fetch-models.sh 0.5b)}"
 threads="${THREADS:-$(nproc)}"
 p="${P:-512}"
 n="${N:-128}"
+d="${D:-0}"
 r="${R:-3}"
 rounds="${ROUNDS:-3}"
 llama_dir="${LLAMA_DIR:-$PWD/target/llamacpp}"
@@ -60,14 +63,15 @@ sys.exit(rc)' "$dst" "$@" >>"$dst.rss"
 }
 for i in $(seq 1 "$rounds"); do
   echo "round $i/$rounds: llama.cpp" >&2
-  with_rss "$out/llama.$i.json" "$llama_bench" -m "$model" -t "$threads" -p "$p" -n "$n" -r "$r" -o json
+  with_rss "$out/llama.$i.json" "$llama_bench" -m "$model" -t "$threads" -p "$p" -n "$n" -d "$d" -r "$r" -o json
   echo "round $i/$rounds: libqwen" >&2
-  with_rss "$out/qwen.$i.json" target/release/qwen bench -m "$model" -t "$threads" -p "$p" -n "$n" -r "$r" --json
+  with_rss "$out/qwen.$i.json" target/release/qwen bench -m "$model" -t "$threads" -p "$p" -n "$n" -d "$d" -r "$r" --json
 done
 
-python3 - "$out" "$rounds" "$model" "$threads" "$p" "$n" <<'PY'
+python3 - "$out" "$rounds" "$model" "$threads" "$p" "$n" "$d" <<'PY'
 import json, statistics, sys, platform
-out, rounds, model, threads, p, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+out, rounds, model, threads, p, n, d = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], int(sys.argv[7])
+at = f" @ d{d}" if d else ""
 ll_pp, ll_tg, q_pp, q_tg, q_load, q_share = [], [], [], [], [], []
 rss = lambda who: max(int(open(f"{out}/{who}.{i}.json.rss").read().split()[-1]) for i in range(1, rounds + 1)) / 1024
 for i in range(1, rounds + 1):
@@ -80,8 +84,8 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 m = statistics.mean
 print(f"model {model}\ncpu {cpu}, threads {threads}, rounds {rounds}")
 print(f"{'':10} {'libqwen tok/s':>14} {'llama.cpp tok/s':>16} {'ratio':>7}")
-print(f"{'pp'+p:10} {m(q_pp):14.2f} {m(ll_pp):16.2f} {m(q_pp)/m(ll_pp):7.2f}")
-print(f"{'tg'+n:10} {m(q_tg):14.2f} {m(ll_tg):16.2f} {m(q_tg)/m(ll_tg):7.2f}")
+print(f"{'pp'+p+at:10} {m(q_pp):14.2f} {m(ll_pp):16.2f} {m(q_pp)/m(ll_pp):7.2f}")
+print(f"{'tg'+n+at:10} {m(q_tg):14.2f} {m(ll_tg):16.2f} {m(q_tg)/m(ll_tg):7.2f}")
 print(f"{'peak RSS':10} {rss('qwen'):11.0f} MiB {rss('llama'):13.0f} MiB {rss('qwen')/rss('llama'):7.2f}")
 # Load time and the share of the bound: medians over the rounds (one slow round is the
 # machine, not the code); the last round's bytes and bandwidth for context.
