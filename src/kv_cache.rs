@@ -681,10 +681,8 @@ impl KvRows for RowsF16<'_> {
     fn decode(&self, seq: usize, pos: usize, head: usize, k: &mut [f32], v: &mut [f32]) {
         let hd = self.geo.head_dim;
         let at = self.geo.row(seq, pos, head) * hd;
-        for i in 0..hd {
-            k[i] = f16_to_f32(self.k[at + i]);
-            v[i] = f16_to_f32(self.v[at + i]);
-        }
+        ops::f16_to_f32_row(&self.k[at..at + hd], &mut k[..hd]);
+        ops::f16_to_f32_row(&self.v[at..at + hd], &mut v[..hd]);
     }
 }
 

@@ -210,6 +210,21 @@ pub fn axpy_rows_f16(out: &mut [f32], p: &[f32], v: &[[u8; 2]], stride: usize) {
     }
 }
 
+/// `dst[i]` = the f16 bits `src[i]` as f32 (exact), for `i < dst.len()`: the blocked
+/// attention's decoding of F16 cache rows.
+pub fn f16_to_f32_row(src: &[[u8; 2]], dst: &mut [f32]) {
+    let src = &src[..dst.len()];
+    #[cfg(target_arch = "x86_64")]
+    if dst.len().is_multiple_of(8) && *HAS_F16C.get_or_init(super::x86_avx2::detected_f16c) {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
+        unsafe { super::x86_avx2::f16_to_f32_row(src, dst) };
+        return;
+    }
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = f16_to_f32(h);
+    }
+}
+
 /// The layout of an int8 KV cache's rows for [`dot_rows_q8`] and [`axpy_rows_q8`]: elements
 /// `stride` apart per position, scales `scale_stride` apart, one scale per `block` elements.
 #[derive(Clone, Copy, Debug)]
@@ -440,6 +455,21 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Every f16 bit pattern but the NaNs converts exactly as the scalar conversion does.
+    #[test]
+    fn f16_rows_convert_exactly() {
+        let src: Vec<[u8; 2]> = (0..=u16::MAX).map(u16::to_le_bytes).collect();
+        let mut dst = vec![0.0; src.len()];
+        f16_to_f32_row(&src, &mut dst);
+        for (&h, &d) in src.iter().zip(&dst) {
+            let want = f16_to_f32(h);
+            assert!(
+                want.to_bits() == d.to_bits() || (want.is_nan() && d.is_nan()),
+                "{h:?}"
+            );
         }
     }
 

@@ -302,3 +302,12 @@ pub(super) fn axpy_rows_q8(out: &mut [f32], p: &[f32], v: &[i8], vs: &[f32], at:
         store(out, c, a);
     }
 }
+
+/// `dst[i]` = f16 `src[i]` as f32, for lengths that are a multiple of 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_to_f32_row(src: &[[u8; 2]], dst: &mut [f32]) {
+    debug_assert!(dst.len().is_multiple_of(8));
+    for i in (0..dst.len()).step_by(8) {
+        store(dst, i, load_f16(src, i));
+    }
+}
