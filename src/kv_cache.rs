@@ -503,6 +503,13 @@ impl Geometry {
     fn row(&self, seq: usize, pos: usize, head: usize) -> usize {
         (seq * self.n_ctx + pos) * self.n_head_kv + head
     }
+
+    /// Where `head`'s rows of `seq` start (position 0, in elements) and how far apart the
+    /// positions are: the kv heads interleave.
+    fn head_rows(&self, seq: usize, head: usize) -> (usize, usize) {
+        let stride = self.n_head_kv * self.head_dim;
+        (self.row(seq, 0, head) * self.head_dim, stride)
+    }
 }
 
 /// One layer of the cache in its storage type.
@@ -598,27 +605,9 @@ impl RowsQ8<'_> {
     }
 }
 
-/// Eight accumulators so the reduction vectorizes.
-#[inline(always)]
-fn dot_with(q: &[f32], n: usize, x: impl Fn(usize) -> f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = n / 8;
-    for c in 0..chunks {
-        for (j, a) in acc.iter_mut().enumerate() {
-            *a += q[c * 8 + j] * x(c * 8 + j);
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (i, &qi) in q.iter().enumerate().take(n).skip(chunks * 8) {
-        s += qi * x(i);
-    }
-    s
-}
-
 impl KvRows for RowsF32<'_> {
     fn f32_rows(&self, seq: usize, head: usize) -> Option<(&[f32], &[f32], usize)> {
-        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
-        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        let (at, stride) = self.geo.head_rows(seq, head);
         Some((&self.k[at..], &self.v[at..], stride))
     }
 
@@ -629,13 +618,11 @@ impl KvRows for RowsF32<'_> {
         crate::backend::cpu::ops::dot_f32(q, &self.k[at..at + hd])
     }
     fn scores(&self, seq: usize, head: usize, q: &[f32], out: &mut [f32]) {
-        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
-        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        let (at, stride) = self.geo.head_rows(seq, head);
         ops::dot_rows_f32(q, &self.k[at..], stride, out);
     }
     fn weighted_values(&self, seq: usize, head: usize, p: &[f32], out: &mut [f32]) {
-        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
-        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        let (at, stride) = self.geo.head_rows(seq, head);
         ops::axpy_rows_f32(out, p, &self.v[at..], stride);
     }
     #[inline]
@@ -654,13 +641,11 @@ impl KvRows for RowsF32<'_> {
 
 impl KvRows for RowsF16<'_> {
     fn scores(&self, seq: usize, head: usize, q: &[f32], out: &mut [f32]) {
-        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
-        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        let (at, stride) = self.geo.head_rows(seq, head);
         ops::dot_rows_f16(q, &self.k[at..], stride, out);
     }
     fn weighted_values(&self, seq: usize, head: usize, p: &[f32], out: &mut [f32]) {
-        let at = self.geo.row(seq, 0, head) * self.geo.head_dim;
-        let stride = self.geo.n_head_kv * self.geo.head_dim;
+        let (at, stride) = self.geo.head_rows(seq, head);
         ops::axpy_rows_f16(out, p, &self.v[at..], stride);
     }
     #[inline]
@@ -668,7 +653,7 @@ impl KvRows for RowsF16<'_> {
         let hd = self.geo.head_dim;
         let at = self.geo.row(seq, pos, head) * hd;
         let k = &self.k[at..at + hd];
-        dot_with(q, hd, |i| f16_to_f32(k[i]))
+        ops::dot_f32_with(q, |i| f16_to_f32(k[i]))
     }
     #[inline]
     fn axpy_v(&self, seq: usize, pos: usize, head: usize, p: f32, out: &mut [f32]) {
@@ -690,13 +675,11 @@ impl RowsQ8<'_> {
     /// Where (`seq`, `head`)'s rows start (elements; scales at this over the block size) and
     /// how they are laid out.
     fn layout(&self, seq: usize, head: usize) -> (usize, ops::Q8Rows) {
-        let (hd, qb) = (self.geo.head_dim, self.qb);
-        let stride = self.geo.n_head_kv * hd;
-        let at = self.geo.row(seq, 0, head) * hd;
+        let (at, stride) = self.geo.head_rows(seq, head);
         let lay = ops::Q8Rows {
             stride,
-            scale_stride: stride / qb,
-            block: qb,
+            scale_stride: stride / self.qb,
+            block: self.qb,
         };
         (at, lay)
     }
@@ -752,7 +735,7 @@ impl KvRows for RowsQ8<'_> {
         for b in 0..hd / qb {
             let k = &self.k[at + b * qb..at + (b + 1) * qb];
             let qs = &q[b * qb..(b + 1) * qb];
-            sum += self.ks[at / qb + b] * dot_with(qs, qb, |i| k[i] as f32);
+            sum += self.ks[at / qb + b] * ops::dot_f32_with(qs, |i| k[i] as f32);
         }
         if !self.bias.is_empty() {
             sum += self.bias_dot(seq, pos, head, q);

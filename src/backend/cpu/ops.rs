@@ -302,7 +302,7 @@ pub fn axpy_rows_q8(out: &mut [f32], p: &[f32], v: &[i8], vs: &[f32], at: Q8Rows
 
 /// `Σ q[i]·x(i)` with eight accumulators, so that the reduction vectorizes.
 #[inline(always)]
-fn dot_f32_with(q: &[f32], x: impl Fn(usize) -> f32) -> f32 {
+pub(crate) fn dot_f32_with(q: &[f32], x: impl Fn(usize) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = q.len() / 8;
     for c in 0..chunks {
