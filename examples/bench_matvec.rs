@@ -4,8 +4,11 @@
 //! the bound `qwen bench` divides by).
 //!
 //! ```text
-//! cargo run --release --example bench_matvec [-- [--threads N] [--types q5_0,q8_0,...]]
+//! cargo run --release --example bench_matvec [-- [--threads N] [--types q5_0,q8_0,...] [--cols N]]
 //! ```
+//!
+//! `--cols N` gives every matrix rows of N columns (and as many rows as keep its size): the
+//! traversal's efficiency depends on the row length.
 //!
 //! Per type: the best matvec and read rates in GB/s of weight bytes, and the median of 9
 //! alternating (matvec, read) pairs' ratios: the share of the read rate the kernels and their
@@ -32,11 +35,13 @@ const CASES: [(GgmlType, usize, usize); 5] = [
 fn main() {
     let mut threads = default_threads();
     let mut types: Option<Vec<String>> = None;
+    let mut cols_override: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let value = args.next().unwrap_or_else(|| panic!("{a} needs a value"));
         match a.as_str() {
             "--threads" => threads = value.parse().expect("--threads N"),
+            "--cols" => cols_override = Some(value.parse().expect("--cols N")),
             "--types" => types = Some(value.split(',').map(str::to_lowercase).collect()),
             other => panic!("unknown option {other}"),
         }
@@ -46,6 +51,10 @@ fn main() {
     println!("type    MB  matvec GB/s  read GB/s  ratio (median)");
     for (ty, cols, rows) in CASES {
         let name = ty.to_string().to_lowercase();
+        let (cols, rows) = match cols_override {
+            Some(c) => (c, rows * cols / c),
+            None => (cols, rows),
+        };
         if types.as_ref().is_some_and(|t| !t.contains(&name)) {
             continue;
         }
@@ -53,7 +62,11 @@ fn main() {
         let x: Vec<f32> = (0..cols)
             .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
             .collect();
-        let mut row = vec![0u8; ty.row_bytes(cols).expect("whole blocks")];
+        let Some(row_bytes) = ty.row_bytes(cols) else {
+            println!("{name:<5} skipped: {cols} columns are not whole blocks");
+            continue;
+        };
+        let mut row = vec![0u8; row_bytes];
         quantize_row(ty, &x, &mut row).expect("quantizable type");
         let data = row.repeat(rows);
         let w = WeightMatrix {

@@ -169,7 +169,7 @@ fn gemm_matches_vec_dot_bit_for_bit() {
 /// counts (the NEON 2-row tiles and their edge), odd and even block counts (the NEON Q8_0/Q5_0
 /// kernels alternate two accumulators by block), and row/activation counts just past the
 /// result blocks (64 weight rows, 32 activation rows on NEON; 8-row groups and 256-row chunks
-/// on AVX2).
+/// on AVX2), and one activation row against more rows than a row kernel call takes.
 #[test]
 fn gemm_edges_of_the_tiles() {
     let mut rng = Rng::new(0x6E33_0003);
@@ -189,7 +189,9 @@ fn gemm_edges_of_the_tiles() {
                     check(k, ty, (blocks * b, rows, n_tok), &mut rng);
                 }
             }
-            for shape in [(b, 65, 33), (2 * b, 131, 3), (b, 3, 66)] {
+            // One activation row against more weight rows than one `vec_dot_rows` call takes.
+            let past_a_call = (b, super::ROWS_PER_CALL_ONE_TOKEN + 37, 1);
+            for shape in [(b, 65, 33), (2 * b, 131, 3), (b, 3, 66), past_a_call] {
                 check(k, ty, shape, &mut rng);
             }
         }

@@ -381,7 +381,7 @@ fn gemm_with(
     }
 }
 
-/// [`gemm`] through a build's `vec_dot_rows`, 64 weight rows at a time.
+/// [`gemm`] through a build's `vec_dot_rows`, [`rows_per_call`] weight rows at a time.
 #[allow(clippy::too_many_arguments)]
 fn gemm_by_rows(
     k: &dispatch::Kernels,
@@ -394,15 +394,36 @@ fn gemm_by_rows(
     n_tok: usize,
     out: &mut GemmOut,
 ) {
-    const ROWS: usize = 64;
-    let mut buf = [0f32; ROWS];
-    for (i, rows) in w.chunks(ROWS * rb).enumerate() {
+    // On the stack: the decode loop allocates nothing.
+    let mut buf = [0f32; ROWS_PER_CALL_ONE_TOKEN];
+    let per_call = rows_per_call(n_tok);
+    for (i, rows) in w.chunks(per_call * rb).enumerate() {
         let nr = rows.len() / rb;
         for t in 0..n_tok {
             let a = &act[t * arb..t * arb + qrb];
             k.vec_dot_rows(ty, rb, rows, a, &mut buf[..nr]);
-            out(t, i * ROWS, nr, &buf[..nr]);
+            out(t, i * per_call, nr, &buf[..nr]);
         }
+    }
+}
+
+/// Weight rows per `vec_dot_rows` call for one activation row (decode). The multi-row kernels
+/// read a call's rows as G long streams (`simd_common::strided_groups`), each `rows / G` rows
+/// long; at 64 rows per call a 16-row Q5_0 stream was 4 rows (2.4 KiB at 896 columns), too short
+/// for the hardware prefetchers to ramp up, and the short-row matrices of the 0.5B model ran at
+/// 0.65-0.72 of the read rate. `examples/bench_matvec --cols 896`, 2 threads, alternating:
+/// Q5_0 0.72 -> 0.95, Q8_0 0.94 -> 1.06 at 1024 rows; `qwen bench -n 64` on the 0.5B:
+/// 42.6 -> 51.6 tok/s (64 vs 4096 rows, two alternating runs each).
+const ROWS_PER_CALL_ONE_TOKEN: usize = 4096;
+
+/// Weight rows per `vec_dot_rows` call for `n_tok` activation rows: with several, each call's
+/// rows are read once per activation row, so they stay few enough (64 rows: at most ~300 KB
+/// for the widest rows) to be read again from cache.
+fn rows_per_call(n_tok: usize) -> usize {
+    if n_tok <= 1 {
+        ROWS_PER_CALL_ONE_TOKEN
+    } else {
+        64
     }
 }
 
