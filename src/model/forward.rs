@@ -597,11 +597,7 @@ fn attend_block<R: KvRows>(
                     sr.fill(0.0);
                     continue;
                 }
-                let mc = sr[..valid]
-                    .iter()
-                    .copied()
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let m_new = mb[row].max(mc);
+                let m_new = mb[row].max(ops::max_f32(&sr[..valid]));
                 let corr = ops::exp_nonpositive(mb[row] - m_new);
                 if corr != 1.0 {
                     lb[row] *= corr;
@@ -609,11 +605,7 @@ fn attend_block<R: KvRows>(
                         .iter_mut()
                         .for_each(|x| *x *= corr);
                 }
-                let mut sum = 0.0f32;
-                for x in &mut sr[..valid] {
-                    *x = ops::exp_nonpositive(*x - m_new);
-                    sum += *x;
-                }
+                let sum = ops::exp_sub_sum(&mut sr[..valid], m_new);
                 sr[valid..].fill(0.0);
                 lb[row] += sum;
                 mb[row] = m_new;

@@ -33,18 +33,68 @@ pub fn rope_neox(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// In-place numerically stable softmax.
+/// In-place numerically stable softmax: `e^(x − max) / Σ`, with [`exp_nonpositive`] (the
+/// blocked attention's exponential, so decode and prefill weigh alike).
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    let sum = exp_sub_sum(x, max_f32(x));
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
     }
+}
+
+/// Lanes of the reductions below: they keep 8 partial results and combine them in one fixed
+/// order, which the compiler can vectorize (a single running sum is a chain it must keep in
+/// order) and which gives every build the same bits.
+const LANES: usize = 8;
+
+/// The largest element of `x` (−∞ for an empty slice; NaNs are skipped, as by `f32::max`).
+pub fn max_f32(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &v) in m.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&m)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `x[i] = e^(x[i] − m)` for every `i` (`m` at least every element: the exponents are ≤ 0),
+/// returning their sum: a softmax's numerators and denominator in one pass.
+pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if *HAS_AVX2.get_or_init(super::x86_avx2::detected) {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { super::x86_avx2::exp_sub_sum(x, m) };
+    }
+    exp_sub_sum_lanes(x, m)
+}
+
+/// [`exp_sub_sum`] in portable code, inlined into the AVX2 build's copy (the same operations
+/// in the same order, 8 lanes to a register there).
+#[inline(always)]
+pub(super) fn exp_sub_sum_lanes(x: &mut [f32], m: f32) -> f32 {
+    let mut sums = [0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (s, v) in sums.iter_mut().zip(c) {
+            *v = exp_nonpositive(*v - m);
+            *s += *v;
+        }
+    }
+    let mut tail = 0f32;
+    for v in chunks.into_remainder() {
+        *v = exp_nonpositive(*v - m);
+        tail += *v;
+    }
+    let [a, b, c, d, e, f, g, h] = sums;
+    (((a + e) + (b + f)) + ((c + g) + (d + h))) + tail
 }
 
 /// SwiGLU: `gate = silu(gate) * up`, with `silu(x) = x·σ(x)` and σ from `e = e^−|x|`
@@ -566,6 +616,41 @@ mod tests {
                 "{x}: {got} vs {want}"
             );
         }
+    }
+
+    /// Every length class (whole lanes, tails, empty): the exponentials are the scalar
+    /// function's bits, the sum within a few ulp of an f64 sum, and the portable and the
+    /// dispatched (AVX2 where present) builds agree bit for bit.
+    #[test]
+    fn exp_sub_sum_matches_the_scalar_exponential() {
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 64, 100, 2051] {
+            let x: Vec<f32> = values(n, 0x5EED + n as u32)
+                .iter()
+                .map(|v| v * 30.0)
+                .collect();
+            let m = max_f32(&x);
+            let want_max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(m.to_bits(), want_max.to_bits(), "n={n}");
+            let (mut got, mut portable) = (x.clone(), x.clone());
+            let sum = exp_sub_sum(&mut got, m);
+            assert_eq!(sum.to_bits(), exp_sub_sum_lanes(&mut portable, m).to_bits());
+            assert_eq!(got, portable, "n={n}");
+            for (&g, &v) in got.iter().zip(&x) {
+                assert_eq!(g.to_bits(), exp_nonpositive(v - m).to_bits(), "n={n}");
+            }
+            let exact: f64 = x.iter().map(|&v| ((v - m) as f64).exp()).sum();
+            let tol = 4.0 * f32::EPSILON as f64 * exact.max(1.0) * (n as f64).log2().max(1.0);
+            assert!((sum as f64 - exact).abs() <= tol, "n={n}: {sum} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn max_skips_nans_and_is_minus_infinity_when_empty() {
+        assert_eq!(max_f32(&[]), f32::NEG_INFINITY);
+        let mut x = vec![f32::NAN; 19];
+        x[11] = -3.0;
+        x[18] = -5.0;
+        assert_eq!(max_f32(&x), -3.0);
     }
 
     #[test]

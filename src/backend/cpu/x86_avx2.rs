@@ -311,3 +311,10 @@ pub(super) fn f16_to_f32_row(src: &[[u8; 2]], dst: &mut [f32]) {
         store(dst, i, load_f16(src, i));
     }
 }
+
+/// `ops::exp_sub_sum`: its portable code compiled for AVX2 + FMA (8 lanes a register; Rust
+/// never fuses a multiply and an add by itself, so the bits are the portable build's).
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    super::ops::exp_sub_sum_lanes(x, m)
+}
