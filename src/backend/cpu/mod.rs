@@ -4,6 +4,8 @@ pub mod ops;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 
 pub use matmul::{matmul, WeightMatrix};
 pub use pool::{default_threads, ThreadPool};

@@ -43,10 +43,10 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// Lanes of the reductions below: they keep 8 partial results and combine them in one fixed
+/// Lanes of the reductions below: they keep 16 partial results and combine them in one fixed
 /// order, which the compiler can vectorize (a single running sum is a chain it must keep in
 /// order) and which gives every build the same bits.
-const LANES: usize = 8;
+const LANES: usize = 16;
 
 /// The largest element of `x` (−∞ for an empty slice; NaNs are skipped, as by `f32::max`).
 pub fn max_f32(x: &[f32]) -> f32 {
@@ -69,6 +69,11 @@ pub fn max_f32(x: &[f32]) -> f32 {
 /// returning their sum: a softmax's numerators and denominator in one pass.
 pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if *HAS_AVX512.get_or_init(super::x86_avx512::detected) {
+        // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above).
+        return unsafe { super::x86_avx512::exp_sub_sum(x, m) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if *HAS_AVX2.get_or_init(super::x86_avx2::detected) {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         return unsafe { super::x86_avx2::exp_sub_sum(x, m) };
@@ -76,8 +81,8 @@ pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
     exp_sub_sum_lanes(x, m)
 }
 
-/// [`exp_sub_sum`] in portable code, inlined into the AVX2 build's copy (the same operations
-/// in the same order, 8 lanes to a register there).
+/// [`exp_sub_sum`] in portable code, inlined into the AVX2 and AVX-512 copies (the same operations
+/// in the same order, 8 or 16 lanes to a register there).
 #[inline(always)]
 pub(super) fn exp_sub_sum_lanes(x: &mut [f32], m: f32) -> f32 {
     let mut sums = [0f32; LANES];
@@ -93,8 +98,16 @@ pub(super) fn exp_sub_sum_lanes(x: &mut [f32], m: f32) -> f32 {
         *v = exp_nonpositive(*v - m);
         tail += *v;
     }
-    let [a, b, c, d, e, f, g, h] = sums;
-    (((a + e) + (b + f)) + ((c + g) + (d + h))) + tail
+    // Halve the lanes until one is left: the order a 512-bit, 256-bit or 128-bit register
+    // reduction takes.
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            sums[i] += sums[i + n];
+        }
+    }
+    sums[0] + tail
 }
 
 /// SwiGLU: `gate = silu(gate) * up`, with `silu(x) = x·σ(x)` and σ from `e = e^−|x|`
@@ -164,6 +177,12 @@ pub fn gemm_f32(
         "gemm_f32: matrices too small for {m}x{n}x{k}"
     );
     #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(16) && *HAS_AVX512.get_or_init(super::x86_avx512::detected) {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        unsafe { super::x86_avx512::gemm_f32((m, n, k), a, lda, b, ldb, c, ldc, accumulate) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if n.is_multiple_of(8) && *HAS_AVX2.get_or_init(super::x86_avx2::detected) {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         unsafe { super::x86_avx2::gemm_f32((m, n, k), a, lda, b, ldb, c, ldc, accumulate) };
@@ -182,6 +201,8 @@ pub fn gemm_f32(
 
 #[cfg(target_arch = "x86_64")]
 static HAS_AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+#[cfg(target_arch = "x86_64")]
+static HAS_AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 #[cfg(target_arch = "x86_64")]
 static HAS_F16C: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
@@ -382,7 +403,8 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     let x = x.clamp(-87.33, 0.0);
     // n = round(x·log2 e), by the 1.5·2^23 trick (exact for |x·log2 e| < 2^22).
     const SHIFT: f32 = 12_582_912.0;
-    let n = (x * LOG2E + SHIFT) - SHIFT;
+    let shifted = x * LOG2E + SHIFT;
+    let n = shifted - SHIFT;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // e^r ≈ 1 + r + r²·P(r), P from Cephes' expf.
     let p = 1.987_569_1e-4f32;
@@ -392,8 +414,11 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let e = (p * r * r + r) + 1.0;
-    // 2^n with n in −126..=0: the biased exponent n + 127 >= 1.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n with n in −126..=0: the biased exponent n + 127 >= 1. n as an integer from the
+    // shifted sum's bits (1.5·2^23 + n lies in 1.5·2^23's binade, where the ulp is 1: its bits
+    // are 1.5·2^23's plus n), not `n as i32`, whose saturating conversion does not vectorize.
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
+    let scale = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
     e * scale
 }
 
@@ -545,9 +570,37 @@ mod tests {
         assert_eq!(h, [0.0, 0.0, 1.0, 1.0]);
     }
 
+    /// Every build of [`gemm_f32`] this CPU runs: the portable loop, AVX2 (4×16 tiles) and
+    /// AVX-512 (8×32 tiles) where present.
+    #[allow(clippy::type_complexity)]
+    fn gemm_builds() -> Vec<(&'static str, GemmF32)> {
+        #[allow(unused_mut)]
+        let mut builds: Vec<(&'static str, GemmF32)> = vec![("dispatched", gemm_f32)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::super::x86_avx2::detected() {
+                // SAFETY (of the call inside): AVX2 and FMA were detected just above.
+                builds.push(("avx2", |d, a, lda, b, ldb, c, ldc, acc| unsafe {
+                    super::super::x86_avx2::gemm_f32(d, a, lda, b, ldb, c, ldc, acc)
+                }));
+            }
+            if super::super::x86_avx512::detected() {
+                // SAFETY (of the call inside): AVX-512F was detected just above.
+                builds.push(("avx512", |d, a, lda, b, ldb, c, ldc, acc| unsafe {
+                    super::super::x86_avx512::gemm_f32(d, a, lda, b, ldb, c, ldc, acc)
+                }));
+            }
+        }
+        builds
+    }
+
+    type GemmF32 = fn((usize, usize, usize), &[f32], usize, &[f32], usize, &mut [f32], usize, bool);
+
     #[test]
     fn gemm_f32_matches_the_naive_product() {
-        // Shapes around the 4×16 register tile, with leading dimensions wider than the rows.
+        // Shapes around the 4×16 (AVX2) and 8×32 (AVX-512) register tiles, with leading
+        // dimensions wider than the rows. Each build gets the shapes it takes (n a multiple of
+        // its vector width; the dispatcher any).
         for (m, n, k) in [
             (1, 8, 1),
             (3, 8, 5),
@@ -555,34 +608,51 @@ mod tests {
             (5, 24, 64),
             (9, 40, 3),
             (6, 5, 4),
+            (8, 32, 9),
+            (17, 48, 5),
+            (112, 64, 64),
+            (7, 16, 2),
         ] {
-            let (lda, ldb, ldc) = (k + 3, n + 5, n + 1);
-            let a: Vec<f32> = (0..m * lda)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
-                .collect();
-            let b: Vec<f32> = (0..k * ldb)
-                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
-                .collect();
-            for accumulate in [false, true] {
-                let mut c: Vec<f32> = (0..m * ldc).map(|i| i as f32).collect();
-                let before = c.clone();
-                gemm_f32((m, n, k), &a, lda, &b, ldb, &mut c, ldc, accumulate);
-                for i in 0..m {
-                    for j in 0..ldc {
-                        let want = if j >= n {
-                            before[i * ldc + j]
-                        } else {
-                            // Every product and partial sum is a multiple of 2^-5 below 2^10:
-                            // exact in f32 whatever the order or fusion.
-                            let s: f32 = (0..k).map(|p| a[i * lda + p] * b[p * ldb + j]).sum();
-                            s + if accumulate { before[i * ldc + j] } else { 0.0 }
-                        };
-                        assert_eq!(
-                            c[i * ldc + j],
-                            want,
-                            "{m}x{n}x{k} ({i}, {j}) acc={accumulate}"
-                        );
-                    }
+            for (name, gemm) in gemm_builds() {
+                let width = match name {
+                    "avx2" => 8,
+                    "avx512" => 16,
+                    _ => 1,
+                };
+                if n % width == 0 {
+                    check_gemm(name, gemm, (m, n, k));
+                }
+            }
+        }
+    }
+
+    fn check_gemm(name: &str, gemm: GemmF32, (m, n, k): (usize, usize, usize)) {
+        let (lda, ldb, ldc) = (k + 3, n + 5, n + 1);
+        let a: Vec<f32> = (0..m * lda)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+            .collect();
+        let b: Vec<f32> = (0..k * ldb)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        for accumulate in [false, true] {
+            let mut c: Vec<f32> = (0..m * ldc).map(|i| i as f32).collect();
+            let before = c.clone();
+            gemm((m, n, k), &a, lda, &b, ldb, &mut c, ldc, accumulate);
+            for i in 0..m {
+                for j in 0..ldc {
+                    let want = if j >= n {
+                        before[i * ldc + j]
+                    } else {
+                        // Every product and partial sum is a multiple of 2^-5 below 2^14:
+                        // exact in f32 whatever the order or fusion.
+                        let s: f32 = (0..k).map(|p| a[i * lda + p] * b[p * ldb + j]).sum();
+                        s + if accumulate { before[i * ldc + j] } else { 0.0 }
+                    };
+                    assert_eq!(
+                        c[i * ldc + j],
+                        want,
+                        "{name} {m}x{n}x{k} ({i}, {j}) acc={accumulate}"
+                    );
                 }
             }
         }
