@@ -4,7 +4,18 @@ use crate::quant::f16_to_f32;
 
 /// RMSNorm as Qwen computes it: `x * rsqrt(mean(x²) + eps) * w`, in f32.
 pub fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    // The squares summed in f64, as ggml does (the reference llama.cpp output is tested against
+    // leans on it: an f32 sum in another order flipped a near-tie in greedy decoding), in eight
+    // lanes so the sum vectorizes; the f64 rounding of the order is far below f32's.
+    let mut acc = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v * v) as f64;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| (v * v) as f64).sum();
+    let ss = ((acc.iter().sum::<f64>() + tail) / x.len() as f64) as f32;
     let scale = 1.0 / (ss + eps).sqrt();
     for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
         *o = xi * scale * wi;
