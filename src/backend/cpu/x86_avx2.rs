@@ -25,87 +25,105 @@ fn store(d: &mut [f32], i: usize, v: __m256) {
     unsafe { _mm256_storeu_ps(d.as_mut_ptr(), v) }
 }
 
-/// `c[i][j] (+)= Σ_p a[i][p]·b[p][j]` (see `ops::gemm_f32`), for `n` a multiple of 8: tiles of
-/// 4 rows × 16 columns in registers, then 4 × 8, then single rows.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_f32(
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    debug_assert!(n.is_multiple_of(8));
-    let mut i = 0;
-    while i < m {
-        let rows = (m - i).min(4);
-        let mut j = 0;
-        while j < n {
-            let cols = if n - j >= 16 { 16 } else { 8 };
-            match (rows, cols) {
-                (4, 16) => tile::<4, 2>(i, j, k, a, lda, b, ldb, c, ldc, accumulate),
-                (4, _) => tile::<4, 1>(i, j, k, a, lda, b, ldb, c, ldc, accumulate),
-                (_, 16) => {
-                    for r in i..i + rows {
-                        tile::<1, 2>(r, j, k, a, lda, b, ldb, c, ldc, accumulate)
+/// `gemm_f32` and its register `tile` for one vector width (see `ops::gemm_f32`):
+/// `c[i][j] (+)= Σ_p a[i][p]·b[p][j]` for `n` a multiple of `$w`, in tiles of `$r` rows × two
+/// vectors of columns, then `$r` × one vector, then single rows. Each output lane is one fma
+/// chain over `p`, so every width gives the same bits. Used here (AVX2: 4 × 16) and by
+/// `x86_avx512` (8 × 32); `load`/`store` are the module's `$w`-lane helpers.
+macro_rules! gemm_f32_kernel {
+    ($features:literal, $vec:ty, $w:literal, $r:literal, $zero:ident, $set1:ident, $fma:ident) => {
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn gemm_f32(
+            (m, n, k): (usize, usize, usize),
+            a: &[f32],
+            lda: usize,
+            b: &[f32],
+            ldb: usize,
+            c: &mut [f32],
+            ldc: usize,
+            accumulate: bool,
+        ) {
+            debug_assert!(n.is_multiple_of($w));
+            let mut i = 0;
+            while i < m {
+                let rows = (m - i).min($r);
+                let mut j = 0;
+                while j < n {
+                    let cols = if n - j >= 2 * $w { 2 * $w } else { $w };
+                    match (rows == $r, cols == 2 * $w) {
+                        (true, true) => tile::<$r, 2>(i, j, k, a, lda, b, ldb, c, ldc, accumulate),
+                        (true, false) => tile::<$r, 1>(i, j, k, a, lda, b, ldb, c, ldc, accumulate),
+                        (false, true) => {
+                            for r in i..i + rows {
+                                tile::<1, 2>(r, j, k, a, lda, b, ldb, c, ldc, accumulate)
+                            }
+                        }
+                        (false, false) => {
+                            for r in i..i + rows {
+                                tile::<1, 1>(r, j, k, a, lda, b, ldb, c, ldc, accumulate)
+                            }
+                        }
                     }
+                    j += cols;
                 }
-                _ => {
-                    for r in i..i + rows {
-                        tile::<1, 1>(r, j, k, a, lda, b, ldb, c, ldc, accumulate)
-                    }
-                }
+                i += rows;
             }
-            j += cols;
         }
-        i += rows;
-    }
-}
 
-/// Rows `i..i + R` × columns `j..j + 8·V` of `c`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-fn tile<const R: usize, const V: usize>(
-    i: usize,
-    j: usize,
-    k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    let mut acc = [[_mm256_setzero_ps(); V]; R];
-    if accumulate {
-        for (r, row) in acc.iter_mut().enumerate() {
-            for (v, x) in row.iter_mut().enumerate() {
-                *x = load(c, (i + r) * ldc + j + 8 * v);
+        /// Rows `i..i + R` × columns `j..j + W·V` of `c`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+        fn tile<const R: usize, const V: usize>(
+            i: usize,
+            j: usize,
+            k: usize,
+            a: &[f32],
+            lda: usize,
+            b: &[f32],
+            ldb: usize,
+            c: &mut [f32],
+            ldc: usize,
+            accumulate: bool,
+        ) {
+            let mut acc: [[$vec; V]; R] = [[$zero(); V]; R];
+            if accumulate {
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (v, x) in row.iter_mut().enumerate() {
+                        *x = load(c, (i + r) * ldc + j + $w * v);
+                    }
+                }
+            }
+            let arows: [&[f32]; R] = std::array::from_fn(|r| &a[(i + r) * lda..(i + r) * lda + k]);
+            for p in 0..k {
+                let bv: [$vec; V] = std::array::from_fn(|v| load(b, p * ldb + j + $w * v));
+                for r in 0..R {
+                    let x = $set1(arows[r][p]);
+                    for v in 0..V {
+                        acc[r][v] = $fma(x, bv[v], acc[r][v]);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (v, &x) in row.iter().enumerate() {
+                    store(c, (i + r) * ldc + j + $w * v, x);
+                }
             }
         }
-    }
-    let arows: [&[f32]; R] = std::array::from_fn(|r| &a[(i + r) * lda..(i + r) * lda + k]);
-    for p in 0..k {
-        let bv: [__m256; V] = std::array::from_fn(|v| load(b, p * ldb + j + 8 * v));
-        for r in 0..R {
-            let x = _mm256_set1_ps(arows[r][p]);
-            for v in 0..V {
-                acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (v, &x) in row.iter().enumerate() {
-            store(c, (i + r) * ldc + j + 8 * v, x);
-        }
-    }
+    };
 }
+pub(super) use gemm_f32_kernel;
+
+gemm_f32_kernel!(
+    "avx2,fma",
+    __m256,
+    8,
+    4,
+    _mm256_setzero_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps
+);
 
 // ---------------------------------------------------------------------------------------------
 // Decode attention over the KV cache: a query against many key rows, and the weighted sum of
