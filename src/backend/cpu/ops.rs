@@ -169,8 +169,9 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 
 /// `c[i][j] = Σ_p a[i][p]·b[p][j]` (or `c[i][j] +=` that sum when `accumulate`) for
 /// `i < m`, `j < n`, `p < k`: row-major matrices with leading dimensions (elements between
-/// rows) `lda`, `ldb`, `ldc`. Runs an AVX2+FMA kernel where the CPU has one and `n` is a
-/// multiple of 8 (one rounding per multiply-add there, two in the portable loop).
+/// rows) `lda`, `ldb`, `ldc`. Runs an AVX-512 kernel where the CPU has one and `n` is a
+/// multiple of 16, else an AVX2+FMA one where `n` is a multiple of 8 (the same bits: one
+/// rounding per multiply-add in both, two in the portable loop).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_f32(
     (m, n, k): (usize, usize, usize),
