@@ -4,7 +4,9 @@
 //
 // The backend inlines this file where a kernel file says `#include "common.cuh"`. Compiled as
 // plain C++ (neither __CUDACC__ nor __HIPCC__ defined), the dequantization functions run on the
-// host: tests/gpu_kernels.rs checks them there against the crate's scalar reference.
+// host: tests/gpu_backends.rs checks them there against the crate's scalar reference. With
+// QWEN_SIMT_HOST (tests/gpu_emulator/simt_host.h supplies the CUDA built-ins) the whole GPU path
+// runs on the host: tests/gpu_emulated.rs.
 #pragma once
 
 #if defined(__HIPCC__) || defined(__HIPCC_RTC__) || defined(__HIP_PLATFORM_AMD__)
@@ -12,6 +14,8 @@
 #define QWEN_GPU 1
 #elif defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define QWEN_CUDA 1
+#define QWEN_GPU 1
+#elif defined(QWEN_SIMT_HOST)
 #define QWEN_GPU 1
 #endif
 
@@ -24,7 +28,7 @@
 #define QRESTRICT
 #endif
 
-#if defined(QWEN_GPU)
+#if defined(QWEN_GPU) && !defined(QWEN_SIMT_HOST)
 typedef unsigned char uint8_t;
 typedef signed char int8_t;
 typedef unsigned short uint16_t;
@@ -32,7 +36,7 @@ typedef short int16_t;
 typedef unsigned int uint32_t;
 typedef int int32_t;
 typedef unsigned long long uint64_t;
-#else
+#elif !defined(QWEN_GPU)
 #include <stdint.h>
 #include <string.h>
 #include <math.h>

@@ -8,27 +8,14 @@
 #define MM_ROWS (QWEN_BLOCK / 32)
 #define MM_TOKENS 4
 
-// Sum over the 32 threads of this thread's group (threads 32g .. 32g+31) through shared memory.
-__device__ float qwen_group32_sum(float v, float* sh) {
-    int t = threadIdx.x, lane = t & 31;
-    __syncthreads();
-    sh[t] = v;
-    __syncthreads();
-    for (int o = 16; o > 0; o >>= 1) {
-        if (lane < o) sh[t] += sh[t + o];
-        __syncthreads();
-    }
-    float r = sh[t - lane];
-    __syncthreads();
-    return r;
-}
-
 // y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tok, r < rows; W's rows are `row_bytes` apart,
 // `cols` is a multiple of 32. Grid: (ceil(rows / MM_ROWS), ceil(n_tok / MM_TOKENS)).
 template <int TY>
 __device__ void matmul_body(const uint8_t* QRESTRICT w, unsigned long long row_bytes, int rows,
                             int cols, const float* QRESTRICT x, float* QRESTRICT y, int n_tok) {
-    __shared__ float sh[QWEN_BLOCK];
+    // Each thread's partial sums, per token; after one barrier (not a reduction tree of barriers
+    // per token) one thread per (row, token) adds its group's 32.
+    __shared__ float part[MM_TOKENS][QWEN_BLOCK];
     int g = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int r = blockIdx.x * MM_ROWS + g;
     int t0 = blockIdx.y * MM_TOKENS;
@@ -50,9 +37,13 @@ __device__ void matmul_body(const uint8_t* QRESTRICT w, unsigned long long row_b
             }
         }
     }
-    for (int tt = 0; tt < MM_TOKENS; ++tt) {
-        float v = qwen_group32_sum(acc[tt], sh);
-        if (lane == 0 && r < rows && tt < nt) y[(unsigned long long)(t0 + tt) * rows + r] = v;
+    for (int tt = 0; tt < MM_TOKENS; ++tt) part[tt][threadIdx.x] = acc[tt];
+    __syncthreads();
+    if (lane < nt && r < rows) {
+        const float* ps = &part[lane][32 * g];
+        float v = 0.0f;
+        for (int l = 0; l < 32; ++l) v += ps[l];
+        y[(unsigned long long)(t0 + lane) * rows + r] = v;
     }
 }
 

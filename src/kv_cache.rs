@@ -23,7 +23,7 @@ use crate::quant::{f16_to_f32, f32_to_f16};
 /// Values per Q8 scale (the whole head row when `head_dim` is not a multiple of it).
 pub const Q8_BLOCK: usize = 32;
 
-fn q8_block(head_dim: usize) -> usize {
+pub fn q8_block(head_dim: usize) -> usize {
     if head_dim.is_multiple_of(Q8_BLOCK) {
         Q8_BLOCK
     } else {

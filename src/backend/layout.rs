@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::kv_cache::KvCacheType;
+use crate::kv_cache::{self, KvCacheType};
 
 /// Threads per block of the reducing kernels (`QWEN_BLOCK`).
 pub const BLOCK: u32 = 128;
@@ -56,6 +56,7 @@ pub fn kernel_names() -> Vec<String> {
         "silu_mul",
         "kv_store_f16",
         "kv_store_q8",
+        "key_bias_sub",
         "attention_f16",
         "attention_q8",
     ]
@@ -158,13 +159,17 @@ pub fn attention_launch(n_tok: usize, n_head: usize) -> Result<Launch> {
 }
 
 /// The device KV cache: per layer, keys and values `[n_seq][n_ctx][kv_dim]` as f16 or int8,
-/// plus for int8 one f32 scale per 32 values.
+/// plus for int8 one f32 scale per block of `q8_block` values (the CPU cache's blocks: 32, or
+/// the whole head row when the head size is not a multiple of 32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
     pub ty: KvCacheType,
     pub n_seq: usize,
     pub n_ctx: usize,
     pub kv_dim: usize,
+    pub head_dim: usize,
+    /// Values per int8 scale ([`kv_cache::q8_block`] of the head size).
+    pub q8_block: usize,
 }
 
 impl KvLayout {
@@ -185,16 +190,13 @@ impl KvLayout {
                 "head size {head_dim} on a GPU (even, at most {ATT_MAX_HD})"
             )));
         }
-        if ty == KvCacheType::Q8 && !head_dim.is_multiple_of(32) {
-            return Err(Error::Unsupported(format!(
-                "an int8 KV cache on a GPU needs a head size that is a multiple of 32, not {head_dim}"
-            )));
-        }
         Ok(KvLayout {
             ty,
             n_seq,
             n_ctx,
             kv_dim: n_head_kv * head_dim,
+            head_dim,
+            q8_block: kv_cache::q8_block(head_dim),
         })
     }
 
@@ -224,14 +226,23 @@ impl KvLayout {
     /// Bytes of the keys' (or values') scales of one layer (int8 only).
     pub fn layer_scale_bytes(&self) -> usize {
         match self.ty {
-            KvCacheType::Q8 => 4 * (self.layer_elems() / 32),
+            KvCacheType::Q8 => 4 * (self.layer_elems() / self.q8_block),
+            _ => 0,
+        }
+    }
+
+    /// Bytes of the int8 cache's rotation table (each position's RoPE cos | sin, shared by the
+    /// layers), from which attention restores the key bias the cache is stored without.
+    pub fn rotation_bytes(&self) -> usize {
+        match self.ty {
+            KvCacheType::Q8 => 4 * self.n_seq * self.n_ctx * self.head_dim,
             _ => 0,
         }
     }
 
     /// Device bytes of the whole cache for `n_layer` layers.
     pub fn total_bytes(&self, n_layer: usize) -> usize {
-        2 * n_layer * (self.layer_bytes() + self.layer_scale_bytes())
+        2 * n_layer * (self.layer_bytes() + self.layer_scale_bytes()) + self.rotation_bytes()
     }
 }
 
@@ -375,12 +386,15 @@ mod tests {
         assert_eq!(q.layer_scale_bytes(), 4 * 2 * 100 * 128 / 32);
         assert_eq!(
             q.total_bytes(24),
-            2 * 24 * (q.layer_bytes() + q.layer_scale_bytes())
+            2 * 24 * (q.layer_bytes() + q.layer_scale_bytes()) + 4 * 2 * 100 * 64
         );
         // A head row starts on a scale boundary, so `index / 32` is its block's scale.
         assert_eq!(q.index(1, 7, 64) % 32, 0);
         assert!(KvLayout::new(KvCacheType::F32, 1, 1, 1, 64).is_err());
-        assert!(KvLayout::new(KvCacheType::Q8, 1, 1, 1, 48).is_err());
+        // A head size that is not a multiple of 32: one scale per head row, as on the CPU.
+        let q48 = KvLayout::new(KvCacheType::Q8, 1, 10, 2, 48).unwrap();
+        assert_eq!(q48.q8_block, 48);
+        assert_eq!(q48.layer_scale_bytes(), 4 * 10 * 2);
         assert!(KvLayout::new(KvCacheType::F16, 1, 1, 1, 512).is_err());
     }
 }

@@ -8,7 +8,6 @@
 //! A [`Session`](crate::session::Session) owns one backend (`SessionOptions::backend`), so
 //! everything built on sessions (chat, batches, the server, the C ABI) runs on any of them.
 pub mod cpu;
-#[cfg(any(feature = "cuda", feature = "rocm"))]
 pub mod gpu;
 pub mod layout;
 

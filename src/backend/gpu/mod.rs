@@ -7,6 +7,10 @@
 //! buffers. A forward step uploads the batch's token ids, sequences, positions and RoPE tables
 //! (computed on the host exactly as the CPU does), launches the kernels and copies the wanted
 //! logits back; sampling then runs on the host.
+//!
+//! This module is built without the GPU features too: it needs no driver, and
+//! tests/gpu_emulator implements [`GpuApi`] on the host (threads as fibers), so the forward
+//! pass and the kernels run in every test run, GPU or not.
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "rocm")]
@@ -166,6 +170,7 @@ struct Kernels<F> {
     silu_mul: F,
     kv_store_f16: F,
     kv_store_q8: F,
+    key_bias_sub: F,
     attention_f16: F,
     attention_q8: F,
 }
@@ -211,6 +216,9 @@ pub struct GpuBackend<A: GpuApi> {
     output_norm: DevPtr,
     layers: Vec<DLayer<A::Function>>,
     kv: Vec<DKv>,
+    /// Int8 cache: each position's RoPE cos | sin (`[seq][n_ctx][head_dim]`), for the key bias
+    /// the cache is stored without (`key_bias_sub`); 0 otherwise.
+    kv_rot: DevPtr,
     kv_layout: KvLayout,
     act: Act,
     max_batch: usize,
@@ -284,6 +292,7 @@ impl<A: GpuApi> GpuBackend<A> {
             silu_mul: get("silu_mul")?,
             kv_store_f16: get("kv_store_f16")?,
             kv_store_q8: get("kv_store_q8")?,
+            key_bias_sub: get("key_bias_sub")?,
             attention_f16: get("attention_f16")?,
             attention_q8: get("attention_q8")?,
         };
@@ -312,6 +321,7 @@ impl<A: GpuApi> GpuBackend<A> {
             output_norm: 0,
             layers: Vec::with_capacity(c.n_layer),
             kv: Vec::with_capacity(c.n_layer),
+            kv_rot: 0,
             kv_layout,
             act: Act {
                 x: 0,
@@ -395,6 +405,9 @@ impl<A: GpuApi> GpuBackend<A> {
                 (0, 0)
             };
             me.kv.push(DKv { k, v, ks, vs });
+        }
+        if me.kv_layout.rotation_bytes() > 0 {
+            me.kv_rot = me.alloc_zeroed(me.kv_layout.rotation_bytes())?;
         }
 
         // Activations for max_batch tokens.
@@ -704,6 +717,7 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
             2
         };
         let layer_elems = self.kv_layout.layer_elems();
+        let q8_block = self.kv_layout.q8_block;
         debug_assert!(layer_elems * elem == self.kv_layout.layer_bytes());
         for (li, layer) in self.layers.iter().enumerate() {
             // 2. xb = RMSNorm(x); q, k, v (+ bias).
@@ -752,10 +766,33 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
             let scale = 1.0 / (hd as f32).sqrt();
             let att = layout::attention_launch(t_len, n_head)?;
             if self.kv_layout.ty == KvCacheType::Q8 {
+                // Keys without the layer's key bias (as the CPU's int8 cache stores them).
+                let key_bias = match &layer.attn {
+                    DAttn::Fused { bias, .. } => *bias + f * d as u64,
+                    DAttn::Split { kb, .. } => *kb,
+                };
+                launch(
+                    &self.api,
+                    self.k.key_bias_sub,
+                    layout::elementwise_launch(t_len * kvd / 2),
+                    &[
+                        Arg::P(a.k),
+                        Arg::P(key_bias),
+                        Arg::P(a.cos),
+                        Arg::P(a.sin),
+                        Arg::P(self.kv_rot),
+                        Arg::P(a.seq),
+                        Arg::P(a.pos),
+                        Arg::I(n_kv as i32),
+                        Arg::I(hd as i32),
+                        Arg::I(self.kv_layout.n_ctx as i32),
+                        Arg::I(t_len as i32),
+                    ],
+                )?;
                 launch(
                     &self.api,
                     self.k.kv_store_q8,
-                    layout::elementwise_launch(t_len * kvd / 32),
+                    layout::elementwise_launch(t_len * kvd / q8_block),
                     &[
                         Arg::P(a.k),
                         Arg::P(a.v),
@@ -766,6 +803,7 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                         Arg::P(a.seq),
                         Arg::P(a.pos),
                         Arg::I(kvd as i32),
+                        Arg::I(q8_block as i32),
                         Arg::U(seq_stride),
                         Arg::I(t_len as i32),
                     ],
@@ -781,6 +819,9 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                         Arg::P(kv.v),
                         Arg::P(kv.ks),
                         Arg::P(kv.vs),
+                        Arg::I(q8_block as i32),
+                        Arg::P(key_bias),
+                        Arg::P(self.kv_rot),
                         Arg::P(a.seq),
                         Arg::P(a.pos),
                         Arg::I(n_head as i32),
