@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::parity::{logits_of, one_sequence, rel_err};
+
 use qwen::backend::{self, Backend, BackendKind, BackendParams};
 use qwen::gguf::GgmlType;
 use qwen::kv_cache::KvCacheType;
@@ -358,28 +360,28 @@ fn kernels_compile_for_amd_gpus_with_clang_hip() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let scale = 1.0 + b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
 /// Every GPU backend present against the CPU on the tiny models (both architectures, several
-/// weight formats, f16 and int8 caches): logits of a prefill and of decode steps.
+/// weight formats, f16 and int8 caches): the logits of every prompt token and of forced decode
+/// steps. The CPU runs the same weights decoded to f32: the kernels dot f32 activations with
+/// decoded weights, while the CPU's integer dots quantize activations (as ggml does), which
+/// moves the tiny models' logits by up to 4% (tests/gpu_emulated.rs runs this on the host).
 #[test]
 fn gpu_forward_matches_cpu_on_tiny_models() {
     let mut ran = false;
+    let items = one_sequence(&(0..19).map(|i| (i * 53 + 7) % 1000).collect::<Vec<u32>>());
     for (name, ty) in [
         ("qwen1-tiny", "f32"),
         ("qwen2-tiny", "q8_0"),
         ("qwen2-tiny", "q4_k"),
     ] {
-        let Some(path) = common::tiny_gguf(name, ty) else {
+        let (Some(path), Some(decoded)) = (
+            common::tiny_gguf(name, ty),
+            common::tiny_gguf_dequantized(name, ty),
+        ) else {
             return;
         };
         let model = Model::load(&path).unwrap();
+        let decoded = Model::load(&decoded).unwrap();
         for kv in [KvCacheType::F16, KvCacheType::Q8] {
             for (kind, gpu) in gpu_backends(&model, kv) {
                 let mut gpu = match gpu {
@@ -390,30 +392,14 @@ fn gpu_forward_matches_cpu_on_tiny_models() {
                     }
                 };
                 ran = true;
-                let mut cpu = backend::create(BackendKind::Cpu, &model, &params(kv)).unwrap();
-                let prompt: Vec<u32> = (0..13).map(|i| (i * 53 + 7) % 1000).collect();
-                let collect = |b: &mut dyn Backend| {
-                    let mut rows = Vec::new();
-                    backend::generate(
-                        &model,
-                        b,
-                        &prompt,
-                        6,
-                        |l| {
-                            rows.push(l.to_vec());
-                            qwen::sampler::argmax(l)
-                        },
-                        |_| true,
-                    )
-                    .unwrap();
-                    rows
-                };
-                let (c, g) = (collect(cpu.as_mut()), collect(gpu.as_mut()));
-                for (i, (cr, gr)) in c.iter().zip(&g).enumerate() {
-                    let e = rel_err(gr, cr);
+                let mut cpu = backend::create(BackendKind::Cpu, &decoded, &params(kv)).unwrap();
+                let want = logits_of(&decoded, cpu.as_mut(), &items, 13).unwrap();
+                let got = logits_of(&model, gpu.as_mut(), &items, 13).unwrap();
+                for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                    let e = rel_err(g, w);
                     assert!(
-                        e < 2e-2,
-                        "{kind} {name} {ty} {kv:?} step {i}: relative error {e}"
+                        e < 2e-3,
+                        "{kind} {name} {ty} {kv:?} item {i}: relative error {e}"
                     );
                 }
             }
@@ -524,10 +510,15 @@ fn sessions_name_their_backend_or_why_it_is_missing() {
 /// cannot be saved (the cache is on the device), which is an error and not a panic.
 #[test]
 fn gpu_sessions_match_cpu_sessions() {
-    let Some(path) = common::tiny_gguf("qwen2-tiny", "q4_k") else {
+    let (Some(path), Some(decoded)) = (
+        common::tiny_gguf("qwen2-tiny", "q4_k"),
+        common::tiny_gguf_dequantized("qwen2-tiny", "q4_k"),
+    ) else {
         return;
     };
     let model = Arc::new(Model::load(&path).unwrap());
+    // The CPU on the same weights in f32 (see gpu_forward_matches_cpu_on_tiny_models).
+    let decoded = Arc::new(Model::load(&decoded).unwrap());
     let mut ran = false;
     for kind in [BackendKind::Cuda, BackendKind::Rocm] {
         let mut gpu = match session_on(&model, kind, 2) {
@@ -539,7 +530,7 @@ fn gpu_sessions_match_cpu_sessions() {
         };
         ran = true;
         assert_eq!(gpu.backend_kind(), kind);
-        let mut cpu = session_on(&model, BackendKind::Cpu, 2).unwrap();
+        let mut cpu = session_on(&decoded, BackendKind::Cpu, 2).unwrap();
         // 19 tokens: three chunks of max_batch 8.
         let prompts: [Vec<u32>; 2] = [
             (0..19).map(|i| (i * 41 + 3) % 1000).collect(),
@@ -548,7 +539,7 @@ fn gpu_sessions_match_cpu_sessions() {
         for (seq, p) in prompts.iter().enumerate() {
             let c = cpu.eval_seq(seq, p).unwrap().to_vec();
             let g = gpu.eval_seq(seq, p).unwrap().to_vec();
-            assert!(rel_err(&g, &c) < 2e-2, "{kind} prefill of sequence {seq}");
+            assert!(rel_err(&g, &c) < 2e-3, "{kind} prefill of sequence {seq}");
         }
         let mut next = [1u32, 2];
         for step in 0..4 {
@@ -557,7 +548,7 @@ fn gpu_sessions_match_cpu_sessions() {
             let v = c.len() / 2;
             for s in 0..2 {
                 let (cr, gr) = (&c[s * v..(s + 1) * v], &g[s * v..(s + 1) * v]);
-                assert!(rel_err(gr, cr) < 2e-2, "{kind} step {step} sequence {s}");
+                assert!(rel_err(gr, cr) < 2e-3, "{kind} step {step} sequence {s}");
                 next[s] = qwen::sampler::argmax(cr);
             }
         }

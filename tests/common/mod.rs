@@ -2,6 +2,8 @@
 //! to GGUF once per type (cached under `target/test-models/`).
 #![allow(dead_code)]
 
+pub mod parity;
+
 use qwen::convert::{convert, ConvertOptions, OutType};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +66,22 @@ pub fn tiny_gguf(name: &str, ty: &str) -> Option<PathBuf> {
         opts.tokenizer = Some(data.join("models/qwen1-tiny/qwen.tiktoken"));
     }
     convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("converting {name} to {ty}: {e}"));
+    std::fs::rename(&tmp, &dst).unwrap();
+    Some(dst)
+}
+
+/// [`tiny_gguf`] of `ty`, then every tensor decoded to f32 (the converter re-reading a GGUF):
+/// the same weights as `ty` holds, for a reference that computes on them in f32.
+pub fn tiny_gguf_dequantized(name: &str, ty: &str) -> Option<PathBuf> {
+    let quantized = tiny_gguf(name, ty)?;
+    let dst = out_dir().join(format!("{name}-{ty}-as-f32.gguf"));
+    if is_fresh(&dst) {
+        return Some(dst);
+    }
+    let tmp = unique_path(&format!("{name}-{ty}-as-f32"), "gguf.tmp");
+    let mut opts = ConvertOptions::new(&quantized, &tmp);
+    opts.out_type = OutType::parse("f32").unwrap();
+    convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("decoding {name} {ty} to f32: {e}"));
     std::fs::rename(&tmp, &dst).unwrap();
     Some(dst)
 }

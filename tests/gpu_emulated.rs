@@ -1,0 +1,363 @@
+//! The GPU backend on the host SIMT emulator (`tests/gpu_emulator/`): the same `GpuBackend`
+//! code and the same kernel sources a GPU runs, compiled as C++ with threads as fibers, against
+//! the CPU. This is how the CUDA / HIP backend's logic is tested on machines without a GPU; it
+//! says nothing about speed or about a vendor compiler's code generation (those need a device:
+//! tests/gpu_backends.rs).
+//!
+//! The reference for a quantized model is the CPU on the same weights decoded to f32: the
+//! kernels dot f32 activations with decoded weights, while the CPU's integer dots quantize the
+//! activations (as ggml does), which moves logits by about 1% on the tiny models.
+//!
+//! Needs a C++ compiler (`c++`, or `$CXX`); without one the tests skip visibly, under CI they
+//! fail.
+
+mod common;
+mod gpu_emulator;
+
+use common::parity::{logits_of, one_sequence, rel_err, Item};
+use gpu_emulator::HostSimt;
+use qwen::backend::gpu::{DevPtr, GpuApi, GpuBackend};
+use qwen::backend::layout::{self, Launch};
+use qwen::backend::{self, BackendKind, BackendParams};
+use qwen::gguf::GgmlType;
+use qwen::kv_cache::KvCacheType;
+use qwen::model::Model;
+use std::ffi::c_void;
+
+fn have_compiler() -> bool {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    match std::process::Command::new(&cxx).arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        _ if std::env::var_os("CI").is_some() => panic!("no C++ compiler `{cxx}`"),
+        _ => {
+            eprintln!("SKIPPED: no C++ compiler `{cxx}` for the GPU emulator; set CXX");
+            false
+        }
+    }
+}
+
+fn params(kv: KvCacheType, n_ctx: usize, n_seq: usize, max_batch: usize) -> BackendParams {
+    BackendParams {
+        n_ctx,
+        n_seq,
+        max_batch,
+        n_threads: 2,
+        kv_cache: kv,
+        device: 0,
+    }
+}
+
+fn tokens(n: usize, mul: u32, add: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * mul + add) % 1000).collect()
+}
+
+/// The emulated backend against the CPU on the same f32 weights, item by item.
+fn check_against_cpu(
+    name: &str,
+    ty: &str,
+    kv: KvCacheType,
+    p: &BackendParams,
+    items: &[Item],
+    ntk_len: usize,
+) {
+    let (Some(q), Some(f)) = (
+        common::tiny_gguf(name, ty),
+        common::tiny_gguf_dequantized(name, ty),
+    ) else {
+        return;
+    };
+    let (quantized, decoded) = (Model::load(&q).unwrap(), Model::load(&f).unwrap());
+    let mut gpu = GpuBackend::<HostSimt>::new(&quantized, p).unwrap();
+    let mut cpu = backend::create(BackendKind::Cpu, &decoded, p).unwrap();
+    let want = logits_of(&decoded, cpu.as_mut(), items, ntk_len).unwrap();
+    let got = logits_of(&quantized, &mut gpu, items, ntk_len).unwrap();
+    // Both caches round the same values the same way (the int8 one without the key bias on
+    // both): f32 rounding differences only, which may flip an int8 rounding now and then.
+    let tol = 1e-3;
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let e = rel_err(g, w);
+        assert!(
+            e < tol,
+            "{name} {ty} {kv:?} item {i} ({:?}): relative error {e}",
+            items[i]
+        );
+    }
+}
+
+/// Prefill and decode on both architectures (Qwen-1's fused QKV, Qwen-2's split projections
+/// with biases and grouped KV heads), several weight formats, both cache types; max_batch 8,
+/// so the 13-token prompt is two batches, the second not a multiple of the matrix kernel's 4
+/// tokens per block.
+#[test]
+fn emulated_gpu_forward_matches_cpu_on_tiny_models() {
+    if !have_compiler() {
+        return;
+    }
+    let items = one_sequence(&tokens(19, 53, 7));
+    for (name, ty) in [
+        ("qwen1-tiny", "f32"),
+        ("qwen1-tiny", "q4_0"),
+        ("qwen1-tiny", "q5_k"),
+        ("qwen2-tiny", "f16"),
+        ("qwen2-tiny", "q8_0"),
+        ("qwen2-tiny", "q4_k"),
+        ("qwen2-tiny", "q6_k"),
+    ] {
+        for kv in [KvCacheType::F16, KvCacheType::Q8] {
+            check_against_cpu(name, ty, kv, &params(kv, 64, 1, 8), &items, 13);
+        }
+    }
+}
+
+/// Qwen-1 past its training length (`seq_length` 64): dynamic NTK RoPE frequencies and logN
+/// scaling of the queries, through the device's RoPE tables and scale vector.
+#[test]
+fn emulated_gpu_matches_cpu_past_the_training_length() {
+    if !have_compiler() {
+        return;
+    }
+    let items = one_sequence(&tokens(90, 29, 11));
+    check_against_cpu(
+        "qwen1-tiny",
+        "q8_0",
+        KvCacheType::F16,
+        &params(KvCacheType::F16, 128, 1, 32),
+        &items,
+        items.len(),
+    );
+}
+
+/// Three sequences in shared batches: each token at its own sequence's position, the cache
+/// addressed per sequence.
+#[test]
+fn emulated_gpu_matches_cpu_on_mixed_sequence_batches() {
+    if !have_compiler() {
+        return;
+    }
+    let mut items = Vec::new();
+    let streams = [tokens(9, 41, 3), tokens(4, 13, 9), tokens(7, 7, 500)];
+    for i in 0..9 {
+        for (seq, s) in streams.iter().enumerate() {
+            if let Some(&token) = s.get(i) {
+                items.push(Item { seq, token });
+            }
+        }
+    }
+    for kv in [KvCacheType::F16, KvCacheType::Q8] {
+        check_against_cpu("qwen2-tiny", "q4_k", kv, &params(kv, 32, 3, 5), &items, 9);
+    }
+}
+
+/// Packs kernel arguments as `GpuApi::launch` takes them: each value in a 64-bit slot.
+enum A {
+    P(DevPtr),
+    I(i32),
+    U(u64),
+}
+
+fn launch(api: &HostSimt, f: usize, l: Launch, args: &[A]) -> qwen::Result<()> {
+    let mut slots: Vec<u64> = args
+        .iter()
+        .map(|a| match *a {
+            A::P(p) | A::U(p) => p,
+            A::I(x) => x as u32 as u64,
+        })
+        .collect();
+    let mut ptrs: Vec<*mut c_void> = slots
+        .iter_mut()
+        .map(|s| s as *mut u64 as *mut c_void)
+        .collect();
+    // SAFETY: the emulator checks the argument count and that every non-null pointer argument
+    // lies inside an allocation; the tests pass buffers sized for the launch.
+    unsafe { api.launch(f, l, &mut ptrs) }
+}
+
+fn upload(api: &HostSimt, bytes: &[u8]) -> DevPtr {
+    let p = api.alloc(bytes.len()).unwrap();
+    // SAFETY: the allocation holds bytes.len() bytes.
+    unsafe { api.upload(p, bytes).unwrap() };
+    p
+}
+
+fn download_f32(api: &HostSimt, p: DevPtr, n: usize) -> Vec<f32> {
+    let mut b = vec![0u8; 4 * n];
+    // SAFETY: `p` holds at least n floats.
+    unsafe { api.download(&mut b, p).unwrap() };
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn f32_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// `matmul_*` and `get_rows_*` of every weight format against the crate's dequantization:
+/// 37 rows (not a multiple of 4 rows per block), 1280 columns (40 sub-blocks: some threads
+/// take two), 1 to 9 tokens (partial token groups).
+#[test]
+fn emulated_weight_kernels_match_the_cpu_reference_in_every_format() {
+    if !have_compiler() {
+        return;
+    }
+    let api = HostSimt::open(0).unwrap();
+    let module = api
+        .compile(
+            "matmul.cu",
+            &layout::kernel_source(layout::KERNEL_FILES[0].1),
+        )
+        .unwrap();
+    let (rows, cols) = (37usize, 1280usize);
+    let mut checked = 0;
+    for ty in GgmlType::ALL {
+        let Some(suffix) = layout::weight_kernel_suffix(ty) else {
+            continue;
+        };
+        let row_bytes = layout::device_row_bytes("w", ty, cols).unwrap();
+        let mut w = vec![0u8; rows * row_bytes];
+        let mut decoded = vec![0.0f32; rows * cols];
+        for r in 0..rows {
+            let x = common::pseudo_random(cols, 100 + r as u64, 1.5);
+            let q = &mut w[r * row_bytes..(r + 1) * row_bytes];
+            qwen::quant::quantize_row(ty, &x, q).unwrap();
+            qwen::quant::dequantize_row(ty, q, &mut decoded[r * cols..(r + 1) * cols]).unwrap();
+        }
+        let wd = upload(&api, &w);
+        let matmul = api.function(&module, &format!("matmul_{suffix}")).unwrap();
+        for n_tok in [1usize, 4, 5, 9] {
+            let x = common::pseudo_random(n_tok * cols, 7 + n_tok as u64, 1.0);
+            let xd = upload(&api, &f32_bytes(&x));
+            let yd = api.alloc(4 * n_tok * rows).unwrap();
+            launch(
+                &api,
+                matmul,
+                layout::matmul_launch(rows, n_tok).unwrap(),
+                &[
+                    A::P(wd),
+                    A::U(row_bytes as u64),
+                    A::I(rows as i32),
+                    A::I(cols as i32),
+                    A::P(xd),
+                    A::P(yd),
+                    A::I(n_tok as i32),
+                ],
+            )
+            .unwrap();
+            let y = download_f32(&api, yd, n_tok * rows);
+            for t in 0..n_tok {
+                for r in 0..rows {
+                    let want: f64 = (0..cols)
+                        .map(|c| decoded[r * cols + c] as f64 * x[t * cols + c] as f64)
+                        .sum();
+                    let got = y[t * rows + r] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{ty} token {t} row {r} of {n_tok}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        // Embedding lookups: the rows exactly as the CPU decodes them.
+        let ids: [i32; 3] = [36, 0, 17];
+        let idd = upload(
+            &api,
+            &ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<_>>(),
+        );
+        let out = api.alloc(4 * ids.len() * cols).unwrap();
+        let get_rows = api
+            .function(&module, &format!("get_rows_{suffix}"))
+            .unwrap();
+        launch(
+            &api,
+            get_rows,
+            layout::rows_launch(ids.len()),
+            &[
+                A::P(wd),
+                A::U(row_bytes as u64),
+                A::I(cols as i32),
+                A::P(idd),
+                A::P(out),
+            ],
+        )
+        .unwrap();
+        let got = download_f32(&api, out, ids.len() * cols);
+        for (t, &id) in ids.iter().enumerate() {
+            let want = &decoded[id as usize * cols..(id as usize + 1) * cols];
+            let row = &got[t * cols..(t + 1) * cols];
+            assert!(
+                row.iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{ty} get_rows id {id}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 13, "every weight format");
+}
+
+/// The emulator's own checks fail where a GPU would misbehave silently, so the parity tests
+/// above could not pass on kernels that only work by accident.
+#[test]
+fn emulator_rejects_what_a_gpu_would_not_report() {
+    if !have_compiler() {
+        return;
+    }
+    let api = HostSimt::open(0).unwrap();
+    let src = r#"
+extern "C" __global__ void fill(float* x, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) x[i] = (float)i;
+}
+extern "C" __global__ void diverge(float* x) {
+    if (threadIdx.x == 3) return;
+    __syncthreads();
+    x[threadIdx.x] = 1.0f;
+}
+extern "C" __global__ void reverse(float* x) {
+    __shared__ float sh[64];
+    sh[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    x[threadIdx.x] = sh[63 - threadIdx.x];
+}
+"#;
+    let m = api.compile("selftest.cu", src).unwrap();
+    let (fill, diverge, reverse) = (
+        api.function(&m, "fill").unwrap(),
+        api.function(&m, "diverge").unwrap(),
+        api.function(&m, "reverse").unwrap(),
+    );
+    let grid = |blocks, threads| Launch {
+        grid: (blocks, 1, 1),
+        block: (threads, 1, 1),
+    };
+    let x = api.alloc(4 * 100).unwrap();
+    launch(&api, fill, grid(3, 32), &[A::P(x), A::I(100)]).unwrap();
+    let v = download_f32(&api, x, 100);
+    assert!(v.iter().enumerate().all(|(i, &f)| f == i as f32));
+    // Shared memory and the barrier: every thread sees the others' writes.
+    launch(&api, reverse, grid(1, 64), &[A::P(x)]).unwrap();
+    let r = download_f32(&api, x, 64);
+    assert!(r.iter().enumerate().all(|(i, &f)| f == (63 - i) as f32));
+
+    let e = launch(&api, diverge, grid(1, 32), &[A::P(x)]).unwrap_err();
+    assert!(e.to_string().contains("__syncthreads"), "{e}");
+    let e = launch(&api, fill, grid(1, 32), &[A::P(x)]).unwrap_err();
+    assert!(e.to_string().contains("takes 2 argument"), "{e}");
+    let host = [0.0f32; 4];
+    let e = launch(
+        &api,
+        fill,
+        grid(1, 32),
+        &[A::P(host.as_ptr() as DevPtr), A::I(4)],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("outside every device allocation"),
+        "{e}"
+    );
+    let e = launch(&api, fill, grid(1, 2048), &[A::P(x), A::I(4)]).unwrap_err();
+    assert!(e.to_string().contains("invalid launch"), "{e}");
+    // SAFETY: the emulator checks the range (this one is past the end: an error).
+    let e = unsafe { api.upload(x + 396, &[0u8; 8]) }.unwrap_err();
+    assert!(e.to_string().contains("not inside one allocation"), "{e}");
+}
