@@ -71,7 +71,9 @@ pub struct BenchResult {
     /// Weight bytes read per decoded token (every matrix once, one embedding row).
     pub weight_bytes_per_token: usize,
     /// Memory read bandwidth measured by streaming through the mapped weights with the same
-    /// threads, in GB/s (best of 3). Host memory: 0 (not measured) on a GPU backend, whose
+    /// threads, in GB/s: best of 3 passes right after each decode rep, averaged over the reps
+    /// (on a shared host the bandwidth moves during a run; each rep's measurement sees the
+    /// same neighbours as its decode). Host memory: 0 (not measured) on a GPU backend, whose
     /// weights are in device memory.
     pub read_bandwidth_gbs: f64,
     /// `weight_bytes_per_token * decode_tps`, in GB/s.
@@ -176,7 +178,7 @@ pub fn run_with(
         Ok(())
     };
 
-    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    let (mut prefill, mut decode, mut read_bws) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..p.reps {
         if p.n_prompt > 0 {
             fill(&mut session)?;
@@ -192,6 +194,12 @@ pub fn run_with(
                 session.eval(&[(i % 1000) as u32 + 100])?;
             }
             decode.push(p.n_gen as f64 / t.elapsed().as_secs_f64());
+            if on_cpu {
+                read_bws.push(measure_read_bandwidth(
+                    model.file().as_bytes(),
+                    session.n_threads(),
+                ));
+            }
         }
     }
     let (prefill_tps, prefill_tps_sd) = if prefill.is_empty() {
@@ -205,10 +213,12 @@ pub fn run_with(
         mean_sd(&decode)
     };
     let wbpt = model.weight_bytes_per_token();
-    let read_bw = if on_cpu {
+    let read_bw = if !on_cpu {
+        0.0
+    } else if read_bws.is_empty() {
         measure_read_bandwidth(model.file().as_bytes(), session.n_threads())
     } else {
-        0.0
+        mean_sd(&read_bws).0
     };
     Ok(BenchResult {
         model: path.display().to_string(),
