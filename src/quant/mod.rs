@@ -394,15 +394,25 @@ fn gemm_by_rows(
     n_tok: usize,
     out: &mut GemmOut,
 ) {
-    // On the stack: the decode loop allocates nothing.
-    let mut buf = [0f32; ROWS_PER_CALL_ONE_TOKEN];
+    // On the stack: the decode loop allocates nothing. Only the part a call uses is zeroed
+    // (once): zeroing all 16 KiB per call cost ~13 MB of stores per 0.5B token.
+    let mut buf = [std::mem::MaybeUninit::<f32>::uninit(); ROWS_PER_CALL_ONE_TOKEN];
+    let mut initialized = 0;
     let per_call = rows_per_call(n_tok);
     for (i, rows) in w.chunks(per_call * rb).enumerate() {
         let nr = rows.len() / rb;
+        if nr > initialized {
+            for x in &mut buf[initialized..nr] {
+                x.write(0.0);
+            }
+            initialized = nr;
+        }
+        // SAFETY: buf[..nr] is initialized (above); MaybeUninit<f32> has f32's layout.
+        let part = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), nr) };
         for t in 0..n_tok {
             let a = &act[t * arb..t * arb + qrb];
-            k.vec_dot_rows(ty, rb, rows, a, &mut buf[..nr]);
-            out(t, i * per_call, nr, &buf[..nr]);
+            k.vec_dot_rows(ty, rb, rows, a, part);
+            out(t, i * per_call, nr, part);
         }
     }
 }
