@@ -8,11 +8,14 @@
 #define MM_ROWS (QWEN_BLOCK / 32)
 #define MM_TOKENS 4
 
-// y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tok, r < rows; W's rows are `row_bytes` apart,
-// `cols` is a multiple of 32. Grid: (ceil(rows / MM_ROWS), ceil(n_tok / MM_TOKENS)).
+// y[t * ldy + r] (+)= sum_c W[r, c] * x[t, c] for t < n_tok, r < rows: `accumulate` adds to y
+// (the residual stream takes a projection without a separate add), `ldy` lets several
+// matrices write their parts of one row (q | k | v). W's rows are `row_bytes` apart, `cols` is
+// a multiple of 32. Grid: (ceil(rows / MM_ROWS), ceil(n_tok / MM_TOKENS)).
 template <int TY>
 __device__ void matmul_body(const uint8_t* QRESTRICT w, unsigned long long row_bytes, int rows,
-                            int cols, const float* QRESTRICT x, float* QRESTRICT y, int n_tok) {
+                            int cols, const float* QRESTRICT x, float* QRESTRICT y, int ldy, int n_tok,
+                            int accumulate) {
     // Each thread's partial sums, per token; after one barrier (not a reduction tree of barriers
     // per token) one thread per (row, token) adds its group's 32.
     __shared__ float part[MM_TOKENS][QWEN_BLOCK];
@@ -43,7 +46,8 @@ __device__ void matmul_body(const uint8_t* QRESTRICT w, unsigned long long row_b
         const float* ps = &part[lane][32 * g];
         float v = 0.0f;
         for (int l = 0; l < 32; ++l) v += ps[l];
-        y[(unsigned long long)(t0 + lane) * rows + r] = v;
+        float* out = y + (unsigned long long)(t0 + lane) * ldy + r;
+        *out = accumulate ? *out + v : v;
     }
 }
 
@@ -63,8 +67,9 @@ __device__ void get_rows_body(const uint8_t* QRESTRICT w, unsigned long long row
 
 #define QWEN_WEIGHT_KERNELS(name, TY)                                                            \
     QKERNEL void matmul_##name(const uint8_t* w, unsigned long long row_bytes, int rows,        \
-                               int cols, const float* x, float* y, int n_tok) {                 \
-        matmul_body<TY>(w, row_bytes, rows, cols, x, y, n_tok);                                  \
+                               int cols, const float* x, float* y, int ldy, int n_tok,          \
+                               int accumulate) {                                                \
+        matmul_body<TY>(w, row_bytes, rows, cols, x, y, ldy, n_tok, accumulate);                 \
     }                                                                                            \
     QKERNEL void get_rows_##name(const uint8_t* w, unsigned long long row_bytes, int cols,      \
                                  const int* ids, float* out) {                                   \

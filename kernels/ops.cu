@@ -13,53 +13,51 @@ QKERNEL void rms_norm(float* out, const float* x, const float* w, float eps, int
     for (int i = threadIdx.x; i < d; i += QWEN_BLOCK) o[i] = xr[i] * scale * w[i];
 }
 
-// x[i] += y[i] for i < n.
-QKERNEL void add_assign(float* x, const float* y, int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) x[i] += y[i];
-}
-
-// x[t, i] += b[i] for n_tok rows of `width`.
-QKERNEL void add_bias(float* x, const float* b, int width, int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) x[i] += b[i % width];
-}
-
-// Qwen-1's fused projection: row t of qkv ([T, d + 2 kv]) plus bias, split into q, k and v.
-QKERNEL void split_qkv(const float* qkv, const float* bias, float* q, float* k, float* v, int d, int kv,
-                       int n_tok) {
-    int width = d + 2 * kv;
-    int n = n_tok * width;
+// The attention projections' row per token ([T, d + 2 kv]: q heads, then k heads, then v heads,
+// each of hd columns) plus its bias, split into q ([T, d]), k and v ([T, kv]), with rotate-half
+// RoPE on the q and k heads from the token's cos/sin table ([T, hd/2], computed on the host
+// exactly as the CPU does: NTK / YaRN included) and q times scale[t] (Qwen-1's logN factor;
+// pass a null pointer for none). One item per (token, head, j < hd/2): columns j and j + hd/2.
+QKERNEL void qkv_finish(const float* qkv, const float* bias, float* q, float* k, float* v, const float* cos_t,
+                        const float* sin_t, const float* scale, int n_head, int n_kv, int hd, int n_tok) {
+    int half = hd / 2, heads = n_head + 2 * n_kv, width = heads * hd;
+    int n = n_tok * heads * half;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        int t = i / width, c = i % width;
-        float val = qkv[i] + bias[c];
-        if (c < d) q[t * d + c] = val;
-        else if (c < d + kv) k[t * kv + c - d] = val;
-        else v[t * kv + c - d - kv] = val;
-    }
-}
-
-// Rotate-half RoPE on every head of every token's row (width n_heads * hd), with the token's
-// cos/sin table ([T, hd/2], computed on the host exactly as the CPU does: NTK / YaRN included),
-// then the row times scale[t] (Qwen-1's logN factor; 1 otherwise; pass a null pointer for none).
-QKERNEL void rope_neox(float* x, const float* cos_t, const float* sin_t, const float* scale, int n_heads,
-                       int hd, int n_tok) {
-    int half = hd / 2;
-    int n = n_tok * n_heads * half;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        int t = i / (n_heads * half), rem = i % (n_heads * half);
+        int t = i / (heads * half), rem = i % (heads * half);
         int h = rem / half, j = rem % half;
-        float* head = x + ((unsigned long long)t * n_heads + h) * hd;
-        float c = cos_t[t * half + j], s = sin_t[t * half + j];
-        float x0 = head[j], x1 = head[j + half];
-        float f = scale ? scale[t] : 1.0f;
-        head[j] = (x0 * c - x1 * s) * f;
-        head[j + half] = (x1 * c + x0 * s) * f;
+        int c0 = h * hd + j;
+        const float* row = qkv + (unsigned long long)t * width;
+        float x0 = row[c0] + bias[c0], x1 = row[c0 + half] + bias[c0 + half];
+        float* dst;
+        if (h < n_head + n_kv) {
+            float c = cos_t[t * half + j], s = sin_t[t * half + j];
+            float r0 = x0 * c - x1 * s, r1 = x1 * c + x0 * s;
+            x0 = r0;
+            x1 = r1;
+            if (h < n_head) {
+                float f = scale ? scale[t] : 1.0f;
+                x0 *= f;
+                x1 *= f;
+                dst = q + ((unsigned long long)t * n_head + h) * hd;
+            } else {
+                dst = k + ((unsigned long long)t * n_kv + (h - n_head)) * hd;
+            }
+        } else {
+            dst = v + ((unsigned long long)t * n_kv + (h - n_head - n_kv)) * hd;
+        }
+        dst[j] = x0;
+        dst[j + half] = x1;
     }
 }
 
-// SwiGLU: gate[i] = silu(gate[i]) * up[i].
-QKERNEL void silu_mul(float* gate, const float* up, int n) {
+// SwiGLU: out[t, i] = silu(gu[t, i]) * gu[t, n_ff + i], from the gate and up projections'
+// row per token ([T, 2 n_ff]: gate | up).
+QKERNEL void swiglu(float* out, const float* gu, int n_ff, int n_tok) {
+    int n = n_tok * n_ff;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        int t = i / n_ff, c = i % n_ff;
+        const float* row = gu + (unsigned long long)t * 2 * n_ff;
+        float g = row[c];
+        out[i] = g / (1.0f + expf(-g)) * row[n_ff + c];
     }
 }

@@ -148,6 +148,45 @@ fn emulated_gpu_matches_cpu_on_mixed_sequence_batches() {
     }
 }
 
+/// Kernel launches per decode step: 10 per layer with an f16 cache (norm, q|k|v as one
+/// matrix, bias + RoPE + split, cache store, attention, output projection added to the
+/// residual, norm, gate|up as one matrix, SwiGLU, down projection added to the residual), one
+/// more with the int8 cache (the key bias), plus the embedding lookup, final norm and LM head.
+/// Launch overhead dominates a small model's decode on a GPU; this pins the count.
+#[test]
+fn emulated_gpu_decode_launches_per_token() {
+    if !have_compiler() {
+        return;
+    }
+    let Some(path) = common::tiny_gguf("qwen2-tiny", "q8_0") else {
+        return;
+    };
+    let model = Model::load(&path).unwrap();
+    let n_layer = model.config.n_layer;
+    for (kv, per_layer) in [(KvCacheType::F16, 10), (KvCacheType::Q8, 11)] {
+        let mut gpu = GpuBackend::<HostSimt>::new(&model, &params(kv, 64, 1, 8)).unwrap();
+        let items = one_sequence(&tokens(4, 3, 1));
+        logits_of(&model, &mut gpu, &items[..3], 3).unwrap();
+        let before = gpu.api().launches();
+        let c = &model.config;
+        let mut inv_freq = vec![0.0f32; c.head_dim / 2];
+        c.rope_inv_freq(1.0, &mut inv_freq);
+        let mut logits = vec![0.0f32; c.n_vocab];
+        let batch = qwen::model::forward::Batch {
+            tokens: &[items[3].token],
+            seq: &[0],
+            pos: &[3],
+            logits_from: 0,
+        };
+        qwen::backend::Backend::forward(&mut gpu, &model, &inv_freq, &batch, &mut logits).unwrap();
+        assert_eq!(
+            gpu.api().launches() - before,
+            3 + per_layer * n_layer,
+            "{kv:?}"
+        );
+    }
+}
+
 /// Packs kernel arguments as `GpuApi::launch` takes them: each value in a 64-bit slot.
 enum A {
     P(DevPtr),
@@ -194,7 +233,7 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
 
 /// `matmul_*` and `get_rows_*` of every weight format against the crate's dequantization:
 /// 37 rows (not a multiple of 4 rows per block), 1280 columns (40 sub-blocks: some threads
-/// take two), 1 to 9 tokens (partial token groups).
+/// take two), 1 to 9 tokens (partial token groups), a strided output, accumulating or not.
 #[test]
 fn emulated_weight_kernels_match_the_cpu_reference_in_every_format() {
     if !have_compiler() {
@@ -227,7 +266,12 @@ fn emulated_weight_kernels_match_the_cpu_reference_in_every_format() {
         for n_tok in [1usize, 4, 5, 9] {
             let x = common::pseudo_random(n_tok * cols, 7 + n_tok as u64, 1.0);
             let xd = upload(&api, &f32_bytes(&x));
-            let yd = api.alloc(4 * n_tok * rows).unwrap();
+            // Output rows `ldy` apart (3 columns past the matrix's rows untouched), half the
+            // cases adding to what y holds (the residual stream's projections).
+            let ldy = rows + 3;
+            let accumulate = n_tok % 2 == 1;
+            let before: Vec<f32> = (0..n_tok * ldy).map(|i| (i % 7) as f32 - 3.0).collect();
+            let yd = upload(&api, &f32_bytes(&before));
             launch(
                 &api,
                 matmul,
@@ -239,19 +283,27 @@ fn emulated_weight_kernels_match_the_cpu_reference_in_every_format() {
                     A::I(cols as i32),
                     A::P(xd),
                     A::P(yd),
+                    A::I(ldy as i32),
                     A::I(n_tok as i32),
+                    A::I(accumulate as i32),
                 ],
             )
             .unwrap();
-            let y = download_f32(&api, yd, n_tok * rows);
+            let y = download_f32(&api, yd, n_tok * ldy);
             for t in 0..n_tok {
-                for r in 0..rows {
-                    let want: f64 = (0..cols)
+                for r in 0..ldy {
+                    let at = t * ldy + r;
+                    if r >= rows {
+                        assert_eq!(y[at], before[at], "{ty}: column {r} past the rows written");
+                        continue;
+                    }
+                    let dot: f64 = (0..cols)
                         .map(|c| decoded[r * cols + c] as f64 * x[t * cols + c] as f64)
                         .sum();
-                    let got = y[t * rows + r] as f64;
+                    let want = dot + if accumulate { before[at] as f64 } else { 0.0 };
+                    let got = y[at] as f64;
                     assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        (got - want).abs() <= 1e-4 * (1.0 + dot.abs()),
                         "{ty} token {t} row {r} of {n_tok}: {got} vs {want}"
                     );
                 }

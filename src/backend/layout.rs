@@ -49,11 +49,8 @@ pub fn kernel_source(file_text: &str) -> String {
 pub fn kernel_names() -> Vec<String> {
     let mut names: Vec<String> = [
         "rms_norm",
-        "add_assign",
-        "add_bias",
-        "split_qkv",
-        "rope_neox",
-        "silu_mul",
+        "qkv_finish",
+        "swiglu",
         "kv_store_f16",
         "kv_store_q8",
         "key_bias_sub",

@@ -44,6 +44,14 @@ struct Alloc {
 
 pub struct HostSimt {
     allocs: Mutex<BTreeMap<u64, Alloc>>,
+    launches: std::sync::atomic::AtomicUsize,
+}
+
+impl HostSimt {
+    /// Kernel launches made through this device so far.
+    pub fn launches(&self) -> usize {
+        self.launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 pub struct Module {
@@ -139,6 +147,7 @@ impl GpuApi for HostSimt {
         }
         Ok(HostSimt {
             allocs: Mutex::new(BTreeMap::new()),
+            launches: Default::default(),
         })
     }
 
@@ -280,6 +289,8 @@ impl GpuApi for HostSimt {
         let geom = [
             l.grid.0, l.grid.1, l.grid.2, l.block.0, l.block.1, l.block.2,
         ];
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut msg = [0 as c_char; 512];
         let _guard = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: `f` is a `simt_launch_*` entry point of a loaded module; `args` follow the

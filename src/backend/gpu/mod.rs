@@ -136,38 +136,28 @@ struct DMat<F> {
     get_rows: F,
 }
 
-enum DAttn<F> {
-    Fused {
-        qkv: DMat<F>,
-        bias: DevPtr,
-    },
-    Split {
-        q: DMat<F>,
-        qb: DevPtr,
-        k: DMat<F>,
-        kb: DevPtr,
-        v: DMat<F>,
-        vb: DevPtr,
-    },
-}
+/// Projections that read the same normed activations and write one output row between them:
+/// runs of matrices that share a format are concatenated on the device (one matrix, one
+/// launch); each matrix writes the columns after the previous one's.
+struct Proj<F>(Vec<DMat<F>>);
 
 struct DLayer<F> {
     attn_norm: DevPtr,
-    attn: DAttn<F>,
+    /// q | k | v rows; output row `[d + 2 kv]`.
+    qkv: Proj<F>,
+    /// `[d + 2 kv]`: the q, k and v biases (zeros where the model has none).
+    qkv_bias: DevPtr,
     attn_out: DMat<F>,
     ffn_norm: DevPtr,
-    gate: DMat<F>,
-    up: DMat<F>,
+    /// gate | up rows; output row `[2 n_ff]`.
+    gate_up: Proj<F>,
     down: DMat<F>,
 }
 
 struct Kernels<F> {
     rms_norm: F,
-    add_assign: F,
-    add_bias: F,
-    split_qkv: F,
-    rope: F,
-    silu_mul: F,
+    qkv_finish: F,
+    swiglu: F,
     kv_store_f16: F,
     kv_store_q8: F,
     key_bias_sub: F,
@@ -187,14 +177,16 @@ struct DKv {
 struct Act {
     x: DevPtr,
     xb: DevPtr,
+    /// `[T, d + 2 kv]`: the q | k | v projections before bias and RoPE.
+    qkv: DevPtr,
     q: DevPtr,
     k: DevPtr,
     v: DevPtr,
-    qkv: DevPtr,
     attn: DevPtr,
-    proj: DevPtr,
-    gate: DevPtr,
-    up: DevPtr,
+    /// `[T, 2 n_ff]`: gate | up.
+    gate_up: DevPtr,
+    /// `[T, n_ff]`: silu(gate) * up.
+    ffn: DevPtr,
     logits: DevPtr,
     ids: DevPtr,
     seq: DevPtr,
@@ -285,11 +277,8 @@ impl<A: GpuApi> GpuBackend<A> {
         };
         let k = Kernels {
             rms_norm: get("rms_norm")?,
-            add_assign: get("add_assign")?,
-            add_bias: get("add_bias")?,
-            split_qkv: get("split_qkv")?,
-            rope: get("rope_neox")?,
-            silu_mul: get("silu_mul")?,
+            qkv_finish: get("qkv_finish")?,
+            swiglu: get("swiglu")?,
             kv_store_f16: get("kv_store_f16")?,
             kv_store_q8: get("kv_store_q8")?,
             key_bias_sub: get("key_bias_sub")?,
@@ -326,14 +315,13 @@ impl<A: GpuApi> GpuBackend<A> {
             act: Act {
                 x: 0,
                 xb: 0,
+                qkv: 0,
                 q: 0,
                 k: 0,
                 v: 0,
-                qkv: 0,
                 attn: 0,
-                proj: 0,
-                gate: 0,
-                up: 0,
+                gate_up: 0,
+                ffn: 0,
                 logits: 0,
                 ids: 0,
                 seq: 0,
@@ -358,11 +346,11 @@ impl<A: GpuApi> GpuBackend<A> {
         me.output = me.upload_matrix(model, &w.output, &funcs, &mut uploaded)?;
         me.output_norm = me.upload_vector(model, &w.output_norm, &mut uploaded)?;
         for l in &w.layers {
-            let attn = match &l.attn {
-                Attention::Fused { qkv, qkv_bias } => DAttn::Fused {
-                    qkv: me.upload_matrix(model, qkv, &funcs, &mut uploaded)?,
-                    bias: me.upload_vector(model, qkv_bias, &mut uploaded)?,
-                },
+            let (qkv, qkv_bias) = match &l.attn {
+                Attention::Fused { qkv, qkv_bias } => (
+                    Proj(vec![me.upload_matrix(model, qkv, &funcs, &mut uploaded)?]),
+                    me.upload_vector(model, qkv_bias, &mut uploaded)?,
+                ),
                 Attention::Split {
                     q,
                     q_bias,
@@ -370,22 +358,29 @@ impl<A: GpuApi> GpuBackend<A> {
                     k_bias,
                     v,
                     v_bias,
-                } => DAttn::Split {
-                    q: me.upload_matrix(model, q, &funcs, &mut uploaded)?,
-                    qb: me.upload_vector(model, q_bias, &mut uploaded)?,
-                    k: me.upload_matrix(model, k, &funcs, &mut uploaded)?,
-                    kb: me.upload_vector(model, k_bias, &mut uploaded)?,
-                    v: me.upload_matrix(model, v, &funcs, &mut uploaded)?,
-                    vb: me.upload_vector(model, v_bias, &mut uploaded)?,
-                },
+                } => {
+                    let bias: Vec<f32> = [q_bias, k_bias, v_bias]
+                        .iter()
+                        .flat_map(|b| model.vector(b).iter().copied())
+                        .collect();
+                    (
+                        me.upload_projections(model, &[q, k, v], &funcs, &mut uploaded)?,
+                        me.upload_bytes(as_bytes(&bias))?,
+                    )
+                }
             };
             let layer = DLayer {
                 attn_norm: me.upload_vector(model, &l.attn_norm, &mut uploaded)?,
-                attn,
+                qkv,
+                qkv_bias,
                 attn_out: me.upload_matrix(model, &l.attn_out, &funcs, &mut uploaded)?,
                 ffn_norm: me.upload_vector(model, &l.ffn_norm, &mut uploaded)?,
-                gate: me.upload_matrix(model, &l.ffn_gate, &funcs, &mut uploaded)?,
-                up: me.upload_matrix(model, &l.ffn_up, &funcs, &mut uploaded)?,
+                gate_up: me.upload_projections(
+                    model,
+                    &[&l.ffn_gate, &l.ffn_up],
+                    &funcs,
+                    &mut uploaded,
+                )?,
                 down: me.upload_matrix(model, &l.ffn_down, &funcs, &mut uploaded)?,
             };
             me.layers.push(layer);
@@ -414,25 +409,16 @@ impl<A: GpuApi> GpuBackend<A> {
         let t = p.max_batch;
         let f = 4;
         let kvd = c.n_head_kv * c.head_dim;
-        let fused = matches!(
-            w.layers.first().map(|l| &l.attn),
-            Some(Attention::Fused { .. })
-        );
         me.act = Act {
             x: me.alloc_zeroed(f * t * c.n_embd)?,
             xb: me.alloc_zeroed(f * t * c.n_embd)?,
+            qkv: me.alloc_zeroed(f * t * (c.n_embd + 2 * kvd))?,
             q: me.alloc_zeroed(f * t * c.n_embd)?,
             k: me.alloc_zeroed(f * t * kvd)?,
             v: me.alloc_zeroed(f * t * kvd)?,
-            qkv: if fused {
-                me.alloc_zeroed(f * t * (c.n_embd + 2 * kvd))?
-            } else {
-                0
-            },
             attn: me.alloc_zeroed(f * t * c.n_embd)?,
-            proj: me.alloc_zeroed(f * t * c.n_embd)?,
-            gate: me.alloc_zeroed(f * t * c.n_ff)?,
-            up: me.alloc_zeroed(f * t * c.n_ff)?,
+            gate_up: me.alloc_zeroed(f * t * 2 * c.n_ff)?,
+            ffn: me.alloc_zeroed(f * t * c.n_ff)?,
             logits: me.alloc_zeroed(f * t * c.n_vocab)?,
             ids: me.alloc_zeroed(4 * t)?,
             seq: me.alloc_zeroed(4 * t)?,
@@ -484,6 +470,21 @@ impl<A: GpuApi> GpuBackend<A> {
         Ok(p)
     }
 
+    /// The `matmul_*` and `get_rows_*` kernels that decode `t`'s format.
+    fn weight_kernels(
+        funcs: &HashMap<String, A::Function>,
+        t: &Tensor,
+    ) -> Result<(A::Function, A::Function)> {
+        let suffix = layout::weight_kernel_suffix(t.ty).unwrap_or("?");
+        let kern = |p: &str| {
+            funcs
+                .get(&format!("{p}_{suffix}"))
+                .copied()
+                .ok_or_else(|| Error::Backend(format!("{}: no {p} kernel for {}", A::KIND, t.ty)))
+        };
+        Ok((kern("matmul")?, kern("get_rows")?))
+    }
+
     fn upload_matrix(
         &mut self,
         model: &Model,
@@ -495,14 +496,7 @@ impl<A: GpuApi> GpuBackend<A> {
         if row_bytes * t.rows != t.bytes.len() {
             return Err(Error::tensor(&t.name, "byte size does not match its shape"));
         }
-        let suffix = layout::weight_kernel_suffix(t.ty).unwrap_or("?");
-        let kern = |p: &str| {
-            funcs
-                .get(&format!("{p}_{suffix}"))
-                .copied()
-                .ok_or_else(|| Error::Backend(format!("{}: no {p} kernel for {}", A::KIND, t.ty)))
-        };
-        let (matmul, get_rows) = (kern("matmul")?, kern("get_rows")?);
+        let (matmul, get_rows) = Self::weight_kernels(funcs, t)?;
         let ptr = match done.get(&t.bytes) {
             Some(&p) => p,
             None => {
@@ -521,7 +515,54 @@ impl<A: GpuApi> GpuBackend<A> {
         })
     }
 
-    fn matmul(&self, m: &DMat<A::Function>, x: DevPtr, n_tok: usize, y: DevPtr) -> Result<()> {
+    /// Matrices that read the same input, each run of them sharing a format and width
+    /// concatenated into one device matrix.
+    fn upload_projections(
+        &mut self,
+        model: &Model,
+        ts: &[&Tensor],
+        funcs: &HashMap<String, A::Function>,
+        done: &mut HashMap<Range<usize>, DevPtr>,
+    ) -> Result<Proj<A::Function>> {
+        let mut mats = Vec::new();
+        for run in ts.chunk_by(|a, b| a.ty == b.ty && a.cols == b.cols) {
+            if let [t] = run {
+                mats.push(self.upload_matrix(model, t, funcs, done)?);
+                continue;
+            }
+            // Shapes checked as upload_matrix checks them, then one upload of the rows in order.
+            let first = run[0];
+            let row_bytes = layout::device_row_bytes(&first.name, first.ty, first.cols)?;
+            let mut bytes = Vec::new();
+            for t in run {
+                if row_bytes * t.rows != t.bytes.len() {
+                    return Err(Error::tensor(&t.name, "byte size does not match its shape"));
+                }
+                bytes.extend_from_slice(&model.file().as_bytes()[t.bytes.clone()]);
+            }
+            let (matmul, get_rows) = Self::weight_kernels(funcs, first)?;
+            mats.push(DMat {
+                ptr: self.upload_bytes(&bytes)?,
+                rows: run.iter().map(|t| t.rows).sum(),
+                cols: first.cols,
+                row_bytes,
+                matmul,
+                get_rows,
+            });
+        }
+        Ok(Proj(mats))
+    }
+
+    /// `y[t * ldy + r] (+)= (m x[t])[r]`: `accumulate` adds the product to `y` (a residual).
+    fn matmul(
+        &self,
+        m: &DMat<A::Function>,
+        x: DevPtr,
+        n_tok: usize,
+        y: DevPtr,
+        ldy: usize,
+        accumulate: bool,
+    ) -> Result<()> {
         let l = layout::matmul_launch(m.rows, n_tok)?;
         launch(
             &self.api,
@@ -534,9 +575,29 @@ impl<A: GpuApi> GpuBackend<A> {
                 Arg::I(m.cols as i32),
                 Arg::P(x),
                 Arg::P(y),
+                Arg::I(ldy as i32),
                 Arg::I(n_tok as i32),
+                Arg::I(accumulate as i32),
             ],
         )
+    }
+
+    /// The projections of `p` of x into rows of `y` (`[n_tok, width]`, each matrix's rows
+    /// after the previous one's).
+    fn project(
+        &self,
+        p: &Proj<A::Function>,
+        x: DevPtr,
+        n_tok: usize,
+        y: DevPtr,
+        width: usize,
+    ) -> Result<()> {
+        let mut col = 0;
+        for m in &p.0 {
+            self.matmul(m, x, n_tok, y + 4 * col as u64, width, false)?;
+            col += m.rows;
+        }
+        Ok(())
     }
 
     fn rms_norm(
@@ -562,41 +623,9 @@ impl<A: GpuApi> GpuBackend<A> {
         )
     }
 
-    fn add_assign(&self, x: DevPtr, y: DevPtr, n: usize) -> Result<()> {
-        launch(
-            &self.api,
-            self.k.add_assign,
-            layout::elementwise_launch(n),
-            &[Arg::P(x), Arg::P(y), Arg::I(n as i32)],
-        )
-    }
-
-    fn add_bias(&self, x: DevPtr, b: DevPtr, width: usize, n_tok: usize) -> Result<()> {
-        let n = width * n_tok;
-        launch(
-            &self.api,
-            self.k.add_bias,
-            layout::elementwise_launch(n),
-            &[Arg::P(x), Arg::P(b), Arg::I(width as i32), Arg::I(n as i32)],
-        )
-    }
-
-    fn rope(&self, x: DevPtr, n_heads: usize, hd: usize, logn: bool, n_tok: usize) -> Result<()> {
-        let n = n_tok * n_heads * hd / 2;
-        launch(
-            &self.api,
-            self.k.rope,
-            layout::elementwise_launch(n),
-            &[
-                Arg::P(x),
-                Arg::P(self.act.cos),
-                Arg::P(self.act.sin),
-                Arg::P(if logn { self.act.logn } else { 0 }),
-                Arg::I(n_heads as i32),
-                Arg::I(hd as i32),
-                Arg::I(n_tok as i32),
-            ],
-        )
+    /// The driver interface this backend runs on (tests count its launches).
+    pub fn api(&self) -> &A {
+        &self.api
     }
 
     /// Total device bytes this backend holds (weights, cache, activations).
@@ -719,58 +748,37 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         let layer_elems = self.kv_layout.layer_elems();
         let q8_block = self.kv_layout.q8_block;
         debug_assert!(layer_elems * elem == self.kv_layout.layer_bytes());
+        let qkv_width = d + 2 * kvd;
         for (li, layer) in self.layers.iter().enumerate() {
-            // 2. xb = RMSNorm(x); q, k, v (+ bias).
+            // 2. xb = RMSNorm(x); q | k | v rows; bias, RoPE on q (then logN) and k, split.
             self.rms_norm(a.xb, a.x, layer.attn_norm, c.rms_eps, d, t_len)?;
-            match &layer.attn {
-                DAttn::Fused { qkv, bias } => {
-                    self.matmul(qkv, a.xb, t_len, a.qkv)?;
-                    let n = t_len * (d + 2 * kvd);
-                    launch(
-                        &self.api,
-                        self.k.split_qkv,
-                        layout::elementwise_launch(n),
-                        &[
-                            Arg::P(a.qkv),
-                            Arg::P(*bias),
-                            Arg::P(a.q),
-                            Arg::P(a.k),
-                            Arg::P(a.v),
-                            Arg::I(d as i32),
-                            Arg::I(kvd as i32),
-                            Arg::I(t_len as i32),
-                        ],
-                    )?;
-                }
-                DAttn::Split {
-                    q,
-                    qb,
-                    k,
-                    kb,
-                    v,
-                    vb,
-                } => {
-                    self.matmul(q, a.xb, t_len, a.q)?;
-                    self.matmul(k, a.xb, t_len, a.k)?;
-                    self.matmul(v, a.xb, t_len, a.v)?;
-                    self.add_bias(a.q, *qb, d, t_len)?;
-                    self.add_bias(a.k, *kb, kvd, t_len)?;
-                    self.add_bias(a.v, *vb, kvd, t_len)?;
-                }
-            }
-            // 3. RoPE on q (then logN) and k.
-            self.rope(a.q, n_head, hd, uses_logn, t_len)?;
-            self.rope(a.k, n_kv, hd, false, t_len)?;
-            // 4. Append k, v to the cache; attention.
+            self.project(&layer.qkv, a.xb, t_len, a.qkv, qkv_width)?;
+            launch(
+                &self.api,
+                self.k.qkv_finish,
+                layout::elementwise_launch(t_len * qkv_width / 2),
+                &[
+                    Arg::P(a.qkv),
+                    Arg::P(layer.qkv_bias),
+                    Arg::P(a.q),
+                    Arg::P(a.k),
+                    Arg::P(a.v),
+                    Arg::P(a.cos),
+                    Arg::P(a.sin),
+                    Arg::P(if uses_logn { a.logn } else { 0 }),
+                    Arg::I(n_head as i32),
+                    Arg::I(n_kv as i32),
+                    Arg::I(hd as i32),
+                    Arg::I(t_len as i32),
+                ],
+            )?;
+            // 3. Append k, v to the cache; attention.
             let kv = &self.kv[li];
             let scale = 1.0 / (hd as f32).sqrt();
             let att = layout::attention_launch(t_len, n_head)?;
             if self.kv_layout.ty == KvCacheType::Q8 {
                 // Keys without the layer's key bias (as the CPU's int8 cache stores them).
-                let key_bias = match &layer.attn {
-                    DAttn::Fused { bias, .. } => *bias + f * d as u64,
-                    DAttn::Split { kb, .. } => *kb,
-                };
+                let key_bias = layer.qkv_bias + f * d as u64;
                 launch(
                     &self.api,
                     self.k.key_bias_sub,
@@ -867,31 +875,32 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                     ],
                 )?;
             }
-            // 5. x += attn @ Wo.
-            self.matmul(&layer.attn_out, a.attn, t_len, a.proj)?;
-            self.add_assign(a.x, a.proj, t_len * d)?;
-            // 6. MLP: x += down(silu(gate(xb)) * up(xb)), xb = RMSNorm(x).
+            // 4. x += attn @ Wo.
+            self.matmul(&layer.attn_out, a.attn, t_len, a.x, d, true)?;
+            // 5. MLP: x += down(silu(gate(xb)) * up(xb)), xb = RMSNorm(x).
             self.rms_norm(a.xb, a.x, layer.ffn_norm, c.rms_eps, d, t_len)?;
-            self.matmul(&layer.gate, a.xb, t_len, a.gate)?;
-            self.matmul(&layer.up, a.xb, t_len, a.up)?;
-            let n = t_len * c.n_ff;
+            self.project(&layer.gate_up, a.xb, t_len, a.gate_up, 2 * c.n_ff)?;
             launch(
                 &self.api,
-                self.k.silu_mul,
-                layout::elementwise_launch(n),
-                &[Arg::P(a.gate), Arg::P(a.up), Arg::I(n as i32)],
+                self.k.swiglu,
+                layout::elementwise_launch(t_len * c.n_ff),
+                &[
+                    Arg::P(a.ffn),
+                    Arg::P(a.gate_up),
+                    Arg::I(c.n_ff as i32),
+                    Arg::I(t_len as i32),
+                ],
             )?;
-            self.matmul(&layer.down, a.gate, t_len, a.proj)?;
-            self.add_assign(a.x, a.proj, t_len * d)?;
+            self.matmul(&layer.down, a.ffn, t_len, a.x, d, true)?;
         }
 
-        // 7. Final norm and LM head for tokens logits_from..T; logits back to the host.
+        // 6. Final norm and LM head for tokens logits_from..T; logits back to the host.
         let first = batch.logits_from;
         let n_out = t_len - first;
         if n_out > 0 {
             let x_first = a.x + f * (first * d) as u64;
             self.rms_norm(a.xb, x_first, self.output_norm, c.rms_eps, d, n_out)?;
-            self.matmul(&self.output, a.xb, n_out, a.logits)?;
+            self.matmul(&self.output, a.xb, n_out, a.logits, c.n_vocab, false)?;
             let dst = &mut logits[..n_out * c.n_vocab];
             // SAFETY: n_out <= max_batch rows of n_vocab floats fit the logits buffer.
             unsafe { self.api.download(as_bytes_mut(dst), a.logits)? };
