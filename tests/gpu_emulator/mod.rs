@@ -4,7 +4,7 @@
 //! "Compiling" a kernel program builds it with the system C++ compiler as a shared library,
 //! with `simt_host.h` (the CUDA built-ins: threads as fibers, `__syncthreads` as a barrier
 //! between them) and one launch entry point per kernel; launches run synchronously on the
-//! calling thread. Device memory is host memory, each allocation ending at an inaccessible
+//! calling thread (the emulator's state is per thread: tests launch in parallel). Device memory is host memory, each allocation ending at an inaccessible
 //! guard page (an overrun of the end faults). Besides what a GPU checks, a launch fails on a
 //! wrong argument count, a pointer argument outside every allocation, and a barrier some
 //! threads of a block skip; uploads and downloads must lie inside one allocation.
@@ -28,8 +28,6 @@ use std::sync::Mutex;
 /// The header every emulated program starts with.
 const SIMT_HEADER: &str = include_str!("simt_host.h");
 
-/// One launch at a time in the process: a module's scheduler state is global.
-static LAUNCH: Mutex<()> = Mutex::new(());
 /// One compilation at a time (the cache directory is shared).
 static COMPILE: Mutex<()> = Mutex::new(());
 
@@ -292,7 +290,6 @@ impl GpuApi for HostSimt {
         self.launches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut msg = [0 as c_char; 512];
-        let _guard = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: `f` is a `simt_launch_*` entry point of a loaded module; `args` follow the
         // caller's contract (see `GpuApi::launch`).
         let rc = unsafe {

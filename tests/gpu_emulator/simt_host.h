@@ -1,8 +1,9 @@
 // The CUDA built-ins the kernels of kernels/ use, emulated on the host, so the GPU backend's
 // kernels and its Rust driver code run (slowly, exactly) on a machine without a GPU.
 //
-// A launch runs its blocks one after another. Every thread of a block is a fiber (its own stack)
-// on the calling OS thread: the scheduler resumes each fiber in turn until it reaches
+// A launch runs its blocks one after another on the calling OS thread; all emulator state is
+// per OS thread, so launches from different threads run in parallel. Every thread of a block is
+// a fiber (its own stack) on that OS thread: the scheduler resumes each fiber in turn until it reaches
 // __syncthreads() or returns, so shared memory, barriers and the block reductions behave as on
 // a GPU. What a GPU would do silently or undefinedly is an error here: a barrier reached by some
 // threads while others returned, a launch whose argument count differs from the kernel's
@@ -28,8 +29,9 @@
 #define __device__
 #define __forceinline__ inline
 #define __restrict__ __restrict
-// One block runs at a time, so a function-local static is the block's shared memory.
-#define __shared__ static
+// One block runs at a time per OS thread, so a function-local thread-local static is the
+// block's shared memory.
+#define __shared__ static thread_local
 
 #define QWEN_SIMT_HIDDEN __attribute__((visibility("hidden")))
 
@@ -39,7 +41,7 @@ struct dim3 {
 
 // Not `static`: the scheduler changes them between a fiber's switches, and the compiler must
 // reload them after every __syncthreads (an external call).
-QWEN_SIMT_HIDDEN dim3 threadIdx, blockIdx, blockDim, gridDim;
+QWEN_SIMT_HIDDEN thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 static inline float __int_as_float(int i) {
     float f;
@@ -72,18 +74,24 @@ struct Fiber {
 };
 
 const unsigned MAX_THREADS = 1024;
-// Per thread; the kernels' frames are small (a 32-float decode buffer). The lowest page of
+// Per fiber; the kernels' frames are small (a 32-float decode buffer). The lowest page of
 // each stack is a guard page, so an overflow faults instead of corrupting a neighbour.
 const size_t STACK_BYTES = 64 * 1024;
 const size_t PAGE = 4096;
 
-QWEN_SIMT_HIDDEN Fiber fibers[MAX_THREADS];
-QWEN_SIMT_HIDDEN char* stacks;
-QWEN_SIMT_HIDDEN unsigned cur;
-QWEN_SIMT_HIDDEN unsigned long long n_switches;
+QWEN_SIMT_HIDDEN thread_local Fiber fibers[MAX_THREADS];
+// This OS thread's fiber stacks, mapped at its first launch and unmapped when it exits.
+struct StackArea {
+    char* base = nullptr;
+    ~StackArea() {
+        if (base) munmap(base, MAX_THREADS * STACK_BYTES);
+    }
+};
+QWEN_SIMT_HIDDEN thread_local StackArea stack_area;
+QWEN_SIMT_HIDDEN thread_local unsigned cur;
 // The kernel call every fiber of the current launch makes.
-QWEN_SIMT_HIDDEN void (*body)(void*);
-QWEN_SIMT_HIDDEN void* body_ctx;
+QWEN_SIMT_HIDDEN thread_local void (*body)(void*);
+QWEN_SIMT_HIDDEN thread_local void* body_ctx;
 
 }  // namespace simt
 
@@ -114,7 +122,7 @@ __asm__(
     ".size qwen_simt_switch, .-qwen_simt_switch\n");
 
 namespace simt {
-QWEN_SIMT_HIDDEN void* sched_sp;
+QWEN_SIMT_HIDDEN thread_local void* sched_sp;
 
 [[noreturn]] static void fiber_entry() {
     body(body_ctx);
@@ -124,7 +132,7 @@ QWEN_SIMT_HIDDEN void* sched_sp;
 }
 
 static void fiber_init(unsigned i) {
-    void** sp = (void**)(stacks + (i + 1) * STACK_BYTES);
+    void** sp = (void**)(stack_area.base + (i + 1) * STACK_BYTES);
     *--sp = nullptr;                      // fiber_entry's return address: it never returns
     *--sp = (void*)&fiber_entry;          // where the first switch's `ret` goes
     for (int r = 0; r < 6; ++r) *--sp = nullptr;  // rbp rbx r12..r15
@@ -138,7 +146,7 @@ static inline void yield_to_scheduler() { qwen_simt_switch(&fibers[cur].sp, sche
 #else
 #include <ucontext.h>
 namespace simt {
-QWEN_SIMT_HIDDEN ucontext_t sched_ctx, fiber_ctx[MAX_THREADS];
+QWEN_SIMT_HIDDEN thread_local ucontext_t sched_ctx, fiber_ctx[MAX_THREADS];
 
 static void fiber_entry() {
     body(body_ctx);
@@ -147,7 +155,7 @@ static void fiber_entry() {
 
 static void fiber_init(unsigned i) {
     getcontext(&fiber_ctx[i]);
-    fiber_ctx[i].uc_stack.ss_sp = stacks + i * STACK_BYTES + PAGE;
+    fiber_ctx[i].uc_stack.ss_sp = stack_area.base + i * STACK_BYTES + PAGE;
     fiber_ctx[i].uc_stack.ss_size = STACK_BYTES - PAGE;
     fiber_ctx[i].uc_link = &sched_ctx;
     makecontext(&fiber_ctx[i], fiber_entry, 0);
@@ -172,7 +180,7 @@ namespace simt {
 typedef int (*PtrCheck)(const void* ctx, const void* p);
 
 static int ensure_stacks(char* err, size_t n) {
-    if (stacks) return 0;
+    if (stack_area.base) return 0;
     void* m = mmap(nullptr, MAX_THREADS * STACK_BYTES, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) {
@@ -180,7 +188,7 @@ static int ensure_stacks(char* err, size_t n) {
         return 1;
     }
     for (unsigned i = 0; i < MAX_THREADS; ++i) mprotect((char*)m + i * STACK_BYTES, PAGE, PROT_NONE);
-    stacks = (char*)m;
+    stack_area.base = (char*)m;
     return 0;
 }
 
@@ -198,7 +206,6 @@ static int run_block(unsigned nt, char* err, size_t n) {
             threadIdx.y = (i / blockDim.x) % blockDim.y;
             threadIdx.z = i / (blockDim.x * blockDim.y);
             resume(i);
-            ++n_switches;
             if (fibers[i].state == DONE) ++finished;
             else ++arrived;
         }
@@ -297,6 +304,3 @@ static int launch(void (*f)(Ts...), void** args, int nargs, const unsigned* g, P
                                       simt::PtrCheck ok, const void* ctx, char* err, size_t n) { \
         return simt::launch(&name, args, nargs, g, ok, ctx, err, n);                             \
     }
-
-// Fiber switches since the module was loaded (the emulator reports its work).
-extern "C" unsigned long long simt_switches() { return simt::n_switches; }
