@@ -7,21 +7,10 @@
 // Largest head size the attention kernel's shared buffers hold.
 #define ATT_MAX_HD 256
 
-// Stores token t's k and v rows ([T, kv]) at (seq[t], pos[t]); `seq_stride` is n_ctx * kv.
-// One thread per element.
-QKERNEL void kv_store_f16(const float* k, const float* v, uint16_t* kc, uint16_t* vc, const int* seq,
-                          const int* pos, int kv, unsigned long long seq_stride, int n_tok) {
-    int n = n_tok * kv;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        int t = i / kv, c = i % kv;
-        unsigned long long at = (unsigned long long)seq[t] * seq_stride + (unsigned long long)pos[t] * kv + c;
-        kc[at] = qwen_f2h(k[i]);
-        vc[at] = qwen_f2h(v[i]);
-    }
-}
-
-// The same for the int8 cache: one thread per block of qb values (kv is a multiple of qb);
-// kq/vq hold the int8 values, ks/vs one scale per block at index (element index) / qb.
+// Stores token t's k and v rows ([T, kv]) in the int8 cache at (seq[t], pos[t]) (the f16 cache
+// is written by qkv_finish; `seq_stride` is n_ctx * kv): one thread per block of qb values (kv
+// is a multiple of qb); kq/vq hold the int8 values, ks/vs one scale per block at index
+// (element index) / qb.
 __device__ void qwen_q8_block(const float* x, int qb, int8_t* q, float* scale) {
     float amax = 0.0f;
     for (int l = 0; l < qb; ++l) amax = fmaxf(amax, fabsf(x[l]));

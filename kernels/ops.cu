@@ -17,10 +17,13 @@ QKERNEL void rms_norm(float* out, const float* x, const float* w, float eps, int
 // each of hd columns) plus its bias, split into q ([T, d]), k and v ([T, kv]), with rotate-half
 // RoPE on the q and k heads from the token's cos/sin table ([T, hd/2], computed on the host
 // exactly as the CPU does: NTK / YaRN included) and q times scale[t] (Qwen-1's logN factor;
-// pass a null pointer for none). One item per (token, head, j < hd/2): columns j and j + hd/2.
+// pass a null pointer for none). With an f16 cache (kc, vc not null) k and v go straight into it
+// at (seq[t], pos[t]) (layout in attention.cu; `seq_stride` is n_ctx * kv) instead of to k and v.
+// One item per (token, head, j < hd/2): columns j and j + hd/2.
 QKERNEL void qkv_finish(const float* qkv, const float* bias, float* q, float* k, float* v, const float* cos_t,
-                        const float* sin_t, const float* scale, int n_head, int n_kv, int hd, int n_tok) {
-    int half = hd / 2, heads = n_head + 2 * n_kv, width = heads * hd;
+                        const float* sin_t, const float* scale, uint16_t* kc, uint16_t* vc, const int* seq,
+                        const int* pos, int n_head, int n_kv, int hd, unsigned long long seq_stride, int n_tok) {
+    int half = hd / 2, heads = n_head + 2 * n_kv, width = heads * hd, kv = n_kv * hd;
     int n = n_tok * heads * half;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         int t = i / (heads * half), rem = i % (heads * half);
@@ -28,25 +31,32 @@ QKERNEL void qkv_finish(const float* qkv, const float* bias, float* q, float* k,
         int c0 = h * hd + j;
         const float* row = qkv + (unsigned long long)t * width;
         float x0 = row[c0] + bias[c0], x1 = row[c0 + half] + bias[c0 + half];
-        float* dst;
         if (h < n_head + n_kv) {
             float c = cos_t[t * half + j], s = sin_t[t * half + j];
             float r0 = x0 * c - x1 * s, r1 = x1 * c + x0 * s;
             x0 = r0;
             x1 = r1;
-            if (h < n_head) {
-                float f = scale ? scale[t] : 1.0f;
-                x0 *= f;
-                x1 *= f;
-                dst = q + ((unsigned long long)t * n_head + h) * hd;
-            } else {
-                dst = k + ((unsigned long long)t * n_kv + (h - n_head)) * hd;
-            }
-        } else {
-            dst = v + ((unsigned long long)t * n_kv + (h - n_head - n_kv)) * hd;
         }
-        dst[j] = x0;
-        dst[j + half] = x1;
+        if (h < n_head) {
+            float f = scale ? scale[t] : 1.0f;
+            float* dst = q + ((unsigned long long)t * n_head + h) * hd;
+            dst[j] = x0 * f;
+            dst[j + half] = x1 * f;
+            continue;
+        }
+        // A k head (h < n_head + n_kv) or a v head: its column in the kv row.
+        bool is_k = h < n_head + n_kv;
+        int col = (is_k ? h - n_head : h - n_head - n_kv) * hd + j;
+        if (kc) {
+            unsigned long long at = (unsigned long long)seq[t] * seq_stride + (unsigned long long)pos[t] * kv + col;
+            uint16_t* cache = is_k ? kc : vc;
+            cache[at] = qwen_f2h(x0);
+            cache[at + half] = qwen_f2h(x1);
+        } else {
+            float* dst = (is_k ? k : v) + (unsigned long long)t * kv + col;
+            dst[0] = x0;
+            dst[half] = x1;
+        }
     }
 }
 

@@ -51,7 +51,6 @@ pub fn kernel_names() -> Vec<String> {
         "rms_norm",
         "qkv_finish",
         "swiglu",
-        "kv_store_f16",
         "kv_store_q8",
         "key_bias_sub",
         "attention_f16",

@@ -101,7 +101,7 @@ impl Arg {
     }
 }
 
-const MAX_ARGS: usize = 16;
+const MAX_ARGS: usize = 24;
 
 fn launch<A: GpuApi>(api: &A, f: A::Function, l: Launch, args: &[Arg]) -> Result<()> {
     assert!(args.len() <= MAX_ARGS);
@@ -158,7 +158,6 @@ struct Kernels<F> {
     rms_norm: F,
     qkv_finish: F,
     swiglu: F,
-    kv_store_f16: F,
     kv_store_q8: F,
     key_bias_sub: F,
     attention_f16: F,
@@ -279,7 +278,6 @@ impl<A: GpuApi> GpuBackend<A> {
             rms_norm: get("rms_norm")?,
             qkv_finish: get("qkv_finish")?,
             swiglu: get("swiglu")?,
-            kv_store_f16: get("kv_store_f16")?,
             kv_store_q8: get("kv_store_q8")?,
             key_bias_sub: get("key_bias_sub")?,
             attention_f16: get("attention_f16")?,
@@ -753,6 +751,12 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
             // 2. xb = RMSNorm(x); q | k | v rows; bias, RoPE on q (then logN) and k, split.
             self.rms_norm(a.xb, a.x, layer.attn_norm, c.rms_eps, d, t_len)?;
             self.project(&layer.qkv, a.xb, t_len, a.qkv, qkv_width)?;
+            // With an f16 cache, k and v go straight into it.
+            let kv = &self.kv[li];
+            let (kc, vc) = match self.kv_layout.ty {
+                KvCacheType::Q8 => (0, 0),
+                _ => (kv.k, kv.v),
+            };
             launch(
                 &self.api,
                 self.k.qkv_finish,
@@ -766,14 +770,18 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                     Arg::P(a.cos),
                     Arg::P(a.sin),
                     Arg::P(if uses_logn { a.logn } else { 0 }),
+                    Arg::P(kc),
+                    Arg::P(vc),
+                    Arg::P(a.seq),
+                    Arg::P(a.pos),
                     Arg::I(n_head as i32),
                     Arg::I(n_kv as i32),
                     Arg::I(hd as i32),
+                    Arg::U(seq_stride),
                     Arg::I(t_len as i32),
                 ],
             )?;
-            // 3. Append k, v to the cache; attention.
-            let kv = &self.kv[li];
+            // 3. The int8 cache's store; attention.
             let scale = 1.0 / (hd as f32).sqrt();
             let att = layout::attention_launch(t_len, n_head)?;
             if self.kv_layout.ty == KvCacheType::Q8 {
@@ -840,22 +848,6 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                     ],
                 )?;
             } else {
-                launch(
-                    &self.api,
-                    self.k.kv_store_f16,
-                    layout::elementwise_launch(t_len * kvd),
-                    &[
-                        Arg::P(a.k),
-                        Arg::P(a.v),
-                        Arg::P(kv.k),
-                        Arg::P(kv.v),
-                        Arg::P(a.seq),
-                        Arg::P(a.pos),
-                        Arg::I(kvd as i32),
-                        Arg::U(seq_stride),
-                        Arg::I(t_len as i32),
-                    ],
-                )?;
                 launch(
                     &self.api,
                     self.k.attention_f16,
