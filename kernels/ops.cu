@@ -1,17 +1,6 @@
-// Element-wise and per-row operations of the forward pass. CPU reference: src/backend/cpu/ops.rs.
+// Element-wise operations of the forward pass (RMSNorm is part of the matrix kernel, matmul.cu).
+// CPU reference: src/backend/cpu/ops.rs.
 #include "common.cuh"
-
-// out[t] = x[t] * w / sqrt(mean(x[t]^2) + eps). Grid: n_tok blocks of QWEN_BLOCK threads.
-QKERNEL void rms_norm(float* out, const float* x, const float* w, float eps, int d) {
-    __shared__ float sh[QWEN_BLOCK];
-    const float* xr = x + (unsigned long long)blockIdx.x * d;
-    float* o = out + (unsigned long long)blockIdx.x * d;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < d; i += QWEN_BLOCK) ss += xr[i] * xr[i];
-    ss = qwen_block_sum(ss, sh) / (float)d;
-    float scale = 1.0f / sqrtf(ss + eps);
-    for (int i = threadIdx.x; i < d; i += QWEN_BLOCK) o[i] = xr[i] * scale * w[i];
-}
 
 // The attention projections' row per token ([T, d + 2 kv]: q heads, then k heads, then v heads,
 // each of hd columns) plus its bias, split into q ([T, d]), k and v ([T, kv]), with rotate-half

@@ -148,11 +148,11 @@ fn emulated_gpu_matches_cpu_on_mixed_sequence_batches() {
     }
 }
 
-/// Kernel launches per decode step: 9 per layer with an f16 cache (norm, q|k|v as one
-/// matrix, bias + RoPE + split + cache store, attention, output projection added to the
-/// residual, norm, gate|up as one matrix, SwiGLU, down projection added to the residual), two
-/// more with the int8 cache (the key bias, the quantizing store), plus the embedding lookup,
-/// final norm and LM head.
+/// Kernel launches per decode step: 7 per layer with an f16 cache (q|k|v as one matrix on
+/// the normed input, bias + RoPE + split + cache store, attention, output projection added to
+/// the residual, gate|up as one matrix on the normed input, SwiGLU, down projection added to
+/// the residual), two more with the int8 cache (the key bias, the quantizing store), plus the
+/// embedding lookup and the LM head (with the final norm).
 /// Launch overhead dominates a small model's decode on a GPU; this pins the count.
 #[test]
 fn emulated_gpu_decode_launches_per_token() {
@@ -164,7 +164,7 @@ fn emulated_gpu_decode_launches_per_token() {
     };
     let model = Model::load(&path).unwrap();
     let n_layer = model.config.n_layer;
-    for (kv, per_layer) in [(KvCacheType::F16, 9), (KvCacheType::Q8, 11)] {
+    for (kv, per_layer) in [(KvCacheType::F16, 7), (KvCacheType::Q8, 9)] {
         let mut gpu = GpuBackend::<HostSimt>::new(&model, &params(kv, 64, 1, 8)).unwrap();
         let items = one_sequence(&tokens(4, 3, 1));
         logits_of(&model, &mut gpu, &items[..3], 3).unwrap();
@@ -182,7 +182,7 @@ fn emulated_gpu_decode_launches_per_token() {
         qwen::backend::Backend::forward(&mut gpu, &model, &inv_freq, &batch, &mut logits).unwrap();
         assert_eq!(
             gpu.api().launches() - before,
-            3 + per_layer * n_layer,
+            2 + per_layer * n_layer,
             "{kv:?}"
         );
     }
@@ -193,6 +193,7 @@ enum A {
     P(DevPtr),
     I(i32),
     U(u64),
+    F(f32),
 }
 
 fn launch(api: &HostSimt, f: usize, l: Launch, args: &[A]) -> qwen::Result<()> {
@@ -201,6 +202,7 @@ fn launch(api: &HostSimt, f: usize, l: Launch, args: &[A]) -> qwen::Result<()> {
         .map(|a| match *a {
             A::P(p) | A::U(p) => p,
             A::I(x) => x as u32 as u64,
+            A::F(x) => x.to_bits() as u64,
         })
         .collect();
     let mut ptrs: Vec<*mut c_void> = slots
@@ -268,9 +270,13 @@ fn emulated_weight_kernels_match_the_cpu_reference_in_every_format() {
             let x = common::pseudo_random(n_tok * cols, 7 + n_tok as u64, 1.0);
             let xd = upload(&api, &f32_bytes(&x));
             // Output rows `ldy` apart (3 columns past the matrix's rows untouched), half the
-            // cases adding to what y holds (the residual stream's projections).
+            // cases adding to what y holds (the residual stream's projections), the others
+            // on RMSNorm(x) with a norm weight.
             let ldy = rows + 3;
             let accumulate = n_tok % 2 == 1;
+            let norm_w = common::pseudo_random(cols, 99, 2.0);
+            let eps = 1e-6f32;
+            let nwd = upload(&api, &f32_bytes(&norm_w));
             let before: Vec<f32> = (0..n_tok * ldy).map(|i| (i % 7) as f32 - 3.0).collect();
             let yd = upload(&api, &f32_bytes(&before));
             launch(
@@ -287,6 +293,8 @@ fn emulated_weight_kernels_match_the_cpu_reference_in_every_format() {
                     A::I(ldy as i32),
                     A::I(n_tok as i32),
                     A::I(accumulate as i32),
+                    A::P(if accumulate { 0 } else { nwd }),
+                    A::F(eps),
                 ],
             )
             .unwrap();
@@ -298,8 +306,22 @@ fn emulated_weight_kernels_match_the_cpu_reference_in_every_format() {
                         assert_eq!(y[at], before[at], "{ty}: column {r} past the rows written");
                         continue;
                     }
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    let inv_rms = if accumulate {
+                        1.0
+                    } else {
+                        let ms = xt.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64;
+                        1.0 / (ms + eps as f64).sqrt()
+                    };
                     let dot: f64 = (0..cols)
-                        .map(|c| decoded[r * cols + c] as f64 * x[t * cols + c] as f64)
+                        .map(|c| {
+                            let xn = if accumulate {
+                                xt[c] as f64
+                            } else {
+                                xt[c] as f64 * norm_w[c] as f64 * inv_rms
+                            };
+                            decoded[r * cols + c] as f64 * xn
+                        })
                         .sum();
                     let want = dot + if accumulate { before[at] as f64 } else { 0.0 };
                     let got = y[at] as f64;

@@ -48,7 +48,6 @@ pub fn kernel_source(file_text: &str) -> String {
 /// Every kernel the backend launches, by file: the compile test checks each is in the output.
 pub fn kernel_names() -> Vec<String> {
     let mut names: Vec<String> = [
-        "rms_norm",
         "qkv_finish",
         "swiglu",
         "kv_store_q8",

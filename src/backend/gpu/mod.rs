@@ -155,7 +155,6 @@ struct DLayer<F> {
 }
 
 struct Kernels<F> {
-    rms_norm: F,
     qkv_finish: F,
     swiglu: F,
     kv_store_q8: F,
@@ -175,7 +174,6 @@ struct DKv {
 /// Activations of up to `max_batch` tokens.
 struct Act {
     x: DevPtr,
-    xb: DevPtr,
     /// `[T, d + 2 kv]`: the q | k | v projections before bias and RoPE.
     qkv: DevPtr,
     q: DevPtr,
@@ -275,7 +273,6 @@ impl<A: GpuApi> GpuBackend<A> {
             })
         };
         let k = Kernels {
-            rms_norm: get("rms_norm")?,
             qkv_finish: get("qkv_finish")?,
             swiglu: get("swiglu")?,
             kv_store_q8: get("kv_store_q8")?,
@@ -312,7 +309,6 @@ impl<A: GpuApi> GpuBackend<A> {
             kv_layout,
             act: Act {
                 x: 0,
-                xb: 0,
                 qkv: 0,
                 q: 0,
                 k: 0,
@@ -409,7 +405,6 @@ impl<A: GpuApi> GpuBackend<A> {
         let kvd = c.n_head_kv * c.head_dim;
         me.act = Act {
             x: me.alloc_zeroed(f * t * c.n_embd)?,
-            xb: me.alloc_zeroed(f * t * c.n_embd)?,
             qkv: me.alloc_zeroed(f * t * (c.n_embd + 2 * kvd))?,
             q: me.alloc_zeroed(f * t * c.n_embd)?,
             k: me.alloc_zeroed(f * t * kvd)?,
@@ -551,7 +546,9 @@ impl<A: GpuApi> GpuBackend<A> {
         Ok(Proj(mats))
     }
 
-    /// `y[t * ldy + r] (+)= (m x[t])[r]`: `accumulate` adds the product to `y` (a residual).
+    /// `y[t * ldy + r] (+)= (m xn[t])[r]`: `accumulate` adds the product to `y` (a residual);
+    /// `xn` is `x`, or RMSNorm(x) with `norm`'s weight vector and epsilon.
+    #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
         m: &DMat<A::Function>,
@@ -560,7 +557,9 @@ impl<A: GpuApi> GpuBackend<A> {
         y: DevPtr,
         ldy: usize,
         accumulate: bool,
+        norm: Option<(DevPtr, f32)>,
     ) -> Result<()> {
+        let (nw, eps) = norm.unwrap_or((0, 0.0));
         let l = layout::matmul_launch(m.rows, n_tok)?;
         launch(
             &self.api,
@@ -576,49 +575,29 @@ impl<A: GpuApi> GpuBackend<A> {
                 Arg::I(ldy as i32),
                 Arg::I(n_tok as i32),
                 Arg::I(accumulate as i32),
+                Arg::P(nw),
+                Arg::F(eps),
             ],
         )
     }
 
-    /// The projections of `p` of x into rows of `y` (`[n_tok, width]`, each matrix's rows
-    /// after the previous one's).
+    /// The projections of `p` of RMSNorm(x) (`norm`: weight vector, epsilon) into rows of `y`
+    /// (`[n_tok, width]`, each matrix's rows after the previous one's).
     fn project(
         &self,
         p: &Proj<A::Function>,
         x: DevPtr,
+        norm: (DevPtr, f32),
         n_tok: usize,
         y: DevPtr,
         width: usize,
     ) -> Result<()> {
         let mut col = 0;
         for m in &p.0 {
-            self.matmul(m, x, n_tok, y + 4 * col as u64, width, false)?;
+            self.matmul(m, x, n_tok, y + 4 * col as u64, width, false, Some(norm))?;
             col += m.rows;
         }
         Ok(())
-    }
-
-    fn rms_norm(
-        &self,
-        out: DevPtr,
-        x: DevPtr,
-        w: DevPtr,
-        eps: f32,
-        d: usize,
-        n_tok: usize,
-    ) -> Result<()> {
-        launch(
-            &self.api,
-            self.k.rms_norm,
-            layout::rows_launch(n_tok),
-            &[
-                Arg::P(out),
-                Arg::P(x),
-                Arg::P(w),
-                Arg::F(eps),
-                Arg::I(d as i32),
-            ],
-        )
     }
 
     /// The driver interface this backend runs on (tests count its launches).
@@ -748,9 +727,9 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         debug_assert!(layer_elems * elem == self.kv_layout.layer_bytes());
         let qkv_width = d + 2 * kvd;
         for (li, layer) in self.layers.iter().enumerate() {
-            // 2. xb = RMSNorm(x); q | k | v rows; bias, RoPE on q (then logN) and k, split.
-            self.rms_norm(a.xb, a.x, layer.attn_norm, c.rms_eps, d, t_len)?;
-            self.project(&layer.qkv, a.xb, t_len, a.qkv, qkv_width)?;
+            // 2. q | k | v rows of RMSNorm(x); bias, RoPE on q (then logN) and k, split.
+            let attn_norm = (layer.attn_norm, c.rms_eps);
+            self.project(&layer.qkv, a.x, attn_norm, t_len, a.qkv, qkv_width)?;
             // With an f16 cache, k and v go straight into it.
             let kv = &self.kv[li];
             let (kc, vc) = match self.kv_layout.ty {
@@ -868,10 +847,10 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                 )?;
             }
             // 4. x += attn @ Wo.
-            self.matmul(&layer.attn_out, a.attn, t_len, a.x, d, true)?;
-            // 5. MLP: x += down(silu(gate(xb)) * up(xb)), xb = RMSNorm(x).
-            self.rms_norm(a.xb, a.x, layer.ffn_norm, c.rms_eps, d, t_len)?;
-            self.project(&layer.gate_up, a.xb, t_len, a.gate_up, 2 * c.n_ff)?;
+            self.matmul(&layer.attn_out, a.attn, t_len, a.x, d, true, None)?;
+            // 5. MLP: x += down(silu(gate(xn)) * up(xn)), xn = RMSNorm(x).
+            let ffn_norm = (layer.ffn_norm, c.rms_eps);
+            self.project(&layer.gate_up, a.x, ffn_norm, t_len, a.gate_up, 2 * c.n_ff)?;
             launch(
                 &self.api,
                 self.k.swiglu,
@@ -883,7 +862,7 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                     Arg::I(t_len as i32),
                 ],
             )?;
-            self.matmul(&layer.down, a.ffn, t_len, a.x, d, true)?;
+            self.matmul(&layer.down, a.ffn, t_len, a.x, d, true, None)?;
         }
 
         // 6. Final norm and LM head for tokens logits_from..T; logits back to the host.
@@ -891,8 +870,16 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         let n_out = t_len - first;
         if n_out > 0 {
             let x_first = a.x + f * (first * d) as u64;
-            self.rms_norm(a.xb, x_first, self.output_norm, c.rms_eps, d, n_out)?;
-            self.matmul(&self.output, a.xb, n_out, a.logits, c.n_vocab, false)?;
+            let norm = Some((self.output_norm, c.rms_eps));
+            self.matmul(
+                &self.output,
+                x_first,
+                n_out,
+                a.logits,
+                c.n_vocab,
+                false,
+                norm,
+            )?;
             let dst = &mut logits[..n_out * c.n_vocab];
             // SAFETY: n_out <= max_batch rows of n_vocab floats fit the logits buffer.
             unsafe { self.api.download(as_bytes_mut(dst), a.logits)? };
