@@ -141,11 +141,18 @@ struct DMat<F> {
 /// launch); each matrix writes the columns after the previous one's.
 struct Proj<F>(Vec<DMat<F>>);
 
+impl<F> Proj<F> {
+    /// Output columns: the matrices' rows together.
+    fn rows(&self) -> usize {
+        self.0.iter().map(|m| m.rows).sum()
+    }
+}
+
 struct DLayer<F> {
     attn_norm: DevPtr,
     /// q | k | v rows; output row `[d + 2 kv]`.
     qkv: Proj<F>,
-    /// `[d + 2 kv]`: the q, k and v biases (zeros where the model has none).
+    /// `[d + 2 kv]`: the q, k and v biases.
     qkv_bias: DevPtr,
     attn_out: DMat<F>,
     ffn_norm: DevPtr,
@@ -363,18 +370,22 @@ impl<A: GpuApi> GpuBackend<A> {
                     )
                 }
             };
+            let kv_width = c.n_head_kv * c.head_dim;
+            let gate_up =
+                me.upload_projections(model, &[&l.ffn_gate, &l.ffn_up], &funcs, &mut uploaded)?;
+            // The kernels write these rows into activations sized from the hyperparameters.
+            if qkv.rows() != c.n_embd + 2 * kv_width || gate_up.rows() != 2 * c.n_ff {
+                return Err(Error::Backend(format!(
+                    "{name}: attention or MLP projections do not match the model's widths"
+                )));
+            }
             let layer = DLayer {
                 attn_norm: me.upload_vector(model, &l.attn_norm, &mut uploaded)?,
                 qkv,
                 qkv_bias,
                 attn_out: me.upload_matrix(model, &l.attn_out, &funcs, &mut uploaded)?,
                 ffn_norm: me.upload_vector(model, &l.ffn_norm, &mut uploaded)?,
-                gate_up: me.upload_projections(
-                    model,
-                    &[&l.ffn_gate, &l.ffn_up],
-                    &funcs,
-                    &mut uploaded,
-                )?,
+                gate_up,
                 down: me.upload_matrix(model, &l.ffn_down, &funcs, &mut uploaded)?,
             };
             me.layers.push(layer);
