@@ -84,6 +84,16 @@ fn info_logits_and_run_on_the_real_model() {
     assert_eq!(info["n_layer"], 24);
     assert_eq!(info["n_head_kv"], 2);
     assert!(info["tensor_types"]["Q4_K"]["count"].as_u64().unwrap() > 0);
+    // Where the tensor data starts and the file's size (scripts/zeroed-model.sh uses them).
+    let (offset, size) = (
+        info["data_offset"].as_u64().unwrap(),
+        info["file_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(size, std::fs::metadata(&m).unwrap().len());
+    assert!(
+        offset > 0 && offset.is_multiple_of(32) && offset < size,
+        "{offset} of {size}"
+    );
 
     let (ok, out, err) = qwen(&["logits", "-m", &m, "--ids", "9707,11,1879", "-t", "2"]);
     assert!(ok, "{err}");

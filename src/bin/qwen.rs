@@ -1010,6 +1010,8 @@ fn info(a: InfoArgs) -> CliResult {
         "tokenizer_tokens": model.tokenizer.as_ref().map(|t| t.n_vocab()),
         "n_params": f.tensor_infos().iter().map(|t| t.n_elements()).sum::<usize>(),
         "weight_bytes": f.tensor_infos().iter().map(|t| t.n_bytes()).sum::<usize>(),
+        "data_offset": f.data_offset(),
+        "file_bytes": f.as_bytes().len(),
         "kv_cache_type_default": SessionOptions::auto_kv_cache(&model).as_str(),
         "kv_cache_bytes_per_token": SessionOptions::auto_kv_cache(&model).bytes_per_token(c.n_layer, c.n_head_kv, c.head_dim),
         "kv_cache_bytes_per_token_by_type": kv_by_type,
