@@ -175,11 +175,7 @@ fn stop_string_across_tokens_is_never_streamed() {
 }
 
 fn real_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        });
+    let dir = common::models_dir();
     let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     if path.exists() {
         return Some(path);

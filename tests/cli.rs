@@ -1,5 +1,7 @@
 //! The `qwen` command line contract (names and output shapes that outside checks rely on).
 
+mod common;
+
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,11 +33,7 @@ fn existing(path: PathBuf, what: &str) -> Option<String> {
 }
 
 fn real_model() -> Option<String> {
-    let dir = std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        });
+    let dir = common::models_dir();
     existing(
         dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
         "Qwen2.5 0.5B GGUF",

@@ -8,16 +8,7 @@ mod common;
 use qwen::convert::{convert, ConvertOptions, OutType};
 use qwen::gguf::{GgmlType, GgufFile};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        })
-}
 
 #[test]
 fn requantized_0_5b_q8_0_still_answers() {
@@ -27,7 +18,7 @@ fn requantized_0_5b_q8_0_still_answers() {
     let goldens: Value =
         serde_json::from_slice(&std::fs::read(data.join("llamacpp/goldens_0.5b.json")).unwrap())
             .unwrap();
-    let model = models_dir().join(goldens["model_file"].as_str().unwrap());
+    let model = common::models_dir().join(goldens["model_file"].as_str().unwrap());
     if !model.exists() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -127,7 +118,7 @@ fn derived_merges_equal_llama_cpp_qwen2_5() {
     let goldens: Value =
         serde_json::from_slice(&std::fs::read(data.join("llamacpp/goldens_0.5b.json")).unwrap())
             .unwrap();
-    let model = models_dir().join(goldens["model_file"].as_str().unwrap());
+    let model = common::models_dir().join(goldens["model_file"].as_str().unwrap());
     if !model.exists() {
         assert!(
             std::env::var_os("CI").is_none(),

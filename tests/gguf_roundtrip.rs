@@ -1,6 +1,6 @@
 //! The GGUF writer and reader through the public API, and the reader on a real model file.
 
-use std::path::PathBuf;
+mod common;
 
 use qwen::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 
@@ -63,21 +63,11 @@ fn streamed_file_reads_back() {
     );
 }
 
-fn models_dir() -> PathBuf {
-    match std::env::var_os("QWEN_MODELS") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            PathBuf::from(home).join(".cache/libqwen/models")
-        }
-    }
-}
-
 /// Qwen2.5-Coder 0.5B as quantized by llama.cpp: checks that a file made by others opens and
 /// that its shapes come out in ggml order.
 #[test]
 fn real_qwen2_5_coder_0_5b() {
-    let path = models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let path = common::models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     if !path.exists() {
         eprintln!(
             "SKIPPED real_qwen2_5_coder_0_5b: {} not found (set QWEN_MODELS)",

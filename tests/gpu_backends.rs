@@ -413,11 +413,7 @@ fn gpu_forward_matches_cpu_on_tiny_models() {
 /// The real 0.5B model: the first 16 greedy tokens on each GPU backend equal the CPU's.
 #[test]
 fn gpu_greedy_matches_cpu_on_the_real_model() {
-    let dir = std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        });
+    let dir = common::models_dir();
     let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     if !path.exists() {
         eprintln!(

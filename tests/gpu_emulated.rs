@@ -446,12 +446,7 @@ fn emulated_gpu_greedy_matches_cpu_on_the_real_model() {
     if !have_compiler() {
         return;
     }
-    let dir = std::env::var_os("QWEN_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/libqwen/models")
-        });
+    let dir = common::models_dir();
     let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     if !path.exists() {
         assert!(

@@ -102,11 +102,7 @@ fn qwen1_tiny_f16_and_q8_caches_stay_close_to_f32() {
 }
 
 fn real_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        });
+    let dir = common::models_dir();
     let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     if path.exists() {
         return Some(path);

@@ -131,11 +131,7 @@ fn cli_json_shape() {
 /// ppl/README.md): 4.4846 (clang) / 4.4853 (gcc). Ours must be within 1%. Slow on 2 cores.
 #[test]
 fn real_0_5b_q4_k_m_matches_llama_cpp() {
-    let dir = std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        });
+    let dir = common::models_dir();
     let model = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let Some(text) = ppl_text() else { return };
     if !model.exists() {

@@ -5,6 +5,8 @@
 //! step where llama.cpp's top-two logits are closer than 0.1 (another summation order may then
 //! legitimately pick the other token), per testdata/llamacpp/README.md.
 
+mod common;
+
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,14 +15,6 @@ fn testdata() -> PathBuf {
     std::env::var_os("QWEN_TESTDATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"))
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        })
 }
 
 /// Returns the path when present; panics in CI (missing data is a failure there), skips
@@ -46,7 +40,7 @@ fn check_model(size: &str) {
     let goldens: Value = serde_json::from_slice(&std::fs::read(goldens).unwrap()).unwrap();
     let file = goldens["model_file"].as_str().unwrap();
     let Some(model) = require(
-        models_dir().join(file),
+        common::models_dir().join(file),
         "real model (scripts/fetch-models.sh all)",
     ) else {
         return;

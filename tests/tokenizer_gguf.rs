@@ -3,6 +3,8 @@
 //! that involve such ids, or whose text contains one of Qwen2.5's own control strings, are left
 //! out (and counted).
 
+mod common;
+
 use qwen::gguf::GgufFile;
 use qwen::tokenizer::{EncodeMode, Tokenizer};
 use serde_json::Value;
@@ -24,11 +26,7 @@ fn gguf_vocabulary_matches_the_reference_tokenizer() {
     let data = std::env::var_os("QWEN_TESTDATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
-    let models = std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        });
+    let models = common::models_dir();
     let Some(goldens) = find(
         data.join("public/tokenizer_goldens.json"),
         "tokenizer goldens",

@@ -71,17 +71,9 @@ fn qwen1_tokenizer() -> Option<Tokenizer> {
     Some(Tokenizer::from_tiktoken_file(dir.join("qwen.tiktoken")).unwrap())
 }
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        })
-}
-
 /// The real 0.5B model: `None` with a SKIP line when absent, a failure under CI.
 fn real_model() -> Option<PathBuf> {
-    let path = models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let path = common::models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     if path.exists() {
         return Some(path);
     }

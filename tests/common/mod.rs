@@ -27,6 +27,16 @@ pub fn testdata() -> Option<PathBuf> {
     None
 }
 
+/// Where the real GGUF models are: `$QWEN_MODELS`, default `~/.cache/libqwen/models`
+/// (scripts/fetch-models.sh puts them there).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("QWEN_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
+        })
+}
+
 /// A checkpoint directory of the test data, e.g. `model_dir("qwen1-tiny")`.
 pub fn model_dir(name: &str) -> Option<PathBuf> {
     Some(testdata()?.join("models").join(name))
