@@ -16,13 +16,12 @@ mod gpu_emulator;
 
 use common::parity::{logits_of, one_sequence, rel_err, Item};
 use gpu_emulator::HostSimt;
-use qwen::backend::gpu::{DevPtr, GpuApi, GpuBackend};
+use qwen::backend::gpu::{launch_args, Arg, DevPtr, GpuApi, GpuBackend};
 use qwen::backend::layout::{self, Launch};
 use qwen::backend::{self, BackendKind, BackendParams};
 use qwen::gguf::GgmlType;
 use qwen::kv_cache::KvCacheType;
 use qwen::model::Model;
-use std::ffi::c_void;
 
 fn have_compiler() -> bool {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
@@ -188,30 +187,10 @@ fn emulated_gpu_decode_launches_per_token() {
     }
 }
 
-/// Packs kernel arguments as `GpuApi::launch` takes them: each value in a 64-bit slot.
-enum A {
-    P(DevPtr),
-    I(i32),
-    U(u64),
-    F(f32),
-}
-
-fn launch(api: &HostSimt, f: usize, l: Launch, args: &[A]) -> qwen::Result<()> {
-    let mut slots: Vec<u64> = args
-        .iter()
-        .map(|a| match *a {
-            A::P(p) | A::U(p) => p,
-            A::I(x) => x as u32 as u64,
-            A::F(x) => x.to_bits() as u64,
-        })
-        .collect();
-    let mut ptrs: Vec<*mut c_void> = slots
-        .iter_mut()
-        .map(|s| s as *mut u64 as *mut c_void)
-        .collect();
+fn launch(api: &HostSimt, f: usize, l: Launch, args: &[Arg]) -> qwen::Result<()> {
     // SAFETY: the emulator checks the argument count and that every non-null pointer argument
     // lies inside an allocation; the tests pass buffers sized for the launch.
-    unsafe { api.launch(f, l, &mut ptrs) }
+    unsafe { launch_args(api, f, l, args) }
 }
 
 fn upload(api: &HostSimt, bytes: &[u8]) -> DevPtr {
@@ -284,17 +263,17 @@ fn emulated_weight_kernels_match_the_cpu_reference_in_every_format() {
                 matmul,
                 layout::matmul_launch(rows, n_tok).unwrap(),
                 &[
-                    A::P(wd),
-                    A::U(row_bytes as u64),
-                    A::I(rows as i32),
-                    A::I(cols as i32),
-                    A::P(xd),
-                    A::P(yd),
-                    A::I(ldy as i32),
-                    A::I(n_tok as i32),
-                    A::I(accumulate as i32),
-                    A::P(if accumulate { 0 } else { nwd }),
-                    A::F(eps),
+                    Arg::P(wd),
+                    Arg::U(row_bytes as u64),
+                    Arg::I(rows as i32),
+                    Arg::I(cols as i32),
+                    Arg::P(xd),
+                    Arg::P(yd),
+                    Arg::I(ldy as i32),
+                    Arg::I(n_tok as i32),
+                    Arg::I(accumulate as i32),
+                    Arg::P(if accumulate { 0 } else { nwd }),
+                    Arg::F(eps),
                 ],
             )
             .unwrap();
@@ -347,11 +326,11 @@ fn emulated_weight_kernels_match_the_cpu_reference_in_every_format() {
             get_rows,
             layout::rows_launch(ids.len()),
             &[
-                A::P(wd),
-                A::U(row_bytes as u64),
-                A::I(cols as i32),
-                A::P(idd),
-                A::P(out),
+                Arg::P(wd),
+                Arg::U(row_bytes as u64),
+                Arg::I(cols as i32),
+                Arg::P(idd),
+                Arg::P(out),
             ],
         )
         .unwrap();
@@ -406,31 +385,31 @@ extern "C" __global__ void reverse(float* x) {
         block: (threads, 1, 1),
     };
     let x = api.alloc(4 * 100).unwrap();
-    launch(&api, fill, grid(3, 32), &[A::P(x), A::I(100)]).unwrap();
+    launch(&api, fill, grid(3, 32), &[Arg::P(x), Arg::I(100)]).unwrap();
     let v = download_f32(&api, x, 100);
     assert!(v.iter().enumerate().all(|(i, &f)| f == i as f32));
     // Shared memory and the barrier: every thread sees the others' writes.
-    launch(&api, reverse, grid(1, 64), &[A::P(x)]).unwrap();
+    launch(&api, reverse, grid(1, 64), &[Arg::P(x)]).unwrap();
     let r = download_f32(&api, x, 64);
     assert!(r.iter().enumerate().all(|(i, &f)| f == (63 - i) as f32));
 
-    let e = launch(&api, diverge, grid(1, 32), &[A::P(x)]).unwrap_err();
+    let e = launch(&api, diverge, grid(1, 32), &[Arg::P(x)]).unwrap_err();
     assert!(e.to_string().contains("__syncthreads"), "{e}");
-    let e = launch(&api, fill, grid(1, 32), &[A::P(x)]).unwrap_err();
+    let e = launch(&api, fill, grid(1, 32), &[Arg::P(x)]).unwrap_err();
     assert!(e.to_string().contains("takes 2 argument"), "{e}");
     let host = [0.0f32; 4];
     let e = launch(
         &api,
         fill,
         grid(1, 32),
-        &[A::P(host.as_ptr() as DevPtr), A::I(4)],
+        &[Arg::P(host.as_ptr() as DevPtr), Arg::I(4)],
     )
     .unwrap_err();
     assert!(
         e.to_string().contains("outside every device allocation"),
         "{e}"
     );
-    let e = launch(&api, fill, grid(1, 2048), &[A::P(x), A::I(4)]).unwrap_err();
+    let e = launch(&api, fill, grid(1, 2048), &[Arg::P(x), Arg::I(4)]).unwrap_err();
     assert!(e.to_string().contains("invalid launch"), "{e}");
     // SAFETY: the emulator checks the range (this one is past the end: an error).
     let e = unsafe { api.upload(x + 396, &[0u8; 8]) }.unwrap_err();

@@ -103,7 +103,18 @@ impl Arg {
 
 const MAX_ARGS: usize = 24;
 
-fn launch<A: GpuApi>(api: &A, f: A::Function, l: Launch, args: &[Arg]) -> Result<()> {
+/// Launches `f` with `args` packed as [`GpuApi::launch`] takes them (a pointer to each value).
+/// Panics with more than 24 arguments.
+///
+/// # Safety
+/// `args` are the kernel's parameters in order with matching widths, and every pointer
+/// argument addresses memory the kernel may touch.
+pub unsafe fn launch_args<A: GpuApi>(
+    api: &A,
+    f: A::Function,
+    l: Launch,
+    args: &[Arg],
+) -> Result<()> {
     assert!(args.len() <= MAX_ARGS);
     let mut slots = [0u64; MAX_ARGS];
     for (s, a) in slots.iter_mut().zip(args) {
@@ -113,10 +124,15 @@ fn launch<A: GpuApi>(api: &A, f: A::Function, l: Launch, args: &[Arg]) -> Result
     for (p, s) in ptrs.iter_mut().zip(slots.iter_mut()) {
         *p = s as *mut u64 as *mut c_void;
     }
+    // SAFETY: the caller's contract; `ptrs` point at live slots for the call's duration.
+    unsafe { api.launch(f, l, &mut ptrs[..args.len()]) }
+}
+
+fn launch<A: GpuApi>(api: &A, f: A::Function, l: Launch, args: &[Arg]) -> Result<()> {
     // SAFETY: every call site passes the kernel's parameters in order with matching widths, and
     // pointers into buffers sized for `max_batch` tokens / the whole cache (checked by
     // `check_batch` before any launch).
-    unsafe { api.launch(f, l, &mut ptrs[..args.len()]) }
+    unsafe { launch_args(api, f, l, args) }
 }
 
 /// A device allocation the backend frees when dropped.
