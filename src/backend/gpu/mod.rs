@@ -468,11 +468,21 @@ impl<A: GpuApi> GpuBackend<A> {
     }
 
     fn upload_bytes(&mut self, data: &[u8]) -> Result<DevPtr> {
-        let bytes = data.len().max(4);
+        self.upload_parts(&[data])
+    }
+
+    /// One allocation holding `parts` one after another, uploaded straight from their slices.
+    fn upload_parts(&mut self, parts: &[&[u8]]) -> Result<DevPtr> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let bytes = total.max(4);
         let ptr = self.api.alloc(bytes)?;
         self.bufs.push(DevBuf { ptr, bytes });
-        // SAFETY: the allocation holds at least data.len() bytes.
-        unsafe { self.api.upload(ptr, data)? };
+        let mut off = 0;
+        for p in parts {
+            // SAFETY: off + p.len() <= total <= bytes, inside the allocation just made.
+            unsafe { self.api.upload(ptr + off as u64, p)? };
+            off += p.len();
+        }
         Ok(ptr)
     }
 
@@ -550,19 +560,20 @@ impl<A: GpuApi> GpuBackend<A> {
                 mats.push(self.upload_matrix(model, t, funcs, done)?);
                 continue;
             }
-            // Shapes checked as upload_matrix checks them, then one upload of the rows in order.
+            // Shapes checked as upload_matrix checks them; the rows go up in order, straight
+            // from the mapped file.
             let first = run[0];
             let row_bytes = layout::device_row_bytes(&first.name, first.ty, first.cols)?;
-            let mut bytes = Vec::new();
+            let mut parts = Vec::with_capacity(run.len());
             for t in run {
                 if row_bytes * t.rows != t.bytes.len() {
                     return Err(Error::tensor(&t.name, "byte size does not match its shape"));
                 }
-                bytes.extend_from_slice(&model.file().as_bytes()[t.bytes.clone()]);
+                parts.push(&model.file().as_bytes()[t.bytes.clone()]);
             }
             let (matmul, get_rows) = Self::weight_kernels(funcs, first)?;
             mats.push(DMat {
-                ptr: self.upload_bytes(&bytes)?,
+                ptr: self.upload_parts(&parts)?,
                 rows: run.iter().map(|t| t.rows).sum(),
                 cols: first.cols,
                 row_bytes,
