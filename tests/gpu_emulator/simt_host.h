@@ -43,26 +43,18 @@ struct dim3 {
 // reload them after every __syncthreads (an external call).
 QWEN_SIMT_HIDDEN thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
-static inline float __int_as_float(int i) {
-    float f;
-    memcpy(&f, &i, 4);
-    return f;
+// The bit-cast intrinsics, all one memcpy.
+template <class To, class From>
+static inline To qwen_simt_bits(From x) {
+    static_assert(sizeof(To) == sizeof(From), "same size");
+    To y;
+    memcpy(&y, &x, sizeof y);
+    return y;
 }
-static inline float __uint_as_float(unsigned u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static inline unsigned __float_as_uint(float f) {
-    unsigned u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static inline int __float_as_int(float f) {
-    int i;
-    memcpy(&i, &f, 4);
-    return i;
-}
+static inline float __int_as_float(int i) { return qwen_simt_bits<float>(i); }
+static inline float __uint_as_float(unsigned u) { return qwen_simt_bits<float>(u); }
+static inline unsigned __float_as_uint(float f) { return qwen_simt_bits<unsigned>(f); }
+static inline int __float_as_int(float f) { return qwen_simt_bits<int>(f); }
 
 namespace simt {
 
