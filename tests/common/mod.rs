@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod parity;
+pub mod random_weights;
 
 use qwen::convert::{convert, ConvertOptions, OutType};
 use std::path::{Path, PathBuf};
@@ -43,9 +44,12 @@ pub fn model_dir(name: &str) -> Option<PathBuf> {
 }
 
 /// A directory for test outputs that survives the test (inspectable after a failure).
+/// `$QWEN_TEST_OUT` overrides it (a test binary run on another machine, scripts/gpu-device.sh).
 pub fn out_dir() -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.parent().unwrap_or(tmp).join("test-models");
+    let dir = std::env::var_os("QWEN_TEST_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.parent().unwrap_or(tmp).join("test-models"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -83,17 +87,27 @@ pub fn tiny_gguf(name: &str, ty: &str) -> Option<PathBuf> {
 /// [`tiny_gguf`] of `ty`, then every tensor decoded to f32 (the converter re-reading a GGUF):
 /// the same weights as `ty` holds, for a reference that computes on them in f32.
 pub fn tiny_gguf_dequantized(name: &str, ty: &str) -> Option<PathBuf> {
-    let quantized = tiny_gguf(name, ty)?;
-    let dst = out_dir().join(format!("{name}-{ty}-as-f32.gguf"));
-    if is_fresh(&dst) {
-        return Some(dst);
+    Some(dequantized(&tiny_gguf(name, ty)?, &format!("{name}-{ty}")))
+}
+
+/// `model` with every tensor decoded to f32 (the converter re-reading a GGUF), cached in
+/// [`out_dir`] as `<stem>-as-f32.gguf`: the same weights, for a reference computing in f32.
+pub fn dequantized(model: &Path, stem: &str) -> PathBuf {
+    let dst = out_dir().join(format!("{stem}-as-f32.gguf"));
+    if is_fresh(&dst) && newer(&dst, model) {
+        return dst;
     }
-    let tmp = unique_path(&format!("{name}-{ty}-as-f32"), "gguf.tmp");
-    let mut opts = ConvertOptions::new(&quantized, &tmp);
+    let tmp = unique_path(&format!("{stem}-as-f32"), "gguf.tmp");
+    let mut opts = ConvertOptions::new(model, &tmp);
     opts.out_type = OutType::parse("f32").unwrap();
-    convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("decoding {name} {ty} to f32: {e}"));
+    convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("decoding {stem} to f32: {e}"));
     std::fs::rename(&tmp, &dst).unwrap();
-    Some(dst)
+    dst
+}
+
+fn newer(a: &Path, b: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((modified(a), modified(b)), (Some(a), Some(b)) if a > b)
 }
 
 fn is_fresh(path: &Path) -> bool {

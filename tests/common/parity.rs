@@ -4,9 +4,14 @@ use qwen::backend::Backend;
 use qwen::model::forward::Batch;
 use qwen::model::Model;
 
-/// Largest |a - b| over the rows, relative to 1 + max |b|.
+/// Largest |a - b| over the rows, relative to 1 + max |b|. Panics on a NaN or infinity (which
+/// `f32::max` would otherwise skip).
 pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().chain(b).all(|x| x.is_finite()),
+        "logits not finite"
+    );
     let scale = 1.0 + b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     a.iter()
         .zip(b)
