@@ -37,11 +37,7 @@ install_tools() {
 
 if [ ! -x "$llama_bench" ]; then
   install_tools
-  mkdir -p "$llama_dir"
-  python3 -m pip download --quiet --no-deps --no-binary :all: --disable-pip-version-check \
-    -d "$llama_dir/sdist" llama-cpp-python==0.3.36 >&2
-  tar -xzf "$llama_dir"/sdist/llama_cpp_python-0.3.36.tar.gz -C "$llama_dir"
-  src="$llama_dir/llama_cpp_python-0.3.36/vendor/llama.cpp"
+  src=$(scripts/llamacpp-source.sh "$llama_dir")
   cmake -S "$src" -B "$llama_dir/build" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
     -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
