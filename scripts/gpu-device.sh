@@ -178,6 +178,10 @@ $(grep -c 'FAILED\|panicked' "$out/parity.log") failed lines, $(grep -c SKIPPED 
         stamp "qwen bench $m failed: $(tail -1 "$out/qwen-bench.log")"
     done
   done
+  # What recording the launches as a graph gains: the 0.5B decode with graphs off.
+  QWEN_GPU_GRAPHS=0 "$kit/qwen" bench --backend cuda -m "/tmp/$model_05b" -p 0 -n "${N:-128}" \
+    -r "${R:-3}" --json >"$out/qwen.nographs.json" 2>>"$out/qwen-bench.log" ||
+    stamp "qwen bench without graphs failed: $(tail -1 "$out/qwen-bench.log")"
   python3 - "$out" "${ROUNDS:-2}" "$model_05b" "$model_15b" <<'PY' | tee -a "$out/summary.md"
 import json, statistics, sys
 out, rounds, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -199,6 +203,9 @@ for m in models:
     med = lambda v: statistics.median(v) if v else float("nan")
     ratio = lambda a, b: f"**{med(a) / med(b):.2f}x** ({med(a):.1f} vs {med(b):.1f})" if a and b else f"{med(a):.1f} vs {med(b):.1f}"
     print(f"| {m} | {ratio(q_pp, l_pp)} | {ratio(q_tg, l_tg)} |")
+off = load(f"{out}/qwen.nographs.json")
+if off:
+    print(f"\n{models[0]} decode without CUDA graphs: {off['decode_tps']:.1f} tok/s")
 PY
   stamp "done"
 }

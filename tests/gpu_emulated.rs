@@ -18,7 +18,7 @@ use common::parity::{logits_of, one_sequence, rel_err, Item};
 use gpu_emulator::HostSimt;
 use qwen::backend::gpu::{launch_args, Arg, DevPtr, GpuApi, GpuBackend};
 use qwen::backend::layout::{self, Launch};
-use qwen::backend::{self, BackendKind, BackendParams};
+use qwen::backend::{self, Backend, BackendKind, BackendParams};
 use qwen::gguf::GgmlType;
 use qwen::kv_cache::KvCacheType;
 use qwen::model::Model;
@@ -199,6 +199,57 @@ fn emulated_gpu_matches_cpu_on_mixed_sequence_batches() {
     for kv in [KvCacheType::F16, KvCacheType::Q8] {
         check_against_cpu("qwen2-tiny", "q4_k", kv, &params(kv, 32, 3, 5), &items, 9);
     }
+}
+
+/// Recorded launch sequences (CUDA/HIP graphs): each small batch shape is recorded once and
+/// replayed after, and a replayed step computes exactly what direct launches compute (same
+/// kernels, same arguments: any per-step value baked into a recording would show here).
+#[test]
+fn emulated_gpu_replays_recorded_steps_exactly() {
+    if !have_compiler() {
+        return;
+    }
+    let Some(path) = common::tiny_gguf("qwen1-tiny", "q4_k") else {
+        return;
+    };
+    let model = Model::load(&path).unwrap();
+    // A 5-token prompt, then 8 decode steps: shapes (5 tokens) and (1 token).
+    let items = one_sequence(&tokens(13, 41, 3));
+    let p = params(KvCacheType::Q8, 64, 1, 5);
+    let mut direct = GpuBackend::<HostSimt>::new(&model, &p).unwrap();
+    direct.set_graphs(false).unwrap();
+    let mut recorded = GpuBackend::<HostSimt>::new(&model, &p).unwrap();
+    let want = logits_of(&model, &mut direct, &items[..5], 5).unwrap();
+    let got = logits_of(&model, &mut recorded, &items[..5], 5).unwrap();
+    let mut want_steps = Vec::new();
+    let mut got_steps = Vec::new();
+    for (pos, item) in items.iter().enumerate().skip(5) {
+        // One item per call: a decode step of one token.
+        want_steps.extend(step(&model, &mut direct, item.token, pos));
+        got_steps.extend(step(&model, &mut recorded, item.token, pos));
+    }
+    assert_eq!(want, got, "prompt");
+    assert_eq!(want_steps, got_steps, "decode steps");
+    assert_eq!(direct.api().graphs(), (0, 0));
+    assert_eq!(recorded.api().graphs(), (2, 1 + 8), "(recordings, replays)");
+    assert_eq!(direct.api().launches(), recorded.api().launches());
+}
+
+/// One decode step of `token` at `pos` on sequence 0; its logits.
+fn step(model: &Model, gpu: &mut GpuBackend<HostSimt>, token: u32, pos: usize) -> Vec<f32> {
+    let c = &model.config;
+    let mut inv_freq = vec![0.0f32; c.head_dim / 2];
+    c.rope_inv_freq(c.ntk_alpha(5), &mut inv_freq);
+    let mut logits = vec![0.0f32; gpu.max_batch() * c.n_vocab];
+    let batch = qwen::model::forward::Batch {
+        tokens: &[token],
+        seq: &[0],
+        pos: &[pos],
+        logits_from: 0,
+    };
+    qwen::backend::Backend::forward(gpu, model, &inv_freq, &batch, &mut logits).unwrap();
+    logits.truncate(c.n_vocab);
+    logits
 }
 
 /// Kernel launches per decode step: 7 per layer with an f16 cache (q|k|v as one matrix on

@@ -23,6 +23,7 @@ use std::ffi::{c_char, c_int, c_void, CString};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// The header every emulated program starts with.
@@ -42,13 +43,65 @@ struct Alloc {
 
 pub struct HostSimt {
     allocs: Mutex<BTreeMap<u64, Alloc>>,
-    launches: std::sync::atomic::AtomicUsize,
+    launches: AtomicUsize,
+    /// While recording (`begin_capture`): the launches so far, not run (as on a GPU).
+    recording: Mutex<Option<Vec<Recorded>>>,
+    recordings: AtomicUsize,
+    replays: AtomicUsize,
+}
+
+/// One recorded launch: the kernel, its geometry and its argument values (each in the 64-bit
+/// slot `launch_args` gives it), copied as a driver copies them when recording.
+pub struct Recorded {
+    f: usize,
+    l: Launch,
+    args: Vec<u64>,
 }
 
 impl HostSimt {
-    /// Kernel launches made through this device so far.
+    /// Kernels run on this device so far (replayed ones included).
     pub fn launches(&self) -> usize {
-        self.launches.load(std::sync::atomic::Ordering::Relaxed)
+        self.launches.load(Ordering::Relaxed)
+    }
+
+    /// Recordings made (`end_capture`) and replayed so far.
+    pub fn graphs(&self) -> (usize, usize) {
+        (
+            self.recordings.load(Ordering::Relaxed),
+            self.replays.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs one kernel now.
+    ///
+    /// # Safety
+    /// As [`GpuApi::launch`].
+    unsafe fn run(&self, f: usize, l: Launch, args: &mut [*mut c_void]) -> Result<()> {
+        let geom = [
+            l.grid.0, l.grid.1, l.grid.2, l.block.0, l.block.1, l.block.2,
+        ];
+        self.launches.fetch_add(1, Ordering::Relaxed);
+        let mut msg = [0 as c_char; 512];
+        // SAFETY: `f` is a `simt_launch_*` entry point of a loaded module; `args` follow the
+        // caller's contract (see `GpuApi::launch`).
+        let rc = unsafe {
+            let entry: Entry = std::mem::transmute::<usize, Entry>(f);
+            entry(
+                args.as_mut_ptr(),
+                args.len() as c_int,
+                geom.as_ptr(),
+                pointer_ok,
+                self as *const HostSimt as *const c_void,
+                msg.as_mut_ptr(),
+                msg.len(),
+            )
+        };
+        if rc != 0 {
+            // SAFETY: the entry point wrote a NUL-terminated message (snprintf).
+            let s = unsafe { std::ffi::CStr::from_ptr(msg.as_ptr()) };
+            return Err(err(format!("launch failed: {}", s.to_string_lossy())));
+        }
+        Ok(())
     }
 }
 
@@ -138,6 +191,7 @@ impl GpuApi for HostSimt {
     const KIND: BackendKind = BackendKind::Cuda;
     type Module = Module;
     type Function = usize;
+    type Graph = Vec<Recorded>;
 
     fn open(ordinal: usize) -> Result<Self> {
         if ordinal != 0 {
@@ -146,6 +200,9 @@ impl GpuApi for HostSimt {
         Ok(HostSimt {
             allocs: Mutex::new(BTreeMap::new()),
             launches: Default::default(),
+            recording: Mutex::new(None),
+            recordings: Default::default(),
+            replays: Default::default(),
         })
     }
 
@@ -284,37 +341,56 @@ impl GpuApi for HostSimt {
     }
 
     unsafe fn launch(&self, f: usize, l: Launch, args: &mut [*mut c_void]) -> Result<()> {
-        let geom = [
-            l.grid.0, l.grid.1, l.grid.2, l.block.0, l.block.1, l.block.2,
-        ];
-        self.launches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut msg = [0 as c_char; 512];
-        // SAFETY: `f` is a `simt_launch_*` entry point of a loaded module; `args` follow the
-        // caller's contract (see `GpuApi::launch`).
-        let rc = unsafe {
-            let entry: Entry = std::mem::transmute::<usize, Entry>(f);
-            entry(
-                args.as_mut_ptr(),
-                args.len() as c_int,
-                geom.as_ptr(),
-                pointer_ok,
-                self as *const HostSimt as *const c_void,
-                msg.as_mut_ptr(),
-                msg.len(),
-            )
-        };
-        if rc != 0 {
-            // SAFETY: the entry point wrote a NUL-terminated message (snprintf).
-            let s = unsafe { std::ffi::CStr::from_ptr(msg.as_ptr()) };
-            return Err(err(format!("launch failed: {}", s.to_string_lossy())));
+        if let Some(rec) = self.recording.lock().unwrap().as_mut() {
+            let args = args
+                .iter()
+                // SAFETY: each argument points at its live 64-bit slot (`launch_args`).
+                .map(|&p| unsafe { *(p as *const u64) })
+                .collect();
+            rec.push(Recorded { f, l, args });
+            return Ok(());
         }
-        Ok(())
+        // SAFETY: the caller's contract.
+        unsafe { self.run(f, l, args) }
     }
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+
+    fn begin_capture(&self) -> Result<bool> {
+        let mut rec = self.recording.lock().unwrap();
+        if rec.is_some() {
+            return Err(err("begin_capture while recording"));
+        }
+        *rec = Some(Vec::new());
+        Ok(true)
+    }
+
+    fn end_capture(&self) -> Result<Vec<Recorded>> {
+        let rec = self.recording.lock().unwrap().take();
+        self.recordings.fetch_add(1, Ordering::Relaxed);
+        rec.ok_or_else(|| err("end_capture without begin_capture"))
+    }
+
+    fn replay(&self, g: &Vec<Recorded>) -> Result<()> {
+        if self.recording.lock().unwrap().is_some() {
+            return Err(err("replay while recording"));
+        }
+        self.replays.fetch_add(1, Ordering::Relaxed);
+        for r in g {
+            let mut slots = r.args.clone();
+            let mut ptrs: Vec<*mut c_void> = slots
+                .iter_mut()
+                .map(|s| s as *mut u64 as *mut c_void)
+                .collect();
+            // SAFETY: the values recorded from a launch the backend made, each in its slot.
+            unsafe { self.run(r.f, r.l, &mut ptrs)? };
+        }
+        Ok(())
+    }
+
+    unsafe fn destroy_graph(&self, _g: Vec<Recorded>) {}
 }
 
 impl Drop for HostSimt {

@@ -85,6 +85,10 @@ fn ptx_cache() -> &'static Mutex<HashMap<(String, String), CString>> {
 pub struct Cuda {
     dev: dsys::CUdevice,
     ctx: dsys::CUcontext,
+    /// Every launch and copy goes here: graphs are recorded from a stream, never from the
+    /// legacy null stream. Non-blocking, so another thread's use of the null stream (another
+    /// backend in the process) neither waits for it nor breaks a recording in progress.
+    stream: dsys::CUstream,
     name: String,
     arch: String,
 }
@@ -102,8 +106,12 @@ unsafe impl Send for Cuda {}
 
 impl Drop for Cuda {
     fn drop(&mut self) {
-        // SAFETY: retained once in open.
-        let _ = unsafe { drv::primary_ctx::release(self.dev) };
+        let _ = self.make_current();
+        // SAFETY: created in open, destroyed once; then the context retained once in open.
+        unsafe {
+            let _ = drv::stream::destroy(self.stream);
+            let _ = drv::primary_ctx::release(self.dev);
+        }
     }
 }
 
@@ -111,6 +119,7 @@ impl GpuApi for Cuda {
     const KIND: BackendKind = BackendKind::Cuda;
     type Module = Handle<dsys::CUmodule>;
     type Function = Handle<dsys::CUfunction>;
+    type Graph = Handle<dsys::CUgraphExec>;
 
     fn open(ordinal: usize) -> Result<Self> {
         if !driver_present() {
@@ -143,14 +152,26 @@ impl GpuApi for Cuda {
         // SAFETY: dev is valid; released in Drop.
         let ctx = unsafe { drv::primary_ctx::retain(dev) }
             .map_err(|e| err("cuDevicePrimaryCtxRetain", e))?;
-        let me = Cuda {
+        // SAFETY: the context just retained; released if the stream cannot be made.
+        let stream = unsafe {
+            drv::ctx::set_current(ctx)
+                .and_then(|()| drv::stream::create(drv::stream::StreamKind::NonBlocking))
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: retained above.
+                let _ = unsafe { drv::primary_ctx::release(dev) };
+                return Err(err("cuStreamCreate", e));
+            }
+        };
+        Ok(Cuda {
             dev,
             ctx,
+            stream,
             name: format!("{ordinal} {name}"),
             arch: format!("compute_{major}{minor}"),
-        };
-        me.make_current()?;
-        Ok(me)
+        })
     }
 
     fn device_name(&self) -> String {
@@ -207,22 +228,64 @@ impl GpuApi for Cuda {
     }
 
     unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
-        // SAFETY: the caller guarantees the range lies in one allocation.
-        unsafe { drv::memcpy_htod_sync(dst, src) }.map_err(|e| err("cuMemcpyHtoD", e))
+        // SAFETY: the caller guarantees the range lies in one allocation; the stream is
+        // synchronized before returning, so `src` may be reused at once.
+        unsafe {
+            drv::memcpy_htod_async(dst, src, self.stream)
+                .and_then(|()| drv::stream::synchronize(self.stream))
+        }
+        .map_err(|e| err("cuMemcpyHtoDAsync", e))
     }
 
     unsafe fn download(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
-        // SAFETY: the caller guarantees the range lies in one allocation.
-        unsafe { drv::memcpy_dtoh_sync(dst, src) }.map_err(|e| err("cuMemcpyDtoH", e))
+        // SAFETY: as in upload; ordered after every launch on the stream.
+        unsafe {
+            drv::memcpy_dtoh_async(dst, src, self.stream)
+                .and_then(|()| drv::stream::synchronize(self.stream))
+        }
+        .map_err(|e| err("cuMemcpyDtoHAsync", e))
     }
 
     unsafe fn launch(&self, f: Self::Function, l: Launch, args: &mut [*mut c_void]) -> Result<()> {
         // SAFETY: the caller guarantees args match the kernel's parameters.
-        unsafe { drv::launch_kernel(f.0, l.grid, l.block, 0, std::ptr::null_mut(), args) }
+        unsafe { drv::launch_kernel(f.0, l.grid, l.block, 0, self.stream, args) }
             .map_err(|e| err("cuLaunchKernel", e))
     }
 
     fn synchronize(&self) -> Result<()> {
-        drv::ctx::synchronize().map_err(|e| err("cuCtxSynchronize", e))
+        // SAFETY: the backend's live stream.
+        unsafe { drv::stream::synchronize(self.stream) }.map_err(|e| err("cuStreamSynchronize", e))
+    }
+
+    fn begin_capture(&self) -> Result<bool> {
+        // Thread-local mode: only this thread's unsafe calls (there are none while recording)
+        // would break the capture; other sessions on other threads go on.
+        let mode = dsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        // SAFETY: the backend's live stream.
+        unsafe { drv::stream::begin_capture(self.stream, mode) }
+            .map_err(|e| err("cuStreamBeginCapture", e))?;
+        Ok(true)
+    }
+
+    fn end_capture(&self) -> Result<Self::Graph> {
+        // SAFETY: the stream is capturing (begin_capture succeeded); the graph is destroyed
+        // once instantiated (the executable graph does not need it).
+        unsafe {
+            let graph =
+                drv::stream::end_capture(self.stream).map_err(|e| err("cuStreamEndCapture", e))?;
+            let exec = drv::graph::instantiate(graph, dsys::CUgraphInstantiate_flags(0));
+            let _ = drv::graph::destroy(graph);
+            exec.map(Handle).map_err(|e| err("cuGraphInstantiate", e))
+        }
+    }
+
+    fn replay(&self, g: &Self::Graph) -> Result<()> {
+        // SAFETY: an instantiated graph of this context, launched on its stream.
+        unsafe { drv::graph::launch(g.0, self.stream) }.map_err(|e| err("cuGraphLaunch", e))
+    }
+
+    unsafe fn destroy_graph(&self, g: Self::Graph) {
+        // SAFETY: the caller's contract.
+        let _ = unsafe { drv::graph::exec_destroy(g.0) };
     }
 }

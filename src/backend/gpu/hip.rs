@@ -23,8 +23,11 @@ struct Syms {
     get_error_string: unsafe extern "C" fn(HipError) -> *const c_char,
     malloc: unsafe extern "C" fn(*mut Ptr, usize) -> HipError,
     free: unsafe extern "C" fn(Ptr) -> HipError,
-    memcpy_htod: unsafe extern "C" fn(Ptr, *const c_void, usize) -> HipError,
-    memcpy_dtoh: unsafe extern "C" fn(*mut c_void, Ptr, usize) -> HipError,
+    stream_create_with_flags: unsafe extern "C" fn(*mut Ptr, c_uint) -> HipError,
+    stream_destroy: unsafe extern "C" fn(Ptr) -> HipError,
+    stream_synchronize: unsafe extern "C" fn(Ptr) -> HipError,
+    memcpy_htod_async: unsafe extern "C" fn(Ptr, *const c_void, usize, Ptr) -> HipError,
+    memcpy_dtoh_async: unsafe extern "C" fn(*mut c_void, Ptr, usize, Ptr) -> HipError,
     module_load_data: unsafe extern "C" fn(*mut Ptr, *const c_void) -> HipError,
     module_get_function: unsafe extern "C" fn(*mut Ptr, Ptr, *const c_char) -> HipError,
     #[allow(clippy::type_complexity)]
@@ -41,7 +44,6 @@ struct Syms {
         *mut *mut c_void,
         *mut *mut c_void,
     ) -> HipError,
-    device_synchronize: unsafe extern "C" fn() -> HipError,
     rtc_create_program: unsafe extern "C" fn(
         *mut Ptr,
         *const c_char,
@@ -56,9 +58,24 @@ struct Syms {
     rtc_get_code_size: unsafe extern "C" fn(Ptr, *mut usize) -> c_int,
     rtc_get_code: unsafe extern "C" fn(Ptr, *mut c_char) -> c_int,
     rtc_destroy_program: unsafe extern "C" fn(*mut Ptr) -> c_int,
+    /// Stream capture and graphs: absent from older runtimes (then launches run directly).
+    graph: Option<GraphSyms>,
     _hip: Library,
     _rtc: Library,
 }
+
+struct GraphSyms {
+    begin_capture: unsafe extern "C" fn(Ptr, c_int) -> HipError,
+    end_capture: unsafe extern "C" fn(Ptr, *mut Ptr) -> HipError,
+    instantiate: unsafe extern "C" fn(*mut Ptr, Ptr, *mut Ptr, *mut c_char, usize) -> HipError,
+    launch: unsafe extern "C" fn(Ptr, Ptr) -> HipError,
+    exec_destroy: unsafe extern "C" fn(Ptr) -> HipError,
+    destroy: unsafe extern "C" fn(Ptr) -> HipError,
+}
+
+/// `hipStreamNonBlocking`, `hipStreamCaptureModeThreadLocal` (as CUDA's values).
+const STREAM_NON_BLOCKING: c_uint = 1;
+const CAPTURE_MODE_THREAD_LOCAL: c_int = 1;
 
 const HIP_LIBS: [&str; 3] = ["libamdhip64.so", "libamdhip64.so.6", "libamdhip64.so.5"];
 const HIPRTC_LIBS: [&str; 3] = ["libhiprtc.so", "libhiprtc.so.6", "libhiprtc.so.5"];
@@ -96,12 +113,14 @@ fn load() -> std::result::Result<Syms, String> {
         get_error_string: sym!(hip, b"hipGetErrorString"),
         malloc: sym!(hip, b"hipMalloc"),
         free: sym!(hip, b"hipFree"),
-        memcpy_htod: sym!(hip, b"hipMemcpyHtoD"),
-        memcpy_dtoh: sym!(hip, b"hipMemcpyDtoH"),
+        stream_create_with_flags: sym!(hip, b"hipStreamCreateWithFlags"),
+        stream_destroy: sym!(hip, b"hipStreamDestroy"),
+        stream_synchronize: sym!(hip, b"hipStreamSynchronize"),
+        memcpy_htod_async: sym!(hip, b"hipMemcpyHtoDAsync"),
+        memcpy_dtoh_async: sym!(hip, b"hipMemcpyDtoHAsync"),
         module_load_data: sym!(hip, b"hipModuleLoadData"),
         module_get_function: sym!(hip, b"hipModuleGetFunction"),
         module_launch_kernel: sym!(hip, b"hipModuleLaunchKernel"),
-        device_synchronize: sym!(hip, b"hipDeviceSynchronize"),
         rtc_create_program: sym!(rtc, b"hiprtcCreateProgram"),
         rtc_compile_program: sym!(rtc, b"hiprtcCompileProgram"),
         rtc_get_program_log_size: sym!(rtc, b"hiprtcGetProgramLogSize"),
@@ -109,6 +128,17 @@ fn load() -> std::result::Result<Syms, String> {
         rtc_get_code_size: sym!(rtc, b"hiprtcGetCodeSize"),
         rtc_get_code: sym!(rtc, b"hiprtcGetCode"),
         rtc_destroy_program: sym!(rtc, b"hiprtcDestroyProgram"),
+        graph: (|| -> std::result::Result<GraphSyms, String> {
+            Ok(GraphSyms {
+                begin_capture: sym!(hip, b"hipStreamBeginCapture"),
+                end_capture: sym!(hip, b"hipStreamEndCapture"),
+                instantiate: sym!(hip, b"hipGraphInstantiate"),
+                launch: sym!(hip, b"hipGraphLaunch"),
+                exec_destroy: sym!(hip, b"hipGraphExecDestroy"),
+                destroy: sym!(hip, b"hipGraphDestroy"),
+            })
+        })()
+        .ok(),
         _hip: hip,
         _rtc: rtc,
     })
@@ -126,9 +156,31 @@ pub struct Hip {
     s: &'static Syms,
     ordinal: usize,
     name: String,
+    /// Every launch and copy goes here (as in cuda.rs: non-blocking, recordable).
+    stream: Handle<Ptr>,
+}
+
+impl Drop for Hip {
+    fn drop(&mut self) {
+        if !self.stream.0.is_null() {
+            // SAFETY: created in open, destroyed once, on the device made current first.
+            unsafe {
+                (self.s.set_device)(self.ordinal as c_int);
+                (self.s.stream_destroy)(self.stream.0);
+            }
+        }
+    }
 }
 
 impl Hip {
+    /// The graph entry points (present whenever `begin_capture` recorded).
+    fn graphs(&self) -> Result<&GraphSyms> {
+        self.s
+            .graph
+            .as_ref()
+            .ok_or_else(|| Error::Backend("rocm: this HIP runtime has no graph API".into()))
+    }
+
     fn check(&self, what: &str, e: HipError) -> Result<()> {
         if e == 0 {
             return Ok(());
@@ -213,13 +265,15 @@ impl GpuApi for Hip {
     const KIND: BackendKind = BackendKind::Rocm;
     type Module = Handle<Ptr>;
     type Function = Handle<Ptr>;
+    type Graph = Handle<Ptr>;
 
     fn open(ordinal: usize) -> Result<Self> {
         let s = syms()?;
-        let me = Hip {
+        let mut me = Hip {
             s,
             ordinal,
             name: String::new(),
+            stream: Handle(std::ptr::null_mut()),
         };
         // SAFETY: plain C calls with valid out-pointers.
         unsafe {
@@ -240,10 +294,14 @@ impl GpuApi for Hip {
                 } else {
                     "?".into()
                 };
-            Ok(Hip {
-                name: format!("{ordinal} {name}"),
-                ..me
-            })
+            me.name = format!("{ordinal} {name}");
+            let mut stream: Ptr = std::ptr::null_mut();
+            me.check(
+                "hipStreamCreateWithFlags",
+                (s.stream_create_with_flags)(&mut stream, STREAM_NON_BLOCKING),
+            )?;
+            me.stream = Handle(stream);
+            Ok(me)
         }
     }
 
@@ -304,17 +362,22 @@ impl GpuApi for Hip {
     }
 
     unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
-        // SAFETY: the caller guarantees the range lies in one allocation.
-        self.check("hipMemcpyHtoD", unsafe {
-            (self.s.memcpy_htod)(dst as Ptr, src.as_ptr() as *const c_void, src.len())
-        })
+        let st = self.stream.0;
+        // SAFETY: the caller guarantees the range lies in one allocation; the stream is
+        // synchronized before returning, so `src` may be reused at once.
+        self.check("hipMemcpyHtoDAsync", unsafe {
+            (self.s.memcpy_htod_async)(dst as Ptr, src.as_ptr() as *const c_void, src.len(), st)
+        })?;
+        self.synchronize()
     }
 
     unsafe fn download(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
-        // SAFETY: the caller guarantees the range lies in one allocation.
-        self.check("hipMemcpyDtoH", unsafe {
-            (self.s.memcpy_dtoh)(dst.as_mut_ptr() as *mut c_void, src as Ptr, dst.len())
-        })
+        let st = self.stream.0;
+        // SAFETY: as in upload; ordered after every launch on the stream.
+        self.check("hipMemcpyDtoHAsync", unsafe {
+            (self.s.memcpy_dtoh_async)(dst.as_mut_ptr() as *mut c_void, src as Ptr, dst.len(), st)
+        })?;
+        self.synchronize()
     }
 
     unsafe fn launch(&self, f: Self::Function, l: Launch, args: &mut [*mut c_void]) -> Result<()> {
@@ -330,7 +393,7 @@ impl GpuApi for Hip {
                 b.1,
                 b.2,
                 0,
-                std::ptr::null_mut(),
+                self.stream.0,
                 args.as_mut_ptr(),
                 std::ptr::null_mut(),
             )
@@ -339,9 +402,57 @@ impl GpuApi for Hip {
     }
 
     fn synchronize(&self) -> Result<()> {
-        // SAFETY: no arguments.
-        self.check("hipDeviceSynchronize", unsafe {
-            (self.s.device_synchronize)()
+        // SAFETY: the backend's live stream.
+        self.check("hipStreamSynchronize", unsafe {
+            (self.s.stream_synchronize)(self.stream.0)
         })
+    }
+
+    fn begin_capture(&self) -> Result<bool> {
+        let Some(g) = &self.s.graph else {
+            return Ok(false);
+        };
+        // SAFETY: the backend's live stream; thread-local mode as in cuda.rs.
+        self.check("hipStreamBeginCapture", unsafe {
+            (g.begin_capture)(self.stream.0, CAPTURE_MODE_THREAD_LOCAL)
+        })?;
+        Ok(true)
+    }
+
+    fn end_capture(&self) -> Result<Self::Graph> {
+        let g = self.graphs()?;
+        let (mut graph, mut exec): (Ptr, Ptr) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: the stream is capturing; the graph is destroyed once instantiated.
+        unsafe {
+            self.check(
+                "hipStreamEndCapture",
+                (g.end_capture)(self.stream.0, &mut graph),
+            )?;
+            let r = (g.instantiate)(
+                &mut exec,
+                graph,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            );
+            (g.destroy)(graph);
+            self.check("hipGraphInstantiate", r)?;
+        }
+        Ok(Handle(exec))
+    }
+
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        let g = self.graphs()?;
+        // SAFETY: an instantiated graph, launched on the backend's stream.
+        self.check("hipGraphLaunch", unsafe {
+            (g.launch)(graph.0, self.stream.0)
+        })
+    }
+
+    unsafe fn destroy_graph(&self, graph: Self::Graph) {
+        if let Some(g) = &self.s.graph {
+            // SAFETY: the caller's contract.
+            unsafe { (g.exec_destroy)(graph.0) };
+        }
     }
 }

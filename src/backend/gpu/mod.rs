@@ -49,6 +49,8 @@ pub trait GpuApi: Sized + Send {
     const KIND: BackendKind;
     type Module: Send;
     type Function: Copy + Send;
+    /// A recorded sequence of launches.
+    type Graph: Send;
 
     /// Loads the driver library, initializes it and makes device `ordinal` current; errors name
     /// what is missing ("libcuda.so not found", "no device 1: 1 device(s) present").
@@ -78,6 +80,19 @@ pub trait GpuApi: Sized + Send {
     /// argument addresses memory the kernel may touch.
     unsafe fn launch(&self, f: Self::Function, l: Launch, args: &mut [*mut c_void]) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// Starts recording this thread's launches instead of running them (CUDA/HIP graphs:
+    /// a decode step's launches then cost one driver call). `Ok(false)` when this API records
+    /// nothing; the launches then run as they are made.
+    fn begin_capture(&self) -> Result<bool>;
+    /// Ends the recording [`begin_capture`](Self::begin_capture) started, returning it ready to
+    /// replay. Called after every successful `begin_capture`, also when a launch in between
+    /// failed (the stream must leave capture mode either way).
+    fn end_capture(&self) -> Result<Self::Graph>;
+    /// Runs a recording: after earlier launches and copies, before later ones.
+    fn replay(&self, g: &Self::Graph) -> Result<()>;
+    /// # Safety
+    /// `g` came from this API's `end_capture` and is not replayed afterwards.
+    unsafe fn destroy_graph(&self, g: Self::Graph);
 }
 
 /// A kernel argument (device pointers, 32-bit ints and floats, 64-bit counts).
@@ -241,7 +256,20 @@ pub struct GpuBackend<A: GpuApi> {
     h_cos: Vec<f32>,
     h_sin: Vec<f32>,
     h_logn: Vec<f32>,
+    /// Recorded launch sequences by (tokens, first token with logits): every launch argument
+    /// depends only on these (per-step values live in device buffers), so a decode step
+    /// replays its recording. Capacity reserved up front: the decode loop allocates nothing.
+    graphs: Vec<(GraphKey, A::Graph)>,
+    use_graphs: bool,
 }
+
+type GraphKey = (usize, usize);
+
+/// Batches of up to this many tokens are recorded (decode steps, small batches); a prefill's
+/// launches are few per token anyway.
+const GRAPH_MAX_TOKENS: usize = 16;
+/// At most this many recordings per backend (each holds driver memory).
+const MAX_GRAPHS: usize = 32;
 
 fn as_bytes<T: Copy>(x: &[T]) -> &[u8] {
     // SAFETY: plain old data (i32 / f32) viewed as its bytes.
@@ -354,6 +382,9 @@ impl<A: GpuApi> GpuBackend<A> {
             h_cos: vec![0.0; p.max_batch * c.head_dim / 2],
             h_sin: vec![0.0; p.max_batch * c.head_dim / 2],
             h_logn: vec![0.0; p.max_batch],
+            graphs: Vec::with_capacity(MAX_GRAPHS),
+            // QWEN_GPU_GRAPHS=0 launches every kernel directly (to measure what recording gains).
+            use_graphs: std::env::var_os("QWEN_GPU_GRAPHS").is_none_or(|v| v != "0"),
         };
 
         // Weights, uploaded once; a tensor used twice (tied embedding / LM head) once.
@@ -638,6 +669,21 @@ impl<A: GpuApi> GpuBackend<A> {
         Ok(())
     }
 
+    /// Whether small batches run as recorded launch sequences (on by default; the environment
+    /// variable `QWEN_GPU_GRAPHS=0` turns it off for a process). Off drops the recordings.
+    pub fn set_graphs(&mut self, on: bool) -> Result<()> {
+        self.use_graphs = on;
+        if !on {
+            self.api.bind_thread()?;
+            self.api.synchronize()?;
+            for (_, g) in self.graphs.drain(..) {
+                // SAFETY: recorded by this api; the device finished with it (synchronized).
+                unsafe { self.api.destroy_graph(g) };
+            }
+        }
+        Ok(())
+    }
+
     /// The driver interface this backend runs on (tests count its launches).
     pub fn api(&self) -> &A {
         &self.api
@@ -654,6 +700,10 @@ impl<A: GpuApi> Drop for GpuBackend<A> {
         // Dropped on whichever thread owns the session last.
         let _ = self.api.bind_thread();
         let _ = self.api.synchronize();
+        for (_, g) in self.graphs.drain(..) {
+            // SAFETY: recorded by this api, never replayed again.
+            unsafe { self.api.destroy_graph(g) };
+        }
         for b in self.bufs.drain(..) {
             // SAFETY: each buffer was allocated by this api and is freed once, after the
             // device finished every launch that used it.
@@ -702,10 +752,7 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         self.api.bind_thread()?;
         let c = &model.config;
         let t_len = batch.tokens.len();
-        let (d, hd, n_head, n_kv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
-        let kvd = n_kv * hd;
-        let half = hd / 2;
-        let f = 4u64;
+        let half = c.head_dim / 2;
 
         // Batch description and RoPE tables, on the host as the CPU computes them, then up.
         let mscale = c.rope_attn_factor();
@@ -736,6 +783,60 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
             self.api
                 .upload(a.sin, as_bytes(&self.h_sin[..t_len * half]))?;
         }
+        self.run_or_replay(model, t_len, batch.logits_from)?;
+
+        // Logits of tokens logits_from..T back to the host.
+        let n_out = t_len - batch.logits_from;
+        if n_out > 0 {
+            let dst = &mut logits[..n_out * c.n_vocab];
+            // SAFETY: n_out <= max_batch rows of n_vocab floats fit the logits buffer.
+            unsafe { self.api.download(as_bytes_mut(dst), self.act.logits)? };
+        } else {
+            self.api.synchronize()?;
+        }
+        Ok(())
+    }
+}
+
+impl<A: GpuApi> GpuBackend<A> {
+    /// The step's launches: replayed from a recording when there is one for this shape, else
+    /// recorded first (small batches), else made directly.
+    fn run_or_replay(&mut self, model: &Model, t_len: usize, first: usize) -> Result<()> {
+        let key = (t_len, first);
+        if !self.use_graphs || t_len > GRAPH_MAX_TOKENS {
+            return self.run(model, t_len, first);
+        }
+        if let Some((_, g)) = self.graphs.iter().find(|(k, _)| *k == key) {
+            return self.api.replay(g);
+        }
+        if self.graphs.len() == MAX_GRAPHS || !self.api.begin_capture()? {
+            return self.run(model, t_len, first);
+        }
+        let recorded = self.run(model, t_len, first);
+        let graph = self.api.end_capture();
+        let graph = match (recorded, graph) {
+            (Ok(()), Ok(g)) => g,
+            (Err(e), Ok(g)) => {
+                // SAFETY: just recorded, never replayed.
+                unsafe { self.api.destroy_graph(g) };
+                return Err(e);
+            }
+            (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(e),
+        };
+        // Recording ran nothing: this step runs by its first replay.
+        self.graphs.push((key, graph));
+        let (_, g) = &self.graphs[self.graphs.len() - 1];
+        self.api.replay(g)
+    }
+
+    /// Every launch of one forward step over the batch already uploaded (`t_len` tokens, logits
+    /// for tokens `first..`). Each argument depends only on these two numbers and the backend's
+    /// buffers, which is what lets [`run_or_replay`](Self::run_or_replay) record it once.
+    fn run(&self, model: &Model, t_len: usize, first: usize) -> Result<()> {
+        let c = &model.config;
+        let (d, hd, n_head, n_kv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
+        let kvd = n_kv * hd;
+        let f = 4u64;
         let a = &self.act;
 
         // 1. x[t] = token_embd[id].
@@ -903,8 +1004,7 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
             self.matmul(&layer.down, a.ffn, t_len, a.x, d, true, None)?;
         }
 
-        // 6. Final norm and LM head for tokens logits_from..T; logits back to the host.
-        let first = batch.logits_from;
+        // 6. Final norm and LM head for tokens first..T.
         let n_out = t_len - first;
         if n_out > 0 {
             let x_first = a.x + f * (first * d) as u64;
@@ -918,11 +1018,6 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                 false,
                 norm,
             )?;
-            let dst = &mut logits[..n_out * c.n_vocab];
-            // SAFETY: n_out <= max_batch rows of n_vocab floats fit the logits buffer.
-            unsafe { self.api.download(as_bytes_mut(dst), a.logits)? };
-        } else {
-            self.api.synchronize()?;
         }
         Ok(())
     }
