@@ -175,18 +175,7 @@ fn stop_string_across_tokens_is_never_streamed() {
 }
 
 fn real_model() -> Option<PathBuf> {
-    let dir = common::models_dir();
-    let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} missing",
-        path.display()
-    );
-    eprintln!("SKIP: {} missing", path.display());
-    None
+    common::real_model(common::REAL_0_5B)
 }
 
 /// Parses `[turn N: prompt P tokens, E evaluated, R reused; ...]` lines from stderr.

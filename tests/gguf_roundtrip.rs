@@ -67,14 +67,9 @@ fn streamed_file_reads_back() {
 /// that its shapes come out in ggml order.
 #[test]
 fn real_qwen2_5_coder_0_5b() {
-    let path = common::models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if !path.exists() {
-        eprintln!(
-            "SKIPPED real_qwen2_5_coder_0_5b: {} not found (set QWEN_MODELS)",
-            path.display()
-        );
+    let Some(path) = common::real_model(common::REAL_0_5B) else {
         return;
-    }
+    };
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.get_str("general.architecture").unwrap(), "qwen2");
     assert_eq!(f.get_u32("qwen2.block_count").unwrap(), 24);

@@ -481,15 +481,9 @@ fn gpu_matches_cpu_on_real_shapes_with_random_weights() {
 /// The real 0.5B model: the first 16 greedy tokens on each GPU backend equal the CPU's.
 #[test]
 fn gpu_greedy_matches_cpu_on_the_real_model() {
-    let dir = common::models_dir();
-    let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if !path.exists() {
-        eprintln!(
-            "SKIPPED: {} not found (scripts/fetch-models.sh 0.5b)",
-            path.display()
-        );
+    let Some(path) = common::real_model(common::REAL_0_5B) else {
         return;
-    }
+    };
     let model = Model::load(&path).unwrap();
     let p = BackendParams {
         n_ctx: 256,

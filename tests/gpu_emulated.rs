@@ -530,20 +530,9 @@ fn emulated_gpu_greedy_matches_cpu_on_the_real_model() {
     if !have_compiler() {
         return;
     }
-    let dir = common::models_dir();
-    let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} not found (scripts/fetch-models.sh 0.5b)",
-            path.display()
-        );
-        eprintln!(
-            "SKIPPED: {} not found (scripts/fetch-models.sh 0.5b)",
-            path.display()
-        );
+    let Some(path) = common::real_model(common::REAL_0_5B) else {
         return;
-    }
+    };
     let model = Model::load(&path).unwrap();
     let p = BackendParams {
         n_ctx: 256,

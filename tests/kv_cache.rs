@@ -102,18 +102,7 @@ fn qwen1_tiny_f16_and_q8_caches_stay_close_to_f32() {
 }
 
 fn real_model() -> Option<PathBuf> {
-    let dir = common::models_dir();
-    let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} missing",
-        path.display()
-    );
-    eprintln!("SKIP: {} missing", path.display());
-    None
+    common::real_model(common::REAL_0_5B)
 }
 
 /// Greedy chat answers (up to 64 tokens, stopping at the ChatML stop tokens) of every golden

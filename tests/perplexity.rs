@@ -131,18 +131,10 @@ fn cli_json_shape() {
 /// ppl/README.md): 4.4846 (clang) / 4.4853 (gcc). Ours must be within 1%. Slow on 2 cores.
 #[test]
 fn real_0_5b_q4_k_m_matches_llama_cpp() {
-    let dir = common::models_dir();
-    let model = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let Some(text) = ppl_text() else { return };
-    if !model.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} missing",
-            model.display()
-        );
-        eprintln!("SKIP: {} missing", model.display());
+    let Some(model) = common::real_model(common::REAL_0_5B) else {
         return;
-    }
+    };
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen"))
         .args(["perplexity", "-c", "512", "-t", "2", "--json", "-m"])
         .arg(&model)

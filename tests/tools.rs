@@ -73,21 +73,7 @@ fn qwen1_tokenizer() -> Option<Tokenizer> {
 
 /// The real 0.5B model: `None` with a SKIP line when absent, a failure under CI.
 fn real_model() -> Option<PathBuf> {
-    let path = common::models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "real model missing at {} (CI must provide it)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "SKIP: real model missing at {} (scripts/fetch-models.sh 0.5b)",
-        path.display()
-    );
-    None
+    common::real_model(common::REAL_0_5B)
 }
 
 const TEMPLATE_05B: &str = "qwen2.5-coder-0.5b-instruct.jinja";

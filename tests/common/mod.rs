@@ -38,6 +38,29 @@ pub fn models_dir() -> PathBuf {
         })
 }
 
+/// The real Qwen2.5-Coder 0.5B Q4_K_M GGUF (scripts/fetch-models.sh 0.5b).
+pub const REAL_0_5B: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+/// A real model file in [`models_dir`]: `None` with a SKIP line when it is absent; under CI
+/// (`$CI` set; scripts/test.sh fetches the models first) a missing file is a failure instead.
+pub fn real_model(file: &str) -> Option<PathBuf> {
+    let path = models_dir().join(file);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "real model missing at {} (scripts/fetch-models.sh)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIP: real model missing at {} (scripts/fetch-models.sh)",
+        path.display()
+    );
+    None
+}
+
 /// A checkpoint directory of the test data, e.g. `model_dir("qwen1-tiny")`.
 pub fn model_dir(name: &str) -> Option<PathBuf> {
     Some(testdata()?.join("models").join(name))
