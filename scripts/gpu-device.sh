@@ -5,9 +5,11 @@
 # session gets about 15 minutes of it, so everything is built here and the run there is one
 # command.
 #
-# Here:   scripts/gpu-device.sh pack          # -> target/device-kit (~35 MiB): qwen and the
-#                                             #    gpu_backends test built with --features cuda,
-#                                             #    the 0.5B and 1.5B headers, trimmed llama.cpp
+# Here:   scripts/gpu-device.sh pack          # -> target/device-kit/kit.tar.xz (~30 MiB): qwen
+#                                             #    and the gpu_backends test built with --features
+#                                             #    cuda,rocm, the tiny Qwen-2 files the tests use,
+#                                             #    the 0.5B, 1.5B and tiny Qwen-1 headers, and
+#                                             #    llama.cpp's source, trimmed
 # There:  run(command="bash scripts/gpu-device.sh run", carry=["target/device-kit"], timeout_s=560)
 #         -> $OUT/summary.md, parity.log, bench.json, llama-build.log
 #
@@ -34,11 +36,12 @@ llama_sources() {
   for b in cann et hexagon metal musa opencl openvino sycl virtgpu vulkan webgpu zdnn zendnn; do
     skip+=("ggml/src/ggml-$b")
   done
-  tar -C "$src" -cJf "$kit/llama.cpp.tar.xz" "${skip[@]/#/--exclude=./}" .
+  tar -C "$src" -cJf "$1/llama.cpp.tar.xz" "${skip[@]/#/--exclude=./}" .
 }
 
 pack() {
-  rm -rf "$kit" && mkdir -p "$kit/hdr"
+  local stage=target/device-kit.stage
+  rm -rf "$kit" "$stage" && mkdir -p "$kit" "$stage/hdr" "$stage/test-out"
   local out=target/device-build
   cargo build --release --features cuda,rocm --bin qwen --target-dir "$out"
   local test_bin
@@ -49,12 +52,26 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu_backends" and m.get("executable"):
         print(m["executable"])')
-  install -s "$out/release/qwen" "$kit/qwen"
-  install -s "$test_bin" "$kit/gpu_backends"
-  scripts/zeroed-model.sh header "$(scripts/fetch-models.sh 0.5b)" "$kit/hdr/${model_05b%.gguf}.hdr"
-  scripts/zeroed-model.sh header "$(scripts/fetch-models.sh 1.5b)" "$kit/hdr/${model_15b%.gguf}.hdr"
-  llama_sources
-  du -sh "$kit" "$kit"/* >&2
+  install -s "$out/release/qwen" "$stage/qwen"
+  install -s "$test_bin" "$stage/gpu_backends"
+  scripts/zeroed-model.sh header "$(scripts/fetch-models.sh 0.5b)" "$stage/hdr/${model_05b%.gguf}.hdr"
+  scripts/zeroed-model.sh header "$(scripts/fetch-models.sh 1.5b)" "$stage/hdr/${model_15b%.gguf}.hdr"
+  # The tiny checkpoints as the tests convert them (tests/common: tiny_gguf), which the test
+  # binary takes from $QWEN_TEST_OUT there; Qwen-1's architecture travels as a header only
+  # (its f32 file is 84 MB).
+  local data="${QWEN_TESTDATA:-../shared/testdata}/models"
+  cargo build --release --bin qwen-convert
+  for ty in q8_0 q4_k; do
+    target/release/qwen-convert "$data/qwen2-tiny" -t "$ty" --tokenizer "$data/qwen1-tiny/qwen.tiktoken" \
+      -o "$stage/test-out/qwen2-tiny-$ty.gguf" >/dev/null
+  done
+  target/release/qwen-convert "$data/qwen1-tiny" -t q4_k -o "$stage/qwen1-tiny-q4_k.gguf" >/dev/null
+  scripts/zeroed-model.sh header "$stage/qwen1-tiny-q4_k.gguf" "$stage/hdr/qwen1-tiny-q4_k.hdr"
+  rm "$stage/qwen1-tiny-q4_k.gguf"
+  llama_sources "$stage"
+  tar -C "$stage" -cf - . | xz -T0 -6 >"$kit/kit.tar.xz"
+  du -sh "$stage"/* "$kit/kit.tar.xz" >&2
+  rm -rf "$stage"
 }
 
 pack_model() {
@@ -97,6 +114,15 @@ take() {
   fi
 }
 
+# Unpacks an .xz tarball (with python's lzma where the machine has no xz).
+untar_xz() {
+  if command -v xz >/dev/null; then
+    xz -dc "$1" | tar -C "$2" -xf -
+  else
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' "$1" "$2"
+  fi
+}
+
 # Puts the CUDA driver and NVRTC on the loader's path under the names cudarc opens (libcuda.so,
 # libnvrtc.so: a driver installs libcuda.so.1, a toolkit may lack the unversioned link), and
 # NVRTC's directory too (it loads libnvrtc-builtins from there).
@@ -128,7 +154,7 @@ cuda_libs() {
 build_llama() {
   local dir=/tmp/llama.cpp
   mkdir -p "$dir/src"
-  tar -xJf "$kit/llama.cpp.tar.xz" -C "$dir/src"
+  untar_xz "$kit_dir/llama.cpp.tar.xz" "$dir/src"
   cmake -S "$dir/src" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-native}" -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON \
@@ -139,6 +165,10 @@ build_llama() {
 run() {
   local out="${OUT:-target/device-out}"
   mkdir -p "$out"
+  kit_dir=/tmp/qwen-kit
+  rm -rf "$kit_dir" /tmp/qwen-test && mkdir -p "$kit_dir"
+  untar_xz "$kit/kit.tar.xz" "$kit_dir"
+  cp -r "$kit_dir/test-out" /tmp/qwen-test
   local t0=$SECONDS
   stamp() { echo "[$((SECONDS - t0)) s] $*" | tee -a "$out/summary.md"; }
   echo "# GPU device run $(date -u +%FT%TZ)" >"$out/summary.md"
@@ -151,15 +181,15 @@ run() {
   local models_dir=target/device-model
   [ -d "$models_dir" ] || models_dir=/nonexistent
   set +e
-  QWEN_GPU_HEADERS="$kit/hdr" QWEN_TEST_OUT=/tmp/qwen-test QWEN_MODELS="$models_dir" \
-    QWEN_REQUIRE_NVRTC=1 "$kit/gpu_backends" --test-threads 1 --nocapture >"$out/parity.log" 2>&1
+  QWEN_GPU_HEADERS="$kit_dir/hdr" QWEN_TEST_OUT=/tmp/qwen-test QWEN_MODELS="$models_dir" \
+    QWEN_REQUIRE_NVRTC=1 "$kit_dir/gpu_backends" --test-threads 1 --nocapture >"$out/parity.log" 2>&1
   stamp "parity exit $? ($(grep -c '^test .* ok$' "$out/parity.log") ok, \
 $(grep -c 'FAILED\|panicked' "$out/parity.log") failed lines, $(grep -c SKIPPED "$out/parity.log") skip lines)"
   grep -E 'SKIPPED|panicked|items match|^test ' "$out/parity.log" >>"$out/summary.md"
   set -e
 
   for m in "$model_05b" "$model_15b"; do
-    scripts/zeroed-model.sh expand "$kit/hdr/${m%.gguf}.hdr" "/tmp/$m"
+    scripts/zeroed-model.sh expand "$kit_dir/hdr/${m%.gguf}.hdr" "/tmp/$m"
   done
   stamp "waiting for llama.cpp"
   wait "$llama_pid" || true
@@ -173,13 +203,13 @@ $(grep -c 'FAILED\|panicked' "$out/parity.log") failed lines, $(grep -c SKIPPED 
           >"$out/llama.$m.$i.json" 2>>"$out/llama-bench.log" ||
           stamp "llama-bench $m failed: $(tail -1 "$out/llama-bench.log")"
       fi
-      "$kit/qwen" bench --backend cuda -m "/tmp/$m" -p "${P:-512}" -n "${N:-128}" -r "${R:-3}" --json \
+      "$kit_dir/qwen" bench --backend cuda -m "/tmp/$m" -p "${P:-512}" -n "${N:-128}" -r "${R:-3}" --json \
         >"$out/qwen.$m.$i.json" 2>>"$out/qwen-bench.log" ||
         stamp "qwen bench $m failed: $(tail -1 "$out/qwen-bench.log")"
     done
   done
   # What recording the launches as a graph gains: the 0.5B decode with graphs off.
-  QWEN_GPU_GRAPHS=0 "$kit/qwen" bench --backend cuda -m "/tmp/$model_05b" -p 0 -n "${N:-128}" \
+  QWEN_GPU_GRAPHS=0 "$kit_dir/qwen" bench --backend cuda -m "/tmp/$model_05b" -p 0 -n "${N:-128}" \
     -r "${R:-3}" --json >"$out/qwen.nographs.json" 2>>"$out/qwen-bench.log" ||
     stamp "qwen bench without graphs failed: $(tail -1 "$out/qwen-bench.log")"
   python3 - "$out" "${ROUNDS:-2}" "$model_05b" "$model_15b" <<'PY' | tee -a "$out/summary.md"
@@ -215,7 +245,6 @@ case "${1:-}" in
   pack-model) pack_model ;;
   take) take "$2" ;;
   run) run ;;
-  llama-sources) mkdir -p "$kit" && llama_sources ;;
   *)
     echo "usage: $0 pack | pack-model | take PART | run   (see the comment at the top)" >&2
     exit 2
