@@ -333,6 +333,12 @@ impl GpuApi for HostSimt {
         Ok(())
     }
 
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        // The emulator runs everything in order at once: an upload is already complete.
+        // SAFETY: the caller's contract (stronger than upload's).
+        unsafe { self.upload(dst, src) }
+    }
+
     unsafe fn download(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
         self.check_range(src, dst.len(), "download")?;
         // SAFETY: checked above to lie inside one live allocation.

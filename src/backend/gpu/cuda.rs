@@ -237,6 +237,13 @@ impl GpuApi for Cuda {
         .map_err(|e| err("cuMemcpyHtoDAsync", e))
     }
 
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        // SAFETY: the caller guarantees the range lies in one allocation and keeps `src`
+        // until the stream is next synchronized.
+        unsafe { drv::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(|e| err("cuMemcpyHtoDAsync", e))
+    }
+
     unsafe fn download(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
         // SAFETY: as in upload; ordered after every launch on the stream.
         unsafe {

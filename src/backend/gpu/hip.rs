@@ -371,6 +371,15 @@ impl GpuApi for Hip {
         self.synchronize()
     }
 
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        let st = self.stream.0;
+        // SAFETY: the caller guarantees the range lies in one allocation and keeps `src`
+        // until the stream is next synchronized.
+        self.check("hipMemcpyHtoDAsync", unsafe {
+            (self.s.memcpy_htod_async)(dst as Ptr, src.as_ptr() as *const c_void, src.len(), st)
+        })
+    }
+
     unsafe fn download(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
         let st = self.stream.0;
         // SAFETY: as in upload; ordered after every launch on the stream.

@@ -72,6 +72,13 @@ pub trait GpuApi: Sized + Send {
     /// # Safety
     /// `dst..dst + src.len()` lies inside one allocation.
     unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
+    /// [`upload`](Self::upload) queued behind earlier work without waiting for it: a step's
+    /// inputs cost no round trip each.
+    ///
+    /// # Safety
+    /// As `upload`, and `src` stays alive and unchanged until the next
+    /// [`download`](Self::download) or [`synchronize`](Self::synchronize) returns.
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
     /// # Safety
     /// `src..src + dst.len()` lies inside one allocation.
     unsafe fn download(&self, dst: &mut [u8], src: DevPtr) -> Result<()>;
@@ -770,35 +777,54 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                 &mut self.h_sin[t * half..(t + 1) * half],
             );
         }
-        let a = &self.act;
-        // SAFETY: each staging slice has t_len (or t_len * half) elements, within the device
-        // buffers sized for max_batch tokens.
-        unsafe {
-            self.api.upload(a.ids, as_bytes(&self.h_ids[..t_len]))?;
-            self.api.upload(a.seq, as_bytes(&self.h_seq[..t_len]))?;
-            self.api.upload(a.pos, as_bytes(&self.h_pos[..t_len]))?;
-            self.api.upload(a.logn, as_bytes(&self.h_logn[..t_len]))?;
-            self.api
-                .upload(a.cos, as_bytes(&self.h_cos[..t_len * half]))?;
-            self.api
-                .upload(a.sin, as_bytes(&self.h_sin[..t_len * half]))?;
+        let stepped = self.step(model, t_len, batch.logits_from, logits);
+        if stepped.is_err() {
+            // Uploads queued before the failure may still read the staging vectors.
+            let _ = self.api.synchronize();
         }
-        self.run_or_replay(model, t_len, batch.logits_from)?;
-
-        // Logits of tokens logits_from..T back to the host.
-        let n_out = t_len - batch.logits_from;
-        if n_out > 0 {
-            let dst = &mut logits[..n_out * c.n_vocab];
-            // SAFETY: n_out <= max_batch rows of n_vocab floats fit the logits buffer.
-            unsafe { self.api.download(as_bytes_mut(dst), self.act.logits)? };
-        } else {
-            self.api.synchronize()?;
-        }
-        Ok(())
+        stepped
     }
 }
 
 impl<A: GpuApi> GpuBackend<A> {
+    /// One step over the staged batch: inputs up, launches, logits of tokens `first..` down.
+    fn step(
+        &mut self,
+        model: &Model,
+        t_len: usize,
+        first: usize,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let (half, n_vocab) = (model.config.head_dim / 2, model.config.n_vocab);
+        let a = &self.act;
+        // SAFETY: each staging slice has t_len (or t_len * half) elements, within the device
+        // buffers sized for max_batch tokens. The staging vectors are next written by the next
+        // forward, after this step's download or synchronize (or the caller's on an error).
+        unsafe {
+            self.api
+                .upload_async(a.ids, as_bytes(&self.h_ids[..t_len]))?;
+            self.api
+                .upload_async(a.seq, as_bytes(&self.h_seq[..t_len]))?;
+            self.api
+                .upload_async(a.pos, as_bytes(&self.h_pos[..t_len]))?;
+            self.api
+                .upload_async(a.logn, as_bytes(&self.h_logn[..t_len]))?;
+            self.api
+                .upload_async(a.cos, as_bytes(&self.h_cos[..t_len * half]))?;
+            self.api
+                .upload_async(a.sin, as_bytes(&self.h_sin[..t_len * half]))?;
+        }
+        self.run_or_replay(model, t_len, first)?;
+        let n_out = t_len - first;
+        if n_out > 0 {
+            let dst = &mut logits[..n_out * n_vocab];
+            // SAFETY: n_out <= max_batch rows of n_vocab floats fit the logits buffer.
+            unsafe { self.api.download(as_bytes_mut(dst), self.act.logits) }
+        } else {
+            self.api.synchronize()
+        }
+    }
+
     /// The step's launches: replayed from a recording when there is one for this shape, else
     /// recorded first (small batches), else made directly.
     fn run_or_replay(&mut self, model: &Model, t_len: usize, first: usize) -> Result<()> {
