@@ -252,6 +252,25 @@ fn step(model: &Model, gpu: &mut GpuBackend<HostSimt>, token: u32, pos: usize) -
     logits
 }
 
+/// A queued upload is copied when the device gets to it (the next launch, copy or
+/// synchronize), not when it is queued: the emulator shows a backend that rewrites a source
+/// too early what a GPU would show it.
+#[test]
+fn emulator_queued_uploads_read_their_source_late() {
+    let api = HostSimt::open(0).unwrap();
+    let p = api.alloc(8).unwrap();
+    let mut src = [1u8; 8];
+    let mut out = [0u8; 8];
+    // SAFETY: 8 bytes into an 8-byte allocation; `src` outlives the download below.
+    unsafe {
+        api.upload_async(p, &src).unwrap();
+        std::ptr::write_volatile(&mut src[0], 7);
+        api.download(&mut out, p).unwrap();
+    }
+    assert_eq!(out[0], 7, "queued upload copied at queue time");
+    assert!(unsafe { api.upload_async(p, &[0u8; 9]) }.is_err());
+}
+
 /// Kernel launches per decode step: 7 per layer with an f16 cache (q|k|v as one matrix on
 /// the normed input, bias + RoPE + split + cache store, attention, output projection added to
 /// the residual, gate|up as one matrix on the normed input, SwiGLU, down projection added to

@@ -48,7 +48,21 @@ pub struct HostSimt {
     recording: Mutex<Option<Vec<Recorded>>>,
     recordings: AtomicUsize,
     replays: AtomicUsize,
+    /// Queued uploads (`upload_async`), copied only when the device would have run them: at
+    /// the next launch, copy or synchronize. A backend that rewrote a source before then would
+    /// send the new bytes, as a GPU's copy engine would.
+    pending: Mutex<Vec<PendingUpload>>,
 }
+
+struct PendingUpload {
+    dst: DevPtr,
+    src: *const u8,
+    len: usize,
+}
+
+// SAFETY: the source pointer is only read under the `upload_async` contract (alive and
+// unchanged until the next synchronize or download), whichever thread flushes it.
+unsafe impl Send for PendingUpload {}
 
 /// One recorded launch: the kernel, its geometry and its argument values (each in the 64-bit
 /// slot `launch_args` gives it), copied as a driver copies them when recording.
@@ -72,11 +86,21 @@ impl HostSimt {
         )
     }
 
+    /// Performs the queued uploads, in order.
+    fn flush(&self) {
+        for u in self.pending.lock().unwrap().drain(..) {
+            // SAFETY: range checked when queued; the source is alive and unchanged under the
+            // `upload_async` contract (this is the next synchronizing call at the latest).
+            unsafe { std::ptr::copy_nonoverlapping(u.src, u.dst as *mut u8, u.len) };
+        }
+    }
+
     /// Runs one kernel now.
     ///
     /// # Safety
     /// As [`GpuApi::launch`].
     unsafe fn run(&self, f: usize, l: Launch, args: &mut [*mut c_void]) -> Result<()> {
+        self.flush();
         let geom = [
             l.grid.0, l.grid.1, l.grid.2, l.block.0, l.block.1, l.block.2,
         ];
@@ -203,6 +227,7 @@ impl GpuApi for HostSimt {
             recording: Mutex::new(None),
             recordings: Default::default(),
             replays: Default::default(),
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -327,6 +352,7 @@ impl GpuApi for HostSimt {
     }
 
     unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.flush();
         self.check_range(dst, src.len(), "upload")?;
         // SAFETY: checked above to lie inside one live allocation.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
@@ -334,12 +360,17 @@ impl GpuApi for HostSimt {
     }
 
     unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
-        // The emulator runs everything in order at once: an upload is already complete.
-        // SAFETY: the caller's contract (stronger than upload's).
-        unsafe { self.upload(dst, src) }
+        self.check_range(dst, src.len(), "upload")?;
+        self.pending.lock().unwrap().push(PendingUpload {
+            dst,
+            src: src.as_ptr(),
+            len: src.len(),
+        });
+        Ok(())
     }
 
     unsafe fn download(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
+        self.flush();
         self.check_range(src, dst.len(), "download")?;
         // SAFETY: checked above to lie inside one live allocation.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
@@ -361,6 +392,7 @@ impl GpuApi for HostSimt {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.flush();
         Ok(())
     }
 
