@@ -60,3 +60,39 @@ QKERNEL void swiglu(float* out, const float* gu, int n_ff, int n_tok) {
         out[i] = g / (1.0f + expf(-g)) * row[n_ff + c];
     }
 }
+
+// Greedy sampling where the logits are: out[t] = the index of the largest of row t's n logits
+// (`x` is [T, n]), the first on ties, NaN never chosen, 0 when nothing beats -inf (as the host's
+// sampler::argmax). One block of QWEN_BLOCK threads per row. A decode step then sends back 4
+// bytes per token instead of the vocabulary's logits.
+QKERNEL void argmax_rows(const float* x, int n, int* out) {
+    __shared__ float sv[QWEN_BLOCK];
+    __shared__ int si[QWEN_BLOCK];
+    const float* row = x + (unsigned long long)blockIdx.x * n;
+    float best = QWEN_NEG_INF;
+    int at = 0x7fffffff;
+    // Each thread sees increasing indices: a strictly larger value replaces, so its candidate
+    // is its first maximum.
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = row[i];
+        if (v > best) {
+            best = v;
+            at = i;
+        }
+    }
+    sv[threadIdx.x] = best;
+    si[threadIdx.x] = at;
+    __syncthreads();
+    for (int o = QWEN_BLOCK / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) {
+            float v = sv[threadIdx.x + o];
+            int j = si[threadIdx.x + o];
+            if (v > sv[threadIdx.x] || (v == sv[threadIdx.x] && j < si[threadIdx.x])) {
+                sv[threadIdx.x] = v;
+                si[threadIdx.x] = j;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = si[0] == 0x7fffffff ? 0 : si[0];
+}

@@ -212,6 +212,10 @@ $(grep -c 'FAILED\|panicked' "$out/parity.log") failed lines, $(grep -c SKIPPED 
   QWEN_GPU_GRAPHS=0 "$kit_dir/qwen" bench --backend cuda -m "/tmp/$model_05b" -p 0 -n "${N:-128}" \
     -r "${R:-3}" --json >"$out/qwen.nographs.json" 2>>"$out/qwen-bench.log" ||
     stamp "qwen bench without graphs failed: $(tail -1 "$out/qwen-bench.log")"
+  # What copying the logits back costs: decode steps with the argmax taken on the device.
+  "$kit_dir/qwen" bench --backend cuda -m "/tmp/$model_05b" -p 0 -n "${N:-128}" -r "${R:-3}" \
+    --greedy-step --json >"$out/qwen.greedy.json" 2>>"$out/qwen-bench.log" ||
+    stamp "qwen bench --greedy-step failed: $(tail -1 "$out/qwen-bench.log")"
   python3 - "$out" "${ROUNDS:-2}" "$model_05b" "$model_15b" <<'PY' | tee -a "$out/summary.md"
 import json, statistics, sys
 out, rounds, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -236,6 +240,9 @@ for m in models:
 off = load(f"{out}/qwen.nographs.json")
 if off:
     print(f"\n{models[0]} decode without CUDA graphs: {off['decode_tps']:.1f} tok/s")
+greedy = load(f"{out}/qwen.greedy.json")
+if greedy:
+    print(f"{models[0]} decode with the argmax on the device (--greedy-step): {greedy['decode_tps']:.1f} tok/s")
 PY
   stamp "done"
 }

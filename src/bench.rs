@@ -29,6 +29,9 @@ pub struct BenchParams {
     /// The backend to measure, and its GPU ordinal.
     pub backend: BackendKind,
     pub device: usize,
+    /// Decode steps through [`Session::eval_greedy`] (only the greedy token back; on a GPU the
+    /// argmax is taken on the device) instead of [`Session::eval`] (the logits back).
+    pub greedy_step: bool,
 }
 
 impl Default for BenchParams {
@@ -42,6 +45,7 @@ impl Default for BenchParams {
             n_threads: 0,
             backend: BackendKind::Cpu,
             device: 0,
+            greedy_step: false,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct BenchResult {
     pub n_depth: usize,
     /// The KV cache storage type measured (`f32`, `f16`, `q8`).
     pub kv_cache: &'static str,
+    /// Decode steps handed back only the greedy token (`--greedy-step`), not the logits.
+    pub greedy_step: bool,
     pub reps: usize,
     pub load_ms: f64,
     /// Creating the session: cache and scratch allocation; on a GPU also the weight upload and
@@ -191,7 +197,12 @@ pub fn run_with(
             session.eval(&[1])?;
             let t = Instant::now();
             for i in 0..p.n_gen {
-                session.eval(&[(i % 1000) as u32 + 100])?;
+                let token = (i % 1000) as u32 + 100;
+                if p.greedy_step {
+                    session.eval_greedy(token)?;
+                } else {
+                    session.eval(&[token])?;
+                }
             }
             decode.push(p.n_gen as f64 / t.elapsed().as_secs_f64());
             if on_cpu {
@@ -230,6 +241,7 @@ pub fn run_with(
         n_gen: p.n_gen,
         n_depth: p.n_depth,
         kv_cache: kv_cache.as_str(),
+        greedy_step: p.greedy_step,
         reps: p.reps,
         load_ms,
         prefill_tps,

@@ -476,6 +476,43 @@ impl Session {
         Ok(&self.logits[..n * n_vocab])
     }
 
+    /// Appends `token` to sequence 0 and returns the greedy next token (the logits' argmax, the
+    /// first on ties): on a GPU computed on the device, so only 4 bytes come back instead of
+    /// the vocabulary's logits; elsewhere the host's argmax of [`eval`](Self::eval)'s logits.
+    /// [`logits`](Self::logits) is not updated on the device path.
+    pub fn eval_greedy(&mut self, token: u32) -> Result<u32> {
+        self.check_tokens(0, &[token])?;
+        if self.seqs[0].is_empty() {
+            let alpha = self.model.config.ntk_alpha(1);
+            self.set_ntk_alpha(0, alpha);
+        }
+        self.batch_seq[0] = 0;
+        self.batch_pos[0] = self.seqs[0].len();
+        let batch = Batch {
+            tokens: std::slice::from_ref(&token),
+            seq: &self.batch_seq[..1],
+            pos: &self.batch_pos[..1],
+            logits_from: 0,
+        };
+        let mut next = [0u32];
+        let on_device =
+            self.backend
+                .forward_argmax(&self.model, &self.inv_freq, &batch, &mut next)?;
+        if !on_device {
+            let n_vocab = self.model.config.n_vocab;
+            self.backend.forward(
+                &self.model,
+                &self.inv_freq,
+                &batch,
+                &mut self.logits[..n_vocab],
+            )?;
+            next[0] = crate::sampler::argmax(&self.logits[..n_vocab]);
+        }
+        self.seqs[0].push(token);
+        self.n_evaluated += 1;
+        Ok(next[0])
+    }
+
     /// Makes the cache hold exactly `tokens`, reusing the longest cached prefix, and returns the
     /// logits after the last token. At least one token is always evaluated so the logits exist.
     /// Qwen-1 with dynamic NTK: when the NTK alpha for `tokens.len()` differs from the one the

@@ -243,3 +243,23 @@ fn five_turn_piped_chat_reuses_the_kv_cache() {
         "turn 5 remembers turn 1: {stdout}"
     );
 }
+
+/// `Session::eval_greedy` (the CPU's path: its logits are in host memory) is the argmax of
+/// what `eval` returns, step after step, with the sequence advanced the same way (Qwen-1's NTK
+/// alpha fixed from a one-token start, as `eval` fixes it).
+#[test]
+fn eval_greedy_is_the_argmax_of_eval() {
+    let Some(model) = model("qwen1-tiny") else {
+        return;
+    };
+    let (mut a, mut b) = (session(&model), session(&model));
+    let mut token = 100u32;
+    for _ in 0..6 {
+        let want = qwen::sampler::argmax(a.eval(&[token]).unwrap());
+        let got = b.eval_greedy(token).unwrap();
+        assert_eq!(got, want);
+        token = got;
+    }
+    assert_eq!(a.tokens(), b.tokens());
+    assert!(b.eval_greedy(u32::MAX).is_err());
+}

@@ -537,6 +537,51 @@ fn session_on(model: &Arc<Model>, backend: BackendKind, n_seq: usize) -> qwen::R
     )
 }
 
+/// The real 0.5B model, greedy through `Session::eval_greedy`: on a GPU the argmax is taken on
+/// the device (4 bytes back per step), and the 16 tokens equal the CPU's.
+#[test]
+fn gpu_greedy_steps_with_the_argmax_on_the_device_match_the_cpu() {
+    let Some(path) = common::real_model(common::REAL_0_5B) else {
+        return;
+    };
+    let model = Arc::new(Model::load(&path).unwrap());
+    let tok = model.tokenizer().unwrap();
+    let prompt = tok.encode(
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+        qwen::tokenizer::EncodeMode::Text,
+    );
+    let run = |backend| -> qwen::Result<Vec<u32>> {
+        let mut s = session_on(&model, backend, 1)?;
+        let (last, head) = prompt.split_last().unwrap();
+        s.eval(head)?;
+        let mut out = vec![s.eval_greedy(*last)?];
+        while out.len() < 16 {
+            out.push(s.eval_greedy(out[out.len() - 1])?);
+        }
+        Ok(out)
+    };
+    let want = run(BackendKind::Cpu).unwrap();
+    let mut ran = false;
+    for kind in [BackendKind::Cuda, BackendKind::Rocm] {
+        match run(kind) {
+            Ok(got) => {
+                ran = true;
+                assert_eq!(
+                    got,
+                    want,
+                    "{kind}: {:?} vs cpu {:?}",
+                    tok.decode(&got),
+                    tok.decode(&want)
+                );
+            }
+            Err(e) => eprintln!("SKIPPED: {kind}: {e}"),
+        }
+    }
+    if !ran {
+        eprintln!("SKIPPED: no GPU backend available: device argmax not checked");
+    }
+}
+
 /// A session asked for a backend this build or machine lacks fails as `backend::create` does,
 /// naming why; the CPU session reports its backend.
 #[test]

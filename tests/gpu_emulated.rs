@@ -271,6 +271,100 @@ fn emulator_queued_uploads_read_their_source_late() {
     assert!(unsafe { api.upload_async(p, &[0u8; 9]) }.is_err());
 }
 
+/// Greedy steps with the argmax taken on the device (`forward_argmax`): the same token as the
+/// host's argmax of the logits `forward` copies back, for single decode steps and for a batch
+/// with several rows of logits; and the kernel's rule on ties, NaN and all -inf rows.
+#[test]
+fn emulated_gpu_argmax_matches_the_host_argmax() {
+    if !have_compiler() {
+        return;
+    }
+    let Some(path) = common::tiny_gguf("qwen2-tiny", "q8_0") else {
+        return;
+    };
+    let model = Model::load(&path).unwrap();
+    let c = &model.config;
+    let p = params(KvCacheType::F16, 64, 2, 8);
+    let mut on_host = GpuBackend::<HostSimt>::new(&model, &p).unwrap();
+    let mut on_device = GpuBackend::<HostSimt>::new(&model, &p).unwrap();
+    let mut inv_freq = vec![0.0f32; 2 * c.head_dim / 2];
+    for s in 0..2 {
+        let half = c.head_dim / 2;
+        c.rope_inv_freq(1.0, &mut inv_freq[s * half..(s + 1) * half]);
+    }
+    let mut logits = vec![0.0f32; 8 * c.n_vocab];
+    let mut ids = [0u32; 8];
+    let toks = tokens(12, 97, 5);
+    // A 6-token batch over two sequences (every row's logits), then single steps.
+    let mut steps: Vec<(Vec<u32>, Vec<usize>, Vec<usize>)> = vec![(
+        toks[..6].to_vec(),
+        vec![0, 0, 0, 1, 1, 1],
+        vec![0, 1, 2, 0, 1, 2],
+    )];
+    for (i, &t) in toks[6..].iter().enumerate() {
+        steps.push((vec![t], vec![i % 2], vec![3 + i / 2]));
+    }
+    for (tokens, seq, pos) in &steps {
+        let batch = qwen::model::forward::Batch {
+            tokens,
+            seq,
+            pos,
+            logits_from: 0,
+        };
+        on_host
+            .forward(&model, &inv_freq, &batch, &mut logits)
+            .unwrap();
+        assert!(on_device
+            .forward_argmax(&model, &inv_freq, &batch, &mut ids)
+            .unwrap());
+        for (r, &got) in ids[..tokens.len()].iter().enumerate() {
+            let want = qwen::sampler::argmax(&logits[r * c.n_vocab..(r + 1) * c.n_vocab]);
+            assert_eq!(got, want, "{tokens:?} row {r}");
+        }
+    }
+    let mut short = [0u32; 1];
+    let batch = qwen::model::forward::Batch {
+        tokens: &toks[..2],
+        seq: &[0, 1],
+        pos: &[9, 9],
+        logits_from: 0,
+    };
+    assert!(on_device
+        .forward_argmax(&model, &inv_freq, &batch, &mut short)
+        .is_err());
+
+    // The kernel alone on rows made to test its rule.
+    let api = HostSimt::open(0).unwrap();
+    let m = api
+        .compile("ops.cu", &layout::kernel_source(layout::KERNEL_FILES[1].1))
+        .unwrap();
+    let f = api.function(&m, "argmax_rows").unwrap();
+    let n = 1000;
+    let mut rows = vec![0.0f32; 4 * n];
+    rows[..n]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = (i % 7) as f32); // ties: first 6 wins
+    rows[n + 500] = f32::NAN;
+    rows[n + 999] = 1.0; // NaN never wins
+    rows[2 * n..3 * n].fill(f32::NEG_INFINITY); // nothing beats -inf: 0
+    rows[3 * n + 999] = 5.0; // the last element
+    let x = upload(&api, &f32_bytes(&rows));
+    let out = api.alloc(16).unwrap();
+    launch(
+        &api,
+        f,
+        layout::rows_launch(4),
+        &[Arg::P(x), Arg::I(n as i32), Arg::P(out)],
+    )
+    .unwrap();
+    let got: Vec<f32> = download_f32(&api, out, 4);
+    let got: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+    let want: Vec<u32> = rows.chunks(n).map(qwen::sampler::argmax).collect();
+    assert_eq!(want, [6, 999, 0, 999]);
+    assert_eq!(got, want);
+}
+
 /// Kernel launches per decode step: 7 per layer with an f16 cache (q|k|v as one matrix on
 /// the normed input, bias + RoPE + split + cache store, attention, output projection added to
 /// the residual, gate|up as one matrix on the normed input, SwiGLU, down projection added to

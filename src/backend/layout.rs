@@ -54,6 +54,7 @@ pub fn kernel_names() -> Vec<String> {
         "key_bias_sub",
         "attention_f16",
         "attention_q8",
+        "argmax_rows",
     ]
     .iter()
     .map(|s| s.to_string())

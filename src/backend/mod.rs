@@ -154,6 +154,21 @@ pub trait Backend: Send {
         batch: &Batch,
         logits: &mut [f32],
     ) -> Result<()>;
+
+    /// [`forward`](Self::forward), handing back only each logits row's argmax (the first on
+    /// ties, as [`crate::sampler::argmax`]) in `out[..T - logits_from]`, computed where the
+    /// logits are: greedy decoding on a GPU then copies 4 bytes per token instead of the
+    /// vocabulary's logits. `Ok(false)`, having done nothing, where a backend has no such path
+    /// (the CPU: its logits are in host memory already).
+    fn forward_argmax(
+        &mut self,
+        _model: &Model,
+        _inv_freq: &[f32],
+        _batch: &Batch,
+        _out: &mut [u32],
+    ) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The CPU backend: the worker pool, a [`KvCache`] and [`Scratch`], and the CPU forward pass.
@@ -300,6 +315,23 @@ fn check_batch(
     batch: &Batch,
     logits: &[f32],
 ) -> Result<()> {
+    check_batch_rows(
+        model,
+        b,
+        inv_freq,
+        batch,
+        logits.len() / model.config.n_vocab.max(1),
+    )
+}
+
+/// [`check_batch`] with room for `out_rows` rows of output (logits or argmaxes).
+fn check_batch_rows(
+    model: &Model,
+    b: &dyn Backend,
+    inv_freq: &[f32],
+    batch: &Batch,
+    out_rows: usize,
+) -> Result<()> {
     let c = &model.config;
     let t = batch.tokens.len();
     let bad = |msg: String| Err(Error::InvalidArgument(format!("forward: {msg}")));
@@ -311,12 +343,11 @@ fn check_batch(
             b.max_batch()
         ));
     }
-    if batch.logits_from > t || logits.len() < (t - batch.logits_from) * c.n_vocab {
+    if batch.logits_from > t || out_rows < t - batch.logits_from {
         return bad(format!(
-            "logits from token {} of {t} need {} floats, got {}",
+            "outputs from token {} of {t} need {} rows, got room for {out_rows}",
             batch.logits_from,
-            (t - batch.logits_from.min(t)) * c.n_vocab,
-            logits.len()
+            t - batch.logits_from.min(t),
         ));
     }
     if inv_freq.len() < b.n_seq() * (c.head_dim / 2) {

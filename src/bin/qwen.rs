@@ -87,6 +87,10 @@ struct BenchArgs {
     /// model, as llama.cpp).
     #[arg(long = "kv-cache")]
     kv_cache: Option<String>,
+    /// Decode steps hand back only the greedy token (on a GPU its argmax is taken on the
+    /// device: 4 bytes back instead of the logits), to measure what copying the logits costs.
+    #[arg(long = "greedy-step")]
+    greedy_step: bool,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -1032,6 +1036,7 @@ fn bench(a: BenchArgs) -> CliResult {
         n_threads: a.threads,
         backend: a.gpu.backend,
         device: a.gpu.device,
+        greedy_step: a.greedy_step,
     };
     let r = qwen::bench::run_with(&a.model, &params, |c| a.rope.apply(c))?;
     if a.json {

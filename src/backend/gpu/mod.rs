@@ -17,7 +17,7 @@ pub mod cuda;
 pub mod hip;
 
 use super::layout::{self, KvLayout, Launch};
-use super::{check_batch, check_params, Backend, BackendKind, BackendParams};
+use super::{check_batch, check_batch_rows, check_params, Backend, BackendKind, BackendParams};
 use crate::backend::cpu::ops;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCacheType;
@@ -206,6 +206,7 @@ struct Kernels<F> {
     key_bias_sub: F,
     attention_f16: F,
     attention_q8: F,
+    argmax_rows: F,
 }
 
 /// Per-layer device KV cache pointers.
@@ -230,6 +231,8 @@ struct Act {
     /// `[T, n_ff]`: silu(gate) * up.
     ffn: DevPtr,
     logits: DevPtr,
+    /// `[T]`: each logits row's argmax (`forward_argmax`).
+    argmax: DevPtr,
     ids: DevPtr,
     seq: DevPtr,
     pos: DevPtr,
@@ -281,6 +284,11 @@ const MAX_GRAPHS: usize = 32;
 fn as_bytes<T: Copy>(x: &[T]) -> &[u8] {
     // SAFETY: plain old data (i32 / f32) viewed as its bytes.
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
+}
+
+fn as_bytes_mut_u32(x: &mut [u32]) -> &mut [u8] {
+    // SAFETY: any byte pattern is a valid u32.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u8, std::mem::size_of_val(x)) }
 }
 
 fn as_bytes_mut(x: &mut [f32]) -> &mut [u8] {
@@ -337,6 +345,7 @@ impl<A: GpuApi> GpuBackend<A> {
             key_bias_sub: get("key_bias_sub")?,
             attention_f16: get("attention_f16")?,
             attention_q8: get("attention_q8")?,
+            argmax_rows: get("argmax_rows")?,
         };
 
         let mut me = GpuBackend {
@@ -381,6 +390,7 @@ impl<A: GpuApi> GpuBackend<A> {
                 cos: 0,
                 sin: 0,
                 logn: 0,
+                argmax: 0,
             },
             max_batch: p.max_batch,
             h_ids: vec![0; p.max_batch],
@@ -478,6 +488,7 @@ impl<A: GpuApi> GpuBackend<A> {
             gate_up: me.alloc_zeroed(f * t * 2 * c.n_ff)?,
             ffn: me.alloc_zeroed(f * t * c.n_ff)?,
             logits: me.alloc_zeroed(f * t * c.n_vocab)?,
+            argmax: me.alloc_zeroed(4 * t)?,
             ids: me.alloc_zeroed(4 * t)?,
             seq: me.alloc_zeroed(4 * t)?,
             pos: me.alloc_zeroed(4 * t)?,
@@ -756,6 +767,38 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         logits: &mut [f32],
     ) -> Result<()> {
         check_batch(model, self, inv_freq, batch, logits)?;
+        self.stage_and_step(model, inv_freq, batch, Out::Logits(logits))
+    }
+
+    fn forward_argmax(
+        &mut self,
+        model: &Model,
+        inv_freq: &[f32],
+        batch: &Batch,
+        out: &mut [u32],
+    ) -> Result<bool> {
+        check_batch_rows(model, self, inv_freq, batch, out.len())?;
+        self.stage_and_step(model, inv_freq, batch, Out::Argmax(out))?;
+        Ok(true)
+    }
+}
+
+/// What a step hands back: the logits rows, or only their argmaxes.
+enum Out<'a> {
+    Logits(&'a mut [f32]),
+    Argmax(&'a mut [u32]),
+}
+
+impl<A: GpuApi> GpuBackend<A> {
+    /// A checked batch: its description and RoPE tables computed into the host staging, then
+    /// [`step`](Self::step).
+    fn stage_and_step(
+        &mut self,
+        model: &Model,
+        inv_freq: &[f32],
+        batch: &Batch,
+        out: Out,
+    ) -> Result<()> {
         self.api.bind_thread()?;
         let c = &model.config;
         let t_len = batch.tokens.len();
@@ -777,24 +820,17 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
                 &mut self.h_sin[t * half..(t + 1) * half],
             );
         }
-        let stepped = self.step(model, t_len, batch.logits_from, logits);
+        let stepped = self.step(model, t_len, batch.logits_from, out);
         if stepped.is_err() {
             // Uploads queued before the failure may still read the staging vectors.
             let _ = self.api.synchronize();
         }
         stepped
     }
-}
 
-impl<A: GpuApi> GpuBackend<A> {
-    /// One step over the staged batch: inputs up, launches, logits of tokens `first..` down.
-    fn step(
-        &mut self,
-        model: &Model,
-        t_len: usize,
-        first: usize,
-        logits: &mut [f32],
-    ) -> Result<()> {
+    /// One step over the staged batch: inputs up, launches, the outputs of tokens `first..`
+    /// down.
+    fn step(&mut self, model: &Model, t_len: usize, first: usize, out: Out) -> Result<()> {
         let (half, n_vocab) = (model.config.head_dim / 2, model.config.n_vocab);
         let a = &self.act;
         // SAFETY: each staging slice has t_len (or t_len * half) elements, within the device
@@ -816,12 +852,31 @@ impl<A: GpuApi> GpuBackend<A> {
         }
         self.run_or_replay(model, t_len, first)?;
         let n_out = t_len - first;
-        if n_out > 0 {
-            let dst = &mut logits[..n_out * n_vocab];
-            // SAFETY: n_out <= max_batch rows of n_vocab floats fit the logits buffer.
-            unsafe { self.api.download(as_bytes_mut(dst), self.act.logits) }
-        } else {
-            self.api.synchronize()
+        if n_out == 0 {
+            return self.api.synchronize();
+        }
+        match out {
+            Out::Logits(logits) => {
+                let dst = &mut logits[..n_out * n_vocab];
+                // SAFETY: n_out <= max_batch rows of n_vocab floats fit the logits buffer.
+                unsafe { self.api.download(as_bytes_mut(dst), self.act.logits) }
+            }
+            Out::Argmax(ids) => {
+                launch(
+                    &self.api,
+                    self.k.argmax_rows,
+                    layout::rows_launch(n_out),
+                    &[
+                        Arg::P(self.act.logits),
+                        Arg::I(n_vocab as i32),
+                        Arg::P(self.act.argmax),
+                    ],
+                )?;
+                let dst = &mut ids[..n_out];
+                // SAFETY: n_out <= max_batch ids fit the argmax buffer; u32 and the kernel's
+                // non-negative i32 share their bytes.
+                unsafe { self.api.download(as_bytes_mut_u32(dst), self.act.argmax) }
+            }
         }
     }
 
