@@ -369,7 +369,6 @@ fn kernels_compile_for_amd_gpus_with_clang_hip() {
 #[test]
 fn gpu_forward_matches_cpu_on_tiny_models() {
     let mut ran = false;
-    let items = one_sequence(&(0..19).map(|i| (i * 53 + 7) % 1000).collect::<Vec<u32>>());
     for (name, ty) in [
         ("qwen1-tiny", "f32"),
         ("qwen2-tiny", "q8_0"),
@@ -381,34 +380,48 @@ fn gpu_forward_matches_cpu_on_tiny_models() {
         ) else {
             continue;
         };
-        let model = Model::load(&path).unwrap();
-        let decoded = Model::load(&decoded).unwrap();
-        for kv in [KvCacheType::F16, KvCacheType::Q8] {
-            for (kind, gpu) in gpu_backends(&model, kv) {
-                let mut gpu = match gpu {
-                    Ok(g) => g,
-                    Err(why) => {
-                        eprintln!("SKIPPED: {kind} ({name} {ty}): {why}");
-                        continue;
-                    }
-                };
-                ran = true;
-                let mut cpu = backend::create(BackendKind::Cpu, &decoded, &params(kv)).unwrap();
-                let want = logits_of(&decoded, cpu.as_mut(), &items, 13).unwrap();
-                let got = logits_of(&model, gpu.as_mut(), &items, 13).unwrap();
-                for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                    let e = rel_err(g, w);
-                    assert!(
-                        e < 2e-3,
-                        "{kind} {name} {ty} {kv:?} item {i}: relative error {e}"
-                    );
-                }
-            }
-        }
+        let (model, decoded) = (Model::load(&path).unwrap(), Model::load(&decoded).unwrap());
+        ran |= gpus_match_cpu(&format!("{name} {ty}"), &model, &decoded, 2);
     }
     if !ran {
         eprintln!("SKIPPED: no GPU backend available: GPU parity not checked");
     }
+}
+
+/// Every GPU backend present on `model` against the CPU on `decoded` (the same weights in
+/// f32, `cpu_threads` threads): the logits of a 19-token stream, two prompt batches then forced
+/// decode steps, with f16 and int8 caches, within 2e-3. Whether any GPU backend ran.
+fn gpus_match_cpu(what: &str, model: &Model, decoded: &Model, cpu_threads: usize) -> bool {
+    let items = one_sequence(&(0..19).map(|i| (i * 53 + 7) % 1000).collect::<Vec<u32>>());
+    let mut ran = false;
+    for kv in [KvCacheType::F16, KvCacheType::Q8] {
+        for (kind, gpu) in gpu_backends(model, kv) {
+            let mut gpu = match gpu {
+                Ok(g) => g,
+                Err(why) => {
+                    eprintln!("SKIPPED: {kind} ({what}): {why}");
+                    continue;
+                }
+            };
+            ran = true;
+            let p = BackendParams {
+                n_threads: cpu_threads,
+                ..params(kv)
+            };
+            let mut cpu = backend::create(BackendKind::Cpu, decoded, &p).unwrap();
+            let want = logits_of(decoded, cpu.as_mut(), &items, 13).unwrap();
+            let got = logits_of(model, gpu.as_mut(), &items, 13).unwrap();
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                let e = rel_err(g, w);
+                assert!(
+                    e < 2e-3,
+                    "{kind} {what} {kv:?} item {i}: relative error {e}"
+                );
+            }
+            eprintln!("{kind} {what} {kv:?}: {} items match", items.len());
+        }
+    }
+    ran
 }
 
 /// The real models' architectures, where their files cannot go (a device machine takes 64 MiB
@@ -432,7 +445,6 @@ fn gpu_matches_cpu_on_real_shapes_with_random_weights() {
     headers.sort();
     assert!(!headers.is_empty(), "no *.hdr files in {dir:?}");
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let items = one_sequence(&(0..19).map(|i| (i * 53 + 7) % 1000).collect::<Vec<u32>>());
     let mut ran = false;
     for hdr in &headers {
         let (path, reference) = common::random_weights::model_and_reference(hdr);
@@ -440,38 +452,7 @@ fn gpu_matches_cpu_on_real_shapes_with_random_weights() {
             Model::load(&path).unwrap(),
             Model::load(&reference).unwrap(),
         );
-        for kv in [KvCacheType::F16, KvCacheType::Q8] {
-            for (kind, gpu) in gpu_backends(&model, kv) {
-                let mut gpu = match gpu {
-                    Ok(g) => g,
-                    Err(why) => {
-                        eprintln!("SKIPPED: {kind} ({}): {why}", hdr.display());
-                        continue;
-                    }
-                };
-                ran = true;
-                let p = BackendParams {
-                    n_threads: threads,
-                    ..params(kv)
-                };
-                let mut cpu = backend::create(BackendKind::Cpu, &decoded, &p).unwrap();
-                let want = logits_of(&decoded, cpu.as_mut(), &items, 13).unwrap();
-                let got = logits_of(&model, gpu.as_mut(), &items, 13).unwrap();
-                for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                    let e = rel_err(g, w);
-                    assert!(
-                        e < 2e-3,
-                        "{kind} {} {kv:?} item {i}: relative error {e}",
-                        hdr.display()
-                    );
-                }
-                eprintln!(
-                    "{kind} {} {kv:?}: {} items match",
-                    hdr.display(),
-                    items.len()
-                );
-            }
-        }
+        ran |= gpus_match_cpu(&hdr.display().to_string(), &model, &decoded, threads);
     }
     if !ran {
         eprintln!("SKIPPED: no GPU backend available: real shapes not checked");

@@ -118,28 +118,10 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     path
 }
 
-/// The real Qwen2.5-Coder 0.5B GGUF: present, or a panic in CI, or a visible SKIP.
+/// The real Qwen2.5-Coder 0.5B GGUF: present, or a panic in CI, or a visible SKIP
+/// (`common::real_model`; every test crate using this module declares `mod common`).
 pub fn real_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("QWEN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/libqwen/models")
-        });
-    let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "real model missing at {} (CI must fetch it: scripts/fetch-models.sh)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "SKIP: real model missing at {} (scripts/fetch-models.sh)",
-        path.display()
-    );
-    None
+    crate::common::real_model(crate::common::REAL_0_5B)
 }
 
 pub fn root() -> PathBuf {
