@@ -449,12 +449,7 @@ impl Session {
             }
         }
         for (i, &seq) in seqs.iter().enumerate() {
-            if self.seqs[seq].is_empty() {
-                let alpha = self.model.config.ntk_alpha(1);
-                self.set_ntk_alpha(seq, alpha);
-            }
-            self.batch_seq[i] = seq;
-            self.batch_pos[i] = self.seqs[seq].len();
+            self.stage_decode(i, seq);
         }
         let n_vocab = self.model.config.n_vocab;
         let batch = Batch {
@@ -476,18 +471,24 @@ impl Session {
         Ok(&self.logits[..n * n_vocab])
     }
 
+    /// Row `i` of the batch being built: the next position of sequence `seq`, whose NTK alpha is
+    /// fixed here when a decode step is its first token (as a one-token prefill would fix it).
+    fn stage_decode(&mut self, i: usize, seq: usize) {
+        if self.seqs[seq].is_empty() {
+            let alpha = self.model.config.ntk_alpha(1);
+            self.set_ntk_alpha(seq, alpha);
+        }
+        self.batch_seq[i] = seq;
+        self.batch_pos[i] = self.seqs[seq].len();
+    }
+
     /// Appends `token` to sequence 0 and returns the greedy next token (the logits' argmax, the
     /// first on ties): on a GPU computed on the device, so only 4 bytes come back instead of
     /// the vocabulary's logits; elsewhere the host's argmax of [`eval`](Self::eval)'s logits.
     /// [`logits`](Self::logits) is not updated on the device path.
     pub fn eval_greedy(&mut self, token: u32) -> Result<u32> {
         self.check_tokens(0, &[token])?;
-        if self.seqs[0].is_empty() {
-            let alpha = self.model.config.ntk_alpha(1);
-            self.set_ntk_alpha(0, alpha);
-        }
-        self.batch_seq[0] = 0;
-        self.batch_pos[0] = self.seqs[0].len();
+        self.stage_decode(0, 0);
         let batch = Batch {
             tokens: std::slice::from_ref(&token),
             seq: &self.batch_seq[..1],

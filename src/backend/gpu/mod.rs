@@ -687,6 +687,15 @@ impl<A: GpuApi> GpuBackend<A> {
         Ok(())
     }
 
+    /// Drops every recording. The caller has made the device current and synchronized it.
+    fn destroy_graphs(&mut self) {
+        for (_, g) in self.graphs.drain(..) {
+            // SAFETY: recorded by this api; the device finished with it and nothing replays
+            // it again (it leaves the list here).
+            unsafe { self.api.destroy_graph(g) };
+        }
+    }
+
     /// Whether small batches run as recorded launch sequences (on by default; the environment
     /// variable `QWEN_GPU_GRAPHS=0` turns it off for a process). Off drops the recordings.
     pub fn set_graphs(&mut self, on: bool) -> Result<()> {
@@ -694,10 +703,7 @@ impl<A: GpuApi> GpuBackend<A> {
         if !on {
             self.api.bind_thread()?;
             self.api.synchronize()?;
-            for (_, g) in self.graphs.drain(..) {
-                // SAFETY: recorded by this api; the device finished with it (synchronized).
-                unsafe { self.api.destroy_graph(g) };
-            }
+            self.destroy_graphs();
         }
         Ok(())
     }
@@ -718,10 +724,7 @@ impl<A: GpuApi> Drop for GpuBackend<A> {
         // Dropped on whichever thread owns the session last.
         let _ = self.api.bind_thread();
         let _ = self.api.synchronize();
-        for (_, g) in self.graphs.drain(..) {
-            // SAFETY: recorded by this api, never replayed again.
-            unsafe { self.api.destroy_graph(g) };
-        }
+        self.destroy_graphs();
         for b in self.bufs.drain(..) {
             // SAFETY: each buffer was allocated by this api and is freed once, after the
             // device finished every launch that used it.
