@@ -167,6 +167,24 @@ mod x86 {
         k512::detected().then_some(&AVX512)
     }
 
+    /// Private to this module: reachable only through [`avx512_amx`], which checks the CPU
+    /// and the OS first. The AVX-512 build with AMX tiles in its matrix products (same bits).
+    static AVX512_AMX: Kernels = Kernels {
+        name: "avx512-amx",
+        dot: k512::vec_dot,
+        dot_rows: k512::vec_dot_rows,
+        gemm: k512::gemm_amx,
+        q8_0: k512::quantize_q8_0,
+        q8_1: k512::quantize_q8_1,
+        q8_k: k512::quantize_q8_k,
+    };
+
+    /// The AVX-512 build with AMX-INT8 matrix tiles, if this CPU has them and the OS lets this
+    /// process use them.
+    pub(super) fn avx512_amx() -> Option<&'static Kernels> {
+        k512::amx::detected().then_some(&AVX512_AMX)
+    }
+
     /// Private to this module: reachable only through [`avx2`], which checks the CPU first.
     static AVX2: Kernels = Kernels {
         name: "avx2",
@@ -201,10 +219,10 @@ mod x86 {
         k::detected().then_some(&AVX2_128)
     }
 
-    /// The fastest x86 build for this CPU: AVX-512 where present, else the better of the two
+    /// The fastest x86 build for this CPU: AVX-512 (with AMX tiles where present), else the better of the two
     /// AVX2 builds.
     pub(super) fn best() -> Option<&'static Kernels> {
-        if let Some(k) = avx512() {
+        if let Some(k) = avx512_amx().or_else(avx512) {
             return Some(k);
         }
         if k::splits_256() {
@@ -265,6 +283,7 @@ fn builds() -> Vec<&'static Kernels> {
         v.extend(x86::avx2());
         v.extend(x86::avx2_128());
         v.extend(x86::avx512());
+        v.extend(x86::avx512_amx());
     }
     #[cfg(target_arch = "aarch64")]
     {

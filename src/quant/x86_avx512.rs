@@ -40,6 +40,7 @@ use super::x86_avx2::{self as avx2, f16_to_f32, hsum_epi32, hsum_ps, load128, lo
 use super::{as_blocks, block_bytes, GemmOut};
 use crate::gguf::GgmlType;
 
+pub(super) mod amx;
 mod float;
 pub(super) mod gemm;
 
@@ -223,6 +224,26 @@ pub(super) fn gemm(
         // Every other type runs AVX2's row kernels (above), so AVX2's matrix kernels, which
         // give their bits, may run for them (Q5_K among them).
         _ => avx2::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
+    }
+}
+
+/// [`gemm`] with AMX tiles for the types `amx` has (Q5_0), the same bits. Only for a CPU where
+/// `amx::detected` holds.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_amx(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut GemmOut,
+) -> bool {
+    match ty {
+        GgmlType::Q5_0 => gemm::gemm_with(ty, rb, w, qrb, act, arb, n_tok, out, amx::detected()),
+        _ => gemm(ty, rb, w, qrb, act, arb, n_tok, out),
     }
 }
 

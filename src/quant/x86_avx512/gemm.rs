@@ -35,7 +35,21 @@ const PANEL_BYTES: usize = 32 * 1024;
 
 /// One activation row's accumulators for a group of 16 weight rows: the main chain and (Q4_K)
 /// the minimums' chain.
-type Acc = [[f32; MR]; 2];
+pub(super) type Acc = [[f32; MR]; 2];
+
+/// Activation rows of a wide tile: the 16 rows of an AMX tile register.
+pub(super) const WIDE: usize = 16;
+
+/// A matrix kernel for [`WIDE`] activation rows at a time (`super::amx`), which [`panels`] runs
+/// on whole groups of activation rows before the register tiles take the rest. It gives the
+/// register tiles' bits: the same block integers enter the same float chains.
+pub(super) trait WideTile<P> {
+    /// Called after each chunk `panel` is packed: derive what [`Self::run`] reads from it.
+    fn prepare(&mut self, panel: &[P]);
+    /// Blocks `b0..b0 + panel.len()` of the prepared chunk against activation rows
+    /// `t..t + WIDE`, into their accumulators `acc` (`WIDE` of them).
+    fn run(&mut self, panel: &[P], b0: usize, t: usize, acc: &mut [Acc]);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
@@ -351,10 +365,10 @@ fn tile_q6k(panel: &[PanelQ6K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [A
 /// 16 rows × one Q5_0 block, rows in lanes.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct PanelQ5_0 {
+pub(super) struct PanelQ5_0 {
     /// Group `g`: elements `4g..4g+4` (0..=31, not yet minus 16) of each row.
-    q: [[i32; 16]; QK / 4],
-    d: [f32; 16],
+    pub(super) q: [[i32; 16]; QK / 4],
+    pub(super) d: [f32; 16],
 }
 
 const ZERO_Q5_0: PanelQ5_0 = PanelQ5_0 {
@@ -580,6 +594,24 @@ pub(super) fn gemm(
     n_tok: usize,
     out: &mut GemmOut,
 ) -> bool {
+    gemm_with(ty, rb, w, qrb, act, arb, n_tok, out, false)
+}
+
+/// [`gemm`], with the AMX tiles of `super::amx` for the types that have them when `amx` (the
+/// caller has checked `amx::detected`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_with(
+    ty: GgmlType,
+    rb: usize,
+    w: &[u8],
+    qrb: usize,
+    act: &[u8],
+    arb: usize,
+    n_tok: usize,
+    out: &mut GemmOut,
+    amx: bool,
+) -> bool {
     if rb == 0 || n_tok < MIN_TOKENS {
         return false;
     }
@@ -598,6 +630,7 @@ pub(super) fn gemm(
             out,
             ZERO_Q4K,
             true,
+            None,
             |g0, b0, p| pack_q4k(group_rows(w, rb, nrows, g0), b0, p),
             |p, b0, ts, acc| tile_q4k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
         ),
@@ -608,6 +641,7 @@ pub(super) fn gemm(
             out,
             ZERO_Q6K,
             false,
+            None,
             |g0, b0, p| pack_q6k(group_rows(w, rb, nrows, g0), b0, p),
             |p, b0, ts, acc| tile_q6k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
         ),
@@ -619,6 +653,9 @@ pub(super) fn gemm(
             out,
             ZERO_Q5_0,
             false,
+            amx.then(|| super::amx::Q5_0Tiles::new(act, arb, qrb))
+                .as_mut()
+                .map(|t| t as &mut dyn WideTile<PanelQ5_0>),
             |g0, b0, p| pack_q5_0(group_rows(w, rb, nrows, g0), b0, p),
             |p, b0, ts, acc| tile_q5_0(p, b0, ts.map(|t| (as_blocks(act_row(t)), aux_row(t))), acc),
         ),
@@ -629,9 +666,9 @@ pub(super) fn gemm(
 
 /// The blocking of the matrix product, shared by the types: for each chunk of up to [`TC`]
 /// activation rows, each group of 16 weight rows, each chunk of blocks that fits
-/// [`PANEL_BYTES`]: pack the panel, then run the register tile over the activation rows. With
-/// `mins`, a row's result is its main chain minus its minimums' chain (Q4_K), else the main
-/// chain itself.
+/// [`PANEL_BYTES`]: pack the panel, then run the `wide` tile (if any) over whole groups of
+/// [`WIDE`] activation rows and the register tile over the rest. With `mins`, a row's result is
+/// its main chain minus its minimums' chain (Q4_K), else the main chain itself.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
@@ -642,6 +679,7 @@ fn panels<P: Copy, const CHUNK: usize>(
     out: &mut GemmOut,
     zero: P,
     mins: bool,
+    mut wide: Option<&mut dyn WideTile<P>>,
     pack: impl Fn(usize, usize, &mut [P]),
     tile: impl Fn(&[P], usize, [usize; NR], &mut [Acc]),
 ) {
@@ -656,7 +694,15 @@ fn panels<P: Copy, const CHUNK: usize>(
             for b0 in (0..n_blocks).step_by(CHUNK) {
                 let bn = CHUNK.min(n_blocks - b0);
                 pack(g0, b0, &mut panel[..bn]);
-                for tt in (0..tn).step_by(NR) {
+                let mut tt = 0;
+                if let Some(wide) = wide.as_mut() {
+                    wide.prepare(&panel[..bn]);
+                    while tt + WIDE <= tn {
+                        wide.run(&panel[..bn], b0, t0 + tt, &mut acc[tt..tt + WIDE]);
+                        tt += WIDE;
+                    }
+                }
+                for tt in (tt..tn).step_by(NR) {
                     let ts = std::array::from_fn(|j| t0 + (tt + j).min(tn - 1));
                     tile(&panel[..bn], b0, ts, &mut acc[tt..tt + NR]);
                 }

@@ -1,0 +1,289 @@
+//! AMX (Advanced Matrix Extensions, Intel Sapphire Rapids and later) tiles for the matrix
+//! products of the AVX-512 build: one `tdpbssd` multiplies 16 activation rows by 16 weight rows
+//! over a whole block (16·16·32 products) where VNNI needs 32 instructions, and the float work
+//! stays on AVX-512.
+//!
+//! The tile layouts fit the panels of `super::gemm` as they are: a panel's group `g` (lane `r`
+//! holds elements `4g..4g+4` of weight row `r`) is row `g` of AMX's B operand, whose rows hold
+//! 4 consecutive K elements for each of 16 columns. The A operand (16 rows × K bytes) is read
+//! straight from the quantized activation rows, `arb` bytes apart. So tile C holds, for
+//! activation row `t` (tile row) and weight row `r` (column), the exact integer of one block:
+//! row `t` of C is the 16-lane vector the register tiles build for that activation row, and it
+//! enters the same f32 chain (`acc = fma(d_w·d_a, float(block integer), acc)`) in the same order.
+//! The results keep this build's bits; `gemm_tests` checks them against `vec_dot` bit for bit
+//! on every machine that has AMX.
+//!
+//! The tile instructions are written in `asm!`: Rust's AMX intrinsics are not stable. Using
+//! tiles needs the kernel's permission (Linux: `arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked once by
+//! [`detected`]) and a tile configuration in each thread (`ldtilecfg`, per matrix product:
+//! [`Config`], released when the product ends).
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::gemm::{Acc, PanelQ5_0, WideTile, WIDE};
+
+/// Whether this CPU and OS run AMX-INT8 tiles (and the AVX-512 build): CPUID's AMX-TILE and
+/// AMX-INT8 bits, and the Linux kernel's permission to use the tile data state, requested once
+/// for the process.
+pub(in crate::quant) fn detected() -> bool {
+    static AMX: OnceLock<bool> = OnceLock::new();
+    *AMX.get_or_init(|| super::detected() && cpu_has_amx_int8() && request_tile_data())
+}
+
+fn cpu_has_amx_int8() -> bool {
+    // SAFETY: CPUID leaf 7 exists on every CPU with AVX2 (checked by the caller first).
+    #[allow(unused_unsafe)]
+    let leaf7 = unsafe { __cpuid_count(7, 0) };
+    const AMX_TILE: u32 = 1 << 24;
+    const AMX_INT8: u32 = 1 << 25;
+    leaf7.edx & (AMX_TILE | AMX_INT8) == AMX_TILE | AMX_INT8
+}
+
+/// Asks Linux for the AMX tile data state (`XFEATURE_XTILEDATA`); without it the first tile
+/// instruction faults. Other systems: no AMX here.
+fn request_tile_data() -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain system call with integer arguments; it only changes this process's
+        // permitted extended state.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        rc == 0
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        false
+    }
+}
+
+/// A tile configuration (palette 1): rows and bytes per row of each tile register. Loading it
+/// (`ldtilecfg`) zeroes every tile; dropping it releases the tiles (`tilerelease`), so a thread
+/// holds the large tile state only during a matrix product.
+#[repr(C, align(64))]
+pub(super) struct Config([u8; 64]);
+
+impl Config {
+    /// Configures this thread's tiles: `shapes[i]` = (rows, bytes per row) of tile `tmm{i}`.
+    /// Only for a CPU where [`detected`] holds.
+    pub(super) fn load(shapes: &[(u8, u16)]) -> Config {
+        assert!(detected() && shapes.len() <= 8);
+        let mut c = Config([0; 64]);
+        c.0[0] = 1; // palette 1
+        for (i, &(rows, colsb)) in shapes.iter().enumerate() {
+            assert!(rows <= 16 && colsb <= 64);
+            c.0[16 + 2 * i..18 + 2 * i].copy_from_slice(&colsb.to_le_bytes());
+            c.0[48 + i] = rows;
+        }
+        // SAFETY: AMX is present and permitted (asserted); the 64-byte configuration is valid
+        // (palette 1, every shape within the palette's 16 rows × 64 bytes).
+        unsafe { asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly)) };
+        c
+    }
+}
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        // SAFETY: this thread's tiles were configured by `load` (AMX present and permitted).
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// A tile of 16 rows × 16 i32, 64-byte rows (tile C stored for the AVX-512 epilogue).
+#[repr(C, align(64))]
+struct IntTile([[i32; 16]; 16]);
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn ld_ps(v: &[f32; 16]) -> __m512 {
+    // SAFETY: `v` is 16 readable f32; no alignment needed.
+    unsafe { _mm512_loadu_ps(v.as_ptr()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn st_ps(v: &mut [f32; 16], x: __m512) {
+    // SAFETY: `v` is 16 writable f32, borrowed exclusively; no alignment needed.
+    unsafe { _mm512_storeu_ps(v.as_mut_ptr(), x) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q5_0 against Q8_0 activations.
+
+/// Bytes of a Q8_0 activation block: the f16 scale, then 32 quants.
+const Q8_0_BLOCK: usize = 34;
+/// Q5_0 blocks per panel chunk (`gemm`'s chunk for Q5_0).
+const Q5_0_CHUNK: usize = 64;
+
+/// The wide tile for Q5_0 weights: per block, `tdpbssd` of the 16 activation rows' quants (A:
+/// 16 × 32 bytes, read in place) with the weights' quants minus 16 (B: 8 × 64 bytes: 16 rows × 32, the panel
+/// made signed by [`WideTile::prepare`]) gives `Σ (q − 16)·y`, the integer the register tile
+/// builds as `Σ q·y − 16·Σ y`.
+pub(super) struct Q5_0Tiles<'a> {
+    act: &'a [u8],
+    arb: usize,
+    qrb: usize,
+    /// Each panel block's B operand: the quants minus 16 as i8, in the panel's group order.
+    b: [[i8; 512]; Q5_0_CHUNK],
+    _config: Config,
+}
+
+impl<'a> Q5_0Tiles<'a> {
+    /// Tiles 0 and 3: C (16 × 16 i32); 1 and 4: A (16 rows × 32 bytes); 2 and 5: B (8 × 64).
+    pub(super) fn new(act: &'a [u8], arb: usize, qrb: usize) -> Self {
+        let config = Config::load(&[(16, 64), (16, 32), (8, 64), (16, 64), (16, 32), (8, 64)]);
+        Q5_0Tiles {
+            act,
+            arb,
+            qrb,
+            b: [[0; 512]; Q5_0_CHUNK],
+            _config: config,
+        }
+    }
+}
+
+impl WideTile<PanelQ5_0> for Q5_0Tiles<'_> {
+    fn prepare(&mut self, panel: &[PanelQ5_0]) {
+        // SAFETY: built only where `amx::detected` holds (`Config::load` asserts it), which
+        // includes the AVX-512 subsets of this function.
+        unsafe { signed_q5_0(panel, &mut self.b) }
+    }
+
+    fn run(&mut self, panel: &[PanelQ5_0], b0: usize, t: usize, acc: &mut [Acc]) {
+        // SAFETY: as in `prepare`; this thread's tiles are configured for Q5_0 (`new`).
+        unsafe { tile16_q5_0(panel, &self.b, b0, self.act, self.arb, self.qrb, t, acc) }
+    }
+}
+
+/// `out[i]` = panel block `i`'s quants minus 16, as bytes (each in −16..=15).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn signed_q5_0(panel: &[PanelQ5_0], out: &mut [[i8; 512]]) {
+    for (p, o) in panel.iter().zip(out) {
+        for (src, dst) in p.q.iter().zip(o.chunks_exact_mut(64)) {
+            // SAFETY: a group of 16 i32 is 64 readable bytes, `dst` 64 writable ones; no
+            // alignment needed.
+            unsafe {
+                let v = _mm512_loadu_si512(src.as_ptr().cast());
+                _mm512_storeu_si512(
+                    dst.as_mut_ptr().cast(),
+                    _mm512_sub_epi8(v, _mm512_set1_epi8(16)),
+                );
+            }
+        }
+    }
+}
+
+/// Blocks `b0..b0 + panel.len()` of a Q5_0 panel (`b`: its signed B operands) against the 16
+/// activation rows `t..t + 16` of `act` (Q8_0 rows of `qrb` bytes, then their side data: per
+/// block the scale as f32 and Σ q; rows `arb` bytes apart), into `acc[..16]`.
+///
+/// # Safety
+/// AMX must be present and permitted, with this thread's tiles configured by
+/// [`Q5_0Tiles::new`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile16_q5_0(
+    panel: &[PanelQ5_0],
+    b: &[[i8; 512]],
+    b0: usize,
+    act: &[u8],
+    arb: usize,
+    qrb: usize,
+    t: usize,
+    acc: &mut [Acc],
+) {
+    let acc = &mut acc[..WIDE];
+    let n = panel.len();
+    // The tile loads read rows t..t + 16, blocks b0..b0 + n, and the side data of those blocks.
+    assert!(b.len() >= n && (b0 + n) * Q8_0_BLOCK <= qrb && qrb + 8 * (b0 + n) <= arb);
+    assert!((t + WIDE) * arb <= act.len());
+    let rows = &act[t * arb..(t + WIDE) * arb];
+    let mut a: [__m512; WIDE] = [_mm512_setzero_ps(); WIDE];
+    for (a, acc) in a.iter_mut().zip(acc.iter()) {
+        *a = ld_ps(&acc[0]);
+    }
+    // Two sets of tiles, alternating by block, so that block i + 1's tile product runs while
+    // the AVX-512 units scale block i's integers. Program order matters: a tile store stalls
+    // what follows it until the product it stores is done (tiles are not renamed), so the store
+    // of block i + 1 comes after the scaling of block i, not next to its product.
+    let mut c = IntTile([[0; 16]; 16]);
+    let product = |i: usize| {
+        let a = rows[(b0 + i) * Q8_0_BLOCK + 2..].as_ptr();
+        let b = b[i].as_ptr();
+        // SAFETY: A reads 16 rows of 32 bytes at `rows[(b0 + i)·34 + 2 + j·arb]`, inside `rows`
+        // (asserted above); B reads 8 × 64 bytes of `b[i]` (512 bytes). Tiles 0-5 are
+        // configured as C, A, B twice (the caller's contract).
+        unsafe {
+            if i.is_multiple_of(2) {
+                asm!(
+                    "tileloadd tmm1, [{a} + {sa} * 1]",
+                    "tileloadd tmm2, [{b} + {sb} * 1]",
+                    "tilezero tmm0",
+                    "tdpbssd tmm0, tmm1, tmm2",
+                    a = in(reg) a, sa = in(reg) arb, b = in(reg) b, sb = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tileloadd tmm4, [{a} + {sa} * 1]",
+                    "tileloadd tmm5, [{b} + {sb} * 1]",
+                    "tilezero tmm3",
+                    "tdpbssd tmm3, tmm4, tmm5",
+                    a = in(reg) a, sa = in(reg) arb, b = in(reg) b, sb = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
+        }
+    };
+    let store = |i: usize, c: &mut IntTile| {
+        // SAFETY: C (16 rows of 64 bytes) goes into the 1 KiB `c`; tile 0 or 3 holds block i's
+        // product (`product(i)` ran).
+        unsafe {
+            if i.is_multiple_of(2) {
+                asm!("tilestored [{c} + {s} * 1], tmm0", c = in(reg) c.0.as_mut_ptr(), s = in(reg) 64usize, options(nostack));
+            } else {
+                asm!("tilestored [{c} + {s} * 1], tmm3", c = in(reg) c.0.as_mut_ptr(), s = in(reg) 64usize, options(nostack));
+            }
+        }
+    };
+    if n > 0 {
+        product(0);
+        store(0, &mut c);
+    }
+    for (i, p) in panel.iter().enumerate() {
+        if i + 1 < n {
+            product(i + 1);
+        }
+        let d = ld_ps(&p.d);
+        // Row 0's scale of this block; row j's is `arb·j` bytes on.
+        let side = rows[qrb + 8 * (b0 + i)..].as_ptr();
+        for (j, a) in a.iter_mut().enumerate() {
+            // SAFETY: row j's side data of block b0 + i lies inside `rows` (asserted above:
+            // qrb + 8·(b0 + n) <= arb); `read_unaligned` needs no alignment. Row j of `c` is
+            // 16 readable i32. (Raw reads: bounds checks kept this loop from unrolling, and the
+            // accumulators went to the stack.)
+            let (dy, s) = unsafe {
+                (
+                    side.add(j * arb).cast::<f32>().read_unaligned(),
+                    _mm512_loadu_si512(c.0[j].as_ptr().cast()),
+                )
+            };
+            let dd = _mm512_mul_ps(d, _mm512_set1_ps(dy));
+            *a = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(s), *a);
+        }
+        if i + 1 < n {
+            store(i + 1, &mut c);
+        }
+    }
+    for (a, acc) in a.into_iter().zip(acc.iter_mut()) {
+        st_ps(&mut acc[0], a);
+    }
+}
