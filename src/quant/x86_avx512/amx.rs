@@ -22,7 +22,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::gemm::{Acc, PanelQ5_0, WideTile, WIDE};
+use super::gemm::{Acc, PanelQ4K, PanelQ5_0, WideTile, WIDE};
 
 /// Whether this CPU and OS run AMX-INT8 tiles (and the AVX-512 build): CPUID's AMX-TILE and
 /// AMX-INT8 bits, and the Linux kernel's permission to use the tile data state, requested once
@@ -157,9 +157,12 @@ impl WideTile<PanelQ5_0> for Q5_0Tiles<'_> {
         unsafe { signed_q5_0(panel, &mut self.b) }
     }
 
-    fn run(&mut self, panel: &[PanelQ5_0], b0: usize, t: usize, acc: &mut [Acc]) {
-        // SAFETY: as in `prepare`; this thread's tiles are configured for Q5_0 (`new`).
-        unsafe { tile16_q5_0(panel, &self.b, b0, self.act, self.arb, self.qrb, t, acc) }
+    fn run(&mut self, panel: &[PanelQ5_0], b0: usize, t: usize, tiles: usize, acc: &mut [Acc]) {
+        for (k, acc) in acc.chunks_exact_mut(WIDE).take(tiles).enumerate() {
+            let t = t + k * WIDE;
+            // SAFETY: as in `prepare`; this thread's tiles are configured for Q5_0 (`new`).
+            unsafe { tile16_q5_0(panel, &self.b, b0, self.act, self.arb, self.qrb, t, acc) }
+        }
     }
 }
 
@@ -285,5 +288,215 @@ unsafe fn tile16_q5_0(
     }
     for (a, acc) in a.into_iter().zip(acc.iter_mut()) {
         st_ps(&mut acc[0], a);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_K against Q8_K activations.
+
+/// Bytes of a Q8_K activation block: the f32 scale, 256 quants, 16 i16 sums.
+const Q8_K_BLOCK: usize = 292;
+
+/// A Q4_K block's three B operands for 16 weight rows, each 64 groups of 4 elements (the
+/// panel's order; 16 groups per 64-element tdp step): the quants times the high and the low
+/// three bits of their sub-block's 6-bit scale, and the sub-block's minimum.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Q4KOperands {
+    hi: [[i8; 64]; 64],
+    lo: [[i8; 64]; 64],
+    mins: [[i8; 64]; 64],
+}
+
+/// The wide tile for Q4_K weights. A sub-block scale (6 bits) times a quant (4 bits) does not
+/// fit a byte, so the scale is split, `sc = 8·sh + sl` (`sh`, `sl` ≤ 7): `q·sh` and `q·sl` do
+/// (≤ 105), and the products over the whole 256-element block give the register tile's exact
+/// integer `Σ_j sc_j·Σ q·y = 8·C_hi + C_lo`. The minimums' integer `Σ_j m_j·Σ y` is a third
+/// product, against B = `m_j` repeated over sub-block `j`. All three accumulate in tiles over
+/// the block's four 64-element steps; the float chains are the register tile's.
+///
+/// Blocks run in the outer loop, token tiles in the inner one: a block's operands (12 KiB)
+/// stay in L1 while every token tile reads them (the accumulators are in memory anyway, two
+/// chains per activation row).
+pub(super) struct Q4KTiles<'a> {
+    act: &'a [u8],
+    arb: usize,
+    b: Q4KOperands,
+    _config: Config,
+}
+
+impl<'a> Q4KTiles<'a> {
+    /// Tiles 0 and 7: A (16 activation rows × 64 quants); 1-3: B (hi, lo, mins); 4-6: C (hi,
+    /// lo, mins), all 16 × 64 bytes.
+    pub(super) fn new(act: &'a [u8], arb: usize) -> Self {
+        let config = Config::load(&[(16, 64); 8]);
+        Q4KTiles {
+            act,
+            arb,
+            b: Q4KOperands {
+                hi: [[0; 64]; 64],
+                lo: [[0; 64]; 64],
+                mins: [[0; 64]; 64],
+            },
+            _config: config,
+        }
+    }
+}
+
+impl WideTile<PanelQ4K> for Q4KTiles<'_> {
+    fn prepare(&mut self, _: &[PanelQ4K]) {}
+
+    fn run(&mut self, panel: &[PanelQ4K], b0: usize, t: usize, tiles: usize, acc: &mut [Acc]) {
+        for (i, p) in panel.iter().enumerate() {
+            // SAFETY: built only where `amx::detected` holds (`Config::load` asserts it), which
+            // includes the AVX-512 subsets of these functions; this thread's tiles are
+            // configured for Q4_K (`new`).
+            unsafe {
+                q4k_operands(p, &mut self.b);
+                for (k, acc) in acc.chunks_exact_mut(WIDE).take(tiles).enumerate() {
+                    tile16_q4k(p, &self.b, b0 + i, self.act, self.arb, t + k * WIDE, acc);
+                }
+            }
+        }
+    }
+}
+
+/// The B operands of a panel block (see [`Q4KOperands`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4k_operands(p: &PanelQ4K, o: &mut Q4KOperands) {
+    let st = |dst: &mut [i8; 64], v: __m512i| {
+        // SAFETY: `dst` is 64 writable bytes; no alignment needed.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) }
+    };
+    {
+        for j in 0..8 {
+            // SAFETY: 16 i32 = 64 readable bytes each; no alignment needed.
+            let (sc, mn) = unsafe {
+                (
+                    _mm512_loadu_si512(p.sc[j].as_ptr().cast()),
+                    _mm512_loadu_si512(p.mn[j].as_ptr().cast()),
+                )
+            };
+            // Lane r: the row's scale parts in both i16 halves, so that one 16-bit multiply
+            // scales all four bytes (each product < 256: no carry into the next byte).
+            let both = |v: __m512i| _mm512_or_si512(v, _mm512_slli_epi32::<16>(v));
+            let sh = both(_mm512_srli_epi32::<3>(sc));
+            let sl = both(_mm512_and_si512(sc, _mm512_set1_epi32(7)));
+            // `mn` holds m in both i16 halves: m in all four bytes.
+            let m = _mm512_or_si512(mn, _mm512_slli_epi32::<8>(mn));
+            for g in 8 * j..8 * j + 8 {
+                // SAFETY: as above.
+                let q = unsafe { _mm512_loadu_si512(p.q[g].as_ptr().cast()) };
+                st(&mut o.hi[g], _mm512_mullo_epi16(q, sh));
+                st(&mut o.lo[g], _mm512_mullo_epi16(q, sl));
+                st(&mut o.mins[g], m);
+            }
+        }
+    }
+}
+
+/// Panel block `p` (`ops`: its B operands), block `blk` of the rows, against the 16
+/// activation rows `t..t + 16` of `act` (Q8_K rows, `arb` bytes apart), into `acc[..16]`.
+///
+/// # Safety
+/// AMX must be present and permitted, with this thread's tiles configured by
+/// [`Q4KTiles::new`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile16_q4k(
+    p: &PanelQ4K,
+    ops: &Q4KOperands,
+    blk: usize,
+    act: &[u8],
+    arb: usize,
+    t: usize,
+    acc: &mut [Acc],
+) {
+    let acc = &mut acc[..WIDE];
+    assert!((blk + 1) * Q8_K_BLOCK <= arb && (t + WIDE) * arb <= act.len());
+    let rows = &act[t * arb..(t + WIDE) * arb];
+    let mut c = [
+        IntTile([[0; 16]; 16]),
+        IntTile([[0; 16]; 16]),
+        IntTile([[0; 16]; 16]),
+    ];
+    // SAFETY: A reads 16 rows of 64 bytes at `rows[blk·292 + 4 + 64k + j·arb]`, inside `rows`
+    // (asserted above); each B read is 16 × 64 bytes of a 4 KiB operand; the three C tiles go
+    // to the 1 KiB buffers of `c`. Tiles 0-7 are configured as A, B×3, C×3, A (the caller's
+    // contract). A alternates between tiles 0 and 7 so that the next step's load need not wait
+    // for the products reading the previous one (tiles are not renamed).
+    unsafe {
+        asm!(
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            options(nostack, nomem)
+        );
+        for k in (0..4).step_by(2) {
+            asm!(
+                "tileloadd tmm0, [{a0} + {sa} * 1]",
+                "tileloadd tmm7, [{a1} + {sa} * 1]",
+                "tileloadd tmm1, [{hi0} + {s} * 1]",
+                "tdpbssd tmm4, tmm0, tmm1",
+                "tileloadd tmm2, [{lo0} + {s} * 1]",
+                "tdpbssd tmm5, tmm0, tmm2",
+                "tileloadd tmm3, [{mn0} + {s} * 1]",
+                "tdpbssd tmm6, tmm0, tmm3",
+                "tileloadd tmm1, [{hi1} + {s} * 1]",
+                "tdpbssd tmm4, tmm7, tmm1",
+                "tileloadd tmm2, [{lo1} + {s} * 1]",
+                "tdpbssd tmm5, tmm7, tmm2",
+                "tileloadd tmm3, [{mn1} + {s} * 1]",
+                "tdpbssd tmm6, tmm7, tmm3",
+                a0 = in(reg) rows.as_ptr().add(blk * Q8_K_BLOCK + 4 + 64 * k),
+                a1 = in(reg) rows.as_ptr().add(blk * Q8_K_BLOCK + 4 + 64 * (k + 1)),
+                sa = in(reg) arb,
+                hi0 = in(reg) ops.hi[16 * k..].as_ptr(),
+                lo0 = in(reg) ops.lo[16 * k..].as_ptr(),
+                mn0 = in(reg) ops.mins[16 * k..].as_ptr(),
+                hi1 = in(reg) ops.hi[16 * (k + 1)..].as_ptr(),
+                lo1 = in(reg) ops.lo[16 * (k + 1)..].as_ptr(),
+                mn1 = in(reg) ops.mins[16 * (k + 1)..].as_ptr(),
+                s = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+        asm!(
+            "tilestored [{c0} + {s} * 1], tmm4",
+            "tilestored [{c1} + {s} * 1], tmm5",
+            "tilestored [{c2} + {s} * 1], tmm6",
+            c0 = in(reg) c[0].0.as_mut_ptr(),
+            c1 = in(reg) c[1].0.as_mut_ptr(),
+            c2 = in(reg) c[2].0.as_mut_ptr(),
+            s = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+    let (d, dmin) = (ld_ps(&p.d), ld_ps(&p.dmin));
+    let yd = rows[blk * Q8_K_BLOCK..].as_ptr();
+    for (j, acc) in acc.iter_mut().enumerate() {
+        // SAFETY: row j's block scale lies inside `rows` (asserted above); the C rows are 16
+        // readable i32 each; no alignment needed.
+        let (dy, hi, lo, mins) = unsafe {
+            (
+                yd.add(j * arb).cast::<f32>().read_unaligned(),
+                _mm512_loadu_si512(c[0].0[j].as_ptr().cast()),
+                _mm512_loadu_si512(c[1].0[j].as_ptr().cast()),
+                _mm512_loadu_si512(c[2].0[j].as_ptr().cast()),
+            )
+        };
+        let sumi = _mm512_add_epi32(_mm512_slli_epi32::<3>(hi), lo);
+        let yd = _mm512_set1_ps(dy);
+        let a0 = _mm512_fmadd_ps(
+            _mm512_mul_ps(d, yd),
+            _mm512_cvtepi32_ps(sumi),
+            ld_ps(&acc[0]),
+        );
+        let a1 = _mm512_fmadd_ps(
+            _mm512_mul_ps(dmin, yd),
+            _mm512_cvtepi32_ps(mins),
+            ld_ps(&acc[1]),
+        );
+        st_ps(&mut acc[0], a0);
+        st_ps(&mut acc[1], a1);
     }
 }

@@ -32,6 +32,8 @@ const TC: usize = 256;
 const MIN_TOKENS: usize = 4;
 /// Bytes of panel a chunk of blocks may fill (on the stack, meant to stay in L1).
 const PANEL_BYTES: usize = 32 * 1024;
+/// Q4_K blocks per panel chunk.
+const Q4K_CHUNK: usize = PANEL_BYTES / size_of::<PanelQ4K>();
 
 /// One activation row's accumulators for a group of 16 weight rows: the main chain and (Q4_K)
 /// the minimums' chain.
@@ -47,8 +49,8 @@ pub(super) trait WideTile<P> {
     /// Called after each chunk `panel` is packed: derive what [`Self::run`] reads from it.
     fn prepare(&mut self, panel: &[P]);
     /// Blocks `b0..b0 + panel.len()` of the prepared chunk against activation rows
-    /// `t..t + WIDE`, into their accumulators `acc` (`WIDE` of them).
-    fn run(&mut self, panel: &[P], b0: usize, t: usize, acc: &mut [Acc]);
+    /// `t..t + WIDE·tiles`, into their accumulators `acc` (one per activation row).
+    fn run(&mut self, panel: &[P], b0: usize, t: usize, tiles: usize, acc: &mut [Acc]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -161,16 +163,16 @@ fn f16x16(h: [[u8; 2]; 16], out: &mut [f32; 16]) {
 /// 16 rows × one Q4_K block, rows in lanes.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct PanelQ4K {
+pub(super) struct PanelQ4K {
     /// Group `g`: elements `4g..4g+4` (0..=15) of each row.
-    q: [[i32; 16]; QK_K / 4],
+    pub(super) q: [[i32; 16]; QK_K / 4],
     /// Sub-block `j`'s scale of each row, an i16 with a zero upper half.
-    sc: [[i32; 16]; 8],
+    pub(super) sc: [[i32; 16]; 8],
     /// Sub-block `j`'s minimum of each row in both i16 halves (against the two 16-element
     /// activation sums of sub-block `j`).
-    mn: [[i32; 16]; 8],
-    d: [f32; 16],
-    dmin: [f32; 16],
+    pub(super) mn: [[i32; 16]; 8],
+    pub(super) d: [f32; 16],
+    pub(super) dmin: [f32; 16],
 }
 
 const ZERO_Q4K: PanelQ4K = PanelQ4K {
@@ -623,14 +625,16 @@ pub(super) fn gemm_with(
     let aux_row = |t: usize| &act[t * arb + qrb..(t + 1) * arb];
     let n_blocks = |block: usize| rb / block;
     match ty {
-        GgmlType::Q4_K => panels::<PanelQ4K, { PANEL_BYTES / size_of::<PanelQ4K>() }>(
+        GgmlType::Q4_K => panels::<PanelQ4K, Q4K_CHUNK>(
             n_blocks(size_of::<BlockQ4K>()),
             nrows,
             n_tok,
             out,
             ZERO_Q4K,
             true,
-            None,
+            amx.then(|| super::amx::Q4KTiles::new(act, arb))
+                .as_mut()
+                .map(|t| t as &mut dyn WideTile<PanelQ4K>),
             |g0, b0, p| pack_q4k(group_rows(w, rb, nrows, g0), b0, p),
             |p, b0, ts, acc| tile_q4k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
         ),
@@ -697,10 +701,9 @@ fn panels<P: Copy, const CHUNK: usize>(
                 let mut tt = 0;
                 if let Some(wide) = wide.as_mut() {
                     wide.prepare(&panel[..bn]);
-                    while tt + WIDE <= tn {
-                        wide.run(&panel[..bn], b0, t0 + tt, &mut acc[tt..tt + WIDE]);
-                        tt += WIDE;
-                    }
+                    let tiles = tn / WIDE;
+                    wide.run(&panel[..bn], b0, t0, tiles, &mut acc[..tiles * WIDE]);
+                    tt = tiles * WIDE;
                 }
                 for tt in (tt..tn).step_by(NR) {
                     let ts = std::array::from_fn(|j| t0 + (tt + j).min(tn - 1));
