@@ -118,7 +118,10 @@ fn main() {
             let x: Vec<f32> = (0..cols).map(|_| rng.value()).collect();
             quantize_row_scalar(ty, &x, r).unwrap();
         }
-        let mut act = vec![0u8; arb * tokens];
+        // From a cache line, as the model's scratch hands them to the kernels.
+        let mut act_buf = vec![0u8; arb * tokens + 63];
+        let skip = act_buf.as_ptr().align_offset(64);
+        let act = &mut act_buf[skip..skip + arb * tokens];
         for a in act.chunks_exact_mut(arb) {
             let x: Vec<f32> = (0..cols).map(|_| rng.value()).collect();
             quantize_gemm_act(ty, &x, a).unwrap();
@@ -138,7 +141,7 @@ fn main() {
                 ty,
                 cols,
                 black_box(&w),
-                black_box(&act),
+                black_box(&*act),
                 tokens,
                 &mut |t0, r, width, v| {
                     for (j, row) in v.chunks_exact(width).enumerate() {

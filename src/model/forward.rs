@@ -4,8 +4,8 @@
 
 use super::weights::{Attention, Tensor};
 use super::Model;
-use crate::backend::cpu::matmul::activation_row_bytes;
 use crate::backend::cpu::matmul::matmul_many;
+use crate::backend::cpu::matmul::{activation_row_bytes, activation_scratch_bytes};
 use crate::backend::cpu::{matmul, ops, ThreadPool, WeightMatrix};
 use crate::kv_cache::{KvCache, KvRows, LayerView};
 
@@ -57,7 +57,7 @@ impl Scratch {
             proj: z(max_batch * c.n_embd),
             gate: z(max_batch * c.n_ff),
             up: z(max_batch * c.n_ff),
-            xq: vec![0u8; max_batch * widest],
+            xq: vec![0u8; activation_scratch_bytes(max_batch, widest)],
             cos: z(max_batch * c.head_dim / 2),
             sin: z(max_batch * c.head_dim / 2),
             scores: z(n_threads.max(1) * n_ctx),

@@ -133,9 +133,28 @@ fn operands(
 }
 
 /// Runs `gemm` on build `k` for one shape and compares every result with `vec_dot`, bit for bit.
-fn check(k: &Kernels, ty: GgmlType, (n, rows, n_tok): (usize, usize, usize), rng: &mut Rng) {
+fn check(k: &Kernels, ty: GgmlType, shape: (usize, usize, usize), rng: &mut Rng) {
+    check_placed(k, ty, shape, rng, None);
+}
+
+/// [`check`], with the activation rows starting `Some(skew)` bytes past a cache line (as the
+/// model's scratch hands them over: 0), or wherever the allocator put them (`None`).
+fn check_placed(
+    k: &Kernels,
+    ty: GgmlType,
+    (n, rows, n_tok): (usize, usize, usize),
+    rng: &mut Rng,
+    skew: Option<usize>,
+) {
     let (w, acts) = operands(ty, n, rows, n_tok, rng);
-    let got = run(k, ty, n, &w, &gemm_acts(ty, n, &acts), n_tok);
+    let packed = gemm_acts(ty, n, &acts);
+    let mut buf = vec![0u8; packed.len() + 128];
+    let start = match skew {
+        Some(skew) => buf.as_ptr().align_offset(64) + skew,
+        None => 0,
+    };
+    buf[start..start + packed.len()].copy_from_slice(&packed);
+    let got = run(k, ty, n, &w, &buf[start..start + packed.len()], n_tok);
     let rb = ty.row_bytes(n).unwrap();
     for (t, a) in acts.iter().enumerate() {
         for r in 0..rows {
@@ -158,6 +177,36 @@ fn gemm_matches_vec_dot_bit_for_bit() {
         for ty in WEIGHT_TYPES {
             for shape in shapes(ty) {
                 check(k, ty, shape, &mut rng);
+            }
+        }
+    }
+}
+
+/// The AMX tiles of the `avx512-amx` build (Q4_K, Q5_0; where the CPU and OS have AMX): whole
+/// tiles of 16 activation rows with the register tiles taking the rest, one and several panel
+/// chunks, two chunks of activation rows (256 + 32), on activation rows that start on a cache
+/// line (as the model's scratch hands them over) and one byte past it (tile rows then straddle
+/// lines: slower, the same bits).
+#[test]
+fn amx_tiles_match_vec_dot() {
+    let Some(k) = dispatch::all().into_iter().find(|k| k.name == "avx512-amx") else {
+        eprintln!("SKIPPED amx_tiles_match_vec_dot: this CPU or OS runs no AMX tiles");
+        return;
+    };
+    let mut rng = Rng::new(0x6E33_0005);
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_0] {
+        let b = ty.block_size();
+        // Q4_K panels hold 6 blocks, Q5_0 panels 64.
+        let lengths = if b == QK_K {
+            [b, 7 * b, 13 * b]
+        } else {
+            [3 * b, 61 * b, 130 * b]
+        };
+        for n in lengths {
+            for (rows, n_tok) in [(16, 16), (17, 33), (35, 48), (16, 288)] {
+                for skew in [0, 1] {
+                    check_placed(k, ty, (n, rows, n_tok), &mut rng, Some(skew));
+                }
             }
         }
     }

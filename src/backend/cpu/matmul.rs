@@ -38,6 +38,12 @@ pub fn activation_row_bytes(ty: GgmlType, cols: usize) -> usize {
     quant::gemm_act_row_bytes(ty, cols).unwrap_or(cols * 4)
 }
 
+/// Bytes of scratch [`matmul`] needs for `n_tokens` activation rows of the widest row
+/// `widest` (from [`activation_row_bytes`]): the rows, and room to start them on a cache line.
+pub fn activation_scratch_bytes(n_tokens: usize, widest: usize) -> usize {
+    n_tokens * widest + 63
+}
+
 /// Weight rows per unit of work handed to a thread: the matrix kernels' row group.
 const ROW_GROUP: usize = 8;
 
@@ -164,6 +170,14 @@ fn quantize_activations<'x>(
     xq: &'x mut [u8],
 ) -> &'x [u8] {
     let arb = activation_row_bytes(ty, cols);
+    // From a cache line where the scratch has room (`activation_scratch_bytes`): the rows are
+    // then line-aligned wherever their size is a multiple of 64 (see `quant::gemm_act_row_bytes`).
+    let skip = xq.as_ptr().align_offset(64);
+    let xq = if xq.len() >= skip + n_tokens * arb {
+        &mut xq[skip..]
+    } else {
+        xq
+    };
     let xq = &mut xq[..n_tokens * arb];
     let quantize = |t: usize, dst: &mut [u8]| {
         quant::quantize_gemm_act(ty, &x[t * cols..(t + 1) * cols], dst)

@@ -17,7 +17,7 @@ use super::super::k_quants::{BlockQ4K, BlockQ6K};
 use super::super::q5::BlockQ5_0;
 use super::super::q8::{BlockQ8K, BlockQ8_0};
 use super::super::simd_common::{group_rows, k4_scales_mins};
-use super::super::{as_blocks, GemmOut, QK};
+use super::super::{as_blocks, tile_quants_offset, GemmOut, QK};
 use super::avx2::{lanes_i16, tile_l32_mins, AccL32, PanelL32};
 use super::{q4k_quants64, q5_0_quants, q6k_quants64};
 use crate::gguf::{GgmlType, QK_K};
@@ -632,7 +632,9 @@ pub(super) fn gemm_with(
             out,
             ZERO_Q4K,
             true,
-            amx.then(|| super::amx::Q4KTiles::new(act, arb))
+            amx.then(|| tile_quants_offset(GgmlType::Q8_K, n_blocks(size_of::<BlockQ4K>()) * QK_K))
+                .flatten()
+                .map(|tq| super::amx::Q4KTiles::new(act, arb, tq))
                 .as_mut()
                 .map(|t| t as &mut dyn WideTile<PanelQ4K>),
             |g0, b0, p| pack_q4k(group_rows(w, rb, nrows, g0), b0, p),
@@ -657,7 +659,9 @@ pub(super) fn gemm_with(
             out,
             ZERO_Q5_0,
             false,
-            amx.then(|| super::amx::Q5_0Tiles::new(act, arb, qrb))
+            amx.then(|| tile_quants_offset(GgmlType::Q8_0, n_blocks(size_of::<BlockQ5_0>()) * QK))
+                .flatten()
+                .map(|tq| super::amx::Q5_0Tiles::new(act, arb, qrb, tq))
                 .as_mut()
                 .map(|t| t as &mut dyn WideTile<PanelQ5_0>),
             |g0, b0, p| pack_q5_0(group_rows(w, rb, nrows, g0), b0, p),
