@@ -74,19 +74,23 @@ for i in range(1, rounds + 1):
     for row in json.load(open(f"{out}/llama.{i}.json")):
         (ll_pp if row["n_gen"] == 0 else ll_tg).append(row["avg_ts"])
     q = json.load(open(f"{out}/qwen.{i}.json"))
-    q_pp.append(q["prefill_tps"]); q_tg.append(q["decode_tps"])
-    q_load.append(q["load_ms"]); q_share.append(q["decode_tps"] / q["bandwidth_bound_tps"])
+    if int(p): q_pp.append(q["prefill_tps"])
+    if int(n): q_tg.append(q["decode_tps"]); q_share.append(q["decode_tps"] / q["bandwidth_bound_tps"])
+    q_load.append(q["load_ms"])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 m = statistics.mean
 print(f"model {model}\ncpu {cpu}, threads {threads}, rounds {rounds}")
 print(f"{'':10} {'libqwen tok/s':>14} {'llama.cpp tok/s':>16} {'ratio':>7}")
-print(f"{'pp'+p+at:10} {m(q_pp):14.2f} {m(ll_pp):16.2f} {m(q_pp)/m(ll_pp):7.2f}")
-print(f"{'tg'+n+at:10} {m(q_tg):14.2f} {m(ll_tg):16.2f} {m(q_tg)/m(ll_tg):7.2f}")
+# P=0 or N=0 skips that test in both runtimes.
+if q_pp: print(f"{'pp'+p+at:10} {m(q_pp):14.2f} {m(ll_pp):16.2f} {m(q_pp)/m(ll_pp):7.2f}")
+if q_tg: print(f"{'tg'+n+at:10} {m(q_tg):14.2f} {m(ll_tg):16.2f} {m(q_tg)/m(ll_tg):7.2f}")
 print(f"{'peak RSS':10} {rss('qwen'):11.0f} MiB {rss('llama'):13.0f} MiB {rss('qwen')/rss('llama'):7.2f}")
 # Load time and the share of the bound: medians over the rounds (one slow round is the
 # machine, not the code); the last round's bytes and bandwidth for context.
-print(f"libqwen ({q['kernels']} kernels): load {statistics.median(q_load):.1f} ms, decode at "
-      f"{100 * statistics.median(q_share):.0f}% of the bandwidth bound "
-      f"({q['weight_bytes_per_token'] / 1e6:.0f} MB read per token; last round's read bandwidth {q['read_bandwidth_gbs']:.1f} GB/s)")
+print(f"libqwen ({q['kernels']} kernels): load {statistics.median(q_load):.1f} ms", end="")
+if q_share:
+    print(f", decode at {100 * statistics.median(q_share):.0f}% of the bandwidth bound "
+          f"({q['weight_bytes_per_token'] / 1e6:.0f} MB read per token; last round's read bandwidth {q['read_bandwidth_gbs']:.1f} GB/s)", end="")
+print()
 PY
 rm -rf "$out"

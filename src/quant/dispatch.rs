@@ -294,7 +294,7 @@ fn builds() -> Vec<&'static Kernels> {
 }
 
 /// The build named by the environment variable `QWEN_KERNELS` (`scalar`, `avx2`, `avx2-128`,
-/// `avx512`, `neon`, `neon+dotprod`) if this CPU runs it, else the fastest one. The override is for
+/// `avx512`, `avx512-amx`, `neon`, `neon+dotprod`) if this CPU runs it, else the fastest one. The override is for
 /// comparing builds on a whole model (debugging, benchmarks); an unknown or unsupported name is
 /// reported on stderr and ignored.
 fn select() -> &'static Kernels {
@@ -328,8 +328,10 @@ pub(super) fn selected() -> &'static Kernels {
     SELECTED.get_or_init(select)
 }
 
-/// Which build of the kernels [`super::vec_dot`] runs on this machine: `"avx512"` (AVX-512
-/// F/BW/VL/VNNI kernels for the K-quants, Q5_0 and Q8_0, AVX2 for the rest), `"avx2"`, `"avx2-128"`
+/// Which build of the kernels [`super::vec_dot`] runs on this machine: `"avx512-amx"` (the
+/// AVX-512 build with AMX tiles in the Q4_K and Q5_0 matrix products, the same bits),
+/// `"avx512"` (AVX-512 F/BW/VL/VNNI kernels for the K-quants, Q5_0 and Q8_0, AVX2 for the
+/// rest), `"avx2"`, `"avx2-128"`
 /// (AVX2 with 128-bit kernels for Q4_0/Q4_1/Q5_0/Q5_1, on cores that split 256-bit operations),
 /// `"neon"`, `"neon+dotprod"` or `"scalar"`.
 pub fn vec_dot_path() -> &'static str {
