@@ -182,7 +182,7 @@ fn gemm_matches_vec_dot_bit_for_bit() {
     }
 }
 
-/// The AMX tiles of the `avx512-amx` build (Q4_K, Q5_0; where the CPU and OS have AMX): whole
+/// The AMX tiles of the `avx512-amx` build (Q4_K, Q6_K, Q5_0; where the CPU and OS have AMX): whole
 /// tiles of 16 activation rows with the register tiles taking the rest, one and several panel
 /// chunks, two chunks of activation rows (256 + 32), on activation rows that start on a cache
 /// line (as the model's scratch hands them over) and one byte past it (tile rows then straddle
@@ -194,9 +194,9 @@ fn amx_tiles_match_vec_dot() {
         return;
     };
     let mut rng = Rng::new(0x6E33_0005);
-    for ty in [GgmlType::Q4_K, GgmlType::Q5_0] {
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_0] {
         let b = ty.block_size();
-        // Q4_K panels hold 6 blocks, Q5_0 panels 64.
+        // Q4_K panels hold 6 blocks, Q6_K panels 5, Q5_0 panels 64.
         let lengths = if b == QK_K {
             [b, 7 * b, 13 * b]
         } else {

@@ -231,7 +231,7 @@ pub(super) fn gemm(
     }
 }
 
-/// [`gemm`] with AMX tiles for the types `amx` has (Q5_0, Q4_K), the same bits. Only for a CPU where
+/// [`gemm`] with AMX tiles for the types `amx` has (Q5_0, Q4_K, Q6_K), the same bits. Only for a CPU where
 /// `amx::detected` holds.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -246,7 +246,7 @@ pub(super) fn gemm_amx(
     out: &mut GemmOut,
 ) -> bool {
     match ty {
-        GgmlType::Q5_0 | GgmlType::Q4_K => {
+        GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K => {
             gemm::gemm_with(ty, rb, w, qrb, act, arb, n_tok, out, amx::detected())
         }
         _ => gemm(ty, rb, w, qrb, act, arb, n_tok, out),

@@ -22,7 +22,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::gemm::{Acc, PanelQ4K, PanelQ5_0, WideTile, WIDE};
+use super::gemm::{Acc, PanelQ4K, PanelQ5_0, PanelQ6K, WideTile, WIDE};
 
 /// Whether this CPU and OS run AMX-INT8 tiles (and the AVX-512 build): CPUID's AMX-TILE and
 /// AMX-INT8 bits, and the Linux kernel's permission to use the tile data state, requested once
@@ -530,5 +530,232 @@ unsafe fn tile16_q4k(
         );
         st_ps(&mut acc[0], a0);
         st_ps(&mut acc[1], a1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q6_K against Q8_K activations.
+
+/// A Q6_K block's four B operands for 16 weight rows (64 groups of 4 elements, the panel's
+/// order). With the quant less its offset `q − 32 = 8·qh + ql` (`ql` in 0..=7, `qh` in
+/// −4..=3) and its 16-element sub-block's scale `sc = 16·sh + sl` (`sl` in 0..=15, `sh` in
+/// −8..=7), `(q − 32)·sc = 128·qh·sh + 16·ql·sh + 8·qh·sl + ql·sl`, and each of those four
+/// products is a byte (−60..=105).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Q6KOperands {
+    hh: [[i8; 64]; 64],
+    lh: [[i8; 64]; 64],
+    hl: [[i8; 64]; 64],
+    ll: [[i8; 64]; 64],
+}
+
+/// The wide tile for Q6_K weights: the four products of [`Q6KOperands`] over the whole
+/// 256-element block give the register tile's exact integer `Σ_h sc_h·Σ (q − 32)·y =
+/// 128·C_hh + 16·C_lh + 8·C_hl + C_ll` (the register tile forms it as `Σ_h sc_h·Σ q·y −
+/// 32·Σ_h sc_h·Σ y`), which enters the same float chain. Blocks in the outer loop, as for
+/// Q4_K ([`Q4KTiles`]).
+pub(super) struct Q6KTiles<'a> {
+    act: &'a [u8],
+    arb: usize,
+    /// Where each row's copy of its quants starts (`quant::tile_quants_offset`).
+    tq: usize,
+    b: Q6KOperands,
+    _config: Config,
+}
+
+impl<'a> Q6KTiles<'a> {
+    /// Tile 0: A (16 activation rows × 64 quants); 1-3: B (the fourth product reuses tile 1);
+    /// 4-7: C (hh, lh, hl, ll), all 16 × 64 bytes.
+    pub(super) fn new(act: &'a [u8], arb: usize, tq: usize) -> Self {
+        let config = Config::load(&[(16, 64); 8]);
+        Q6KTiles {
+            act,
+            arb,
+            tq,
+            b: Q6KOperands {
+                hh: [[0; 64]; 64],
+                lh: [[0; 64]; 64],
+                hl: [[0; 64]; 64],
+                ll: [[0; 64]; 64],
+            },
+            _config: config,
+        }
+    }
+}
+
+impl WideTile<PanelQ6K> for Q6KTiles<'_> {
+    fn prepare(&mut self, _: &[PanelQ6K]) {}
+
+    fn run(&mut self, panel: &[PanelQ6K], b0: usize, t: usize, tiles: usize, acc: &mut [Acc]) {
+        for (i, p) in panel.iter().enumerate() {
+            // SAFETY: built only where `amx::detected` holds (`Config::load` asserts it), which
+            // includes the AVX-512 subsets of these functions; this thread's tiles are
+            // configured for Q6_K (`new`).
+            unsafe {
+                q6k_operands(p, &mut self.b);
+                for (k, acc) in acc.chunks_exact_mut(WIDE).take(tiles).enumerate() {
+                    tile16_q6k(
+                        p,
+                        &self.b,
+                        b0 + i,
+                        self.act,
+                        (self.arb, self.tq),
+                        t + k * WIDE,
+                        acc,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The B operands of a panel block (see [`Q6KOperands`]). Byte products come from 16-bit
+/// multiplies of non-negative bytes by a lane's non-negative factor in both i16 halves (each
+/// product < 256: no carry into the next byte); the signed factors are shifted to non-negative
+/// ones and the shift subtracted again in bytes (wrapping arithmetic, exact in the end).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q6k_operands(p: &PanelQ6K, o: &mut Q6KOperands) {
+    let st = |dst: &mut [i8; 64], v: __m512i| {
+        // SAFETY: `dst` is 64 writable bytes; no alignment needed.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) }
+    };
+    let both = |v: __m512i| _mm512_or_si512(v, _mm512_slli_epi32::<16>(v));
+    // A lane's value (< 64, in both i16 halves) in all four of its bytes.
+    let bytes = |v: __m512i| _mm512_or_si512(v, _mm512_slli_epi16::<8>(v));
+    let seven = _mm512_set1_epi8(7);
+    for h in 0..16 {
+        // SAFETY: 16 i32 = 64 readable bytes; no alignment needed.
+        let sc = unsafe { _mm512_loadu_si512(p.sc[h].as_ptr().cast()) };
+        let sl = both(_mm512_and_si512(sc, _mm512_set1_epi32(15)));
+        // sh + 8, in 0..=15.
+        let v = both(_mm512_add_epi32(
+            _mm512_srai_epi32::<4>(sc),
+            _mm512_set1_epi32(8),
+        ));
+        let sl4 = _mm512_slli_epi16::<2>(bytes(sl));
+        let v4 = _mm512_slli_epi16::<2>(bytes(v));
+        for g in 4 * h..4 * h + 4 {
+            // SAFETY: as above.
+            let q = unsafe { _mm512_loadu_si512(p.q[g].as_ptr().cast()) };
+            let ql = _mm512_and_si512(q, seven);
+            // qh + 4 = q >> 3, in 0..=7.
+            let u = _mm512_and_si512(_mm512_srli_epi16::<3>(q), seven);
+            st(&mut o.ll[g], _mm512_mullo_epi16(ql, sl));
+            // (qh + 4)·sl − 4·sl
+            st(
+                &mut o.hl[g],
+                _mm512_sub_epi8(_mm512_mullo_epi16(u, sl), sl4),
+            );
+            // ql·(sh + 8) − 8·ql
+            let ql8 = _mm512_slli_epi16::<3>(ql);
+            st(
+                &mut o.lh[g],
+                _mm512_sub_epi8(_mm512_mullo_epi16(ql, v), ql8),
+            );
+            // (qh + 4)·(sh + 8) − 8·(qh + 4) − 4·(sh + 8) + 32
+            let p = _mm512_sub_epi8(_mm512_mullo_epi16(u, v), _mm512_slli_epi16::<3>(u));
+            st(
+                &mut o.hh[g],
+                _mm512_add_epi8(_mm512_sub_epi8(p, v4), _mm512_set1_epi8(32)),
+            );
+        }
+    }
+}
+
+/// Panel block `p` (`ops`: its B operands), block `blk` of the rows, against the 16
+/// activation rows `t..t + 16` of `act` (rows `arb` bytes apart: the Q8_K row, then from byte
+/// `tq` its quants alone), into `acc[..16]`.
+///
+/// # Safety
+/// AMX must be present and permitted, with this thread's tiles configured by
+/// [`Q6KTiles::new`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile16_q6k(
+    p: &PanelQ6K,
+    ops: &Q6KOperands,
+    blk: usize,
+    act: &[u8],
+    (arb, tq): (usize, usize),
+    t: usize,
+    acc: &mut [Acc],
+) {
+    let acc = &mut acc[..WIDE];
+    assert!((blk + 1) * Q8_K_BLOCK <= tq && tq + 256 * (blk + 1) <= arb);
+    assert!((t + WIDE) * arb <= act.len());
+    let rows = &act[t * arb..(t + WIDE) * arb];
+    let mut c = [
+        IntTile([[0; 16]; 16]),
+        IntTile([[0; 16]; 16]),
+        IntTile([[0; 16]; 16]),
+        IntTile([[0; 16]; 16]),
+    ];
+    // SAFETY: A reads 16 rows of 64 bytes at `rows[tq + 256·blk + 64k + j·arb]`, inside `rows`
+    // (asserted above); each B read is 16 × 64 bytes of a 4 KiB operand; the four C tiles go
+    // to the 1 KiB buffers of `c`. Tiles 0-7 are configured as A, B×3, C×4 (the caller's
+    // contract).
+    unsafe {
+        asm!(
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            "tilezero tmm7",
+            options(nostack, nomem)
+        );
+        for k in 0..4 {
+            asm!(
+                "tileloadd tmm0, [{a} + {sa} * 1]",
+                "tileloadd tmm1, [{hh} + {s} * 1]",
+                "tdpbssd tmm4, tmm0, tmm1",
+                "tileloadd tmm2, [{lh} + {s} * 1]",
+                "tdpbssd tmm5, tmm0, tmm2",
+                "tileloadd tmm3, [{hl} + {s} * 1]",
+                "tdpbssd tmm6, tmm0, tmm3",
+                "tileloadd tmm1, [{ll} + {s} * 1]",
+                "tdpbssd tmm7, tmm0, tmm1",
+                a = in(reg) rows.as_ptr().add(tq + 256 * blk + 64 * k),
+                sa = in(reg) arb,
+                hh = in(reg) ops.hh[16 * k..].as_ptr(),
+                lh = in(reg) ops.lh[16 * k..].as_ptr(),
+                hl = in(reg) ops.hl[16 * k..].as_ptr(),
+                ll = in(reg) ops.ll[16 * k..].as_ptr(),
+                s = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+        asm!(
+            "tilestored [{c0} + {s} * 1], tmm4",
+            "tilestored [{c1} + {s} * 1], tmm5",
+            "tilestored [{c2} + {s} * 1], tmm6",
+            "tilestored [{c3} + {s} * 1], tmm7",
+            c0 = in(reg) c[0].0.as_mut_ptr(),
+            c1 = in(reg) c[1].0.as_mut_ptr(),
+            c2 = in(reg) c[2].0.as_mut_ptr(),
+            c3 = in(reg) c[3].0.as_mut_ptr(),
+            s = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+    let d = ld_ps(&p.d);
+    let yd = rows[blk * Q8_K_BLOCK..].as_ptr();
+    for (j, acc) in acc.iter_mut().enumerate() {
+        // SAFETY: row j's block scale lies inside `rows` (asserted above); the C rows are 16
+        // readable i32 each; no alignment needed.
+        let (dy, hh, lh, hl, ll) = unsafe {
+            (
+                yd.add(j * arb).cast::<f32>().read_unaligned(),
+                _mm512_loadu_si512(c[0].0[j].as_ptr().cast()),
+                _mm512_loadu_si512(c[1].0[j].as_ptr().cast()),
+                _mm512_loadu_si512(c[2].0[j].as_ptr().cast()),
+                _mm512_loadu_si512(c[3].0[j].as_ptr().cast()),
+            )
+        };
+        let sumi = _mm512_add_epi32(
+            _mm512_add_epi32(_mm512_slli_epi32::<7>(hh), _mm512_slli_epi32::<4>(lh)),
+            _mm512_add_epi32(_mm512_slli_epi32::<3>(hl), ll),
+        );
+        let dd = _mm512_mul_ps(d, _mm512_set1_ps(dy));
+        let a0 = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sumi), ld_ps(&acc[0]));
+        st_ps(&mut acc[0], a0);
     }
 }

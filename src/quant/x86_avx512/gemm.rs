@@ -268,14 +268,14 @@ fn tile_q4k(panel: &[PanelQ4K], b0: usize, acts: [&[BlockQ8K]; NR], acc: &mut [A
 /// 16 rows × one Q6_K block, rows in lanes.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct PanelQ6K {
+pub(super) struct PanelQ6K {
     /// Group `g`: elements `4g..4g+4` (0..=63, not yet minus 32) of each row.
-    q: [[i32; 16]; QK_K / 4],
+    pub(super) q: [[i32; 16]; QK_K / 4],
     /// 16-element sub-block `h`'s scale of each row (sign-extended).
-    sc: [[i32; 16]; 16],
+    pub(super) sc: [[i32; 16]; 16],
     /// Scales of sub-blocks `2k` (low i16) and `2k + 1` (high) of each row, for the offset.
     sc2: [[i32; 16]; 8],
-    d: [f32; 16],
+    pub(super) d: [f32; 16],
 }
 
 const ZERO_Q6K: PanelQ6K = PanelQ6K {
@@ -647,7 +647,11 @@ pub(super) fn gemm_with(
             out,
             ZERO_Q6K,
             false,
-            None,
+            amx.then(|| tile_quants_offset(GgmlType::Q8_K, n_blocks(size_of::<BlockQ6K>()) * QK_K))
+                .flatten()
+                .map(|tq| super::amx::Q6KTiles::new(act, arb, tq))
+                .as_mut()
+                .map(|t| t as &mut dyn WideTile<PanelQ6K>),
             |g0, b0, p| pack_q6k(group_rows(w, rb, nrows, g0), b0, p),
             |p, b0, ts, acc| tile_q6k(p, b0, ts.map(|t| as_blocks(act_row(t))), acc),
         ),
