@@ -329,7 +329,7 @@ pub(super) fn selected() -> &'static Kernels {
 }
 
 /// Which build of the kernels [`super::vec_dot`] runs on this machine: `"avx512-amx"` (the
-/// AVX-512 build with AMX tiles in the Q4_K and Q5_0 matrix products, the same bits),
+/// AVX-512 build with AMX tiles in the Q4_K, Q6_K and Q5_0 matrix products, the same bits),
 /// `"avx512"` (AVX-512 F/BW/VL/VNNI kernels for the K-quants, Q5_0 and Q8_0, AVX2 for the
 /// rest), `"avx2"`, `"avx2-128"`
 /// (AVX2 with 128-bit kernels for Q4_0/Q4_1/Q5_0/Q5_1, on cores that split 256-bit operations),

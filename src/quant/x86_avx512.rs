@@ -9,9 +9,9 @@
 //! subsets also has AVX2, FMA and F16C (`detected` checks all of them), so delegating is always
 //! valid.
 //!
-//! On a CPU with AMX (Sapphire Rapids and later), `amx` runs the Q4_K and Q5_0 matrix products
-//! on tile registers instead of VNNI, with the same block integers and float chains, so the
-//! same bits (the `avx512-amx` build in `dispatch`).
+//! On a CPU with AMX (Sapphire Rapids and later), `amx` runs the Q4_K, Q6_K and Q5_0 matrix
+//! products on tile registers instead of VNNI, with the same block integers and float chains,
+//! so the same bits (the `avx512-amx` build in `dispatch`).
 //!
 //! As in `x86_avx2`, every function is a safe `#[target_feature]` function that `dispatch` calls
 //! only after `detected`; the only `unsafe` blocks are unaligned loads and stores through helpers

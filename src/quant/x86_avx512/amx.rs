@@ -1,7 +1,9 @@
-//! AMX (Advanced Matrix Extensions, Intel Sapphire Rapids and later) tiles for the matrix
-//! products of the AVX-512 build: one `tdpbssd` multiplies 16 activation rows by 16 weight rows
-//! over a whole block (16·16·32 products) where VNNI needs 32 instructions, and the float work
-//! stays on AVX-512.
+//! AMX (Advanced Matrix Extensions, Intel Sapphire Rapids and later) tiles for the Q5_0, Q4_K
+//! and Q6_K matrix products of the AVX-512 build: one `tdpbssd` multiplies 16 activation rows by
+//! 16 weight rows over 32 or 64 elements (16·16·64 products) where VNNI needs 64 instructions,
+//! and the float work stays on AVX-512. Where a weight and its sub-block scale do not fit one
+//! byte together (Q4_K, Q6_K), both are split so that every product does, and the block's
+//! integer is a sum of a few shifted tile products.
 //!
 //! The tile layouts fit the panels of `super::gemm` as they are: a panel's group `g` (lane `r`
 //! holds elements `4g..4g+4` of weight row `r`) is row `g` of AMX's B operand, whose rows hold
