@@ -234,11 +234,12 @@ unsafe fn tile16_q5_0(
     for (a, acc) in a.iter_mut().zip(acc.iter()) {
         *a = ld_ps(&acc[0]);
     }
+    // Tile C stored for the float work (per call: across all the chunk's blocks).
+    let mut c = IntTile([[0; 16]; 16]);
     // Two sets of tiles, alternating by block, so that block i + 1's tile product runs while
     // the AVX-512 units scale block i's integers. Program order matters: a tile store stalls
     // what follows it until the product it stores is done (tiles are not renamed), so the store
     // of block i + 1 comes after the scaling of block i, not next to its product.
-    let mut c = IntTile([[0; 16]; 16]);
     let product = |i: usize| {
         let a = rows[tq + 32 * (b0 + i)..].as_ptr();
         let b = b[i].as_ptr();
@@ -345,6 +346,9 @@ pub(super) struct Q4KTiles<'a> {
     /// Where each row's copy of its quants starts (`quant::tile_quants_offset`).
     tq: usize,
     b: Q4KOperands,
+    /// The C tiles stored for the float work (a field: zeroing them per block and token tile
+    /// was a memset call each time, 4% of a prefill).
+    c: [IntTile; 3],
     _config: Config,
 }
 
@@ -362,6 +366,11 @@ impl<'a> Q4KTiles<'a> {
                 lo: [[0; 64]; 64],
                 mins: [[0; 64]; 64],
             },
+            c: [
+                IntTile([[0; 16]; 16]),
+                IntTile([[0; 16]; 16]),
+                IntTile([[0; 16]; 16]),
+            ],
             _config: config,
         }
     }
@@ -381,6 +390,7 @@ impl WideTile<PanelQ4K> for Q4KTiles<'_> {
                     tile16_q4k(
                         p,
                         &self.b,
+                        &mut self.c,
                         b0 + i,
                         self.act,
                         (self.arb, self.tq),
@@ -438,6 +448,7 @@ fn q4k_operands(p: &PanelQ4K, o: &mut Q4KOperands) {
 unsafe fn tile16_q4k(
     p: &PanelQ4K,
     ops: &Q4KOperands,
+    c: &mut [IntTile; 3],
     blk: usize,
     act: &[u8],
     (arb, tq): (usize, usize),
@@ -448,11 +459,6 @@ unsafe fn tile16_q4k(
     assert!((blk + 1) * Q8_K_BLOCK <= tq && tq + 256 * (blk + 1) <= arb);
     assert!((t + WIDE) * arb <= act.len());
     let rows = &act[t * arb..(t + WIDE) * arb];
-    let mut c = [
-        IntTile([[0; 16]; 16]),
-        IntTile([[0; 16]; 16]),
-        IntTile([[0; 16]; 16]),
-    ];
     // SAFETY: A reads 16 rows of 64 bytes at `rows[tq + 256·blk + 64k + j·arb]`, inside `rows`
     // (asserted above); each B read is 16 × 64 bytes of a 4 KiB operand; the three C tiles go
     // to the 1 KiB buffers of `c`. Tiles 0-7 are configured as A, B×3, C×3, A (the caller's
@@ -563,6 +569,8 @@ pub(super) struct Q6KTiles<'a> {
     /// Where each row's copy of its quants starts (`quant::tile_quants_offset`).
     tq: usize,
     b: Q6KOperands,
+    /// The C tiles stored for the float work (see [`Q4KTiles`]).
+    c: [IntTile; 4],
     _config: Config,
 }
 
@@ -581,6 +589,12 @@ impl<'a> Q6KTiles<'a> {
                 hl: [[0; 64]; 64],
                 ll: [[0; 64]; 64],
             },
+            c: [
+                IntTile([[0; 16]; 16]),
+                IntTile([[0; 16]; 16]),
+                IntTile([[0; 16]; 16]),
+                IntTile([[0; 16]; 16]),
+            ],
             _config: config,
         }
     }
@@ -600,6 +614,7 @@ impl WideTile<PanelQ6K> for Q6KTiles<'_> {
                     tile16_q6k(
                         p,
                         &self.b,
+                        &mut self.c,
                         b0 + i,
                         self.act,
                         (self.arb, self.tq),
@@ -676,6 +691,7 @@ fn q6k_operands(p: &PanelQ6K, o: &mut Q6KOperands) {
 unsafe fn tile16_q6k(
     p: &PanelQ6K,
     ops: &Q6KOperands,
+    c: &mut [IntTile; 4],
     blk: usize,
     act: &[u8],
     (arb, tq): (usize, usize),
@@ -686,12 +702,6 @@ unsafe fn tile16_q6k(
     assert!((blk + 1) * Q8_K_BLOCK <= tq && tq + 256 * (blk + 1) <= arb);
     assert!((t + WIDE) * arb <= act.len());
     let rows = &act[t * arb..(t + WIDE) * arb];
-    let mut c = [
-        IntTile([[0; 16]; 16]),
-        IntTile([[0; 16]; 16]),
-        IntTile([[0; 16]; 16]),
-        IntTile([[0; 16]; 16]),
-    ];
     // SAFETY: A reads 16 rows of 64 bytes at `rows[tq + 256·blk + 64k + j·arb]`, inside `rows`
     // (asserted above); each B read is 16 × 64 bytes of a 4 KiB operand; the four C tiles go
     // to the 1 KiB buffers of `c`. Tiles 0-7 are configured as A, B×3, C×4 (the caller's
