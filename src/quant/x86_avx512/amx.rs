@@ -389,8 +389,7 @@ impl WideTile<PanelQ4K> for Q4KTiles<'_> {
                 for (k, acc) in acc.chunks_exact_mut(WIDE).take(tiles).enumerate() {
                     tile16_q4k(
                         p,
-                        &self.b,
-                        &mut self.c,
+                        (&self.b, &mut self.c),
                         b0 + i,
                         self.act,
                         (self.arb, self.tq),
@@ -437,9 +436,9 @@ fn q4k_operands(p: &PanelQ4K, o: &mut Q4KOperands) {
     }
 }
 
-/// Panel block `p` (`ops`: its B operands), block `blk` of the rows, against the 16
-/// activation rows `t..t + 16` of `act` (rows `arb` bytes apart: the Q8_K row, then from byte
-/// `tq` its quants alone), into `acc[..16]`.
+/// Panel block `p` (`ops`: its B operands; `c`: room for the C tiles), block `blk` of the
+/// rows, against the 16 activation rows `t..t + 16` of `act` (rows `arb` bytes apart: the Q8_K
+/// row, then from byte `tq` its quants alone), into `acc[..16]`.
 ///
 /// # Safety
 /// AMX must be present and permitted, with this thread's tiles configured by
@@ -447,8 +446,7 @@ fn q4k_operands(p: &PanelQ4K, o: &mut Q4KOperands) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile16_q4k(
     p: &PanelQ4K,
-    ops: &Q4KOperands,
-    c: &mut [IntTile; 3],
+    (ops, c): (&Q4KOperands, &mut [IntTile; 3]),
     blk: usize,
     act: &[u8],
     (arb, tq): (usize, usize),
@@ -613,8 +611,7 @@ impl WideTile<PanelQ6K> for Q6KTiles<'_> {
                 for (k, acc) in acc.chunks_exact_mut(WIDE).take(tiles).enumerate() {
                     tile16_q6k(
                         p,
-                        &self.b,
-                        &mut self.c,
+                        (&self.b, &mut self.c),
                         b0 + i,
                         self.act,
                         (self.arb, self.tq),
@@ -680,9 +677,9 @@ fn q6k_operands(p: &PanelQ6K, o: &mut Q6KOperands) {
     }
 }
 
-/// Panel block `p` (`ops`: its B operands), block `blk` of the rows, against the 16
-/// activation rows `t..t + 16` of `act` (rows `arb` bytes apart: the Q8_K row, then from byte
-/// `tq` its quants alone), into `acc[..16]`.
+/// Panel block `p` (`ops`: its B operands; `c`: room for the C tiles), block `blk` of the
+/// rows, against the 16 activation rows `t..t + 16` of `act` (rows `arb` bytes apart: the Q8_K
+/// row, then from byte `tq` its quants alone), into `acc[..16]`.
 ///
 /// # Safety
 /// AMX must be present and permitted, with this thread's tiles configured by
@@ -690,8 +687,7 @@ fn q6k_operands(p: &PanelQ6K, o: &mut Q6KOperands) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile16_q6k(
     p: &PanelQ6K,
-    ops: &Q6KOperands,
-    c: &mut [IntTile; 4],
+    (ops, c): (&Q6KOperands, &mut [IntTile; 4]),
     blk: usize,
     act: &[u8],
     (arb, tq): (usize, usize),
