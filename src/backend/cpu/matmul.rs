@@ -159,6 +159,23 @@ fn groups_per_chunk(n_groups: usize, n_threads: usize) -> usize {
     chunk.next_multiple_of(2).max(2)
 }
 
+/// Activation rows ahead of the one being stored whose output line is fetched: the matrix kernels
+/// store a row group's results token after token, each into another line of a result too
+/// large for the caches, and waiting for those lines was most of the stores' cost.
+const STORE_AHEAD: usize = 16;
+
+/// Asks for the cache line at `p` (a hint: never faults, any address).
+#[inline(always)]
+fn prefetch_for_store(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that does not access memory architecturally.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Quantizes the `n_tokens` rows of `x` (`cols` wide) into `xq` in the matrix-product format
 /// of weight type `ty` (in parallel for several rows) and returns those bytes.
 fn quantize_activations<'x>(
@@ -227,6 +244,12 @@ unsafe fn gemm_groups(
             // the destination lies inside `out` (n_tokens * rows, the caller's contract), in
             // this caller's rows.
             unsafe { store_row(out.get().add((t0 + k) * rows + r0 + r), v) };
+            if t0 + k + STORE_AHEAD < n_tokens {
+                prefetch_for_store(
+                    out.get()
+                        .wrapping_add((t0 + k + STORE_AHEAD) * rows + r0 + r),
+                );
+            }
         }
     };
     quant::gemm(
