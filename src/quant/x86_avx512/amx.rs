@@ -1,14 +1,15 @@
 //! AMX (Advanced Matrix Extensions, Intel Sapphire Rapids and later) tiles for the Q5_0, Q4_K
 //! and Q6_K matrix products of the AVX-512 build: one `tdpbssd` multiplies 16 activation rows by
-//! 16 weight rows over 32 or 64 elements (16·16·64 products) where VNNI needs 64 instructions,
-//! and the float work stays on AVX-512. Where a weight and its sub-block scale do not fit one
+//! 16 weight rows over 32 or 64 elements (up to 16·16·64 products, 256 `vpdpbusd`), and the
+//! float work stays on AVX-512. Where a weight and its sub-block scale do not fit one
 //! byte together (Q4_K, Q6_K), both are split so that every product does, and the block's
 //! integer is a sum of a few shifted tile products.
 //!
 //! The tile layouts fit the panels of `super::gemm` as they are: a panel's group `g` (lane `r`
 //! holds elements `4g..4g+4` of weight row `r`) is row `g` of AMX's B operand, whose rows hold
 //! 4 consecutive K elements for each of 16 columns. The A operand (16 rows × K bytes) is read
-//! straight from the quantized activation rows, `arb` bytes apart. So tile C holds, for
+//! from the copy of its quants each matrix-product activation row carries on a cache line
+//! (`quant::tile_quants_offset`), rows `arb` bytes apart. So tile C holds, for
 //! activation row `t` (tile row) and weight row `r` (column), the exact integer of one block:
 //! row `t` of C is the 16-lane vector the register tiles build for that activation row, and it
 //! enters the same f32 chain (`acc = fma(d_w·d_a, float(block integer), acc)`) in the same order.
@@ -131,9 +132,9 @@ const Q8_0_BLOCK: usize = 34;
 const Q5_0_CHUNK: usize = 64;
 
 /// The wide tile for Q5_0 weights: per block, `tdpbssd` of the 16 activation rows' quants (A:
-/// 16 × 32 bytes, read in place) with the weights' quants minus 16 (B: 8 × 64 bytes: 16 rows × 32, the panel
-/// made signed by [`WideTile::prepare`]) gives `Σ (q − 16)·y`, the integer the register tile
-/// builds as `Σ q·y − 16·Σ y`.
+/// 16 × 32 bytes) with the weights' quants minus 16 (B: 8 × 64 bytes, 16 rows × 32 quants: the
+/// panel made signed by [`WideTile::prepare`]) gives `Σ (q − 16)·y`, the integer the register
+/// tile builds as `Σ q·y − 16·Σ y`.
 pub(super) struct Q5_0Tiles<'a> {
     act: &'a [u8],
     arb: usize,
@@ -236,10 +237,9 @@ unsafe fn tile16_q5_0(
     }
     // Tile C stored for the float work (per call: across all the chunk's blocks).
     let mut c = IntTile([[0; 16]; 16]);
-    // Two sets of tiles, alternating by block, so that block i + 1's tile product runs while
-    // the AVX-512 units scale block i's integers. Program order matters: a tile store stalls
-    // what follows it until the product it stores is done (tiles are not renamed), so the store
-    // of block i + 1 comes after the scaling of block i, not next to its product.
+    // Two sets of tiles, alternating by block, so that block i + 1's tile product can run while
+    // the AVX-512 units scale block i's integers; block i + 1's store comes after that scaling
+    // in program order (a store has to wait for its product).
     let product = |i: usize| {
         let a = rows[tq + 32 * (b0 + i)..].as_ptr();
         let b = b[i].as_ptr();
@@ -273,9 +273,19 @@ unsafe fn tile16_q5_0(
         // product (`product(i)` ran).
         unsafe {
             if i.is_multiple_of(2) {
-                asm!("tilestored [{c} + {s} * 1], tmm0", c = in(reg) c.0.as_mut_ptr(), s = in(reg) 64usize, options(nostack));
+                asm!(
+                    "tilestored [{c} + {s} * 1], tmm0",
+                    c = in(reg) c.0.as_mut_ptr(),
+                    s = in(reg) 64usize,
+                    options(nostack),
+                );
             } else {
-                asm!("tilestored [{c} + {s} * 1], tmm3", c = in(reg) c.0.as_mut_ptr(), s = in(reg) 64usize, options(nostack));
+                asm!(
+                    "tilestored [{c} + {s} * 1], tmm3",
+                    c = in(reg) c.0.as_mut_ptr(),
+                    s = in(reg) 64usize,
+                    options(nostack),
+                );
             }
         }
     };
