@@ -127,8 +127,26 @@ pub(super) fn exp_sub_sum_lanes(x: &mut [f32], m: f32) -> f32 {
 
 /// SwiGLU: `gate = silu(gate) * up`, with `silu(x) = x·σ(x)` and σ from `e = e^−|x|`
 /// ([`exp_nonpositive`], branch-free so the loop vectorizes): `1 / (1 + e)` for `x >= 0`,
-/// `e / (1 + e)` below.
+/// `e / (1 + e)` below. On x86-64 the same code compiled for AVX-512 or AVX2 where the CPU has
+/// them (the same operations per element, so the same bits): built for the baseline's 4-lane
+/// SSE it was 7% of a 1.5B prefill.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if *HAS_AVX512.get_or_init(super::x86_avx512::detected) {
+        // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above).
+        return unsafe { super::x86_avx512::silu_mul(gate, up) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if *HAS_AVX2.get_or_init(super::x86_avx2::detected) {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { super::x86_avx2::silu_mul(gate, up) };
+    }
+    silu_mul_lanes(gate, up)
+}
+
+/// [`silu_mul`] in portable code, inlined into the AVX2 and AVX-512 copies.
+#[inline(always)]
+pub(super) fn silu_mul_lanes(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
         let e = exp_nonpositive(-x.abs());
@@ -701,6 +719,33 @@ mod tests {
                 (got - want).abs() <= 4.0 * f32::EPSILON * want.abs().max(1e-30),
                 "{x}: {got} vs {want}"
             );
+        }
+    }
+
+    /// The dispatched build (AVX-512 or AVX2 where present) gives the portable code's bits, on
+    /// every length class and the edge values (signed zeros, saturating exponents, infinities).
+    #[test]
+    fn silu_builds_agree_bit_for_bit() {
+        let mut xs: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.0371).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            88.5,
+            -88.5,
+            104.0,
+            -104.0,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e-40,
+        ]);
+        let up: Vec<f32> = (0..xs.len()).map(|i| 0.25 + (i % 7) as f32 * 0.5).collect();
+        for n in [0, 1, 7, 8, 15, 16, 17, 33, xs.len()] {
+            let (mut got, mut want) = (xs[..n].to_vec(), xs[..n].to_vec());
+            silu_mul(&mut got, &up[..n]);
+            silu_mul_lanes(&mut want, &up[..n]);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "n={n} x={}: {g} vs {w}", xs[i]);
+            }
         }
     }
 

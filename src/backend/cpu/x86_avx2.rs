@@ -336,3 +336,10 @@ pub(super) fn f16_to_f32_row(src: &[[u8; 2]], dst: &mut [f32]) {
 pub(super) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
     super::ops::exp_sub_sum_lanes(x, m)
 }
+
+/// `ops::silu_mul`: its portable code compiled for this build's registers (the same operations
+/// per element, so the portable build's bits).
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    super::ops::silu_mul_lanes(gate, up)
+}

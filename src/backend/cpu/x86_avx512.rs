@@ -46,3 +46,10 @@ super::x86_avx2::gemm_f32_kernel!(
 pub(super) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
     super::ops::exp_sub_sum_lanes(x, m)
 }
+
+/// `ops::silu_mul`: its portable code compiled for this build's registers (the same operations
+/// per element, so the portable build's bits).
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    super::ops::silu_mul_lanes(gate, up)
+}
