@@ -9,6 +9,10 @@
 //!
 //! Each block's integer is exact and enters the per-row f32 chain of the single-row kernels
 //! (`super::dot_q4_k` etc.), so every result has the bits of this build's `vec_dot`.
+//!
+//! With AMX (`gemm_with`, the `avx512-amx` build), a [`WideTile`] from `super::amx` takes the
+//! whole groups of 16 activation rows of each chunk from the same panels, and the register
+//! tiles here the rest.
 
 use std::arch::x86_64::*;
 use std::mem::size_of;
