@@ -200,11 +200,12 @@ pub(super) fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &
     }
 }
 
-/// The matrix product (see `Kernels::gemm`): the kernels of `gemm` for Q4_K, Q6_K and Q5_0,
-/// the AVX2 ones (which exist for no other type this build specialises) otherwise.
+/// The matrix product (see `Kernels::gemm`): the kernels of `gemm` for Q4_K, Q6_K and Q5_0
+/// (with `AMX`, their AMX tiles: the same bits; only for a CPU where `amx::detected` holds), the
+/// AVX2 ones (which exist for no other type this build specialises) otherwise.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm(
+pub(super) fn gemm<const AMX: bool>(
     ty: GgmlType,
     rb: usize,
     w: &[u8],
@@ -216,7 +217,10 @@ pub(super) fn gemm(
 ) -> bool {
     use GgmlType::*;
     match ty {
-        Q4_K | Q6_K | Q5_0 => gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
+        Q4_K | Q6_K | Q5_0 => {
+            let amx = AMX && amx::detected();
+            gemm::gemm(ty, rb, w, qrb, act, arb, n_tok, out, amx)
+        }
         F32 | F16 | BF16 => float::try_gemm(ty, rb, w, act, arb, n_tok, out),
         // AVX2's matrix kernel with this build's tiles: for Q8_0 `gemm::tile_l32_bytes`, which
         // keeps the bits of this build's Q8_0 row kernels; for the others (which run AVX2's
@@ -228,28 +232,6 @@ pub(super) fn gemm(
         // Every other type runs AVX2's row kernels (above), so AVX2's matrix kernels, which
         // give their bits, may run for them (Q5_K among them).
         _ => avx2::gemm(ty, rb, w, qrb, act, arb, n_tok, out),
-    }
-}
-
-/// [`gemm`] with AMX tiles for the types `amx` has (Q5_0, Q4_K, Q6_K), the same bits. Only for a CPU where
-/// `amx::detected` holds.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_amx(
-    ty: GgmlType,
-    rb: usize,
-    w: &[u8],
-    qrb: usize,
-    act: &[u8],
-    arb: usize,
-    n_tok: usize,
-    out: &mut GemmOut,
-) -> bool {
-    match ty {
-        GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K => {
-            gemm::gemm_with(ty, rb, w, qrb, act, arb, n_tok, out, amx::detected())
-        }
-        _ => gemm(ty, rb, w, qrb, act, arb, n_tok, out),
     }
 }
 

@@ -25,7 +25,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::gemm::{Acc, PanelQ4K, PanelQ5_0, PanelQ6K, WideTile, WIDE};
+use super::gemm::{ld, ld_ps, st_ps, Acc, PanelQ4K, PanelQ5_0, PanelQ6K, WideTile, WIDE};
 
 /// Whether this CPU and OS run AMX-INT8 tiles (and the AVX-512 build): CPUID's AMX-TILE and
 /// AMX-INT8 bits, and the Linux kernel's permission to use the tile data state, requested once
@@ -102,21 +102,7 @@ impl Drop for Config {
 
 /// A tile of 16 rows × 16 i32, 64-byte rows (tile C stored for the AVX-512 epilogue).
 #[repr(C, align(64))]
-struct IntTile([[i32; 16]; 16]);
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn ld_ps(v: &[f32; 16]) -> __m512 {
-    // SAFETY: `v` is 16 readable f32; no alignment needed.
-    unsafe { _mm512_loadu_ps(v.as_ptr()) }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn st_ps(v: &mut [f32; 16], x: __m512) {
-    // SAFETY: `v` is 16 writable f32, borrowed exclusively; no alignment needed.
-    unsafe { _mm512_storeu_ps(v.as_mut_ptr(), x) }
-}
+pub(super) struct IntTile([[i32; 16]; 16]);
 
 // ---------------------------------------------------------------------------------------------
 // Q5_0 against Q8_0 activations.
@@ -192,15 +178,9 @@ impl WideTile<PanelQ5_0> for Q5_0Tiles<'_> {
 fn signed_q5_0(panel: &[PanelQ5_0], out: &mut [[i8; 512]]) {
     for (p, o) in panel.iter().zip(out) {
         for (src, dst) in p.q.iter().zip(o.chunks_exact_mut(64)) {
-            // SAFETY: a group of 16 i32 is 64 readable bytes, `dst` 64 writable ones; no
-            // alignment needed.
-            unsafe {
-                let v = _mm512_loadu_si512(src.as_ptr().cast());
-                _mm512_storeu_si512(
-                    dst.as_mut_ptr().cast(),
-                    _mm512_sub_epi8(v, _mm512_set1_epi8(16)),
-                );
-            }
+            let v = _mm512_sub_epi8(ld(src), _mm512_set1_epi8(16));
+            // SAFETY: `dst` is 64 writable bytes; no alignment needed.
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
         }
     }
 }
@@ -324,124 +304,183 @@ unsafe fn tile16_q5_0(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q4_K against Q8_K activations.
+// The K-quants (Q4_K, Q6_K) against Q8_K activations.
 
 /// Bytes of a Q8_K activation block: the f32 scale, 256 quants, 16 i16 sums.
 const Q8_K_BLOCK: usize = 292;
 
-/// A Q4_K block's three B operands for 16 weight rows, each 64 groups of 4 elements (the
-/// panel's order; 16 groups per 64-element tdp step): the quants times the high and the low
-/// three bits of their sub-block's 6-bit scale, and the sub-block's minimum.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Q4KOperands {
-    hi: [[i8; 64]; 64],
-    lo: [[i8; 64]; 64],
-    mins: [[i8; 64]; 64],
+/// What a K-quant's wide tile ([`KTiles`]) needs from its type: B operands built from a panel
+/// block, split so that every product fits a byte, and the tile products of one block against
+/// 16 activation rows (into C tiles stored in `CRoom`, then the register tile's float chains).
+pub(super) trait KOperands: Sized {
+    type Panel;
+    type CRoom;
+    /// Zeroed operands and C room.
+    fn zeroed() -> (Self, Self::CRoom);
+    /// Derives the B operands of panel block `p`.
+    ///
+    /// # Safety
+    /// The CPU must run the AVX-512 build (`amx::detected` holds).
+    unsafe fn fill(&mut self, p: &Self::Panel);
+    /// Panel block `p` (its operands filled), block `blk` of the rows, against the 16
+    /// activation rows `t..t + 16` of `act` (rows `arb` bytes apart: the Q8_K row, then from
+    /// byte `tq` its quants alone), into `acc[..16]`.
+    ///
+    /// # Safety
+    /// AMX must be present and permitted, with this thread's tiles configured by
+    /// [`KTiles::new`].
+    unsafe fn tile16(
+        p: &Self::Panel,
+        ops: (&Self, &mut Self::CRoom),
+        blk: usize,
+        act: &[u8],
+        layout: (usize, usize),
+        t: usize,
+        acc: &mut [Acc],
+    );
 }
 
-/// The wide tile for Q4_K weights. A sub-block scale (6 bits) times a quant (4 bits) does not
-/// fit a byte, so the scale is split, `sc = 8·sh + sl` (`sh`, `sl` ≤ 7): `q·sh` and `q·sl` do
-/// (≤ 105), and the products over the whole 256-element block give the register tile's exact
-/// integer `Σ_j sc_j·Σ q·y = 8·C_hi + C_lo`. The minimums' integer `Σ_j m_j·Σ y` is a third
-/// product, against B = `m_j` repeated over sub-block `j`. All three accumulate in tiles over
-/// the block's four 64-element steps; the float chains are the register tile's.
-///
-/// Blocks run in the outer loop, token tiles in the inner one: a block's operands (12 KiB)
-/// stay in L1 while every token tile reads them (the accumulators are in memory anyway, two
-/// chains per activation row).
-pub(super) struct Q4KTiles<'a> {
+/// The wide tile of a K-quant (see [`KOperands`]; [`Q4KTiles`], [`Q6KTiles`]). Blocks run in
+/// the outer loop, token tiles in the inner one: a block's operands (12-16 KiB) stay in L1
+/// while every token tile reads them (the accumulators are in memory anyway).
+pub(super) struct KTiles<'a, O: KOperands> {
     act: &'a [u8],
     arb: usize,
     /// Where each row's copy of its quants starts (`quant::tile_quants_offset`).
     tq: usize,
-    b: Q4KOperands,
+    b: O,
     /// The C tiles stored for the float work (a field: zeroing them per block and token tile
     /// was a memset call each time, 4% of a prefill).
-    c: [IntTile; 3],
+    c: O::CRoom,
     _config: Config,
 }
 
-impl<'a> Q4KTiles<'a> {
-    /// Tiles 0 and 7: A (16 activation rows × 64 quants); 1-3: B (hi, lo, mins); 4-6: C (hi,
-    /// lo, mins), all 16 × 64 bytes.
+/// The Q4_K wide tile: tiles 0 and 7 A (16 activation rows × 64 quants), 1-3 B (hi, lo,
+/// mins), 4-6 C (hi, lo, mins).
+pub(super) type Q4KTiles<'a> = KTiles<'a, Q4KOperands>;
+/// The Q6_K wide tile: tile 0 A, 1-3 B (the fourth product reuses tile 1), 4-7 C (hh, lh, hl,
+/// ll).
+pub(super) type Q6KTiles<'a> = KTiles<'a, Q6KOperands>;
+
+impl<'a, O: KOperands> KTiles<'a, O> {
+    /// All eight tiles 16 × 64 bytes.
     pub(super) fn new(act: &'a [u8], arb: usize, tq: usize) -> Self {
         let config = Config::load(&[(16, 64); 8]);
-        Q4KTiles {
+        let (b, c) = O::zeroed();
+        KTiles {
             act,
             arb,
             tq,
-            b: Q4KOperands {
-                hi: [[0; 64]; 64],
-                lo: [[0; 64]; 64],
-                mins: [[0; 64]; 64],
-            },
-            c: [
-                IntTile([[0; 16]; 16]),
-                IntTile([[0; 16]; 16]),
-                IntTile([[0; 16]; 16]),
-            ],
+            b,
+            c,
             _config: config,
         }
     }
 }
 
-impl WideTile<PanelQ4K> for Q4KTiles<'_> {
-    fn prepare(&mut self, _: &[PanelQ4K]) {}
+impl<O: KOperands> WideTile<O::Panel> for KTiles<'_, O> {
+    fn prepare(&mut self, _: &[O::Panel]) {}
 
-    fn run(&mut self, panel: &[PanelQ4K], b0: usize, t: usize, tiles: usize, acc: &mut [Acc]) {
+    fn run(&mut self, panel: &[O::Panel], b0: usize, t: usize, tiles: usize, acc: &mut [Acc]) {
         for (i, p) in panel.iter().enumerate() {
             // SAFETY: built only where `amx::detected` holds (`Config::load` asserts it), which
-            // includes the AVX-512 subsets of these functions; this thread's tiles are
-            // configured for Q4_K (`new`).
+            // includes the AVX-512 subsets; this thread's tiles are configured by `new`.
             unsafe {
-                q4k_operands(p, &mut self.b);
+                self.b.fill(p);
                 for (k, acc) in acc.chunks_exact_mut(WIDE).take(tiles).enumerate() {
-                    tile16_q4k(
-                        p,
-                        (&self.b, &mut self.c),
-                        b0 + i,
-                        self.act,
-                        (self.arb, self.tq),
-                        t + k * WIDE,
-                        acc,
-                    );
+                    let (b, c) = (&self.b, &mut self.c);
+                    let layout = (self.arb, self.tq);
+                    O::tile16(p, (b, c), b0 + i, self.act, layout, t + k * WIDE, acc);
                 }
             }
         }
     }
 }
 
+/// Stores `v` into the 64 bytes of one B-operand row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn st(dst: &mut [i8; 64], v: __m512i) {
+    // SAFETY: `dst` is 64 writable bytes; no alignment needed.
+    unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) }
+}
+
+/// Each i32 lane's low i16 in both of its halves (a lane's factor for a 16-bit multiply of its
+/// four bytes: each product < 256, so no carry into the next byte).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn both(v: __m512i) -> __m512i {
+    _mm512_or_si512(v, _mm512_slli_epi32::<16>(v))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_K.
+
+/// A Q4_K block's three B operands for 16 weight rows, each 64 groups of 4 elements (the
+/// panel's order; 16 groups per 64-element tdp step): the quants times the high and the low
+/// three bits of their sub-block's 6-bit scale, and the sub-block's minimum.
+///
+/// A sub-block scale (6 bits) times a quant (4 bits) does not fit a byte, so the scale is split,
+/// `sc = 8·sh + sl` (`sh`, `sl` ≤ 7): `q·sh` and `q·sl` do (≤ 105), and the products over the
+/// whole 256-element block give the register tile's exact integer `Σ_j sc_j·Σ q·y = 8·C_hi +
+/// C_lo`. The minimums' integer `Σ_j m_j·Σ y` is a third product, against B = `m_j` repeated
+/// over sub-block `j`. All three accumulate in tiles over the block's four 64-element steps;
+/// the float chains are the register tile's.
+#[repr(C, align(64))]
+pub(super) struct Q4KOperands {
+    hi: [[i8; 64]; 64],
+    lo: [[i8; 64]; 64],
+    mins: [[i8; 64]; 64],
+}
+
+impl KOperands for Q4KOperands {
+    type Panel = PanelQ4K;
+    type CRoom = [IntTile; 3];
+
+    fn zeroed() -> (Self, Self::CRoom) {
+        let b = Q4KOperands {
+            hi: [[0; 64]; 64],
+            lo: [[0; 64]; 64],
+            mins: [[0; 64]; 64],
+        };
+        (b, std::array::from_fn(|_| IntTile([[0; 16]; 16])))
+    }
+
+    unsafe fn fill(&mut self, p: &PanelQ4K) {
+        // SAFETY: the caller's contract (AVX-512).
+        unsafe { q4k_operands(p, self) }
+    }
+
+    unsafe fn tile16(
+        p: &PanelQ4K,
+        ops: (&Self, &mut Self::CRoom),
+        blk: usize,
+        act: &[u8],
+        layout: (usize, usize),
+        t: usize,
+        acc: &mut [Acc],
+    ) {
+        // SAFETY: the caller's contract (AMX, tiles configured by `KTiles::new`).
+        unsafe { tile16_q4k(p, ops, blk, act, layout, t, acc) }
+    }
+}
+
 /// The B operands of a panel block (see [`Q4KOperands`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4k_operands(p: &PanelQ4K, o: &mut Q4KOperands) {
-    let st = |dst: &mut [i8; 64], v: __m512i| {
-        // SAFETY: `dst` is 64 writable bytes; no alignment needed.
-        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) }
-    };
-    {
-        for j in 0..8 {
-            // SAFETY: 16 i32 = 64 readable bytes each; no alignment needed.
-            let (sc, mn) = unsafe {
-                (
-                    _mm512_loadu_si512(p.sc[j].as_ptr().cast()),
-                    _mm512_loadu_si512(p.mn[j].as_ptr().cast()),
-                )
-            };
-            // Lane r: the row's scale parts in both i16 halves, so that one 16-bit multiply
-            // scales all four bytes (each product < 256: no carry into the next byte).
-            let both = |v: __m512i| _mm512_or_si512(v, _mm512_slli_epi32::<16>(v));
-            let sh = both(_mm512_srli_epi32::<3>(sc));
-            let sl = both(_mm512_and_si512(sc, _mm512_set1_epi32(7)));
-            // `mn` holds m in both i16 halves: m in all four bytes.
-            let m = _mm512_or_si512(mn, _mm512_slli_epi32::<8>(mn));
-            for g in 8 * j..8 * j + 8 {
-                // SAFETY: as above.
-                let q = unsafe { _mm512_loadu_si512(p.q[g].as_ptr().cast()) };
-                st(&mut o.hi[g], _mm512_mullo_epi16(q, sh));
-                st(&mut o.lo[g], _mm512_mullo_epi16(q, sl));
-                st(&mut o.mins[g], m);
-            }
+    for j in 0..8 {
+        let (sc, mn) = (ld(&p.sc[j]), ld(&p.mn[j]));
+        // Lane r: the row's scale parts in both i16 halves, so that one 16-bit multiply
+        // scales all four bytes (each product < 256: no carry into the next byte).
+        let sh = both(_mm512_srli_epi32::<3>(sc));
+        let sl = both(_mm512_and_si512(sc, _mm512_set1_epi32(7)));
+        // `mn` holds m in both i16 halves: m in all four bytes.
+        let m = _mm512_or_si512(mn, _mm512_slli_epi32::<8>(mn));
+        for g in 8 * j..8 * j + 8 {
+            let q = ld(&p.q[g]);
+            st(&mut o.hi[g], _mm512_mullo_epi16(q, sh));
+            st(&mut o.lo[g], _mm512_mullo_epi16(q, sl));
+            st(&mut o.mins[g], m);
         }
     }
 }
@@ -452,7 +491,7 @@ fn q4k_operands(p: &PanelQ4K, o: &mut Q4KOperands) {
 ///
 /// # Safety
 /// AMX must be present and permitted, with this thread's tiles configured by
-/// [`Q4KTiles::new`].
+/// [`KTiles::new`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile16_q4k(
     p: &PanelQ4K,
@@ -550,87 +589,54 @@ unsafe fn tile16_q4k(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q6_K against Q8_K activations.
+// Q6_K.
 
 /// A Q6_K block's four B operands for 16 weight rows (64 groups of 4 elements, the panel's
 /// order). With the quant less its offset `q − 32 = 8·qh + ql` (`ql` in 0..=7, `qh` in
 /// −4..=3) and its 16-element sub-block's scale `sc = 16·sh + sl` (`sl` in 0..=15, `sh` in
 /// −8..=7), `(q − 32)·sc = 128·qh·sh + 16·ql·sh + 8·qh·sl + ql·sl`, and each of those four
-/// products is a byte (−60..=105).
-#[derive(Clone, Copy)]
+/// products is a byte (−60..=105). The four tile products over the whole 256-element block
+/// give the register tile's exact integer `Σ_h sc_h·Σ (q − 32)·y = 128·C_hh + 16·C_lh +
+/// 8·C_hl + C_ll` (the register tile forms it as `Σ_h sc_h·Σ q·y − 32·Σ_h sc_h·Σ y`), which
+/// enters the same float chain.
 #[repr(C, align(64))]
-struct Q6KOperands {
+pub(super) struct Q6KOperands {
     hh: [[i8; 64]; 64],
     lh: [[i8; 64]; 64],
     hl: [[i8; 64]; 64],
     ll: [[i8; 64]; 64],
 }
 
-/// The wide tile for Q6_K weights: the four products of [`Q6KOperands`] over the whole
-/// 256-element block give the register tile's exact integer `Σ_h sc_h·Σ (q − 32)·y =
-/// 128·C_hh + 16·C_lh + 8·C_hl + C_ll` (the register tile forms it as `Σ_h sc_h·Σ q·y −
-/// 32·Σ_h sc_h·Σ y`), which enters the same float chain. Blocks in the outer loop, as for
-/// Q4_K ([`Q4KTiles`]).
-pub(super) struct Q6KTiles<'a> {
-    act: &'a [u8],
-    arb: usize,
-    /// Where each row's copy of its quants starts (`quant::tile_quants_offset`).
-    tq: usize,
-    b: Q6KOperands,
-    /// The C tiles stored for the float work (see [`Q4KTiles`]).
-    c: [IntTile; 4],
-    _config: Config,
-}
+impl KOperands for Q6KOperands {
+    type Panel = PanelQ6K;
+    type CRoom = [IntTile; 4];
 
-impl<'a> Q6KTiles<'a> {
-    /// Tile 0: A (16 activation rows × 64 quants); 1-3: B (the fourth product reuses tile 1);
-    /// 4-7: C (hh, lh, hl, ll), all 16 × 64 bytes.
-    pub(super) fn new(act: &'a [u8], arb: usize, tq: usize) -> Self {
-        let config = Config::load(&[(16, 64); 8]);
-        Q6KTiles {
-            act,
-            arb,
-            tq,
-            b: Q6KOperands {
-                hh: [[0; 64]; 64],
-                lh: [[0; 64]; 64],
-                hl: [[0; 64]; 64],
-                ll: [[0; 64]; 64],
-            },
-            c: [
-                IntTile([[0; 16]; 16]),
-                IntTile([[0; 16]; 16]),
-                IntTile([[0; 16]; 16]),
-                IntTile([[0; 16]; 16]),
-            ],
-            _config: config,
-        }
+    fn zeroed() -> (Self, Self::CRoom) {
+        let b = Q6KOperands {
+            hh: [[0; 64]; 64],
+            lh: [[0; 64]; 64],
+            hl: [[0; 64]; 64],
+            ll: [[0; 64]; 64],
+        };
+        (b, std::array::from_fn(|_| IntTile([[0; 16]; 16])))
     }
-}
 
-impl WideTile<PanelQ6K> for Q6KTiles<'_> {
-    fn prepare(&mut self, _: &[PanelQ6K]) {}
+    unsafe fn fill(&mut self, p: &PanelQ6K) {
+        // SAFETY: the caller's contract (AVX-512).
+        unsafe { q6k_operands(p, self) }
+    }
 
-    fn run(&mut self, panel: &[PanelQ6K], b0: usize, t: usize, tiles: usize, acc: &mut [Acc]) {
-        for (i, p) in panel.iter().enumerate() {
-            // SAFETY: built only where `amx::detected` holds (`Config::load` asserts it), which
-            // includes the AVX-512 subsets of these functions; this thread's tiles are
-            // configured for Q6_K (`new`).
-            unsafe {
-                q6k_operands(p, &mut self.b);
-                for (k, acc) in acc.chunks_exact_mut(WIDE).take(tiles).enumerate() {
-                    tile16_q6k(
-                        p,
-                        (&self.b, &mut self.c),
-                        b0 + i,
-                        self.act,
-                        (self.arb, self.tq),
-                        t + k * WIDE,
-                        acc,
-                    );
-                }
-            }
-        }
+    unsafe fn tile16(
+        p: &PanelQ6K,
+        ops: (&Self, &mut Self::CRoom),
+        blk: usize,
+        act: &[u8],
+        layout: (usize, usize),
+        t: usize,
+        acc: &mut [Acc],
+    ) {
+        // SAFETY: the caller's contract (AMX, tiles configured by `KTiles::new`).
+        unsafe { tile16_q6k(p, ops, blk, act, layout, t, acc) }
     }
 }
 
@@ -640,17 +646,11 @@ impl WideTile<PanelQ6K> for Q6KTiles<'_> {
 /// ones and the shift subtracted again in bytes (wrapping arithmetic, exact in the end).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q6k_operands(p: &PanelQ6K, o: &mut Q6KOperands) {
-    let st = |dst: &mut [i8; 64], v: __m512i| {
-        // SAFETY: `dst` is 64 writable bytes; no alignment needed.
-        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) }
-    };
-    let both = |v: __m512i| _mm512_or_si512(v, _mm512_slli_epi32::<16>(v));
     // A lane's value (< 64, in both i16 halves) in all four of its bytes.
     let bytes = |v: __m512i| _mm512_or_si512(v, _mm512_slli_epi16::<8>(v));
     let seven = _mm512_set1_epi8(7);
     for h in 0..16 {
-        // SAFETY: 16 i32 = 64 readable bytes; no alignment needed.
-        let sc = unsafe { _mm512_loadu_si512(p.sc[h].as_ptr().cast()) };
+        let sc = ld(&p.sc[h]);
         let sl = both(_mm512_and_si512(sc, _mm512_set1_epi32(15)));
         // sh + 8, in 0..=15.
         let v = both(_mm512_add_epi32(
@@ -660,8 +660,7 @@ fn q6k_operands(p: &PanelQ6K, o: &mut Q6KOperands) {
         let sl4 = _mm512_slli_epi16::<2>(bytes(sl));
         let v4 = _mm512_slli_epi16::<2>(bytes(v));
         for g in 4 * h..4 * h + 4 {
-            // SAFETY: as above.
-            let q = unsafe { _mm512_loadu_si512(p.q[g].as_ptr().cast()) };
+            let q = ld(&p.q[g]);
             let ql = _mm512_and_si512(q, seven);
             // qh + 4 = q >> 3, in 0..=7.
             let u = _mm512_and_si512(_mm512_srli_epi16::<3>(q), seven);
@@ -693,7 +692,7 @@ fn q6k_operands(p: &PanelQ6K, o: &mut Q6KOperands) {
 ///
 /// # Safety
 /// AMX must be present and permitted, with this thread's tiles configured by
-/// [`Q6KTiles::new`].
+/// [`KTiles::new`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile16_q6k(
     p: &PanelQ6K,

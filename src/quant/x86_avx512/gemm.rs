@@ -10,7 +10,7 @@
 //! Each block's integer is exact and enters the per-row f32 chain of the single-row kernels
 //! (`super::dot_q4_k` etc.), so every result has the bits of this build's `vec_dot`.
 //!
-//! With AMX (`gemm_with`, the `avx512-amx` build), a [`WideTile`] from `super::amx` takes the
+//! With AMX (`gemm` with `amx`, the `avx512-amx` build), a [`WideTile`] from `super::amx` takes the
 //! whole groups of 16 activation rows of each chunk from the same panels, and the register
 //! tiles here the rest.
 
@@ -62,7 +62,7 @@ pub(super) trait WideTile<P> {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn ld(v: &[i32; 16]) -> __m512i {
+pub(super) fn ld(v: &[i32; 16]) -> __m512i {
     // SAFETY: `v` is 64 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
 }
@@ -76,14 +76,14 @@ fn st(v: &mut [i32; 16], x: __m512i) {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn ld_ps(v: &[f32; 16]) -> __m512 {
+pub(super) fn ld_ps(v: &[f32; 16]) -> __m512 {
     // SAFETY: `v` is 16 readable f32; no alignment needed.
     unsafe { _mm512_loadu_ps(v.as_ptr()) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn st_ps(v: &mut [f32; 16], x: __m512) {
+pub(super) fn st_ps(v: &mut [f32; 16], x: __m512) {
     // SAFETY: `v` is 16 writable f32, borrowed exclusively; no alignment needed.
     unsafe { _mm512_storeu_ps(v.as_mut_ptr(), x) }
 }
@@ -586,28 +586,12 @@ fn ld64(v: &[[u8; 32]; 2]) -> __m512i {
 // ---------------------------------------------------------------------------------------------
 // Drivers.
 
-/// The matrix product for Q4_K, Q6_K and Q5_0 (see `Kernels::gemm`); false (nothing done) for
+/// The matrix product for Q4_K, Q6_K and Q5_0 (see `Kernels::gemm`), with the AMX tiles of
+/// `super::amx` where `amx` (the caller has checked `amx::detected`); false (nothing done) for
 /// other types and for fewer than [`MIN_TOKENS`] activation rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm(
-    ty: GgmlType,
-    rb: usize,
-    w: &[u8],
-    qrb: usize,
-    act: &[u8],
-    arb: usize,
-    n_tok: usize,
-    out: &mut GemmOut,
-) -> bool {
-    gemm_with(ty, rb, w, qrb, act, arb, n_tok, out, false)
-}
-
-/// [`gemm`], with the AMX tiles of `super::amx` for the types that have them when `amx` (the
-/// caller has checked `amx::detected`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_with(
     ty: GgmlType,
     rb: usize,
     w: &[u8],
