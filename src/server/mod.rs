@@ -60,9 +60,9 @@ pub struct ServeArgs {
     /// Largest max_tokens a request may ask for, and the default.
     #[arg(long = "max-tokens", default_value_t = 2048)]
     pub max_tokens: usize,
-    /// Seconds a request may take, waiting in the queue included.
-    #[arg(long = "timeout", default_value_t = 600)]
-    pub timeout: u64,
+    /// Seconds a request may take, waiting in the queue included (fractions allowed).
+    #[arg(long = "timeout", default_value_t = 600.0)]
+    pub timeout: f64,
     /// Largest request body in bytes.
     #[arg(long = "max-body", default_value_t = 1 << 20)]
     pub max_body: usize,
@@ -89,11 +89,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
             args.parallel
         )));
     }
-    if args.max_tokens == 0 || args.queue > 100_000 || args.timeout == 0 {
+    if args.max_tokens == 0 || args.queue > 100_000 {
         return Err(Error::InvalidArgument(
-            "--max-tokens and --timeout must be at least 1, --queue at most 100000".into(),
+            "--max-tokens must be at least 1, --queue at most 100000".into(),
         ));
     }
+    let timeout = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "--timeout must be a positive number of seconds, not {}",
+                args.timeout
+            ))
+        })?;
     let model = Arc::new(Model::load(&args.model)?);
     let kv_cache = match &args.kv_cache {
         Some(s) => KvCacheType::parse(s)?,
@@ -139,7 +148,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let mut state = http::AppState::new(scheduler, model_id)?;
     state.limits.max_tokens = args.max_tokens;
     state.api_key = args.api_key.clone().filter(|k| !k.is_empty());
-    state.timeout = Duration::from_secs(args.timeout);
+    state.timeout = timeout;
     state.max_body = args.max_body;
     state.cors_origins = args.cors_origins.clone();
     state.log_requests = !args.quiet;

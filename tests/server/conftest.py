@@ -74,10 +74,17 @@ class Server:
                 self.proc.wait()
 
 
+# Tokens for a request that must still be generating while a test looks at it: ~3 s of the
+# tiny model at 1400 tok/s (2 threads on a Sapphire Rapids core pair); tests close it early.
+LONG_TOKENS = 4000
+
+
 @pytest.fixture(scope="session")
 def tiny():
-    """The tiny model, 4 slots, small context: fast, answers are noise but deterministic."""
-    s = Server(TINY, "--parallel", "4", "-c", "512", "--max-tokens", "256", "--threads", "2")
+    """The tiny model, 4 slots: fast, answers are noise but deterministic. The context and
+    max_tokens are large so that a test that needs a request still running when it looks
+    (`LONG_TOKENS`) gets seconds of generation even on a fast host, never a race."""
+    s = Server(TINY, "--parallel", "4", "-c", "4096", "--max-tokens", "4000", "--threads", "2")
     yield s
     s.stop()
 
@@ -86,7 +93,8 @@ def tiny():
 def tiny_keyed():
     """The tiny model behind an API key, with one slot, a queue of one and a small body limit."""
     s = Server(
-        TINY, "--parallel", "1", "--queue", "1", "-c", "256", "--max-body", "4096",
+        TINY, "--parallel", "1", "--queue", "1", "-c", "4096", "--max-tokens", "4000",
+        "--max-body", "4096",
         "--api-key", "sekrit", "--cors-origin", "http://example.test", "--timeout", "30",
     )
     yield s

@@ -6,13 +6,16 @@ deterministic: tests compare the server with itself (streamed vs not, with vs wi
 """
 
 import json
+import os
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
 
 import openai
 import pytest
+from conftest import LONG_TOKENS
 
 # Tiny-model calls are greedy unless a test says otherwise.
 GREEDY = dict(temperature=0, max_tokens=24)
@@ -82,7 +85,7 @@ def test_models_and_health(tiny):
     h = health(tiny)
     assert h["status"] == "ok"
     assert h["slots_total"] == 4
-    assert h["n_ctx"] == 512
+    assert h["n_ctx"] == 4096
 
 
 def test_plain_chat(tiny):
@@ -273,7 +276,7 @@ def test_bad_requests_are_400_with_openai_errors(tiny):
         c.chat.completions.create(model="m", messages=[{"role": "wizard", "content": "x"}])
     assert "wizard" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:
-        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x " * 600}])
+        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x " * 6000}])
     assert e.value.body["code"] == "context_length_exceeded"
     s, _, b = http(tiny, "GET", "/v1/nothing")
     api_error(s, b, 404)
@@ -284,7 +287,7 @@ def test_bad_requests_are_400_with_openai_errors(tiny):
 def test_client_disconnect_frees_the_slot(tiny):
     host, port = tiny.url.split("//")[1].split(":")
     body = json.dumps(
-        {"messages": HELLO, "stream": True, "max_tokens": 250, "temperature": 0}
+        {"messages": HELLO, "stream": True, "max_tokens": LONG_TOKENS, "temperature": 0}
     ).encode()
     sock = socket.create_connection((host, int(port)))
     sock.sendall(
@@ -339,7 +342,7 @@ def test_overload_is_503_with_retry_after(tiny_keyed):
     """One slot and a queue of one: a third concurrent request is refused, not queued."""
     s = tiny_keyed
     c = client(s, key="sekrit")
-    long = dict(model="m", messages=HELLO, max_tokens=200, temperature=0, stream=True)
+    long = dict(model="m", messages=HELLO, max_tokens=LONG_TOKENS, temperature=0, stream=True)
     running = c.chat.completions.create(**long)
     next(iter(running))
     deadline = time.time() + 5
@@ -369,7 +372,9 @@ def test_overload_is_503_with_retry_after(tiny_keyed):
 def test_timeout_is_504_or_an_error_event():
     from conftest import TINY, Server
 
-    s = Server(TINY, "--parallel", "1", "-c", "1024", "--max-tokens", "1000", "--timeout", "1", "-q")
+    # 1000 tokens in 5 ms is beyond any machine (a fast CI host did 1000 of the tiny model's
+    # tokens within a 1 s timeout), so the deadline always passes while the request runs or waits.
+    s = Server(TINY, "--parallel", "1", "-c", "1024", "--max-tokens", "1000", "--timeout", "0.005", "-q")
     try:
         long = {"messages": HELLO, "max_tokens": 1000, "temperature": 0}
         status, _, body = http(s, "POST", "/v1/chat/completions", long)
@@ -382,3 +387,15 @@ def test_timeout_is_504_or_an_error_event():
         assert health(s)["slots_active"] == 0
     finally:
         s.stop()
+
+
+def test_bad_timeouts_are_refused_at_start():
+    from conftest import QWEN_BIN, TINY
+
+    if not TINY.exists():
+        pytest.fail(f"model not found: {TINY}") if os.environ.get("CI") else pytest.skip("no tiny model")
+    for bad in ["0", "-1", "nan", "inf"]:
+        cmd = [str(QWEN_BIN), "serve", "-m", str(TINY), "--port", "0", f"--timeout={bad}"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "--timeout must be a positive number" in r.stderr, (bad, r.stderr)
+        assert "panicked" not in r.stderr
