@@ -18,6 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const N_CTX: usize = 256;
+/// Context and length of a generation that must still be running when a test looks at it:
+/// seconds of the tiny model even on a fast host (1400 tok/s on 2 Sapphire Rapids threads),
+/// so no test races the machine's speed. Tests end such requests early.
+const LONG_CTX: usize = 4096;
+const LONG_TOKENS: usize = 4000;
 
 fn model(name: &str) -> Option<Arc<Model>> {
     let path = common::tiny_gguf(name, "f32")?;
@@ -25,10 +30,19 @@ fn model(name: &str) -> Option<Arc<Model>> {
 }
 
 fn scheduler(model: &Arc<Model>, slots: usize, config: SchedulerConfig) -> Scheduler {
+    scheduler_with_ctx(model, slots, config, N_CTX)
+}
+
+fn scheduler_with_ctx(
+    model: &Arc<Model>,
+    slots: usize,
+    config: SchedulerConfig,
+    n_ctx: usize,
+) -> Scheduler {
     let session = Session::with_options(
         Arc::clone(model),
         &SessionParams {
-            n_ctx: N_CTX,
+            n_ctx,
             n_threads: 2,
             max_batch: 64,
         },
@@ -249,17 +263,18 @@ fn dropped_receivers_free_slots_and_queue_places() {
     let Some(model) = model("qwen2-tiny") else {
         return;
     };
-    let sched = scheduler(
+    let sched = scheduler_with_ctx(
         &model,
         1,
         SchedulerConfig {
             max_queue: 1,
             prefill_chunk: 64,
         },
+        LONG_CTX,
     );
     let prompt = prompts(&model)[0].clone();
     // A long generation holds the only slot...
-    let mut running = sched.submit(greedy(prompt.clone(), 200)).unwrap();
+    let mut running = sched.submit(greedy(prompt.clone(), LONG_TOKENS)).unwrap();
     assert!(matches!(running.blocking_recv(), Some(Event::Text(_))));
     assert_eq!(sched.stats().active, 1);
     // ...one request waits, a second is refused...
@@ -286,9 +301,9 @@ fn deadlines_end_requests() {
     let Some(model) = model("qwen2-tiny") else {
         return;
     };
-    let sched = scheduler(&model, 1, SchedulerConfig::default());
+    let sched = scheduler_with_ctx(&model, 1, SchedulerConfig::default(), LONG_CTX);
     let prompt = prompts(&model)[0].clone();
-    let mut req = greedy(prompt.clone(), 200);
+    let mut req = greedy(prompt.clone(), LONG_TOKENS);
     req.deadline = Some(Instant::now() + Duration::from_millis(150));
     let (_, res) = collect(&mut sched.submit(req).unwrap());
     assert_eq!(res.unwrap_err(), EngineError::Timeout);
@@ -318,10 +333,10 @@ fn shutdown_ends_every_request() {
     let Some(model) = model("qwen2-tiny") else {
         return;
     };
-    let sched = scheduler(&model, 1, SchedulerConfig::default());
+    let sched = scheduler_with_ctx(&model, 1, SchedulerConfig::default(), LONG_CTX);
     let prompt = prompts(&model)[0].clone();
-    let mut a = sched.submit(greedy(prompt.clone(), 200)).unwrap();
-    let mut b = sched.submit(greedy(prompt.clone(), 200)).unwrap();
+    let mut a = sched.submit(greedy(prompt.clone(), LONG_TOKENS)).unwrap();
+    let mut b = sched.submit(greedy(prompt.clone(), LONG_TOKENS)).unwrap();
     assert!(matches!(a.blocking_recv(), Some(Event::Text(_))));
     sched.shutdown();
     assert_eq!(collect(&mut a).1.unwrap_err(), EngineError::Shutdown);

@@ -48,7 +48,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server():
     # One slot; long answers allowed, so a reply is still streaming when stop is pressed.
-    s = Server(TINY, "--parallel", "1", "-c", "1024", "--max-tokens", "900", "-q")
+    s = Server(TINY, "--parallel", "1", "-c", "4096", "--max-tokens", "4000", "-q")
     yield s
     s.stop()
 
@@ -64,7 +64,7 @@ def test_chat_page_streams_and_stops(browser, server):
 
     page.fill("#system", "You are terse.")
     page.fill("#temperature", "0")
-    page.fill("#max_tokens", "900")
+    page.fill("#max_tokens", "4000")  # seconds of generation: still streaming when stopped
     page.fill("#input", "Tell me a very long story.")
     page.press("#input", "Enter")
 
