@@ -203,6 +203,7 @@ fn amx_tiles_match_vec_dot() {
             [3 * b, 61 * b, 130 * b]
         };
         for n in lengths {
+            // 1, 2, 3 and 16 + 2 token tiles: the Q4_K tiles run pairs and a lone one.
             for (rows, n_tok) in [(16, 16), (17, 33), (35, 48), (16, 288)] {
                 for skew in [0, 1] {
                     check_placed(k, ty, (n, rows, n_tok), &mut rng, Some(skew));

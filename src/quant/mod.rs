@@ -275,9 +275,26 @@ pub fn gemm_act_row_bytes(ty: GgmlType, n: usize) -> Option<usize> {
     let at = vec_dot_type(ty);
     let base = at.row_bytes(n)? + gemm_aux_bytes(at, n);
     Some(match tile_quants_offset(at, n) {
-        Some(offset) => (offset + n).next_multiple_of(64),
+        Some(offset) => (offset + n + tile_sums_bytes(at, n)).next_multiple_of(64),
         None => base,
     })
+}
+
+/// Bytes of sub-block sums after the quants' copy of an AMX activation row of type `at`
+/// ([`tile_sums_offset`]): Q8_K rows only.
+fn tile_sums_bytes(at: GgmlType, n: usize) -> usize {
+    match at {
+        GgmlType::Q8_K => n / crate::gguf::QK_K * 16,
+        _ => 0,
+    }
+}
+
+/// Where a Q8_K matrix-product activation row of `n` elements holds, on a CPU with AMX, the
+/// sums of each block's eight 32-element sub-blocks (i16, block after block, right after the
+/// copy of its quants): the Q4_K tiles' minimums take two sub-blocks per `vpdpwssd` from them
+/// (the 16-element sums of the Q8_K block would take twice as many).
+pub(crate) fn tile_sums_offset(n: usize) -> Option<usize> {
+    tile_quants_offset(GgmlType::Q8_K, n).map(|offset| offset + n)
 }
 
 /// Where a matrix-product activation row of type `at` (`n` elements) holds a copy of its quants
@@ -355,6 +372,17 @@ fn fill_gemm_aux(at: GgmlType, q: &[u8], rest: &mut [u8]) {
         let (pad, copy) = copy.split_at_mut(offset - q.len() - aux.len());
         pad.fill(0);
         copy_quants(at, q, copy);
+        if at == GgmlType::Q8_K {
+            let sums = copy[n..n + tile_sums_bytes(at, n)].chunks_exact_mut(16);
+            for (b, out) in as_blocks::<q8::BlockQ8K>(q).iter().zip(sums) {
+                for (j, s) in out.chunks_exact_mut(2).enumerate() {
+                    // ≤ 32·128 in magnitude: fits the i16 that `vpdpwssd` reads.
+                    let sum =
+                        i16::from_le_bytes(b.bsums[2 * j]) + i16::from_le_bytes(b.bsums[2 * j + 1]);
+                    s.copy_from_slice(&sum.to_le_bytes());
+                }
+            }
+        }
     }
     if at == GgmlType::Q8_0 {
         for (b, out) in as_blocks::<q8::BlockQ8_0>(q)

@@ -309,6 +309,18 @@ unsafe fn tile16_q5_0(
 /// Bytes of a Q8_K activation block: the f32 scale, 256 quants, 16 i16 sums.
 const Q8_K_BLOCK: usize = 292;
 
+/// Where things are in the matrix-product activation rows of a K-quant (Q8_K rows).
+#[derive(Clone, Copy)]
+pub(super) struct Layout {
+    /// Bytes from one activation row to the next.
+    pub(super) arb: usize,
+    /// Where each row's copy of its quants starts (`quant::tile_quants_offset`).
+    pub(super) tq: usize,
+    /// Where each row's sub-block sums start (`quant::tile_sums_offset`): per block, the sums of
+    /// its eight 32-element sub-blocks as i16, back to back.
+    pub(super) ts: usize,
+}
+
 /// What a K-quant's wide tile ([`KTiles`]) needs from its type: B operands built from a panel
 /// block, split so that every product fits a byte, and the tile products of one block against
 /// 16 activation rows (into C tiles stored in `CRoom`, then the register tile's float chains).
@@ -334,20 +346,40 @@ pub(super) trait KOperands: Sized {
         ops: (&Self, &mut Self::CRoom),
         blk: usize,
         act: &[u8],
-        layout: (usize, usize),
+        layout: Layout,
         t: usize,
         acc: &mut [Acc],
     );
+    /// [`KOperands::tile16`] for the 32 activation rows `t..t + 32` into `acc[..32]`: two
+    /// token tiles, which a type whose operands leave room in the tile registers runs
+    /// sharing each B load.
+    ///
+    /// # Safety
+    /// As [`KOperands::tile16`].
+    unsafe fn tile32(
+        p: &Self::Panel,
+        (b, c): (&Self, &mut Self::CRoom),
+        blk: usize,
+        act: &[u8],
+        layout: Layout,
+        t: usize,
+        acc: &mut [Acc],
+    ) {
+        let (acc0, acc1) = acc.split_at_mut(WIDE);
+        // SAFETY: the caller's contract.
+        unsafe {
+            Self::tile16(p, (b, &mut *c), blk, act, layout, t, acc0);
+            Self::tile16(p, (b, c), blk, act, layout, t + WIDE, acc1);
+        }
+    }
 }
 
 /// The wide tile of a K-quant (see [`KOperands`]; [`Q4KTiles`], [`Q6KTiles`]). Blocks run in
-/// the outer loop, token tiles in the inner one: a block's operands (12-16 KiB) stay in L1
-/// while every token tile reads them (the accumulators are in memory anyway).
+/// the outer loop, token tiles (in pairs, `tile32`) in the inner one: a block's operands (8-16
+/// KiB) stay in L1 while every token tile reads them (the accumulators are in memory anyway).
 pub(super) struct KTiles<'a, O: KOperands> {
     act: &'a [u8],
-    arb: usize,
-    /// Where each row's copy of its quants starts (`quant::tile_quants_offset`).
-    tq: usize,
+    layout: Layout,
     b: O,
     /// The C tiles stored for the float work (a field: zeroing them per block and token tile
     /// was a memset call each time, 4% of a prefill).
@@ -355,8 +387,8 @@ pub(super) struct KTiles<'a, O: KOperands> {
     _config: Config,
 }
 
-/// The Q4_K wide tile: tiles 0 and 7 A (16 activation rows × 64 quants), 1-3 B (hi, lo,
-/// mins), 4-6 C (hi, lo, mins).
+/// The Q4_K wide tile: tiles 0 and 7 A (16 activation rows × 64 quants), 1-2 B (hi, lo), 3-6
+/// C (hi, lo of two token tiles).
 pub(super) type Q4KTiles<'a> = KTiles<'a, Q4KOperands>;
 /// The Q6_K wide tile: tile 0 A, 1-3 B (the fourth product reuses tile 1), 4-7 C (hh, lh, hl,
 /// ll).
@@ -364,13 +396,12 @@ pub(super) type Q6KTiles<'a> = KTiles<'a, Q6KOperands>;
 
 impl<'a, O: KOperands> KTiles<'a, O> {
     /// All eight tiles 16 × 64 bytes.
-    pub(super) fn new(act: &'a [u8], arb: usize, tq: usize) -> Self {
+    pub(super) fn new(act: &'a [u8], layout: Layout) -> Self {
         let config = Config::load(&[(16, 64); 8]);
         let (b, c) = O::zeroed();
         KTiles {
             act,
-            arb,
-            tq,
+            layout,
             b,
             c,
             _config: config,
@@ -387,10 +418,18 @@ impl<O: KOperands> WideTile<O::Panel> for KTiles<'_, O> {
             // includes the AVX-512 subsets; this thread's tiles are configured by `new`.
             unsafe {
                 self.b.fill(p);
-                for (k, acc) in acc.chunks_exact_mut(WIDE).take(tiles).enumerate() {
+                let layout = self.layout;
+                let pairs = acc[..tiles * WIDE].chunks_exact_mut(2 * WIDE);
+                let mut tt = t;
+                for acc in pairs {
                     let (b, c) = (&self.b, &mut self.c);
-                    let layout = (self.arb, self.tq);
-                    O::tile16(p, (b, c), b0 + i, self.act, layout, t + k * WIDE, acc);
+                    O::tile32(p, (b, c), b0 + i, self.act, layout, tt, acc);
+                    tt += 2 * WIDE;
+                }
+                if tiles % 2 == 1 {
+                    let acc = &mut acc[(tiles - 1) * WIDE..tiles * WIDE];
+                    let (b, c) = (&self.b, &mut self.c);
+                    O::tile16(p, (b, c), b0 + i, self.act, layout, tt, acc);
                 }
             }
         }
@@ -416,32 +455,39 @@ fn both(v: __m512i) -> __m512i {
 // ---------------------------------------------------------------------------------------------
 // Q4_K.
 
-/// A Q4_K block's three B operands for 16 weight rows, each 64 groups of 4 elements (the
-/// panel's order; 16 groups per 64-element tdp step): the quants times the high and the low
-/// three bits of their sub-block's 6-bit scale, and the sub-block's minimum.
+/// A Q4_K block's two B operands for 16 weight rows, each 64 groups of 4 elements (the panel's
+/// order; 16 groups per 64-element tdp step): the quants times the high and the low three bits
+/// of their sub-block's 6-bit scale.
 ///
 /// A sub-block scale (6 bits) times a quant (4 bits) does not fit a byte, so the scale is split,
 /// `sc = 8·sh + sl` (`sh`, `sl` ≤ 7): `q·sh` and `q·sl` do (≤ 105), and the products over the
 /// whole 256-element block give the register tile's exact integer `Σ_j sc_j·Σ q·y = 8·C_hi +
-/// C_lo`. The minimums' integer `Σ_j m_j·Σ y` is a third product, against B = `m_j` repeated
-/// over sub-block `j`. All three accumulate in tiles over the block's four 64-element steps;
-/// the float chains are the register tile's.
+/// C_lo`, accumulated in tiles over the block's four 64-element steps. The minimums' integer
+/// `Σ_j m_j·Σ y` is exact in vector registers: four `vpdpwssd` per activation row, each of two
+/// sub-blocks' minimums (`mins2`) against the row's two 32-element sums, which AMX activation
+/// rows carry (`quant::tile_sums_offset`). That frees the tile registers a third product
+/// took, so two token tiles run together sharing each B load (`tile32`): `bench_gemm --rows
+/// 256 --tokens 256 --types q4_k` 335-365 -> 372-398 MAC/ns. (With the minimums from the Q8_K
+/// block's 16-element sums, eight `vpdpwssd` a row, the pairs were no faster than the third
+/// product.)
 #[repr(C, align(64))]
 pub(super) struct Q4KOperands {
     hi: [[i8; 64]; 64],
     lo: [[i8; 64]; 64],
-    mins: [[i8; 64]; 64],
+    /// Lane r: the minimums of sub-blocks 2k (low i16) and 2k + 1 (high i16) of row r.
+    mins2: [[i32; 16]; 4],
 }
 
 impl KOperands for Q4KOperands {
     type Panel = PanelQ4K;
-    type CRoom = [IntTile; 3];
+    /// hi, lo of the first token tile; hi, lo of the second.
+    type CRoom = [IntTile; 4];
 
     fn zeroed() -> (Self, Self::CRoom) {
         let b = Q4KOperands {
             hi: [[0; 64]; 64],
             lo: [[0; 64]; 64],
-            mins: [[0; 64]; 64],
+            mins2: [[0; 16]; 4],
         };
         (b, std::array::from_fn(|_| IntTile([[0; 16]; 16])))
     }
@@ -453,15 +499,40 @@ impl KOperands for Q4KOperands {
 
     unsafe fn tile16(
         p: &PanelQ4K,
-        ops: (&Self, &mut Self::CRoom),
+        (ops, c): (&Self, &mut Self::CRoom),
         blk: usize,
         act: &[u8],
-        layout: (usize, usize),
+        layout: Layout,
         t: usize,
         acc: &mut [Acc],
     ) {
-        // SAFETY: the caller's contract (AMX, tiles configured by `KTiles::new`).
-        unsafe { tile16_q4k(p, ops, blk, act, layout, t, acc) }
+        let rows = q4k_rows(blk, act, layout, t, 1);
+        // SAFETY: the caller's contract (AMX, tiles configured by `KTiles::new`); `rows` holds
+        // the 16 activation rows (checked by `q4k_rows`).
+        unsafe {
+            q4k_products::<1>(ops, c, blk, rows, layout);
+            q4k_epilogue(p, ops, (&c[0], &c[1]), blk, rows, layout, &mut acc[..WIDE]);
+        }
+    }
+
+    unsafe fn tile32(
+        p: &PanelQ4K,
+        (ops, c): (&Self, &mut Self::CRoom),
+        blk: usize,
+        act: &[u8],
+        layout: Layout,
+        t: usize,
+        acc: &mut [Acc],
+    ) {
+        let rows = q4k_rows(blk, act, layout, t, 2);
+        let (acc0, acc1) = acc[..2 * WIDE].split_at_mut(WIDE);
+        let second = &rows[WIDE * layout.arb..];
+        // SAFETY: as in `tile16`, for 32 rows.
+        unsafe {
+            q4k_products::<2>(ops, c, blk, rows, layout);
+            q4k_epilogue(p, ops, (&c[0], &c[1]), blk, rows, layout, acc0);
+            q4k_epilogue(p, ops, (&c[2], &c[3]), blk, second, layout, acc1);
+        }
     }
 }
 
@@ -469,109 +540,169 @@ impl KOperands for Q4KOperands {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4k_operands(p: &PanelQ4K, o: &mut Q4KOperands) {
     for j in 0..8 {
-        let (sc, mn) = (ld(&p.sc[j]), ld(&p.mn[j]));
+        let sc = ld(&p.sc[j]);
         // Lane r: the row's scale parts in both i16 halves, so that one 16-bit multiply
         // scales all four bytes (each product < 256: no carry into the next byte).
         let sh = both(_mm512_srli_epi32::<3>(sc));
         let sl = both(_mm512_and_si512(sc, _mm512_set1_epi32(7)));
-        // `mn` holds m in both i16 halves: m in all four bytes.
-        let m = _mm512_or_si512(mn, _mm512_slli_epi32::<8>(mn));
         for g in 8 * j..8 * j + 8 {
             let q = ld(&p.q[g]);
             st(&mut o.hi[g], _mm512_mullo_epi16(q, sh));
             st(&mut o.lo[g], _mm512_mullo_epi16(q, sl));
-            st(&mut o.mins[g], m);
         }
+    }
+    // `mn[j]` holds m_j in both i16 halves: keep the low one of 2k, move 2k + 1's up.
+    for (k, m2) in o.mins2.iter_mut().enumerate() {
+        let (even, odd) = (ld(&p.mn[2 * k]), ld(&p.mn[2 * k + 1]));
+        let v = _mm512_or_si512(
+            _mm512_and_si512(even, _mm512_set1_epi32(0xffff)),
+            _mm512_slli_epi32::<16>(odd),
+        );
+        // SAFETY: `m2` is 64 writable bytes; no alignment needed.
+        unsafe { _mm512_storeu_si512(m2.as_mut_ptr().cast(), v) };
     }
 }
 
-/// Panel block `p` (`ops`: its B operands; `c`: room for the C tiles), block `blk` of the
-/// rows, against the 16 activation rows `t..t + 16` of `act` (rows `arb` bytes apart: the Q8_K
-/// row, then from byte `tq` its quants alone), into `acc[..16]`.
+/// The `16·n` activation rows from `t` (rows `arb` bytes apart, each a Q8_K row and from byte
+/// `tq` a copy of its quants), after checking that block `blk` of each lies inside them.
+fn q4k_rows(blk: usize, act: &[u8], l: Layout, t: usize, n: usize) -> &[u8] {
+    let Layout { arb, tq, ts } = l;
+    assert!((blk + 1) * Q8_K_BLOCK <= tq && tq + 256 * (blk + 1) <= ts);
+    assert!(ts + 16 * (blk + 1) <= arb);
+    assert!((t + n * WIDE) * arb <= act.len());
+    &act[t * arb..(t + n * WIDE) * arb]
+}
+
+/// The tile products of block `blk` (B operands `ops`) against `N` (1 or 2) token tiles of 16
+/// `rows`, stored as C tiles: hi and lo of the first tile in `c[0]`, `c[1]`, of the second in
+/// `c[2]`, `c[3]`.
 ///
 /// # Safety
-/// AMX must be present and permitted, with this thread's tiles configured by
-/// [`KTiles::new`].
+/// AMX must be present and permitted, with this thread's tiles configured by [`KTiles::new`];
+/// `rows` must hold `16·N` rows whose block `blk` lies inside (see [`q4k_rows`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn tile16_q4k(
-    p: &PanelQ4K,
-    (ops, c): (&Q4KOperands, &mut [IntTile; 3]),
+unsafe fn q4k_products<const N: usize>(
+    ops: &Q4KOperands,
+    c: &mut [IntTile; 4],
     blk: usize,
-    act: &[u8],
-    (arb, tq): (usize, usize),
-    t: usize,
-    acc: &mut [Acc],
+    rows: &[u8],
+    Layout { arb, tq, .. }: Layout,
 ) {
-    let acc = &mut acc[..WIDE];
-    assert!((blk + 1) * Q8_K_BLOCK <= tq && tq + 256 * (blk + 1) <= arb);
-    assert!((t + WIDE) * arb <= act.len());
-    let rows = &act[t * arb..(t + WIDE) * arb];
-    // SAFETY: A reads 16 rows of 64 bytes at `rows[tq + 256·blk + 64k + j·arb]`, inside `rows`
-    // (asserted above); each B read is 16 × 64 bytes of a 4 KiB operand; the three C tiles go
-    // to the 1 KiB buffers of `c`. Tiles 0-7 are configured as A, B×3, C×3, A (the caller's
-    // contract). A alternates between tiles 0 and 7 so that the next step's load need not wait
-    // for the products reading the previous one (tiles are not renamed).
+    debug_assert!(rows.len() >= N * WIDE * arb);
+    let a = |k: usize| rows[tq + 256 * blk + 64 * k..].as_ptr();
+    // SAFETY: A reads 16 rows of 64 bytes at `rows[tq + 256·blk + 64k + j·arb]` (plus 16 rows
+    // for the second token tile), inside `rows` (the caller's contract); each B read is 16 × 64
+    // bytes of a 4 KiB operand; the C tiles go to the 1 KiB buffers of `c`. Tiles 0-7 are
+    // configured 16 × 64 bytes (the caller's contract).
     unsafe {
         asm!(
+            "tilezero tmm3",
             "tilezero tmm4",
             "tilezero tmm5",
             "tilezero tmm6",
             options(nostack, nomem)
         );
-        for k in (0..4).step_by(2) {
-            asm!(
-                "tileloadd tmm0, [{a0} + {sa} * 1]",
-                "tileloadd tmm7, [{a1} + {sa} * 1]",
-                "tileloadd tmm1, [{hi0} + {s} * 1]",
-                "tdpbssd tmm4, tmm0, tmm1",
-                "tileloadd tmm2, [{lo0} + {s} * 1]",
-                "tdpbssd tmm5, tmm0, tmm2",
-                "tileloadd tmm3, [{mn0} + {s} * 1]",
-                "tdpbssd tmm6, tmm0, tmm3",
-                "tileloadd tmm1, [{hi1} + {s} * 1]",
-                "tdpbssd tmm4, tmm7, tmm1",
-                "tileloadd tmm2, [{lo1} + {s} * 1]",
-                "tdpbssd tmm5, tmm7, tmm2",
-                "tileloadd tmm3, [{mn1} + {s} * 1]",
-                "tdpbssd tmm6, tmm7, tmm3",
-                a0 = in(reg) rows.as_ptr().add(tq + 256 * blk + 64 * k),
-                a1 = in(reg) rows.as_ptr().add(tq + 256 * blk + 64 * (k + 1)),
-                sa = in(reg) arb,
-                hi0 = in(reg) ops.hi[16 * k..].as_ptr(),
-                lo0 = in(reg) ops.lo[16 * k..].as_ptr(),
-                mn0 = in(reg) ops.mins[16 * k..].as_ptr(),
-                hi1 = in(reg) ops.hi[16 * (k + 1)..].as_ptr(),
-                lo1 = in(reg) ops.lo[16 * (k + 1)..].as_ptr(),
-                mn1 = in(reg) ops.mins[16 * (k + 1)..].as_ptr(),
-                s = in(reg) 64usize,
-                options(nostack, readonly),
-            );
+        for k in 0..4 {
+            if N == 2 {
+                // Both token tiles against one load of each B operand.
+                asm!(
+                    "tileloadd tmm1, [{hi} + {s} * 1]",
+                    "tileloadd tmm0, [{a0} + {sa} * 1]",
+                    "tdpbssd tmm3, tmm0, tmm1",
+                    "tileloadd tmm2, [{lo} + {s} * 1]",
+                    "tdpbssd tmm4, tmm0, tmm2",
+                    "tileloadd tmm7, [{a1} + {sa} * 1]",
+                    "tdpbssd tmm5, tmm7, tmm1",
+                    "tdpbssd tmm6, tmm7, tmm2",
+                    a0 = in(reg) a(k),
+                    a1 = in(reg) a(k).add(WIDE * arb),
+                    sa = in(reg) arb,
+                    hi = in(reg) ops.hi[16 * k..].as_ptr(),
+                    lo = in(reg) ops.lo[16 * k..].as_ptr(),
+                    s = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            } else if k % 2 == 0 {
+                // A alternates between tiles 0 and 7, and B between 1-2 and 5-6, so that the
+                // next step's loads need not wait for the products reading this step's tiles
+                // (tiles are not renamed).
+                asm!(
+                    "tileloadd tmm1, [{hi} + {s} * 1]",
+                    "tileloadd tmm0, [{a0} + {sa} * 1]",
+                    "tdpbssd tmm3, tmm0, tmm1",
+                    "tileloadd tmm2, [{lo} + {s} * 1]",
+                    "tdpbssd tmm4, tmm0, tmm2",
+                    a0 = in(reg) a(k),
+                    sa = in(reg) arb,
+                    hi = in(reg) ops.hi[16 * k..].as_ptr(),
+                    lo = in(reg) ops.lo[16 * k..].as_ptr(),
+                    s = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tileloadd tmm5, [{hi} + {s} * 1]",
+                    "tileloadd tmm7, [{a0} + {sa} * 1]",
+                    "tdpbssd tmm3, tmm7, tmm5",
+                    "tileloadd tmm6, [{lo} + {s} * 1]",
+                    "tdpbssd tmm4, tmm7, tmm6",
+                    a0 = in(reg) a(k),
+                    sa = in(reg) arb,
+                    hi = in(reg) ops.hi[16 * k..].as_ptr(),
+                    lo = in(reg) ops.lo[16 * k..].as_ptr(),
+                    s = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
         }
         asm!(
-            "tilestored [{c0} + {s} * 1], tmm4",
-            "tilestored [{c1} + {s} * 1], tmm5",
-            "tilestored [{c2} + {s} * 1], tmm6",
+            "tilestored [{c0} + {s} * 1], tmm3",
+            "tilestored [{c1} + {s} * 1], tmm4",
             c0 = in(reg) c[0].0.as_mut_ptr(),
             c1 = in(reg) c[1].0.as_mut_ptr(),
-            c2 = in(reg) c[2].0.as_mut_ptr(),
             s = in(reg) 64usize,
             options(nostack),
         );
+        if N == 2 {
+            asm!(
+                "tilestored [{c2} + {s} * 1], tmm5",
+                "tilestored [{c3} + {s} * 1], tmm6",
+                c2 = in(reg) c[2].0.as_mut_ptr(),
+                c3 = in(reg) c[3].0.as_mut_ptr(),
+                s = in(reg) 64usize,
+                options(nostack),
+            );
+        }
     }
+}
+
+/// The register tile's float chains for 16 activation `rows` of block `blk`: the block integer
+/// `8·C_hi + C_lo` from the stored tiles `hi`, `lo`, the minimums' integer from the rows'
+/// sub-block sums (four `vpdpwssd`, two sub-blocks each), into `acc[..16]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4k_epilogue(
+    p: &PanelQ4K,
+    ops: &Q4KOperands,
+    (hi, lo): (&IntTile, &IntTile),
+    blk: usize,
+    rows: &[u8],
+    Layout { arb, ts, .. }: Layout,
+    acc: &mut [Acc],
+) {
     let (d, dmin) = (ld_ps(&p.d), ld_ps(&p.dmin));
-    let yd = rows[blk * Q8_K_BLOCK..].as_ptr();
-    for (j, acc) in acc.iter_mut().enumerate() {
-        // SAFETY: row j's block scale lies inside `rows` (asserted above); the C rows are 16
-        // readable i32 each; no alignment needed.
-        let (dy, hi, lo, mins) = unsafe {
-            (
-                yd.add(j * arb).cast::<f32>().read_unaligned(),
-                _mm512_loadu_si512(c[0].0[j].as_ptr().cast()),
-                _mm512_loadu_si512(c[1].0[j].as_ptr().cast()),
-                _mm512_loadu_si512(c[2].0[j].as_ptr().cast()),
-            )
-        };
-        let sumi = _mm512_add_epi32(_mm512_slli_epi32::<3>(hi), lo);
+    let mins2: [__m512i; 4] = std::array::from_fn(|k| ld(&ops.mins2[k]));
+    for (j, acc) in acc[..WIDE].iter_mut().enumerate() {
+        let row = &rows[j * arb..(j + 1) * arb];
+        let y = &row[blk * Q8_K_BLOCK..][..4];
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        let sums = &row[ts + 16 * blk..][..16];
+        let mut mins = _mm512_setzero_si512();
+        for (k, &m) in mins2.iter().enumerate() {
+            let s = &sums[4 * k..4 * k + 4];
+            let pair = i32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            mins = _mm512_dpwssd_epi32(mins, m, _mm512_set1_epi32(pair));
+        }
+        let sumi = _mm512_add_epi32(_mm512_slli_epi32::<3>(ld(&hi.0[j])), ld(&lo.0[j]));
         let yd = _mm512_set1_ps(dy);
         let a0 = _mm512_fmadd_ps(
             _mm512_mul_ps(d, yd),
@@ -631,7 +762,7 @@ impl KOperands for Q6KOperands {
         ops: (&Self, &mut Self::CRoom),
         blk: usize,
         act: &[u8],
-        layout: (usize, usize),
+        layout: Layout,
         t: usize,
         acc: &mut [Acc],
     ) {
@@ -699,7 +830,7 @@ unsafe fn tile16_q6k(
     (ops, c): (&Q6KOperands, &mut [IntTile; 4]),
     blk: usize,
     act: &[u8],
-    (arb, tq): (usize, usize),
+    Layout { arb, tq, .. }: Layout,
     t: usize,
     acc: &mut [Acc],
 ) {

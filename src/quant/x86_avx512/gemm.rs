@@ -21,7 +21,7 @@ use super::super::k_quants::{BlockQ4K, BlockQ6K};
 use super::super::q5::BlockQ5_0;
 use super::super::q8::{BlockQ8K, BlockQ8_0};
 use super::super::simd_common::{group_rows, k4_scales_mins};
-use super::super::{as_blocks, tile_quants_offset, GemmOut, QK};
+use super::super::{as_blocks, tile_quants_offset, tile_sums_offset, GemmOut, QK};
 use super::avx2::{lanes_i16, tile_l32_mins, AccL32, PanelL32};
 use super::{q4k_quants64, q5_0_quants, q6k_quants64};
 use crate::gguf::{GgmlType, QK_K};
@@ -586,6 +586,16 @@ fn ld64(v: &[[u8; 32]; 2]) -> __m512i {
 // ---------------------------------------------------------------------------------------------
 // Drivers.
 
+/// Where the AMX K-quant tiles find the parts of Q8_K activation rows of `n` elements, `arb`
+/// bytes apart (None where the rows have no tile copy: no AMX).
+fn k_layout(arb: usize, n: usize) -> Option<super::amx::Layout> {
+    Some(super::amx::Layout {
+        arb,
+        tq: tile_quants_offset(GgmlType::Q8_K, n)?,
+        ts: tile_sums_offset(n)?,
+    })
+}
+
 /// The matrix product for Q4_K, Q6_K and Q5_0 (see `Kernels::gemm`), with the AMX tiles of
 /// `super::amx` where `amx` (the caller has checked `amx::detected`); false (nothing done) for
 /// other types and for fewer than [`MIN_TOKENS`] activation rows.
@@ -620,9 +630,9 @@ pub(super) fn gemm(
             out,
             ZERO_Q4K,
             true,
-            amx.then(|| tile_quants_offset(GgmlType::Q8_K, n_blocks(size_of::<BlockQ4K>()) * QK_K))
+            amx.then(|| k_layout(arb, n_blocks(size_of::<BlockQ4K>()) * QK_K))
                 .flatten()
-                .map(|tq| super::amx::Q4KTiles::new(act, arb, tq))
+                .map(|layout| super::amx::Q4KTiles::new(act, layout))
                 .as_mut()
                 .map(|t| t as &mut dyn WideTile<PanelQ4K>),
             |g0, b0, p| pack_q4k(group_rows(w, rb, nrows, g0), b0, p),
@@ -635,9 +645,9 @@ pub(super) fn gemm(
             out,
             ZERO_Q6K,
             false,
-            amx.then(|| tile_quants_offset(GgmlType::Q8_K, n_blocks(size_of::<BlockQ6K>()) * QK_K))
+            amx.then(|| k_layout(arb, n_blocks(size_of::<BlockQ6K>()) * QK_K))
                 .flatten()
-                .map(|tq| super::amx::Q6KTiles::new(act, arb, tq))
+                .map(|layout| super::amx::Q6KTiles::new(act, layout))
                 .as_mut()
                 .map(|t| t as &mut dyn WideTile<PanelQ6K>),
             |g0, b0, p| pack_q6k(group_rows(w, rb, nrows, g0), b0, p),
