@@ -215,8 +215,9 @@ unsafe fn tile16_q5_0(
     for (a, acc) in a.iter_mut().zip(acc.iter()) {
         *a = ld_ps(&acc[0]);
     }
-    // Tile C stored for the float work (per call: across all the chunk's blocks).
-    let mut c = IntTile([[0; 16]; 16]);
+    // Tile C stored for the float work, two buffers alternating by block (per call: across all
+    // the chunk's blocks).
+    let mut cs = [IntTile([[0; 16]; 16]), IntTile([[0; 16]; 16])];
     // Two sets of tiles, alternating by block, so that block i + 1's tile product can run while
     // the AVX-512 units scale block i's integers; block i + 1's store comes after that scaling
     // in program order (a store has to wait for its product).
@@ -269,14 +270,24 @@ unsafe fn tile16_q5_0(
             }
         }
     };
+    // Two blocks ahead: block i + 1's C goes to memory before block i's integers are scaled,
+    // so that the vector loads of a C never follow its tile store closely (tile stores do not
+    // forward to loads), and block i + 2's product runs meanwhile.
     if n > 0 {
         product(0);
-        store(0, &mut c);
+        if n > 1 {
+            product(1);
+        }
+        store(0, &mut cs[0]);
     }
     for (i, p) in panel.iter().enumerate() {
         if i + 1 < n {
-            product(i + 1);
+            store(i + 1, &mut cs[(i + 1) % 2]);
         }
+        if i + 2 < n {
+            product(i + 2);
+        }
+        let c = &cs[i % 2];
         let d = ld_ps(&p.d);
         // Row 0's scale of this block; row j's is `arb·j` bytes on.
         let side = rows[qrb + 8 * (b0 + i)..].as_ptr();
@@ -293,9 +304,6 @@ unsafe fn tile16_q5_0(
             };
             let dd = _mm512_mul_ps(d, _mm512_set1_ps(dy));
             *a = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(s), *a);
-        }
-        if i + 1 < n {
-            store(i + 1, &mut c);
         }
     }
     for (a, acc) in a.into_iter().zip(acc.iter_mut()) {
