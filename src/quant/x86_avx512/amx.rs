@@ -331,7 +331,8 @@ pub(super) struct Layout {
 
 /// What a K-quant's wide tile ([`KTiles`]) needs from its type: B operands built from a panel
 /// block, split so that every product fits a byte, and the tile products of one block against
-/// 16 activation rows (into C tiles stored in `CRoom`, then the register tile's float chains).
+/// one or two token tiles of 16 activation rows (into C tiles stored in `CRoom`, then the
+/// register tile's float chains).
 pub(super) trait KOperands: Sized {
     type Panel;
     type CRoom;
@@ -342,48 +343,31 @@ pub(super) trait KOperands: Sized {
     /// # Safety
     /// The CPU must run the AVX-512 build (`amx::detected` holds).
     unsafe fn fill(&mut self, p: &Self::Panel);
-    /// Panel block `p` (its operands filled), block `blk` of the rows, against the 16
-    /// activation rows `t..t + 16` of `act` (rows `arb` bytes apart: the Q8_K row, then from
-    /// byte `tq` its quants alone), into `acc[..16]`.
+    /// Token tiles [`KOperands::tiles`] runs at once: 2 where the operands leave room in the
+    /// tile registers for two tiles' C, which then share each B load.
+    const TILES: usize;
+    /// Panel block `p` (its operands filled), block `blk` of the rows, against the `n`
+    /// (1..=`TILES`) token tiles of activation rows from `t` of `act` (see [`Layout`]), into
+    /// `acc[..16·n]`.
     ///
     /// # Safety
     /// AMX must be present and permitted, with this thread's tiles configured by
     /// [`KTiles::new`].
-    unsafe fn tile16(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tiles(
         p: &Self::Panel,
         ops: (&Self, &mut Self::CRoom),
         blk: usize,
         act: &[u8],
         layout: Layout,
         t: usize,
+        n: usize,
         acc: &mut [Acc],
     );
-    /// [`KOperands::tile16`] for the 32 activation rows `t..t + 32` into `acc[..32]`: two
-    /// token tiles, which a type whose operands leave room in the tile registers runs
-    /// sharing each B load.
-    ///
-    /// # Safety
-    /// As [`KOperands::tile16`].
-    unsafe fn tile32(
-        p: &Self::Panel,
-        (b, c): (&Self, &mut Self::CRoom),
-        blk: usize,
-        act: &[u8],
-        layout: Layout,
-        t: usize,
-        acc: &mut [Acc],
-    ) {
-        let (acc0, acc1) = acc.split_at_mut(WIDE);
-        // SAFETY: the caller's contract.
-        unsafe {
-            Self::tile16(p, (b, &mut *c), blk, act, layout, t, acc0);
-            Self::tile16(p, (b, c), blk, act, layout, t + WIDE, acc1);
-        }
-    }
 }
 
 /// The wide tile of a K-quant (see [`KOperands`]; [`Q4KTiles`], [`Q6KTiles`]). Blocks run in
-/// the outer loop, token tiles (in pairs, `tile32`) in the inner one: a block's operands (8-16
+/// the outer loop, token tiles (`TILES` at a time) in the inner one: a block's operands (8-16
 /// KiB) stay in L1 while every token tile reads them (the accumulators are in memory anyway).
 pub(super) struct KTiles<'a, O: KOperands> {
     act: &'a [u8],
@@ -426,18 +410,22 @@ impl<O: KOperands> WideTile<O::Panel> for KTiles<'_, O> {
             // includes the AVX-512 subsets; this thread's tiles are configured by `new`.
             unsafe {
                 self.b.fill(p);
-                let layout = self.layout;
-                let pairs = acc[..tiles * WIDE].chunks_exact_mut(2 * WIDE);
-                let mut tt = t;
-                for acc in pairs {
+                let mut k = 0;
+                while k < tiles {
+                    let n = O::TILES.min(tiles - k);
                     let (b, c) = (&self.b, &mut self.c);
-                    O::tile32(p, (b, c), b0 + i, self.act, layout, tt, acc);
-                    tt += 2 * WIDE;
-                }
-                if tiles % 2 == 1 {
-                    let acc = &mut acc[(tiles - 1) * WIDE..tiles * WIDE];
-                    let (b, c) = (&self.b, &mut self.c);
-                    O::tile16(p, (b, c), b0 + i, self.act, layout, tt, acc);
+                    let acc = &mut acc[k * WIDE..(k + n) * WIDE];
+                    O::tiles(
+                        p,
+                        (b, c),
+                        b0 + i,
+                        self.act,
+                        self.layout,
+                        t + k * WIDE,
+                        n,
+                        acc,
+                    );
+                    k += n;
                 }
             }
         }
@@ -490,6 +478,7 @@ impl KOperands for Q4KOperands {
     type Panel = PanelQ4K;
     /// hi, lo of the first token tile; hi, lo of the second.
     type CRoom = [IntTile; 4];
+    const TILES: usize = 2;
 
     fn zeroed() -> (Self, Self::CRoom) {
         let b = Q4KOperands {
@@ -505,42 +494,49 @@ impl KOperands for Q4KOperands {
         unsafe { q4k_operands(p, self) }
     }
 
-    unsafe fn tile16(
+    unsafe fn tiles(
         p: &PanelQ4K,
-        (ops, c): (&Self, &mut Self::CRoom),
+        ops: (&Self, &mut Self::CRoom),
         blk: usize,
         act: &[u8],
         layout: Layout,
         t: usize,
+        n: usize,
         acc: &mut [Acc],
     ) {
-        let rows = q4k_rows(blk, act, layout, t, 1);
-        // SAFETY: the caller's contract (AMX, tiles configured by `KTiles::new`); `rows` holds
-        // the 16 activation rows (checked by `q4k_rows`).
+        // SAFETY: the caller's contract.
         unsafe {
-            q4k_products::<1>(ops, c, blk, rows, layout);
-            q4k_epilogue(p, ops, (&c[0], &c[1]), blk, rows, layout, &mut acc[..WIDE]);
+            match n {
+                1 => q4k_tiles::<1>(p, ops, blk, act, layout, t, acc),
+                _ => q4k_tiles::<2>(p, ops, blk, act, layout, t, acc),
+            }
         }
     }
+}
 
-    unsafe fn tile32(
-        p: &PanelQ4K,
-        (ops, c): (&Self, &mut Self::CRoom),
-        blk: usize,
-        act: &[u8],
-        layout: Layout,
-        t: usize,
-        acc: &mut [Acc],
-    ) {
-        let rows = q4k_rows(blk, act, layout, t, 2);
-        let (acc0, acc1) = acc[..2 * WIDE].split_at_mut(WIDE);
-        let second = &rows[WIDE * layout.arb..];
-        // SAFETY: as in `tile16`, for 32 rows.
-        unsafe {
-            q4k_products::<2>(ops, c, blk, rows, layout);
-            q4k_epilogue(p, ops, (&c[0], &c[1]), blk, rows, layout, acc0);
-            q4k_epilogue(p, ops, (&c[2], &c[3]), blk, second, layout, acc1);
-        }
+/// Panel block `p` (its operands `ops` filled), block `blk` of the rows, against the `N` (1 or
+/// 2) token tiles of activation rows from `t`: the tile products, then the float chains into
+/// `acc[..16·N]`.
+///
+/// # Safety
+/// AMX must be present and permitted, with this thread's tiles configured by
+/// [`KTiles::new`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4k_tiles<const N: usize>(
+    p: &PanelQ4K,
+    (ops, c): (&Q4KOperands, &mut [IntTile; 4]),
+    blk: usize,
+    act: &[u8],
+    layout: Layout,
+    t: usize,
+    acc: &mut [Acc],
+) {
+    let rows = q4k_rows(blk, act, layout, t, N);
+    // SAFETY: the caller's contract; `rows` holds the activation rows (checked by `q4k_rows`).
+    unsafe { q4k_products::<N>(ops, c, blk, rows, layout) };
+    for (k, acc) in acc[..N * WIDE].chunks_exact_mut(WIDE).enumerate() {
+        let tile = &rows[k * WIDE * layout.arb..];
+        q4k_epilogue(p, ops, (&c[2 * k], &c[2 * k + 1]), blk, tile, layout, acc);
     }
 }
 
@@ -749,6 +745,7 @@ pub(super) struct Q6KOperands {
 impl KOperands for Q6KOperands {
     type Panel = PanelQ6K;
     type CRoom = [IntTile; 4];
+    const TILES: usize = 1;
 
     fn zeroed() -> (Self, Self::CRoom) {
         let b = Q6KOperands {
@@ -765,13 +762,14 @@ impl KOperands for Q6KOperands {
         unsafe { q6k_operands(p, self) }
     }
 
-    unsafe fn tile16(
+    unsafe fn tiles(
         p: &PanelQ6K,
         ops: (&Self, &mut Self::CRoom),
         blk: usize,
         act: &[u8],
         layout: Layout,
         t: usize,
+        _: usize,
         acc: &mut [Acc],
     ) {
         // SAFETY: the caller's contract (AMX, tiles configured by `KTiles::new`).
