@@ -97,7 +97,14 @@ macro_rules! gemm_f32_kernel {
             }
             let arows: [&[f32]; R] = std::array::from_fn(|r| &a[(i + r) * lda..(i + r) * lda + k]);
             for p in 0..k {
-                let bv: [$vec; V] = std::array::from_fn(|v| load(b, p * ldb + j + $w * v));
+                // A plain loop, not `array::from_fn`: that generic function is compiled without
+                // this kernel's target features, so it was not inlined here and cost a call
+                // (and the vectors a round trip through memory) per step, 2.7% of a prefill at
+                // depth 4096.
+                let mut bv = [$zero(); V];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = load(b, p * ldb + j + $w * v);
+                }
                 for r in 0..R {
                     let x = $set1(arows[r][p]);
                     for v in 0..V {
