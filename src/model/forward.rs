@@ -416,7 +416,7 @@ struct AttnBlock {
     v: usize,  // [ATT_KEYS, hd] the chunk's values
     m: usize,  // [rows] running maximum score
     l: usize,  // [rows] running sum of weights
-    k: usize,  // [hd] one key row
+    k: usize,  // [ATT_KEYS, hd] the chunk's keys, decoded
     len: usize,
 }
 
@@ -430,7 +430,7 @@ impl AttnBlock {
         let m = v + ATT_KEYS * hd;
         let l = m + rows;
         let k = l + rows;
-        let len = k + hd;
+        let len = k + ATT_KEYS * hd;
         AttnBlock {
             hd,
             o,
@@ -572,18 +572,17 @@ fn attend_block<R: KvRows>(
         let kn = ATT_KEYS.min(last + 1 - j0);
         // The chunk's keys, transposed into [hd, ATT_KEYS]. (Columns past `kn` keep whatever
         // they held: their scores are masked to zero weight below.)
-        for jj in 0..kn {
-            let k: &[f32] = match in_place {
-                Some((k, _, stride)) => &k[(j0 + jj) * stride..][..hd],
-                None => {
-                    rows.decode(sq, j0 + jj, kvh, kb, &mut vb[jj * hd..(jj + 1) * hd]);
-                    kb
+        let (keys, lds): (&[f32], usize) = match in_place {
+            Some((k, _, stride)) => (&k[j0 * stride..], stride),
+            None => {
+                for jj in 0..kn {
+                    let (k, v) = (&mut kb[jj * hd..][..hd], &mut vb[jj * hd..][..hd]);
+                    rows.decode(sq, j0 + jj, kvh, k, v);
                 }
-            };
-            for (dd, &x) in k.iter().enumerate() {
-                ktb[dd * ATT_KEYS + jj] = x;
+                (&kb[..], hd)
             }
-        }
+        };
+        ops::transpose((kn, hd), keys, lds, ktb, ATT_KEYS);
         // Scores of the chunk: [rows, hd] · [hd, ATT_KEYS].
         let dims = (n_rows, ATT_KEYS, hd);
         ops::gemm_f32(dims, qb, hd, ktb, ATT_KEYS, sb, ATT_KEYS, false);

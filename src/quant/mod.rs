@@ -36,6 +36,8 @@ mod tests;
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_avx512::gemm::transpose16;
 
 use std::mem::{align_of, size_of};
 

@@ -233,6 +233,32 @@ pub fn gemm_f32(
     }
 }
 
+/// `dst[c·ldd + r] = src[r·lds + c]` for `r < rows`, `c < cols`: attention's chunk of keys
+/// turned into the [hd, keys] operand of its score product. Where the CPU has AVX-512, the
+/// whole 16×16 blocks go through registers.
+pub fn transpose(
+    (rows, cols): (usize, usize),
+    src: &[f32],
+    lds: usize,
+    dst: &mut [f32],
+    ldd: usize,
+) {
+    let (mut rows16, mut cols16) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if *HAS_AVX512.get_or_init(super::x86_avx512::detected) {
+        (rows16, cols16) = (rows / 16 * 16, cols / 16 * 16);
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        unsafe { super::x86_avx512::transpose((rows16, cols16), src, lds, dst, ldd) };
+    }
+    for r in 0..rows {
+        // Rows the blocks covered still have their columns past the last block.
+        let from = if r < rows16 { cols16 } else { 0 };
+        for c in from..cols {
+            dst[c * ldd + r] = src[r * lds + c];
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 static HAS_AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 #[cfg(target_arch = "x86_64")]
@@ -629,6 +655,40 @@ mod tests {
     }
 
     type GemmF32 = fn((usize, usize, usize), &[f32], usize, &[f32], usize, &mut [f32], usize, bool);
+
+    #[test]
+    fn transpose_matches_the_naive_one() {
+        for (rows, cols) in [
+            (1, 16),
+            (16, 16),
+            (64, 64),
+            (37, 64),
+            (64, 128),
+            (33, 72),
+            (5, 3),
+        ] {
+            let lds = cols + 3;
+            let ldd = rows + 5;
+            let src: Vec<f32> = (0..rows * lds).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let mut dst = vec![f32::NAN; cols * ldd];
+            transpose((rows, cols), &src, lds, &mut dst, ldd);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * ldd + r],
+                        src[r * lds + c],
+                        "{rows}x{cols} at {r},{c}"
+                    );
+                }
+            }
+            // Nothing outside the transposed rectangle is written.
+            for c in 0..cols {
+                assert!(dst[c * ldd + rows..(c + 1) * ldd]
+                    .iter()
+                    .all(|x| x.is_nan()));
+            }
+        }
+    }
 
     #[test]
     fn gemm_f32_matches_the_naive_product() {

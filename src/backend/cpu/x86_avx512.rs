@@ -53,3 +53,27 @@ pub(super) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
 pub(super) fn silu_mul(gate: &mut [f32], up: &[f32]) {
     super::ops::silu_mul_lanes(gate, up)
 }
+
+/// `ops::transpose` for `rows` and `cols` multiples of 16: 16×16 blocks through registers
+/// (`quant::transpose16`) instead of 256 scalar stores each.
+#[target_feature(enable = "avx512f")]
+pub(super) fn transpose(
+    (rows, cols): (usize, usize),
+    src: &[f32],
+    lds: usize,
+    dst: &mut [f32],
+    ldd: usize,
+) {
+    debug_assert!(rows.is_multiple_of(16) && cols.is_multiple_of(16));
+    for r0 in (0..rows).step_by(16) {
+        for c0 in (0..cols).step_by(16) {
+            let mut a = [_mm512_setzero_si512(); 16];
+            for (i, x) in a.iter_mut().enumerate() {
+                *x = _mm512_castps_si512(load(src, (r0 + i) * lds + c0));
+            }
+            for (c, x) in crate::quant::transpose16(a).into_iter().enumerate() {
+                store(dst, (c0 + c) * ldd + r0, _mm512_castsi512_ps(x));
+            }
+        }
+    }
+}

@@ -109,10 +109,11 @@ fn bsum_pair(y: &BlockQ8K, k: usize) -> __m512i {
     _mm512_set1_epi32(i32::from_le_bytes([a[0], a[1], b[0], b[1]]))
 }
 
-/// Transposes 16×16 i32: lane `r` of output `c` is lane `c` of input `r`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+/// Transposes 16×16 i32 (or f32, cast): lane `r` of output `c` is lane `c` of input `r`.
+/// AVX-512F alone, so that the attention's f32 kernels (`backend::cpu`) use it too.
+#[target_feature(enable = "avx512f")]
 #[inline]
-fn transpose16(a: [__m512i; 16]) -> [__m512i; 16] {
+pub(crate) fn transpose16(a: [__m512i; 16]) -> [__m512i; 16] {
     // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved (low and high pairs of each 128-bit lane).
     let mut t = [_mm512_setzero_si512(); 16];
     for i in 0..8 {
