@@ -597,7 +597,14 @@ fn attend_block<R: KvRows>(
                     continue;
                 }
                 let m_new = mb[row].max(ops::max_f32(&sr[..valid]));
-                let corr = ops::exp_nonpositive(mb[row] - m_new);
+                // Once a row's maximum settles it rarely moves: skip the scalar exp then
+                // (exp_nonpositive(±0) is exactly 1; it was most of this loop's time at depth).
+                let diff = mb[row] - m_new;
+                let corr = if diff == 0.0 {
+                    1.0
+                } else {
+                    ops::exp_nonpositive(diff)
+                };
                 if corr != 1.0 {
                     lb[row] *= corr;
                     ob[row * hd..(row + 1) * hd]

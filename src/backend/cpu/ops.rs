@@ -657,6 +657,14 @@ mod tests {
     type GemmF32 = fn((usize, usize, usize), &[f32], usize, &[f32], usize, &mut [f32], usize, bool);
 
     #[test]
+    fn exp_nonpositive_of_zero_is_exactly_one() {
+        // The blocked attention skips the call when the exponent is ±0 (a row's maximum did
+        // not move) and uses 1.0: the same bits only because of this.
+        assert_eq!(exp_nonpositive(0.0).to_bits(), 1.0f32.to_bits());
+        assert_eq!(exp_nonpositive(-0.0).to_bits(), 1.0f32.to_bits());
+    }
+
+    #[test]
     fn transpose_matches_the_naive_one() {
         for (rows, cols) in [
             (1, 16),
