@@ -329,15 +329,18 @@ pub(super) struct Layout {
     pub(super) ts: usize,
 }
 
+/// The C tiles a K-quant's tile products are stored into for the float work: Q4_K's hi and lo
+/// of two token tiles, Q6_K's four products of one.
+pub(super) type CRoom = [IntTile; 4];
+
 /// What a K-quant's wide tile ([`KTiles`]) needs from its type: B operands built from a panel
 /// block, split so that every product fits a byte, and the tile products of one block against
-/// one or two token tiles of 16 activation rows (into C tiles stored in `CRoom`, then the
+/// one or two token tiles of 16 activation rows (into C tiles stored in a [`CRoom`], then the
 /// register tile's float chains).
 pub(super) trait KOperands: Sized {
     type Panel;
-    type CRoom;
-    /// Zeroed operands and C room.
-    fn zeroed() -> (Self, Self::CRoom);
+    /// Zeroed operands.
+    fn zeroed() -> Self;
     /// Derives the B operands of panel block `p`.
     ///
     /// # Safety
@@ -356,7 +359,7 @@ pub(super) trait KOperands: Sized {
     #[allow(clippy::too_many_arguments)]
     unsafe fn tiles(
         p: &Self::Panel,
-        ops: (&Self, &mut Self::CRoom),
+        ops: (&Self, &mut CRoom),
         blk: usize,
         act: &[u8],
         layout: Layout,
@@ -375,7 +378,7 @@ pub(super) struct KTiles<'a, O: KOperands> {
     b: O,
     /// The C tiles stored for the float work (a field: zeroing them per block and token tile
     /// was a memset call each time, 4% of a prefill).
-    c: O::CRoom,
+    c: CRoom,
     _config: Config,
 }
 
@@ -390,12 +393,11 @@ impl<'a, O: KOperands> KTiles<'a, O> {
     /// All eight tiles 16 × 64 bytes.
     pub(super) fn new(act: &'a [u8], layout: Layout) -> Self {
         let config = Config::load(&[(16, 64); 8]);
-        let (b, c) = O::zeroed();
         KTiles {
             act,
             layout,
-            b,
-            c,
+            b: O::zeroed(),
+            c: std::array::from_fn(|_| IntTile([[0; 16]; 16])),
             _config: config,
         }
     }
@@ -462,7 +464,7 @@ fn both(v: __m512i) -> __m512i {
 /// `Σ_j m_j·Σ y` is exact in vector registers: four `vpdpwssd` per activation row, each of two
 /// sub-blocks' minimums (`mins2`) against the row's two 32-element sums, which AMX activation
 /// rows carry (`quant::tile_sums_offset`). That frees the tile registers a third product
-/// took, so two token tiles run together sharing each B load (`tile32`): `bench_gemm --rows
+/// took, so two token tiles run together sharing each B load (`TILES` = 2): `bench_gemm --rows
 /// 256 --tokens 256 --types q4_k` 335-365 -> 372-398 MAC/ns. (With the minimums from the Q8_K
 /// block's 16-element sums, eight `vpdpwssd` a row, the pairs were no faster than the third
 /// product.)
@@ -476,17 +478,14 @@ pub(super) struct Q4KOperands {
 
 impl KOperands for Q4KOperands {
     type Panel = PanelQ4K;
-    /// hi, lo of the first token tile; hi, lo of the second.
-    type CRoom = [IntTile; 4];
     const TILES: usize = 2;
 
-    fn zeroed() -> (Self, Self::CRoom) {
-        let b = Q4KOperands {
+    fn zeroed() -> Self {
+        Q4KOperands {
             hi: [[0; 64]; 64],
             lo: [[0; 64]; 64],
             mins2: [[0; 16]; 4],
-        };
-        (b, std::array::from_fn(|_| IntTile([[0; 16]; 16])))
+        }
     }
 
     unsafe fn fill(&mut self, p: &PanelQ4K) {
@@ -496,7 +495,7 @@ impl KOperands for Q4KOperands {
 
     unsafe fn tiles(
         p: &PanelQ4K,
-        ops: (&Self, &mut Self::CRoom),
+        ops: (&Self, &mut CRoom),
         blk: usize,
         act: &[u8],
         layout: Layout,
@@ -524,7 +523,7 @@ impl KOperands for Q4KOperands {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4k_tiles<const N: usize>(
     p: &PanelQ4K,
-    (ops, c): (&Q4KOperands, &mut [IntTile; 4]),
+    (ops, c): (&Q4KOperands, &mut CRoom),
     blk: usize,
     act: &[u8],
     layout: Layout,
@@ -587,7 +586,7 @@ fn q4k_rows(blk: usize, act: &[u8], l: Layout, t: usize, n: usize) -> &[u8] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4k_products<const N: usize>(
     ops: &Q4KOperands,
-    c: &mut [IntTile; 4],
+    c: &mut CRoom,
     blk: usize,
     rows: &[u8],
     Layout { arb, tq, .. }: Layout,
@@ -744,17 +743,15 @@ pub(super) struct Q6KOperands {
 
 impl KOperands for Q6KOperands {
     type Panel = PanelQ6K;
-    type CRoom = [IntTile; 4];
     const TILES: usize = 1;
 
-    fn zeroed() -> (Self, Self::CRoom) {
-        let b = Q6KOperands {
+    fn zeroed() -> Self {
+        Q6KOperands {
             hh: [[0; 64]; 64],
             lh: [[0; 64]; 64],
             hl: [[0; 64]; 64],
             ll: [[0; 64]; 64],
-        };
-        (b, std::array::from_fn(|_| IntTile([[0; 16]; 16])))
+        }
     }
 
     unsafe fn fill(&mut self, p: &PanelQ6K) {
@@ -764,7 +761,7 @@ impl KOperands for Q6KOperands {
 
     unsafe fn tiles(
         p: &PanelQ6K,
-        ops: (&Self, &mut Self::CRoom),
+        ops: (&Self, &mut CRoom),
         blk: usize,
         act: &[u8],
         layout: Layout,
@@ -833,7 +830,7 @@ fn q6k_operands(p: &PanelQ6K, o: &mut Q6KOperands) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile16_q6k(
     p: &PanelQ6K,
-    (ops, c): (&Q6KOperands, &mut [IntTile; 4]),
+    (ops, c): (&Q6KOperands, &mut CRoom),
     blk: usize,
     act: &[u8],
     Layout { arb, tq, .. }: Layout,
